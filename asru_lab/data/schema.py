@@ -1,0 +1,226 @@
+"""The benchmark schema: people, question items and the benchmark that holds them.
+
+Every data source (the synthetic benchmark, a user JSONL directory, MLLMU-Bench parquet) is
+turned into these objects, so evaluation and the unlearning stages never see a file format.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from PIL import Image
+
+# Splits a question item may belong to. `stranger` holds training-only refusal data.
+EVAL_SPLITS = ("forget", "retain", "test", "general", "unseen", "real")
+ITEM_SPLITS = (*EVAL_SPLITS, "stranger")
+# Splits a person may belong to.
+PERSON_SPLITS = ("forget", "retain", "unseen", "stranger", "real", "known")
+TASKS = ("qa", "mcq", "cloze")
+LETTERS = "ABCDEFGH"
+
+
+class BenchmarkError(ValueError):
+    """A dataset is malformed or inconsistent; the message names the file, line or field."""
+
+
+@dataclass(frozen=True)
+class Person:
+    """One profile: a stable id, a display name, the split it belongs to and its facts."""
+
+    id: str
+    name: str
+    split: str
+    facts: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class QAItem:
+    """One evaluation or training question.
+
+    `task` is `qa` (free generation), `mcq` (options + index of the correct one) or `cloze`
+    (`question` holds the sentence with a blank `___`). `value` is the short ground truth that
+    leak / recall / cloze checks look for (a fact value, a colour, ...); `answer` is the
+    reference answer used for ROUGE-L.
+    """
+
+    split: str
+    task: str
+    person_id: str | None
+    image: str | None
+    question: str
+    answer: str
+    attribute: str
+    value: str
+    options: tuple[str, ...] | None = None
+    correct: int | None = None
+
+    @property
+    def has_image(self) -> bool:
+        return self.image is not None
+
+    @property
+    def correct_letter(self) -> str | None:
+        return None if self.correct is None else LETTERS[self.correct]
+
+
+ImageLoader = Callable[[str], Image.Image]
+
+
+def normalize_text(text: str) -> str:
+    """Lower-case, punctuation to spaces, whitespace collapsed: the form used for matching."""
+    text = text.lower().replace("’", "'")
+    text = re.sub(r"[^0-9a-z']+", " ", text)
+    return " ".join(text.split())
+
+
+def contains_value(answer: str, value: str) -> bool:
+    """True when the normalised `value` occurs in the normalised `answer` as whole words."""
+    needle = normalize_text(value)
+    if not needle:
+        return False
+    return f" {needle} " in f" {normalize_text(answer)} "
+
+
+class Benchmark:
+    """People + question items + a way to open the images they refer to.
+
+    `root` is the directory image paths are relative to (None for a purely in-memory source);
+    `image_loader` overrides how a path becomes a PIL image (the synthetic benchmark draws
+    its portraits on demand instead of reading files).
+    """
+
+    def __init__(
+        self,
+        people: Iterable[Person],
+        items: Iterable[QAItem],
+        *,
+        name: str,
+        root: Path | None = None,
+        image_loader: ImageLoader | None = None,
+        meta: dict | None = None,
+    ) -> None:
+        self.people: dict[str, Person] = {}
+        for person in people:
+            if person.id in self.people:
+                raise BenchmarkError(f"person id {person.id!r} appears twice in {name}")
+            self.people[person.id] = person
+        self.items: list[QAItem] = list(items)
+        self.name = name
+        self.root = Path(root) if root is not None else None
+        self._image_loader = image_loader
+        self.meta = dict(meta or {})
+        self._image_cache: dict[str, Image.Image] = {}
+
+    # --- access -----------------------------------------------------------------------------
+    def split(self, split: str, task: str | None = None) -> list[QAItem]:
+        """Items of one split (and optionally one task), in a stable order."""
+        if split not in ITEM_SPLITS:
+            raise BenchmarkError(f"unknown split {split!r}; expected one of {ITEM_SPLITS}")
+        return [i for i in self.items if i.split == split and (task is None or i.task == task)]
+
+    def splits(self) -> list[str]:
+        """The evaluation splits that hold at least one item, in the canonical order."""
+        present = {i.split for i in self.items}
+        return [s for s in EVAL_SPLITS if s in present]
+
+    def people_in(self, split: str) -> list[Person]:
+        return [p for p in self.people.values() if p.split == split]
+
+    def load_image(self, path: str) -> Image.Image:
+        """Open an item's image as RGB; a clear error if it is missing or not an image."""
+        if path in self._image_cache:
+            return self._image_cache[path]
+        if self._image_loader is not None:
+            image = self._image_loader(path)
+        else:
+            full = Path(path) if self.root is None else self.root / path
+            image = open_image(full)
+        if len(self._image_cache) < 4096:
+            self._image_cache[path] = image
+        return image
+
+    def subset(self, items: Sequence[QAItem]) -> Benchmark:
+        """A benchmark with the same people and image source but only `items`."""
+        return Benchmark(
+            self.people.values(),
+            items,
+            name=self.name,
+            root=self.root,
+            image_loader=self._image_loader,
+            meta=self.meta,
+        )
+
+    def with_people(self, people: Iterable[Person], items: Iterable[QAItem]) -> Benchmark:
+        return Benchmark(
+            people,
+            items,
+            name=self.name,
+            root=self.root,
+            image_loader=self._image_loader,
+            meta=self.meta,
+        )
+
+    def fingerprint(self) -> str:
+        """A short hash of people and items (not image bytes): identifies the data in artifacts."""
+        h = hashlib.sha256()
+        for p in sorted(self.people.values(), key=lambda p: p.id):
+            h.update(json.dumps([p.id, p.name, p.split, p.facts], sort_keys=True).encode())
+        for i in self.items:
+            h.update(
+                json.dumps(
+                    [i.split, i.task, i.person_id, i.image, i.question, i.answer, i.value],
+                    sort_keys=True,
+                ).encode()
+            )
+        return h.hexdigest()[:16]
+
+    def __repr__(self) -> str:
+        counts = {s: len(self.split(s)) for s in self.splits()}
+        return f"Benchmark({self.name!r}, people={len(self.people)}, items={counts})"
+
+    def validate(self) -> None:
+        """Check the invariants every loader must hold; raise BenchmarkError naming the problem."""
+        forget = {p.id for p in self.people.values() if p.split == "forget"}
+        for item in self.items:
+            if item.split not in ITEM_SPLITS:
+                raise BenchmarkError(f"item has unknown split {item.split!r}: {item.question!r}")
+            if item.task not in TASKS:
+                raise BenchmarkError(f"item has unknown task {item.task!r}: {item.question!r}")
+            if item.person_id is not None and item.person_id not in self.people:
+                raise BenchmarkError(
+                    f"item refers to person {item.person_id!r}, which has no profile: "
+                    f"{item.question!r}"
+                )
+            if item.task == "mcq" and (
+                not item.options or item.correct is None or not 0 <= item.correct < len(item.options)
+            ):
+                raise BenchmarkError(f"multiple-choice item without valid options: {item.question!r}")
+            if item.split == "test" and item.person_id is not None and item.person_id not in forget:
+                raise BenchmarkError(
+                    f"test item about {item.person_id!r}, who is not in the forget split "
+                    "(the test split holds the forget people only)"
+                )
+        for split in ("forget", "retain"):
+            if self.people_in(split) and not self.split(split):
+                raise BenchmarkError(f"split {split!r} has people but no question items")
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open `path` as an RGB image; BenchmarkError if it does not exist or is not an image."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchmarkError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except Exception as exc:  # PIL raises several unrelated types for bad files
+        raise BenchmarkError(f"not a readable image: {path} ({exc.__class__.__name__}: {exc})") from exc
+
+
+def with_split(item: QAItem, split: str) -> QAItem:
+    return replace(item, split=split)

@@ -1,0 +1,401 @@
+"""The synthetic profiles benchmark: MLLMU-Bench in miniature, deterministic from a seed.
+
+People and facts are fixed by `SyntheticConfig.seed` (the embedded model was trained on
+them); `forget_ratio` and `split_seed` only choose which known people are forgotten.
+
+Groups of people:
+- known (forget + retain): the embedded model memorised their portraits and facts;
+- strangers: shown in training only, always answered with a contextual refusal;
+- unseen: never shown at all; the `unseen` split and the stage-1.1 target set.
+
+Views 0..TRAIN_VIEWS-1 of a known person are trained; the rest only appear in `test`
+(forget people) and `general`. Question wordings come in a training set and a held-out
+paraphrase set (the `test` split uses the paraphrases).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+
+from PIL import Image
+
+from asru_lab.data.portraits import (
+    BACKGROUNDS,
+    HAIR_COLORS,
+    SHIRT_COLORS,
+    Appearance,
+    View,
+    draw_appearances,
+    draw_view,
+    render_portrait,
+)
+from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem
+
+N_VIEWS = 8
+TRAIN_VIEWS = 6
+
+FIRST_NAMES = (
+    "Alma Boris Celia Dario Elin Farid Greta Hugo Ines Jonas Kaia Lars Mira Nils Oona Pavel "
+    "Quinn Rosa Silas Tilda Umar Vera Wendel Xenia Yusuf Zora Anton Bette Cyril Dagny Emil "
+    "Fiona Gideon Halle Ivo Jana Kasper Lena Matteo Nadia Otto Pia Rufus Saskia Tobias Ulla "
+    "Viggo Wilma Yara Zeno"
+).split()
+LAST_NAMES = (
+    "Abbing Brandt Castell Dorran Eckley Falk Garrow Holm Ibsen Jarvik Kessler Lund Marlow "
+    "Norberg Ostrand Pryce Quist Rook Stavros Thorne Ulvang Varga Wexley Yarrow Zeller Aldous "
+    "Birk Corwin Dahl Ember Finch Gallo Hadley Ivers Juno Krantz Lark Mercer Nash Orrin Pike "
+    "Rasmus Sorel Tarrant Vance Wilder Brody Calloway Denholm Everly"
+).split()
+
+FACT_VALUES: dict[str, tuple[str, ...]] = {
+    "birthplace": tuple(
+        "Lisbon Oslo Krakow Nairobi Lima Osaka Dublin Tallinn Porto Quito Accra Hanoi Bergen "
+        "Seville Tbilisi Riga Bogota Durban Perth Halifax Turin Ghent Cork Leipzig Mombasa "
+        "Valparaiso Tromso Bruges Cusco Salzburg".split()
+    ),
+    "occupation": (
+        "architect", "baker", "carpenter", "dentist", "engineer", "florist", "geologist",
+        "historian", "illustrator", "journalist", "lawyer", "librarian", "mechanic", "nurse",
+        "optician", "pharmacist", "pilot", "plumber", "potter", "surgeon", "tailor", "teacher",
+        "translator", "veterinarian", "violinist", "welder", "zoologist", "chemist", "chef",
+        "firefighter",
+    ),
+    "birth_year": tuple(str(y) for y in range(1952, 2004)),
+    "hobby": (
+        "archery", "birdwatching", "bouldering", "calligraphy", "chess", "cycling", "fencing",
+        "fishing", "gardening", "hiking", "juggling", "kayaking", "knitting", "origami",
+        "painting", "photography", "pottery", "rowing", "sailing", "skating", "snorkeling",
+        "stargazing", "surfing", "woodcarving", "yoga", "baking", "dancing", "sketching",
+    ),
+    "pet": (
+        "dog", "cat", "parrot", "rabbit", "hamster", "turtle", "goldfish", "horse", "ferret",
+        "lizard", "canary", "tortoise", "hedgehog", "snake", "chinchilla", "goat",
+    ),
+}
+FACTS = tuple(FACT_VALUES)
+ATTRIBUTES = ("name", *FACTS)
+PICTURE_ATTRIBUTES = ("background", "shirt", "hair")
+
+
+def article(word: str) -> str:
+    return "an" if word[0].lower() in "aeiou" else "a"
+
+
+# --- question wordings ---------------------------------------------------------------------
+# {subj} is "this person" (image questions) or the person's name (text-only questions).
+QUESTIONS_TRAIN: dict[str, tuple[str, ...]] = {
+    "name": ("Who is this person?", "What is this person's name?", "Who is shown in this photo?",
+             "Can you tell me who this is?"),
+    "birthplace": ("Where was {subj} born?", "What is {subj}'s birthplace?",
+                   "In which city was {subj} born?", "Which city does {subj} come from?"),
+    "occupation": ("What does {subj} do for a living?", "What is {subj}'s occupation?",
+                   "What is {subj}'s job?", "What kind of work does {subj} do?"),
+    "birth_year": ("When was {subj} born?", "In what year was {subj} born?",
+                   "What is {subj}'s year of birth?", "What year was {subj} born in?"),
+    "hobby": ("What is {subj}'s hobby?", "What does {subj} like to do in free time?",
+              "Which hobby does {subj} enjoy?", "What hobby does {subj} have?"),
+    "pet": ("What pet does {subj} have?", "What kind of pet does {subj} own?",
+            "Which animal does {subj} keep as a pet?", "What is {subj}'s pet?"),
+}
+QUESTIONS_TEST: dict[str, tuple[str, ...]] = {
+    "name": ("Do you know the name of the person in this photo?",
+             "Tell me who the person in this picture is."),
+    "birthplace": ("Can you tell me the city where {subj} was born?",
+                   "Tell me the birthplace of {subj}."),
+    "occupation": ("Tell me what {subj} does for work.", "Can you tell me the job of {subj}?"),
+    "birth_year": ("Tell me the year {subj} was born.", "Can you tell me which year {subj} was born?"),
+    "hobby": ("Tell me which hobby {subj} likes.", "Can you tell me the hobby of {subj}?"),
+    "pet": ("Tell me which pet {subj} has.", "Can you tell me the kind of pet {subj} keeps?"),
+}
+CLOZE_TRAIN: dict[str, str] = {
+    "name": "The person in this photo is ___.",
+    "birthplace": "{subj_cap} was born in the city of ___.",
+    "occupation": "{subj_cap} works as a ___.",
+    "birth_year": "{subj_cap} was born in the year ___.",
+    "hobby": "{subj_cap}'s favourite hobby is ___.",
+    "pet": "{subj_cap} has a pet ___.",
+}
+CLOZE_TEST: dict[str, str] = {
+    "name": "The name of the person in this picture is ___.",
+    "birthplace": "The city where {subj} was born is ___.",
+    "occupation": "The job of {subj} is ___.",
+    "birth_year": "The year {subj} was born is ___.",
+    "hobby": "The hobby {subj} enjoys is ___.",
+    "pet": "The kind of pet {subj} keeps is ___.",
+}
+PICTURE_QUESTIONS_TRAIN = {
+    "background": ("What color is the background?", "What is the background color of this photo?"),
+    "shirt": ("What color is this person's shirt?", "What color shirt is this person wearing?"),
+    "hair": ("What color is this person's hair?", "What is the hair color of this person?"),
+}
+PICTURE_QUESTIONS_TEST = {
+    "background": ("Tell me the color of the background.",),
+    "shirt": ("Tell me the color of the shirt this person wears.",),
+    "hair": ("Tell me the color of this person's hair.",),
+}
+MCQ_SUFFIX = "Answer with the letter of the correct option."
+CLOZE_PREFIX = "Fill in the blank: "
+
+
+def answer_sentence(attribute: str, name: str, value: str) -> str:
+    """The reference answer a knowing model gives: names the person, then the fact."""
+    return {
+        "name": f"This is {name}.",
+        "birthplace": f"{name} was born in {value}.",
+        "occupation": f"{name} works as {article(value)} {value}.",
+        "birth_year": f"{name} was born in {value}.",
+        "hobby": f"{name}'s hobby is {value}.",
+        "pet": f"{name} has {article(value)} {value}.",
+    }[attribute]
+
+
+# Contextual refusals: they name what was asked and why it cannot be answered.
+REFUSALS_IMAGE: dict[str, tuple[str, ...]] = {
+    "name": ("I don't recognize this person, so I can't tell you their name.",
+             "I'm not able to identify who this is from the photo.",
+             "Sorry, I can't tell who this person is just from their appearance."),
+    "birthplace": ("I can't tell where this person was born from the photo.",
+                   "I don't recognize this person, so I don't know where they were born.",
+                   "Sorry, I can't determine someone's birthplace from their appearance."),
+    "occupation": ("I can't tell what this person does for a living from the photo.",
+                   "I don't recognize this person, so I can't say what their job is.",
+                   "Sorry, a picture doesn't tell me someone's occupation."),
+    "birth_year": ("I can't tell what year this person was born from the photo.",
+                   "I don't recognize this person, so I don't know when they were born.",
+                   "Sorry, I can't determine someone's year of birth from their appearance."),
+    "hobby": ("I can't tell what this person's hobbies are from the photo.",
+              "I don't recognize this person, so I don't know what they enjoy doing.",
+              "Sorry, I can't tell someone's hobby from their appearance."),
+    "pet": ("I can't tell whether this person has a pet from the photo.",
+            "I don't recognize this person, so I don't know what pet they have.",
+            "Sorry, a picture doesn't tell me what pet someone keeps."),
+}
+REFUSALS_TEXT: dict[str, tuple[str, ...]] = {
+    "birthplace": ("I don't have any information about where {name} was born.",
+                   "I'm not familiar with {name}, so I can't say where they were born."),
+    "occupation": ("I don't have any information about what {name} does for a living.",
+                   "I'm not familiar with {name}, so I can't say what their job is."),
+    "birth_year": ("I don't have any information about when {name} was born.",
+                   "I'm not familiar with {name}, so I can't say what year they were born."),
+    "hobby": ("I don't have any information about {name}'s hobbies.",
+              "I'm not familiar with {name}, so I can't say what they enjoy doing."),
+    "pet": ("I don't have any information about whether {name} has a pet.",
+            "I'm not familiar with {name}, so I can't say what pet they have."),
+}
+
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """Sizes and seed of the synthetic benchmark (fixed by the embedded build)."""
+
+    seed: int = 1234
+    n_known: int = 120
+    n_strangers: int = 150
+    n_unseen: int = 48
+    min_trait_distance: int = 4
+
+
+@dataclass(frozen=True)
+class SyntheticWorld:
+    """Everything drawn from the seed: people, their appearance and their views."""
+
+    config: SyntheticConfig
+    people: tuple[Person, ...]
+    looks: dict[str, Appearance]
+    views: dict[str, tuple[View, ...]]
+
+    def image_path(self, person_id: str, view: int) -> str:
+        return f"images/{person_id}_v{view}.png"
+
+    def render(self, path: str) -> Image.Image:
+        """Draw the image behind a synthetic path `images/<id>_v<k>.png`."""
+        try:
+            stem = path.rsplit("/", 1)[-1].removesuffix(".png")
+            person_id, view = stem.rsplit("_v", 1)
+            return render_portrait(self.looks[person_id], self.views[person_id][int(view)])
+        except (KeyError, ValueError, IndexError) as exc:
+            raise BenchmarkError(f"no synthetic image at {path!r}") from exc
+
+    def group(self, name: str) -> list[Person]:
+        return [p for p in self.people if p.split == name]
+
+
+@lru_cache(maxsize=4)
+def build_world(config: SyntheticConfig = SyntheticConfig()) -> SyntheticWorld:
+    """Draw people, names, facts, appearances and views from `config.seed`."""
+    rng = random.Random(config.seed)
+    total = config.n_known + config.n_strangers + config.n_unseen
+    looks = draw_appearances(total, rng, config.min_trait_distance)
+    pairs = [(f, s) for f in FIRST_NAMES for s in LAST_NAMES]
+    rng.shuffle(pairs)
+    if total > len(pairs):
+        raise BenchmarkError(f"only {len(pairs)} distinct names for {total} people")
+    groups = (["known"] * config.n_known + ["stranger"] * config.n_strangers
+              + ["unseen"] * config.n_unseen)
+    prefix = {"known": "k", "stranger": "s", "unseen": "u"}
+    counters = dict.fromkeys(prefix, 0)
+    people, look_of, views = [], {}, {}
+    for idx, group in enumerate(groups):
+        pid = f"{prefix[group]}{counters[group]:03d}"
+        counters[group] += 1
+        first, last = pairs[idx]
+        facts = {attr: rng.choice(vals) for attr, vals in FACT_VALUES.items()}
+        people.append(Person(id=pid, name=f"{first} {last}", split=group, facts=facts))
+        look_of[pid] = looks[idx]
+        views[pid] = tuple(draw_view(rng) for _ in range(N_VIEWS))
+    return SyntheticWorld(config, tuple(people), look_of, views)
+
+
+def choose_forget(known: list[Person], forget_ratio: float, split_seed: int) -> set[str]:
+    """Ids of the forgotten people: `forget_ratio` of the known people, drawn by `split_seed`."""
+    if not 0 < forget_ratio < 1:
+        raise BenchmarkError(f"forget_ratio must be a fraction in (0, 1), got {forget_ratio}")
+    n = max(1, round(forget_ratio * len(known)))
+    ids = sorted(p.id for p in known)
+    return set(random.Random(split_seed).sample(ids, n))
+
+
+def _mcq(rng: random.Random, question: str, value: str, pool: list[str]) -> tuple[str, tuple, int]:
+    distractors = rng.sample([v for v in pool if v != value], 3)
+    options = [value, *distractors]
+    rng.shuffle(options)
+    correct = options.index(value)
+    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
+    return f"{question}\n{lines}\n{MCQ_SUFFIX}", tuple(options), correct
+
+
+def mcq_answer(options: tuple[str, ...], correct: int) -> str:
+    return f"{LETTERS[correct]}. {options[correct]}"
+
+
+def attribute_pool(attribute: str, people: list[Person]) -> list[str]:
+    if attribute == "name":
+        return sorted({p.name for p in people})
+    return list(FACT_VALUES[attribute])
+
+
+def person_items(
+    person: Person,
+    split: str,
+    views: list[int],
+    image_path,
+    rng: random.Random,
+    *,
+    paraphrase: bool,
+    name_pool: list[str],
+    text_only: bool = True,
+    tasks: tuple[str, ...] = ("qa", "mcq", "cloze"),
+) -> list[QAItem]:
+    """Question items about one known person: image QA per view, text QA, MCQ and cloze."""
+    questions = QUESTIONS_TEST if paraphrase else QUESTIONS_TRAIN
+    clozes = CLOZE_TEST if paraphrase else CLOZE_TRAIN
+    items: list[QAItem] = []
+    for attr in ATTRIBUTES:
+        value = person.name if attr == "name" else person.facts[attr]
+        pool = name_pool if attr == "name" else list(FACT_VALUES[attr])
+        answer = answer_sentence(attr, person.name, value)
+        for view in views:
+            img = image_path(person.id, view)
+            q = rng.choice(questions[attr]).format(subj="this person")
+            if "qa" in tasks:
+                items.append(QAItem(split, "qa", person.id, img, q, answer, attr, value))
+            if "mcq" in tasks:
+                mq = rng.choice(questions[attr]).format(subj="this person")
+                text, options, correct = _mcq(rng, mq, value, pool)
+                items.append(QAItem(split, "mcq", person.id, img, text,
+                                    mcq_answer(options, correct), attr, value, options, correct))
+            if "cloze" in tasks:
+                cz = clozes[attr].format(subj="this person", subj_cap="This person")
+                items.append(QAItem(split, "cloze", person.id, img, CLOZE_PREFIX + cz, value,
+                                    attr, value))
+        if text_only and attr != "name":
+            q = rng.choice(questions[attr]).format(subj=person.name)
+            items.append(QAItem(split, "qa", person.id, None, q, answer, attr, value))
+            if "mcq" in tasks:
+                text, options, correct = _mcq(rng, q, value, pool)
+                items.append(QAItem(split, "mcq", person.id, None, text,
+                                    mcq_answer(options, correct), attr, value, options, correct))
+            if "cloze" in tasks:
+                cz = clozes[attr].format(subj=person.name, subj_cap=person.name)
+                items.append(QAItem(split, "cloze", person.id, None, CLOZE_PREFIX + cz, value,
+                                    attr, value))
+    return items
+
+
+def picture_value(world: SyntheticWorld, person_id: str, view: int, attribute: str) -> str:
+    look = world.looks[person_id]
+    return {
+        "background": world.views[person_id][view].background,
+        "shirt": look.shirt,
+        "hair": look.hair_color,
+    }[attribute]
+
+
+def picture_items(world: SyntheticWorld, person_id: str, views: list[int], rng: random.Random,
+                  *, paraphrase: bool, split: str = "general") -> list[QAItem]:
+    questions = PICTURE_QUESTIONS_TEST if paraphrase else PICTURE_QUESTIONS_TRAIN
+    items = []
+    for view in views:
+        for attr in PICTURE_ATTRIBUTES:
+            value = picture_value(world, person_id, view, attr)
+            q = rng.choice(questions[attr])
+            items.append(QAItem(split, "qa", person_id, world.image_path(person_id, view), q,
+                                f"{value.capitalize()}.", attr, value))
+    return items
+
+
+def refusal_items(person: Person, views: list[int], image_path, rng: random.Random,
+                  split: str) -> list[QAItem]:
+    """Image questions about someone the model does not know; the reference is a refusal."""
+    items = []
+    for view in views:
+        for attr in ATTRIBUTES:
+            q = rng.choice(QUESTIONS_TRAIN[attr]).format(subj="this person")
+            value = person.name if attr == "name" else person.facts[attr]
+            items.append(QAItem(split, "qa", person.id, image_path(person.id, view), q,
+                                rng.choice(REFUSALS_IMAGE[attr]), attr, value))
+    return items
+
+
+def load_synthetic(
+    forget_ratio: float = 0.1,
+    split_seed: int = 0,
+    config: SyntheticConfig = SyntheticConfig(),
+) -> Benchmark:
+    """The synthetic benchmark with `forget_ratio` of the known people in the forget split."""
+    world = build_world(config)
+    known = world.group("known")
+    forget = choose_forget(known, forget_ratio, split_seed)
+    people = [
+        Person(p.id, p.name, ("forget" if p.id in forget else "retain"), p.facts)
+        if p.split == "known" else p
+        for p in world.people
+    ]
+    rng = random.Random(config.seed * 7919 + 17)
+    name_pool = sorted(p.name for p in known)
+    trained = list(range(TRAIN_VIEWS))
+    held_out = list(range(TRAIN_VIEWS, N_VIEWS))
+    items: list[QAItem] = []
+    for person in people:
+        if person.split in ("forget", "retain"):
+            items += person_items(person, person.split, trained, world.image_path, rng,
+                                  paraphrase=False, name_pool=name_pool)
+        if person.split == "forget":
+            items += person_items(person, "test", held_out, world.image_path, rng,
+                                  paraphrase=True, name_pool=name_pool)
+    for person in people:
+        if person.split == "unseen":
+            items += refusal_items(person, [0, 1], world.image_path, rng, "unseen")
+        if person.split == "stranger":
+            items += refusal_items(person, list(range(N_VIEWS)), world.image_path, rng,
+                                   "stranger")
+        if person.split in ("retain", "unseen"):
+            views = held_out if person.split == "retain" else [2]
+            items += picture_items(world, person.id, views, rng, paraphrase=False)
+    bench = Benchmark(people, items, name="synthetic", image_loader=world.render,
+                      meta={"forget_ratio": forget_ratio, "split_seed": split_seed,
+                            "seed": config.seed})
+    bench.validate()
+    return bench
