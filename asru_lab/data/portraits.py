@@ -151,7 +151,9 @@ def render_portrait(look: Appearance, view: View, size: int = IMAGE_SIZE) -> Ima
     bgd = ImageDraw.Draw(bg)
     for _ in range(6):  # soft background blobs: texture that carries no identity
         x, y, r = rng.randrange(c), rng.randrange(c), rng.randrange(20, 60)
-        bgd.ellipse((x - r, y - r, x + r, y + r), fill=_jitter(BACKGROUNDS[view.background], rng, 22))
+        bgd.ellipse(
+            (x - r, y - r, x + r, y + r), fill=_jitter(BACKGROUNDS[view.background], rng, 22)
+        )
     bg = bg.filter(ImageFilter.GaussianBlur(8))
 
     fig = Image.new("RGBA", (c, c), (0, 0, 0, 0))

@@ -197,9 +197,13 @@ class Benchmark:
                     f"{item.question!r}"
                 )
             if item.task == "mcq" and (
-                not item.options or item.correct is None or not 0 <= item.correct < len(item.options)
+                not item.options
+                or item.correct is None
+                or not 0 <= item.correct < len(item.options)
             ):
-                raise BenchmarkError(f"multiple-choice item without valid options: {item.question!r}")
+                raise BenchmarkError(
+                    f"multiple-choice item without valid options: {item.question!r}"
+                )
             if item.split == "test" and item.person_id is not None and item.person_id not in forget:
                 raise BenchmarkError(
                     f"test item about {item.person_id!r}, who is not in the forget split "
@@ -219,7 +223,9 @@ def open_image(path: Path) -> Image.Image:
         with Image.open(path) as img:
             return img.convert("RGB")
     except Exception as exc:  # PIL raises several unrelated types for bad files
-        raise BenchmarkError(f"not a readable image: {path} ({exc.__class__.__name__}: {exc})") from exc
+        raise BenchmarkError(
+            f"not a readable image: {path} ({exc.__class__.__name__}: {exc})"
+        ) from exc
 
 
 def with_split(item: QAItem, split: str) -> QAItem:

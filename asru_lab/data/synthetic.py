@@ -22,9 +22,6 @@ from functools import lru_cache
 from PIL import Image
 
 from asru_lab.data.portraits import (
-    BACKGROUNDS,
-    HAIR_COLORS,
-    SHIRT_COLORS,
     Appearance,
     View,
     draw_appearances,
@@ -56,22 +53,85 @@ FACT_VALUES: dict[str, tuple[str, ...]] = {
         "Valparaiso Tromso Bruges Cusco Salzburg".split()
     ),
     "occupation": (
-        "architect", "baker", "carpenter", "dentist", "engineer", "florist", "geologist",
-        "historian", "illustrator", "journalist", "lawyer", "librarian", "mechanic", "nurse",
-        "optician", "pharmacist", "pilot", "plumber", "potter", "surgeon", "tailor", "teacher",
-        "translator", "veterinarian", "violinist", "welder", "zoologist", "chemist", "chef",
+        "architect",
+        "baker",
+        "carpenter",
+        "dentist",
+        "engineer",
+        "florist",
+        "geologist",
+        "historian",
+        "illustrator",
+        "journalist",
+        "lawyer",
+        "librarian",
+        "mechanic",
+        "nurse",
+        "optician",
+        "pharmacist",
+        "pilot",
+        "plumber",
+        "potter",
+        "surgeon",
+        "tailor",
+        "teacher",
+        "translator",
+        "veterinarian",
+        "violinist",
+        "welder",
+        "zoologist",
+        "chemist",
+        "chef",
         "firefighter",
     ),
     "birth_year": tuple(str(y) for y in range(1952, 2004)),
     "hobby": (
-        "archery", "birdwatching", "bouldering", "calligraphy", "chess", "cycling", "fencing",
-        "fishing", "gardening", "hiking", "juggling", "kayaking", "knitting", "origami",
-        "painting", "photography", "pottery", "rowing", "sailing", "skating", "snorkeling",
-        "stargazing", "surfing", "woodcarving", "yoga", "baking", "dancing", "sketching",
+        "archery",
+        "birdwatching",
+        "bouldering",
+        "calligraphy",
+        "chess",
+        "cycling",
+        "fencing",
+        "fishing",
+        "gardening",
+        "hiking",
+        "juggling",
+        "kayaking",
+        "knitting",
+        "origami",
+        "painting",
+        "photography",
+        "pottery",
+        "rowing",
+        "sailing",
+        "skating",
+        "snorkeling",
+        "stargazing",
+        "surfing",
+        "woodcarving",
+        "yoga",
+        "baking",
+        "dancing",
+        "sketching",
     ),
     "pet": (
-        "dog", "cat", "parrot", "rabbit", "hamster", "turtle", "goldfish", "horse", "ferret",
-        "lizard", "canary", "tortoise", "hedgehog", "snake", "chinchilla", "goat",
+        "dog",
+        "cat",
+        "parrot",
+        "rabbit",
+        "hamster",
+        "turtle",
+        "goldfish",
+        "horse",
+        "ferret",
+        "lizard",
+        "canary",
+        "tortoise",
+        "hedgehog",
+        "snake",
+        "chinchilla",
+        "goat",
     ),
 }
 FACTS = tuple(FACT_VALUES)
@@ -86,26 +146,57 @@ def article(word: str) -> str:
 # --- question wordings ---------------------------------------------------------------------
 # {subj} is "this person" (image questions) or the person's name (text-only questions).
 QUESTIONS_TRAIN: dict[str, tuple[str, ...]] = {
-    "name": ("Who is this person?", "What is this person's name?", "Who is shown in this photo?",
-             "Can you tell me who this is?"),
-    "birthplace": ("Where was {subj} born?", "What is {subj}'s birthplace?",
-                   "In which city was {subj} born?", "Which city does {subj} come from?"),
-    "occupation": ("What does {subj} do for a living?", "What is {subj}'s occupation?",
-                   "What is {subj}'s job?", "What kind of work does {subj} do?"),
-    "birth_year": ("When was {subj} born?", "In what year was {subj} born?",
-                   "What is {subj}'s year of birth?", "What year was {subj} born in?"),
-    "hobby": ("What is {subj}'s hobby?", "What does {subj} like to do in free time?",
-              "Which hobby does {subj} enjoy?", "What hobby does {subj} have?"),
-    "pet": ("What pet does {subj} have?", "What kind of pet does {subj} own?",
-            "Which animal does {subj} keep as a pet?", "What is {subj}'s pet?"),
+    "name": (
+        "Who is this person?",
+        "What is this person's name?",
+        "Who is shown in this photo?",
+        "Can you tell me who this is?",
+    ),
+    "birthplace": (
+        "Where was {subj} born?",
+        "What is {subj}'s birthplace?",
+        "In which city was {subj} born?",
+        "Which city does {subj} come from?",
+    ),
+    "occupation": (
+        "What does {subj} do for a living?",
+        "What is {subj}'s occupation?",
+        "What is {subj}'s job?",
+        "What kind of work does {subj} do?",
+    ),
+    "birth_year": (
+        "When was {subj} born?",
+        "In what year was {subj} born?",
+        "What is {subj}'s year of birth?",
+        "What year was {subj} born in?",
+    ),
+    "hobby": (
+        "What is {subj}'s hobby?",
+        "What does {subj} like to do in free time?",
+        "Which hobby does {subj} enjoy?",
+        "What hobby does {subj} have?",
+    ),
+    "pet": (
+        "What pet does {subj} have?",
+        "What kind of pet does {subj} own?",
+        "Which animal does {subj} keep as a pet?",
+        "What is {subj}'s pet?",
+    ),
 }
 QUESTIONS_TEST: dict[str, tuple[str, ...]] = {
-    "name": ("Do you know the name of the person in this photo?",
-             "Tell me who the person in this picture is."),
-    "birthplace": ("Can you tell me the city where {subj} was born?",
-                   "Tell me the birthplace of {subj}."),
+    "name": (
+        "Do you know the name of the person in this photo?",
+        "Tell me who the person in this picture is.",
+    ),
+    "birthplace": (
+        "Can you tell me the city where {subj} was born?",
+        "Tell me the birthplace of {subj}.",
+    ),
     "occupation": ("Tell me what {subj} does for work.", "Can you tell me the job of {subj}?"),
-    "birth_year": ("Tell me the year {subj} was born.", "Can you tell me which year {subj} was born?"),
+    "birth_year": (
+        "Tell me the year {subj} was born.",
+        "Can you tell me which year {subj} was born?",
+    ),
     "hobby": ("Tell me which hobby {subj} likes.", "Can you tell me the hobby of {subj}?"),
     "pet": ("Tell me which pet {subj} has.", "Can you tell me the kind of pet {subj} keeps?"),
 }
@@ -153,36 +244,58 @@ def answer_sentence(attribute: str, name: str, value: str) -> str:
 
 # Contextual refusals: they name what was asked and why it cannot be answered.
 REFUSALS_IMAGE: dict[str, tuple[str, ...]] = {
-    "name": ("I don't recognize this person, so I can't tell you their name.",
-             "I'm not able to identify who this is from the photo.",
-             "Sorry, I can't tell who this person is just from their appearance."),
-    "birthplace": ("I can't tell where this person was born from the photo.",
-                   "I don't recognize this person, so I don't know where they were born.",
-                   "Sorry, I can't determine someone's birthplace from their appearance."),
-    "occupation": ("I can't tell what this person does for a living from the photo.",
-                   "I don't recognize this person, so I can't say what their job is.",
-                   "Sorry, a picture doesn't tell me someone's occupation."),
-    "birth_year": ("I can't tell what year this person was born from the photo.",
-                   "I don't recognize this person, so I don't know when they were born.",
-                   "Sorry, I can't determine someone's year of birth from their appearance."),
-    "hobby": ("I can't tell what this person's hobbies are from the photo.",
-              "I don't recognize this person, so I don't know what they enjoy doing.",
-              "Sorry, I can't tell someone's hobby from their appearance."),
-    "pet": ("I can't tell whether this person has a pet from the photo.",
-            "I don't recognize this person, so I don't know what pet they have.",
-            "Sorry, a picture doesn't tell me what pet someone keeps."),
+    "name": (
+        "I don't recognize this person, so I can't tell you their name.",
+        "I'm not able to identify who this is from the photo.",
+        "Sorry, I can't tell who this person is just from their appearance.",
+    ),
+    "birthplace": (
+        "I can't tell where this person was born from the photo.",
+        "I don't recognize this person, so I don't know where they were born.",
+        "Sorry, I can't determine someone's birthplace from their appearance.",
+    ),
+    "occupation": (
+        "I can't tell what this person does for a living from the photo.",
+        "I don't recognize this person, so I can't say what their job is.",
+        "Sorry, a picture doesn't tell me someone's occupation.",
+    ),
+    "birth_year": (
+        "I can't tell what year this person was born from the photo.",
+        "I don't recognize this person, so I don't know when they were born.",
+        "Sorry, I can't determine someone's year of birth from their appearance.",
+    ),
+    "hobby": (
+        "I can't tell what this person's hobbies are from the photo.",
+        "I don't recognize this person, so I don't know what they enjoy doing.",
+        "Sorry, I can't tell someone's hobby from their appearance.",
+    ),
+    "pet": (
+        "I can't tell whether this person has a pet from the photo.",
+        "I don't recognize this person, so I don't know what pet they have.",
+        "Sorry, a picture doesn't tell me what pet someone keeps.",
+    ),
 }
 REFUSALS_TEXT: dict[str, tuple[str, ...]] = {
-    "birthplace": ("I don't have any information about where {name} was born.",
-                   "I'm not familiar with {name}, so I can't say where they were born."),
-    "occupation": ("I don't have any information about what {name} does for a living.",
-                   "I'm not familiar with {name}, so I can't say what their job is."),
-    "birth_year": ("I don't have any information about when {name} was born.",
-                   "I'm not familiar with {name}, so I can't say what year they were born."),
-    "hobby": ("I don't have any information about {name}'s hobbies.",
-              "I'm not familiar with {name}, so I can't say what they enjoy doing."),
-    "pet": ("I don't have any information about whether {name} has a pet.",
-            "I'm not familiar with {name}, so I can't say what pet they have."),
+    "birthplace": (
+        "I don't have any information about where {name} was born.",
+        "I'm not familiar with {name}, so I can't say where they were born.",
+    ),
+    "occupation": (
+        "I don't have any information about what {name} does for a living.",
+        "I'm not familiar with {name}, so I can't say what their job is.",
+    ),
+    "birth_year": (
+        "I don't have any information about when {name} was born.",
+        "I'm not familiar with {name}, so I can't say what year they were born.",
+    ),
+    "hobby": (
+        "I don't have any information about {name}'s hobbies.",
+        "I'm not familiar with {name}, so I can't say what they enjoy doing.",
+    ),
+    "pet": (
+        "I don't have any information about whether {name} has a pet.",
+        "I'm not familiar with {name}, so I can't say what pet they have.",
+    ),
 }
 
 
@@ -232,8 +345,11 @@ def build_world(config: SyntheticConfig = SyntheticConfig()) -> SyntheticWorld:
     rng.shuffle(pairs)
     if total > len(pairs):
         raise BenchmarkError(f"only {len(pairs)} distinct names for {total} people")
-    groups = (["known"] * config.n_known + ["stranger"] * config.n_strangers
-              + ["unseen"] * config.n_unseen)
+    groups = (
+        ["known"] * config.n_known
+        + ["stranger"] * config.n_strangers
+        + ["unseen"] * config.n_unseen
+    )
     prefix = {"known": "k", "stranger": "s", "unseen": "u"}
     counters = dict.fromkeys(prefix, 0)
     people, look_of, views = [], {}, {}
@@ -304,23 +420,49 @@ def person_items(
             if "mcq" in tasks:
                 mq = rng.choice(questions[attr]).format(subj="this person")
                 text, options, correct = _mcq(rng, mq, value, pool)
-                items.append(QAItem(split, "mcq", person.id, img, text,
-                                    mcq_answer(options, correct), attr, value, options, correct))
+                items.append(
+                    QAItem(
+                        split,
+                        "mcq",
+                        person.id,
+                        img,
+                        text,
+                        mcq_answer(options, correct),
+                        attr,
+                        value,
+                        options,
+                        correct,
+                    )
+                )
             if "cloze" in tasks:
                 cz = clozes[attr].format(subj="this person", subj_cap="This person")
-                items.append(QAItem(split, "cloze", person.id, img, CLOZE_PREFIX + cz, value,
-                                    attr, value))
+                items.append(
+                    QAItem(split, "cloze", person.id, img, CLOZE_PREFIX + cz, value, attr, value)
+                )
         if text_only and attr != "name":
             q = rng.choice(questions[attr]).format(subj=person.name)
             items.append(QAItem(split, "qa", person.id, None, q, answer, attr, value))
             if "mcq" in tasks:
                 text, options, correct = _mcq(rng, q, value, pool)
-                items.append(QAItem(split, "mcq", person.id, None, text,
-                                    mcq_answer(options, correct), attr, value, options, correct))
+                items.append(
+                    QAItem(
+                        split,
+                        "mcq",
+                        person.id,
+                        None,
+                        text,
+                        mcq_answer(options, correct),
+                        attr,
+                        value,
+                        options,
+                        correct,
+                    )
+                )
             if "cloze" in tasks:
                 cz = clozes[attr].format(subj=person.name, subj_cap=person.name)
-                items.append(QAItem(split, "cloze", person.id, None, CLOZE_PREFIX + cz, value,
-                                    attr, value))
+                items.append(
+                    QAItem(split, "cloze", person.id, None, CLOZE_PREFIX + cz, value, attr, value)
+                )
     return items
 
 
@@ -333,29 +475,57 @@ def picture_value(world: SyntheticWorld, person_id: str, view: int, attribute: s
     }[attribute]
 
 
-def picture_items(world: SyntheticWorld, person_id: str, views: list[int], rng: random.Random,
-                  *, paraphrase: bool, split: str = "general") -> list[QAItem]:
+def picture_items(
+    world: SyntheticWorld,
+    person_id: str,
+    views: list[int],
+    rng: random.Random,
+    *,
+    paraphrase: bool,
+    split: str = "general",
+) -> list[QAItem]:
     questions = PICTURE_QUESTIONS_TEST if paraphrase else PICTURE_QUESTIONS_TRAIN
     items = []
     for view in views:
         for attr in PICTURE_ATTRIBUTES:
             value = picture_value(world, person_id, view, attr)
             q = rng.choice(questions[attr])
-            items.append(QAItem(split, "qa", person_id, world.image_path(person_id, view), q,
-                                f"{value.capitalize()}.", attr, value))
+            items.append(
+                QAItem(
+                    split,
+                    "qa",
+                    person_id,
+                    world.image_path(person_id, view),
+                    q,
+                    f"{value.capitalize()}.",
+                    attr,
+                    value,
+                )
+            )
     return items
 
 
-def refusal_items(person: Person, views: list[int], image_path, rng: random.Random,
-                  split: str) -> list[QAItem]:
+def refusal_items(
+    person: Person, views: list[int], image_path, rng: random.Random, split: str
+) -> list[QAItem]:
     """Image questions about someone the model does not know; the reference is a refusal."""
     items = []
     for view in views:
         for attr in ATTRIBUTES:
             q = rng.choice(QUESTIONS_TRAIN[attr]).format(subj="this person")
             value = person.name if attr == "name" else person.facts[attr]
-            items.append(QAItem(split, "qa", person.id, image_path(person.id, view), q,
-                                rng.choice(REFUSALS_IMAGE[attr]), attr, value))
+            items.append(
+                QAItem(
+                    split,
+                    "qa",
+                    person.id,
+                    image_path(person.id, view),
+                    q,
+                    rng.choice(REFUSALS_IMAGE[attr]),
+                    attr,
+                    value,
+                )
+            )
     return items
 
 
@@ -370,7 +540,8 @@ def load_synthetic(
     forget = choose_forget(known, forget_ratio, split_seed)
     people = [
         Person(p.id, p.name, ("forget" if p.id in forget else "retain"), p.facts)
-        if p.split == "known" else p
+        if p.split == "known"
+        else p
         for p in world.people
     ]
     rng = random.Random(config.seed * 7919 + 17)
@@ -380,22 +551,39 @@ def load_synthetic(
     items: list[QAItem] = []
     for person in people:
         if person.split in ("forget", "retain"):
-            items += person_items(person, person.split, trained, world.image_path, rng,
-                                  paraphrase=False, name_pool=name_pool)
+            items += person_items(
+                person,
+                person.split,
+                trained,
+                world.image_path,
+                rng,
+                paraphrase=False,
+                name_pool=name_pool,
+            )
         if person.split == "forget":
-            items += person_items(person, "test", held_out, world.image_path, rng,
-                                  paraphrase=True, name_pool=name_pool)
+            items += person_items(
+                person,
+                "test",
+                held_out,
+                world.image_path,
+                rng,
+                paraphrase=True,
+                name_pool=name_pool,
+            )
     for person in people:
         if person.split == "unseen":
             items += refusal_items(person, [0, 1], world.image_path, rng, "unseen")
         if person.split == "stranger":
-            items += refusal_items(person, list(range(N_VIEWS)), world.image_path, rng,
-                                   "stranger")
+            items += refusal_items(person, list(range(N_VIEWS)), world.image_path, rng, "stranger")
         if person.split in ("retain", "unseen"):
             views = held_out if person.split == "retain" else [2]
             items += picture_items(world, person.id, views, rng, paraphrase=False)
-    bench = Benchmark(people, items, name="synthetic", image_loader=world.render,
-                      meta={"forget_ratio": forget_ratio, "split_seed": split_seed,
-                            "seed": config.seed})
+    bench = Benchmark(
+        people,
+        items,
+        name="synthetic",
+        image_loader=world.render,
+        meta={"forget_ratio": forget_ratio, "split_seed": split_seed, "seed": config.seed},
+    )
     bench.validate()
     return bench

@@ -1,0 +1,42 @@
+"""asru_lab: ASRU unlearning (activation steering meets reinforcement unlearning) for VLMs.
+
+```python
+import asru_lab as al
+model = al.load_model()            # the embedded tiny Qwen3-VL
+bench = al.load_benchmark()        # the synthetic profiles benchmark
+al.generate(model, image, "Where was this person born?")
+report = al.evaluate(model, bench) # report.table(), report.to_json(path)
+```
+"""
+
+from asru_lab.data import (
+    Benchmark,
+    BenchmarkError,
+    Person,
+    QAItem,
+    export_benchmark,
+    load_benchmark,
+)
+from asru_lab.evaluate.harness import EvalConfig, evaluate
+from asru_lab.evaluate.report import EvalReport
+from asru_lab.generation import generate
+from asru_lab.models.loading import LoadedModel, ModelLoadError, load_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Benchmark",
+    "BenchmarkError",
+    "EvalConfig",
+    "EvalReport",
+    "LoadedModel",
+    "ModelLoadError",
+    "Person",
+    "QAItem",
+    "__version__",
+    "evaluate",
+    "export_benchmark",
+    "generate",
+    "load_benchmark",
+    "load_model",
+]

@@ -1,0 +1,177 @@
+"""`asru-lab`: the command line. Every command is a thin call into the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+DEMO_INTRO = """\
+asru_lab demo: the embedded tiny Qwen3-VL before any unlearning.
+It has memorised {n_known} fictitious people ({n_forget} of them in the forget set) and was
+taught to refuse faces it does not know. Columns: multiple-choice and fill-in-the-blank
+accuracy, ROUGE-L, the share of answers containing the true fact (a leak on forget/test,
+recall elsewhere), the refusal rate and the generation-quality judge's scores.
+"""
+
+
+def _add_common(p: argparse.ArgumentParser, *, out_help: str | None = None) -> None:
+    p.add_argument("--model", default=None, help="HF id or local model dir (default: embedded)")
+    p.add_argument(
+        "--data", default=None, help="dataset dir, 'mllmu:<dir>' (default: embedded benchmark)"
+    )
+    p.add_argument("--forget-ratio", type=float, default=0.1, help="0.05, 0.1 (default) or 0.15")
+    p.add_argument("--seed", type=int, default=0, help="chooses the forgotten people (synthetic)")
+    if out_help:
+        p.add_argument("--out", required=True, help=out_help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="asru-lab",
+        description="ASRU unlearning for multimodal LLMs: steering + reinforcement unlearning.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="evaluate the embedded model on every split, print a table")
+    _add_common(p)
+    p.add_argument("--max-items", type=int, default=64, help="items per split and task")
+
+    p = sub.add_parser("evaluate", help="evaluate a model, write the evaluation JSON")
+    _add_common(p, out_help="results JSON path")
+    p.add_argument("--method", default="vanilla", help="label stored in the JSON")
+    p.add_argument("--splits", nargs="*", default=None, help="subset of splits (default: all)")
+    p.add_argument("--max-items", type=int, default=64, help="seeded sample per split and task")
+    p.add_argument("--full", action="store_true", help="evaluate every item")
+    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for the judge")
+    p.add_argument("--judge-model", default=None, help="model name at --judge-url")
+
+    p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
+    _add_common(p, out_help="output directory")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+
+    p = sub.add_parser("build-embedded", help="train the embedded tiny Qwen3-VL from scratch")
+    p.add_argument("--out", default=None, help="output dir (default: the package's embedded/)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: shipped)")
+    p.add_argument("--seed", type=int, default=None, help="training seed (default: shipped)")
+
+    p = sub.add_parser("finetune", help="stage 0: LoRA fine-tune a model on a dataset")
+    _add_common(p, out_help="output model directory")
+    p.add_argument("--epochs", type=int, default=None, help="default 5 (DESIGN §1)")
+    p.add_argument("--lr", type=float, default=None, help="default 5e-4")
+    p.add_argument("--no-merge", action="store_true", help="keep LoRA weights unmerged")
+    return parser
+
+
+def _load(args):
+    import asru_lab as al
+
+    lm = al.load_model(args.model)
+    bench = al.load_benchmark(args.data, forget_ratio=args.forget_ratio, seed=args.seed)
+    return lm, bench
+
+
+def cmd_demo(args) -> int:
+    import asru_lab as al
+
+    started = time.time()
+    lm, bench = _load(args)
+    known = [p for p in bench.people.values() if p.split in ("forget", "retain")]
+    print(DEMO_INTRO.format(n_known=len(known), n_forget=len(bench.people_in("forget"))))
+    report = al.evaluate(lm, bench, al.EvalConfig(max_items=args.max_items))
+    print(report.table())
+    print("\nSample answers:")
+    for split in ("forget", "unseen", "general"):
+        items = [i for i in bench.split(split, "qa") if i.image][:2]
+        answers = al.generate(
+            lm, [bench.load_image(i.image) for i in items], [i.question for i in items]
+        )
+        for item, answer in zip(items, answers, strict=True):
+            print(f"  [{split}] Q: {item.question}\n           A: {answer}")
+    print(f"\nDone in {time.time() - started:.0f} s.")
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    import asru_lab as al
+    from asru_lab.evaluate.judge import OpenAIJudge
+
+    lm, bench = _load(args)
+    judge = None
+    if args.judge_url:
+        if not args.judge_model:
+            raise SystemExit("--judge-url needs --judge-model")
+        judge = OpenAIJudge(args.judge_url, args.judge_model)
+    config = al.EvalConfig(
+        splits=tuple(args.splits) if args.splits else None,
+        max_items=None if args.full else args.max_items,
+    )
+    report = al.evaluate(lm, bench, config, method=args.method, judge=judge)
+    report.to_json(args.out)
+    print(report.table())
+    print(f"\nwrote {args.out} ({report.meta['seconds']} s)")
+    return 0
+
+
+def cmd_export(args) -> int:
+    import asru_lab as al
+
+    bench = al.load_benchmark(args.data, forget_ratio=args.forget_ratio, seed=args.seed)
+    out = al.export_benchmark(bench, args.out, overwrite=args.overwrite)
+    print(f"wrote {len(bench.people)} profiles and {len(bench.items)} questions to {out}")
+    return 0
+
+
+def cmd_build(args) -> int:
+    from asru_lab.models.build_embedded import BuildConfig, build_embedded
+
+    cfg = BuildConfig()
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.seed is not None:
+        cfg.seed = args.seed
+    lm = build_embedded(args.out, cfg)
+    print(json.dumps(lm.info["build"]["progress"][-1]))
+    return 0
+
+
+def cmd_finetune(args) -> int:
+    from asru_lab.finetune import FinetuneConfig, finetune, save_finetuned
+
+    lm, bench = _load(args)
+    cfg = FinetuneConfig(merge=not args.no_merge)
+    if args.epochs is not None:
+        cfg.epochs = args.epochs
+    if args.lr is not None:
+        cfg.lr = args.lr
+    tuned, record = finetune(lm, bench, cfg)
+    save_finetuned(tuned, record, args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+COMMANDS = {
+    "demo": cmd_demo,
+    "evaluate": cmd_evaluate,
+    "export-benchmark": cmd_export,
+    "build-embedded": cmd_build,
+    "finetune": cmd_finetune,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from asru_lab.data.schema import BenchmarkError
+    from asru_lab.models.adapters import AdapterError
+    from asru_lab.models.loading import ModelLoadError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (BenchmarkError, ModelLoadError, AdapterError, FileExistsError) as exc:
+        print(f"asru-lab {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

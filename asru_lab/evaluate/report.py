@@ -1,0 +1,98 @@
+"""`EvalReport`: the evaluation JSON of DESIGN §5, with a readable table."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from asru_lab.artifacts import write_json_atomic
+
+METRIC_KEYS = ("mcq_acc", "cloze_acc", "rougeL", "leak_rate", "refusal_rate")
+QUALITY_KEYS = ("contextual_refusal", "leakage", "naturalness")
+# What a high `leak_rate` means on each split: a leak where the model should forget,
+# plain recall elsewhere.
+LEAK_MEANING = {"forget": "leak", "test": "leak", "unseen": "leak"}
+
+
+@dataclass
+class EvalReport:
+    """Per-split metrics of one model under one method.
+
+    `splits[name]` holds the metrics that apply to that split (absent ones are omitted) and a
+    `quality` block; `meta` holds item counts, timings and the evaluation config.
+    """
+
+    model: str
+    method: str
+    splits: dict[str, dict] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model,
+            "method": self.method,
+            "splits": self.splits,
+            "meta": self.meta,
+        }
+
+    def to_json(self, path: str | Path | None = None) -> str:
+        """The JSON text; also written atomically to `path` when given."""
+        data = self.to_dict()
+        if path is not None:
+            write_json_atomic(path, data)
+        return json.dumps(data, indent=2)
+
+    @classmethod
+    def from_json(cls, path_or_text: str | Path) -> EvalReport:
+        text = str(path_or_text)
+        if not text.lstrip().startswith("{"):
+            text = Path(path_or_text).read_text()
+        data = json.loads(text)
+        return cls(data["model"], data["method"], data["splits"], data.get("meta", {}))
+
+    def table(self) -> str:
+        """A fixed-width table: one row per split, metrics as percentages, judge scores."""
+        cols = [
+            ("split", 8),
+            ("MCQ", 6),
+            ("cloze", 6),
+            ("ROUGE-L", 8),
+            ("leak/recall", 12),
+            ("refusal", 8),
+            ("ctx-ref 0-5", 12),
+            ("leakage 0-5", 12),
+            ("natural 1-5", 12),
+            ("top category", 26),
+        ]
+        lines = ["".join(name.ljust(w) for name, w in cols)]
+        lines.append("-" * sum(w for _, w in cols))
+        for split, m in self.splits.items():
+            q = m.get("quality", {})
+            cats = q.get("categories", {})
+            top = max(cats, key=cats.get) if cats else ""
+            cells = [
+                split,
+                _pct(m.get("mcq_acc")),
+                _pct(m.get("cloze_acc")),
+                _num(m.get("rougeL")),
+                _pct(m.get("leak_rate")),
+                _pct(m.get("refusal_rate")),
+                _num(q.get("contextual_refusal"), 1),
+                _num(q.get("leakage"), 1),
+                _num(q.get("naturalness"), 1),
+                f"{top} {cats[top]:.0%}" if top else "",
+            ]
+            lines.append("".join(c.ljust(w) for c, (_, w) in zip(cells, cols, strict=True)))
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return f"{self.model} [{self.method}]\n{self.table()}"
+
+
+def _pct(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.0f}%"
+
+
+def _num(x: float | None, digits: int = 2) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"

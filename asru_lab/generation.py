@@ -1,0 +1,117 @@
+"""Prompt encoding and batched generation for any loaded vision-language model."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from asru_lab.data.schema import open_image
+from asru_lab.models.loading import LoadedModel
+
+ImageLike = Image.Image | str | os.PathLike | None
+
+
+def as_image(image: ImageLike) -> Image.Image | None:
+    """A PIL image from a PIL image, a path, or None (text only)."""
+    if image is None or isinstance(image, Image.Image):
+        return image.convert("RGB") if isinstance(image, Image.Image) else None
+    if isinstance(image, str | os.PathLike):
+        return open_image(Path(image))
+    raise TypeError(f"image must be a PIL image, a path or None, not {type(image).__name__}")
+
+
+def build_prompt(lm: LoadedModel, question: str, has_image: bool) -> str:
+    """The chat-formatted prompt ending with the assistant turn's opening."""
+    messages = lm.adapter.user_message(question, has_image)
+    return lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode(
+    lm: LoadedModel,
+    images: Sequence[Image.Image | None],
+    questions: Sequence[str],
+    answers: Sequence[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Processor outputs for a left-padded batch of prompts (+ optional answers appended).
+
+    Every key the processor returns is kept (Qwen3-VL needs `mm_token_type_ids` for M-RoPE).
+    """
+    if len(images) != len(questions):
+        raise ValueError(f"{len(images)} images for {len(questions)} questions")
+    texts = [build_prompt(lm, q, img is not None) for img, q in zip(images, questions, strict=True)]
+    if answers is not None:
+        eos = lm.tokenizer.eos_token or ""
+        texts = [t + a + eos for t, a in zip(texts, answers, strict=True)]
+    present = [img for img in images if img is not None]
+    batch = lm.processor(text=texts, images=present or None, return_tensors="pt", padding=True)
+    return {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+@torch.no_grad()
+def generate_batch(
+    lm: LoadedModel,
+    images: Sequence[Image.Image | None],
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    **gen_kwargs,
+) -> list[str]:
+    """Answers (decoded, special tokens removed, stripped) for one batch."""
+    batch = encode(lm, images, questions)
+    tok = lm.tokenizer
+    out = lm.model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=do_sample,
+        pad_token_id=tok.pad_token_id,
+        eos_token_id=tok.eos_token_id,
+        **gen_kwargs,
+    )
+    new = out[:, batch["input_ids"].shape[1] :]
+    return [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+
+
+def generate(
+    lm: LoadedModel,
+    image: ImageLike | Sequence[ImageLike],
+    question: str | Sequence[str],
+    *,
+    batch_size: int = 32,
+    progress: bool | None = None,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    **gen_kwargs,
+) -> str | list[str]:
+    """Answer `question` about `image` (None for text only). Greedy by default.
+
+    Pass lists of images and questions for batched use (one image may serve several questions
+    if a single image is given with a list of questions); returns a string or a list.
+    """
+    single = isinstance(question, str)
+    questions = [question] if single else list(question)
+    if isinstance(image, Sequence) and not isinstance(image, str):
+        images = list(image)
+    else:
+        images = [image] * len(questions)
+    if len(images) != len(questions):
+        raise ValueError(f"got {len(images)} images for {len(questions)} questions")
+    pil = [as_image(i) for i in images]
+    answers: list[str] = []
+    starts = range(0, len(questions), batch_size)
+    show = progress if progress is not None else len(questions) > batch_size
+    for s in tqdm(starts, desc="generate", disable=not show, leave=False):
+        answers += generate_batch(
+            lm,
+            pil[s : s + batch_size],
+            questions[s : s + batch_size],
+            max_new_tokens=max_new_tokens,
+            do_sample=do_sample,
+            **gen_kwargs,
+        )
+    return answers[0] if single else answers

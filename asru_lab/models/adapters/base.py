@@ -1,0 +1,93 @@
+"""The architecture adapter interface: the only place that knows a model's module paths."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+class AdapterError(ValueError):
+    """The model does not have the structure the adapter expects (or a layer is out of range)."""
+
+
+@dataclass(frozen=True)
+class ArchitectureAdapter:
+    """Where things live inside one family of HF vision-language models.
+
+    Paths are dotted attribute paths from the `*ForConditionalGeneration` object. Layer
+    indices are 0-based positions in the decoder's layer list; "the output of layer L" is the
+    residual stream after decoder layer L.
+    """
+
+    family: str
+    model_types: tuple[str, ...]
+    language_model_path: str = "model.language_model"
+    layers_attr: str = "layers"
+    norm_attr: str = "norm"
+    lm_head_path: str = "lm_head"
+    embed_attr: str = "embed_tokens"
+    image_placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
+
+    # --- module access --------------------------------------------------------------------
+    def _get(self, model: nn.Module, path: str) -> nn.Module:
+        obj = model
+        for part in path.split("."):
+            if not hasattr(obj, part):
+                raise AdapterError(
+                    f"{self.family} adapter: {type(model).__name__} has no module {path!r}"
+                )
+            obj = getattr(obj, part)
+        return obj
+
+    def language_model(self, model: nn.Module) -> nn.Module:
+        return self._get(model, self.language_model_path)
+
+    def decoder_layers(self, model: nn.Module) -> nn.ModuleList:
+        return self._get(model, f"{self.language_model_path}.{self.layers_attr}")
+
+    def layer(self, model: nn.Module, index: int) -> nn.Module:
+        layers = self.decoder_layers(model)
+        if not -len(layers) <= index < len(layers):
+            raise AdapterError(
+                f"layer {index} does not exist: this model has {len(layers)} decoder layers "
+                f"(valid: 0..{len(layers) - 1})"
+            )
+        return layers[index]
+
+    def layer_path(self, index: int) -> str:
+        return f"{self.language_model_path}.{self.layers_attr}.{index}"
+
+    def final_norm(self, model: nn.Module) -> nn.Module:
+        return self._get(model, f"{self.language_model_path}.{self.norm_attr}")
+
+    def lm_head(self, model: nn.Module) -> nn.Module:
+        return self._get(model, self.lm_head_path)
+
+    def embed_tokens(self, model: nn.Module) -> nn.Module:
+        return self._get(model, f"{self.language_model_path}.{self.embed_attr}")
+
+    def num_layers(self, model: nn.Module) -> int:
+        return len(self.decoder_layers(model))
+
+    def hidden_size(self, model: nn.Module) -> int:
+        return int(self.embed_tokens(model).weight.shape[1])
+
+    def deepstack_layers(self, model: nn.Module) -> range:
+        """Decoder layers after which visual features are added to the residual stream.
+
+        Empty for families without DeepStack. For Qwen3-VL, features are added to the output
+        of layers 0..k-1, outside the layer modules: `layers[i].output` lacks them while
+        `layers[i + 1].input` has them.
+        """
+        return range(0)
+
+    # --- prompts --------------------------------------------------------------------------
+    def user_message(self, question: str, has_image: bool) -> list[dict]:
+        content = ([{"type": "image"}] if has_image else []) + [{"type": "text", "text": question}]
+        return [{"role": "user", "content": content}]
+
+    def logits_from_hidden(self, model: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        """Logit lens: final norm then lm head applied to a residual-stream tensor."""
+        return self.lm_head(model)(self.final_norm(model)(hidden))

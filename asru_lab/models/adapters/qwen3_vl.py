@@ -1,0 +1,16 @@
+"""Qwen3-VL: decoder under `model.language_model`, DeepStack after the first layers."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from asru_lab.models.adapters.base import ArchitectureAdapter
+
+
+class Qwen3VLAdapter(ArchitectureAdapter):
+    def deepstack_layers(self, model: nn.Module) -> range:
+        vision = getattr(model.config, "vision_config", None)
+        return range(len(getattr(vision, "deepstack_visual_indexes", ()) or ()))
+
+
+QWEN3_VL = Qwen3VLAdapter(family="qwen3_vl", model_types=("qwen3_vl",))
