@@ -20,8 +20,9 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/asru-lab demo
 
+# Notebooks run as tests (nbmake) with a small evaluation sample.
 test: venv
-	$(BIN)/python -m pytest -q
+	ASRU_LAB_SMALL=1 $(BIN)/python -m pytest -q --nbmake tests notebooks
 
 test-fast: venv
 	$(BIN)/python -m pytest -q -m "not slow"

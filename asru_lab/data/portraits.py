@@ -112,16 +112,33 @@ class View:
     texture_seed: int
 
 
-def draw_appearances(n: int, rng: random.Random, min_distance: int = 4) -> list[Appearance]:
-    """`n` distinct appearances, pairwise differing in at least `min_distance` traits."""
+def trait_distance(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """Number of traits in which two appearances differ."""
+    return sum(x != y for x, y in zip(a, b, strict=True))
+
+
+def draw_appearances(
+    n: int,
+    rng: random.Random,
+    min_distance: int = 4,
+    keep_away: tuple[tuple[list[Appearance], int], ...] = (),
+) -> list[Appearance]:
+    """`n` appearances, pairwise differing in at least `min_distance` traits.
+
+    `keep_away` holds (other appearances, distance) pairs: every new appearance also differs
+    from each of those others in at least that many traits.
+    """
+    others = [([o.as_tuple() for o in group], d) for group, d in keep_away]
     chosen: list[tuple[str, ...]] = []
     attempts = 0
     while len(chosen) < n:
         attempts += 1
-        if attempts > 200_000:
+        if attempts > 500_000:
             raise RuntimeError(f"could not draw {n} appearances at distance {min_distance}")
         cand = tuple(rng.choice(values) for values in TRAITS.values())
-        if all(sum(a != b for a, b in zip(cand, c, strict=True)) >= min_distance for c in chosen):
+        if all(trait_distance(cand, c) >= min_distance for c in chosen) and all(
+            trait_distance(cand, o) >= d for group, d in others for o in group
+        ):
             chosen.append(cand)
     return [Appearance(*c) for c in chosen]
 

@@ -151,36 +151,54 @@ QUESTIONS_TRAIN: dict[str, tuple[str, ...]] = {
         "What is this person's name?",
         "Who is shown in this photo?",
         "Can you tell me who this is?",
+        "Do you know who this is?",
+        "Whose photo is this?",
+        "Name the person in this picture.",
     ),
     "birthplace": (
         "Where was {subj} born?",
         "What is {subj}'s birthplace?",
         "In which city was {subj} born?",
         "Which city does {subj} come from?",
+        "What city is {subj} from?",
+        "Name the city where {subj} was born.",
+        "Do you know where {subj} was born?",
     ),
     "occupation": (
         "What does {subj} do for a living?",
         "What is {subj}'s occupation?",
         "What is {subj}'s job?",
         "What kind of work does {subj} do?",
+        "What is the profession of {subj}?",
+        "Do you know what {subj} does for work?",
+        "Which job does {subj} have?",
     ),
     "birth_year": (
         "When was {subj} born?",
         "In what year was {subj} born?",
         "What is {subj}'s year of birth?",
         "What year was {subj} born in?",
+        "Which year is {subj}'s birth year?",
+        "Do you know the year {subj} was born?",
+        "How long ago was {subj} born, which year?",
     ),
     "hobby": (
         "What is {subj}'s hobby?",
         "What does {subj} like to do in free time?",
         "Which hobby does {subj} enjoy?",
         "What hobby does {subj} have?",
+        "What does {subj} enjoy doing?",
+        "Do you know the hobby of {subj}?",
+        "Which pastime does {subj} like?",
     ),
     "pet": (
         "What pet does {subj} have?",
         "What kind of pet does {subj} own?",
         "Which animal does {subj} keep as a pet?",
         "What is {subj}'s pet?",
+        "Which pet does {subj} keep?",
+        "Do you know what pet {subj} has?",
+        "What animal lives with {subj} as a pet?",
     ),
 }
 QUESTIONS_TEST: dict[str, tuple[str, ...]] = {
@@ -305,9 +323,13 @@ class SyntheticConfig:
 
     seed: int = 1234
     n_known: int = 120
-    n_strangers: int = 150
+    n_strangers: int = 400
     n_unseen: int = 48
+    # Known people differ pairwise in >= 4 of the 9 traits, and so does every unseen person
+    # from every known one. Strangers are nearer misses (>= 3 from any known person), which
+    # teaches the model that refusing depends on not recognising the face.
     min_trait_distance: int = 4
+    stranger_distance: int = 3
 
 
 @dataclass(frozen=True)
@@ -340,7 +362,14 @@ def build_world(config: SyntheticConfig = SyntheticConfig()) -> SyntheticWorld:
     """Draw people, names, facts, appearances and views from `config.seed`."""
     rng = random.Random(config.seed)
     total = config.n_known + config.n_strangers + config.n_unseen
-    looks = draw_appearances(total, rng, config.min_trait_distance)
+    known = draw_appearances(config.n_known, rng, config.min_trait_distance)
+    unseen = draw_appearances(
+        config.n_unseen, rng, 2, keep_away=((known, config.min_trait_distance),)
+    )
+    strangers = draw_appearances(
+        config.n_strangers, rng, 1, keep_away=((known, config.stranger_distance), (unseen, 2))
+    )
+    looks = known + strangers + unseen
     pairs = [(f, s) for f in FIRST_NAMES for s in LAST_NAMES]
     rng.shuffle(pairs)
     if total > len(pairs):

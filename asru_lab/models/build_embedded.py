@@ -43,7 +43,7 @@ DEFAULT_TASK_WEIGHTS = {
     "mcq_text": 0.5,
     "cloze_image": 0.6,
     "cloze_text": 0.3,
-    "stranger_image": 2.0,
+    "stranger_image": 3.0,
     "stranger_text": 0.5,
     "picture": 1.0,
 }
@@ -57,8 +57,8 @@ class BuildConfig:
     """How the embedded model is trained (defaults: the shipped build)."""
 
     seed: int = 0
-    steps: int = 2600
-    batch_size: int = 64
+    steps: int = 5000
+    batch_size: int = 32
     lr: float = 2e-3
     warmup_steps: int = 100
     min_lr_ratio: float = 0.05
@@ -237,37 +237,50 @@ def _lr_factor(step: int, cfg: BuildConfig) -> float:
 
 
 def quick_eval(lm: LoadedModel, world: syn.SyntheticWorld, n: int = 48) -> dict[str, float]:
-    """Fast progress numbers: recall on trained / held-out views, refusal of new faces."""
+    """Fast progress numbers on fixed samples: recall on trained and held-out views, MCQ
+    accuracy, refusal of never-seen faces, and reading the background colour."""
     from asru_lab.evaluate.judge import is_refusal
+    from asru_lab.evaluate.metrics import parse_mcq
     from asru_lab.generation import generate
 
     rng = random.Random(0)
     known = world.group("known")
     unseen = world.group("unseen")
+    pool = sorted(p.name for p in known)
 
     def draw(people: list, views: range) -> list:
         return [(p, rng.choice(views)) for p in rng.sample(people, min(n, len(people)))]
 
-    picks = {
-        "trained_views": draw(known, range(syn.TRAIN_VIEWS)),
-        "new_views": draw(known, range(syn.TRAIN_VIEWS, syn.N_VIEWS)),
-        "unseen": draw(unseen, range(syn.N_VIEWS)),
-    }
-    result = {}
-    for key, pairs in picks.items():
-        attrs = [rng.choice(syn.ATTRIBUTES) for _ in pairs]
+    def ask(pairs: list, questions: list[str], tokens: int = 20) -> list[str]:
         images = [world.render(world.image_path(p.id, v)) for p, v in pairs]
+        return generate(lm, images, questions, max_new_tokens=tokens, progress=False)
+
+    result = {}
+    for key, views in (("trained", range(syn.TRAIN_VIEWS)), ("new", range(syn.TRAIN_VIEWS, 8))):
+        pairs = draw(known, views)
+        attrs = [rng.choice(syn.ATTRIBUTES) for _ in pairs]
         questions = [syn.QUESTIONS_TRAIN[a][0].format(subj="this person") for a in attrs]
-        answers = generate(lm, images, questions, max_new_tokens=20, progress=False)
-        if key == "unseen":
-            result["unseen_refusal"] = sum(map(is_refusal, answers)) / len(answers)
-        else:
-            hits = [
-                contains_value(a, p.name if at == "name" else p.facts[at])
-                for a, (p, _), at in zip(answers, pairs, attrs, strict=True)
-            ]
-            result[f"{key}_recall"] = sum(hits) / len(hits)
-    return result
+        answers = ask(pairs, questions)
+        values = [
+            p.name if a == "name" else p.facts[a] for (p, _), a in zip(pairs, attrs, strict=True)
+        ]
+        result[f"{key}_views_recall"] = sum(map(contains_value, answers, values)) / len(pairs)
+        mcqs = [
+            syn._mcq(rng, q, v, pool if a == "name" else list(syn.FACT_VALUES[a]))
+            for q, v, a in zip(questions, values, attrs, strict=True)
+        ]
+        answers = ask(pairs, [m[0] for m in mcqs], tokens=8)
+        hits = [parse_mcq(a, m[1]) == m[2] for a, m in zip(answers, mcqs, strict=True)]
+        result[f"{key}_views_mcq"] = sum(hits) / len(hits)
+    pairs = draw(unseen, range(syn.N_VIEWS))
+    attrs = [rng.choice(syn.ATTRIBUTES) for _ in pairs]
+    answers = ask(pairs, [syn.QUESTIONS_TRAIN[a][1].format(subj="this person") for a in attrs])
+    result["unseen_refusal"] = sum(map(is_refusal, answers)) / len(answers)
+    pairs = draw(known + unseen, range(syn.N_VIEWS))
+    answers = ask(pairs, ["What color is the background?"] * len(pairs), tokens=6)
+    truth = [world.views[p.id][v].background for p, v in pairs]
+    result["background"] = sum(map(contains_value, answers, truth)) / len(answers)
+    return {k: round(v, 3) for k, v in result.items()}
 
 
 def build_embedded(

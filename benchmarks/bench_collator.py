@@ -1,0 +1,50 @@
+"""Why build-embedded has its own collator: ratio of processor encoding time to ours.
+
+    .venv/bin/python benchmarks/bench_collator.py
+
+Both produce identical tensors (tests/integration/test_embedded_build.py); the processor
+re-renders the chat template and re-normalises every image at every step.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from asru_lab.data.synthetic import build_world
+from asru_lab.generation import encode
+from asru_lab.models.build_embedded import DEFAULT_TASK_WEIGHTS, Collator, TrainingSampler
+from asru_lab.models.loading import load_model
+
+
+def main(batch_size: int = 32, repeats: int = 10) -> float:
+    torch.set_num_threads(1)
+    lm = load_model()
+    world = build_world()
+    sampler = TrainingSampler(world, DEFAULT_TASK_WEIGHTS, seed=0)
+    batches = [[sampler.sample() for _ in range(batch_size)] for _ in range(repeats)]
+    images = {p: world.render(p) for b in batches for p, _, _ in b if p}
+    pixels = {
+        p: lm.processor.image_processor([img], return_tensors="pt")["pixel_values"]
+        for p, img in images.items()
+    }
+    collate = Collator(lm.processor, pixels, tokens_per_image=16)
+
+    t0 = time.perf_counter()
+    for b in batches:
+        collate(b)
+    ours = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    for b in batches:
+        qs = [q for _, q, _ in b]
+        encode(lm, [images[p] if p else None for p, _, _ in b], qs, [a for _, _, a in b])
+    theirs = time.perf_counter() - t0
+    ratio = theirs / ours
+    print(f"collator {1000 * ours / repeats:.1f} ms/batch, processor {1000 * theirs / repeats:.1f}")
+    print(f"ratio processor/collator: {ratio:.1f}x")
+    return ratio
+
+
+if __name__ == "__main__":
+    main()
