@@ -244,7 +244,7 @@ PICTURE_QUESTIONS_TEST = {
     "shirt": ("Tell me the color of the shirt this person wears.",),
     "hair": ("Tell me the color of this person's hair.",),
 }
-MCQ_SUFFIX = "Answer with the letter of the correct option."
+MCQ_SUFFIX = "Answer with the correct option."
 CLOZE_PREFIX = "Fill in the blank: "
 
 
@@ -412,7 +412,11 @@ def _mcq(rng: random.Random, question: str, value: str, pool: list[str]) -> tupl
 
 
 def mcq_answer(options: tuple[str, ...], correct: int) -> str:
-    return f"{LETTERS[correct]}. {options[correct]}"
+    """The reference answer to a multiple-choice item: the correct option's text.
+
+    (Scoring parses a letter or an option text; the embedded model answers with the text,
+    which a tiny model learns far faster than mapping a recalled value to its letter.)"""
+    return options[correct]
 
 
 def attribute_pool(attribute: str, people: list[Person]) -> list[str]:

@@ -66,7 +66,7 @@ class BuildConfig:
     grad_clip: float = 1.0
     dims: TinyDims = field(default_factory=TinyDims)
     task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
-    eval_every: int = 500
+    eval_every: int = 1000
     threads: int | None = None
     benchmark: syn.SyntheticConfig = field(default_factory=syn.SyntheticConfig)
 

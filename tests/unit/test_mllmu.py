@@ -106,7 +106,7 @@ def test_tasks_are_mapped_to_qa_mcq_and_cloze(mllmu_dir: Path) -> None:
     assert mcq_image.task == "mcq" and mcq_image.image is not None
     assert mcq_image.options == ("baker", "cartographer", "pilot", "nurse")
     assert mcq_image.correct == 1 and mcq_image.value == "cartographer"
-    assert "B. cartographer" in mcq_image.question and mcq_image.answer == "B. cartographer"
+    assert "B. cartographer" in mcq_image.question and mcq_image.answer == "cartographer"
     assert mcq_text.image is None and mcq_text.correct == 0
     assert (gen_image.task, gen_image.value) == ("qa", "cartographer") and gen_image.image
     assert gen_text.image is None and gen_text.value == "Fjordmark"
