@@ -441,61 +441,30 @@ def person_items(
     questions = QUESTIONS_TEST if paraphrase else QUESTIONS_TRAIN
     clozes = CLOZE_TEST if paraphrase else CLOZE_TRAIN
     items: list[QAItem] = []
-    for attr in ATTRIBUTES:
+
+    def ask(attr: str, image: str | None, subj: str, subj_cap: str) -> None:
         value = person.name if attr == "name" else person.facts[attr]
         pool = name_pool if attr == "name" else list(FACT_VALUES[attr])
-        answer = answer_sentence(attr, person.name, value)
+        question = rng.choice(questions[attr]).format(subj=subj)
+        if "qa" in tasks:
+            answer = answer_sentence(attr, person.name, value)
+            items.append(QAItem(split, "qa", person.id, image, question, answer, attr, value))
+        if "mcq" in tasks:
+            stem = rng.choice(questions[attr]).format(subj=subj)
+            text, options, correct = _mcq(rng, stem, value, pool)
+            answer = mcq_answer(options, correct)
+            items.append(
+                QAItem(split, "mcq", person.id, image, text, answer, attr, value, options, correct)
+            )
+        if "cloze" in tasks:
+            text = CLOZE_PREFIX + clozes[attr].format(subj=subj, subj_cap=subj_cap)
+            items.append(QAItem(split, "cloze", person.id, image, text, value, attr, value))
+
+    for attr in ATTRIBUTES:
         for view in views:
-            img = image_path(person.id, view)
-            q = rng.choice(questions[attr]).format(subj="this person")
-            if "qa" in tasks:
-                items.append(QAItem(split, "qa", person.id, img, q, answer, attr, value))
-            if "mcq" in tasks:
-                mq = rng.choice(questions[attr]).format(subj="this person")
-                text, options, correct = _mcq(rng, mq, value, pool)
-                items.append(
-                    QAItem(
-                        split,
-                        "mcq",
-                        person.id,
-                        img,
-                        text,
-                        mcq_answer(options, correct),
-                        attr,
-                        value,
-                        options,
-                        correct,
-                    )
-                )
-            if "cloze" in tasks:
-                cz = clozes[attr].format(subj="this person", subj_cap="This person")
-                items.append(
-                    QAItem(split, "cloze", person.id, img, CLOZE_PREFIX + cz, value, attr, value)
-                )
+            ask(attr, image_path(person.id, view), "this person", "This person")
         if text_only and attr != "name":
-            q = rng.choice(questions[attr]).format(subj=person.name)
-            items.append(QAItem(split, "qa", person.id, None, q, answer, attr, value))
-            if "mcq" in tasks:
-                text, options, correct = _mcq(rng, q, value, pool)
-                items.append(
-                    QAItem(
-                        split,
-                        "mcq",
-                        person.id,
-                        None,
-                        text,
-                        mcq_answer(options, correct),
-                        attr,
-                        value,
-                        options,
-                        correct,
-                    )
-                )
-            if "cloze" in tasks:
-                cz = clozes[attr].format(subj=person.name, subj_cap=person.name)
-                items.append(
-                    QAItem(split, "cloze", person.id, None, CLOZE_PREFIX + cz, value, attr, value)
-                )
+            ask(attr, None, person.name, person.name)
     return items
 
 

@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from asru_lab.cli import COMMANDS, main
 from asru_lab.data import load_benchmark
 from asru_lab.models.embedded import embedded_dir
 from asru_lab.models.loading import load_model
+from tests.stub_judge import StubServer
 from tests.tiny_models import make_tiny_qwen3_vl
 
 ASRU_LAB = Path(sys.executable).parent / "asru-lab"
@@ -91,37 +90,19 @@ def test_synthetic_export_round_trips(tmp_path):
     assert {"birthplace", "occupation", "birth_year", "hobby"} <= set(profile["facts"])
 
 
-class _Judge(BaseHTTPRequestHandler):
-    seen: list[dict] = []
-
-    def do_POST(self):  # noqa: N802 (http.server's name)
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        _Judge.seen.append(body)
-        verdict = {"category": "contextual_refusal", "contextual_refusal": 4, "leakage": 5,
-                   "naturalness": 4, "reason": "stub"}  # fmt: skip
-        reply = {"choices": [{"message": {"role": "assistant", "content": json.dumps(verdict)}}]}
-        data = json.dumps(reply).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
-
-
 @needs_embedded
 def test_evaluate_with_an_http_judge(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Judge)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    verdict = {"category": "contextual_refusal", "contextual_refusal": 4, "leakage": 5,
+               "naturalness": 4, "reason": "stub"}  # fmt: skip
+    server = StubServer()
+    for _ in range(3):
+        server.reply(json.dumps(verdict))
     try:
         out = tmp_path / "r.json"
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
         args = ["evaluate", "--splits", "unseen", "--max-items", "3", "--out", str(out)]
-        assert main([*args, "--judge-url", url, "--judge-model", "stub-judge"]) == 0
+        assert main([*args, "--judge-url", server.url, "--judge-model", "stub-judge"]) == 0
     finally:
-        server.shutdown()
+        server.close()
     quality = json.loads(out.read_text())["splits"]["unseen"]["quality"]
     assert quality["categories"]["contextual_refusal"] == 1.0 and quality["naturalness"] == 4
-    assert len(_Judge.seen) == 3 and _Judge.seen[0]["model"] == "stub-judge"
+    assert len(server.requests) == 3 and server.requests[0]["body"]["model"] == "stub-judge"
