@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem
-from asru_lab.data.synthetic import CLOZE_PREFIX, MCQ_SUFFIX, mcq_answer
+from asru_lab.data.synthetic import CLOZE_PREFIX, MCQ_SUFFIX
 
 # forget_ratio -> (forget config, retain config), as released.
 CONFIGS = {
@@ -272,7 +272,7 @@ def row_items(
                     person_id,
                     next_image() if with_image else None,
                     f"{question}\n{lines}\n{MCQ_SUFFIX}",
-                    mcq_answer(options, correct),
+                    options[correct],  # reference answer: the correct option's text
                     ATTRIBUTE,
                     options[correct],
                     options,

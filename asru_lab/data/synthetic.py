@@ -411,14 +411,6 @@ def _mcq(rng: random.Random, question: str, value: str, pool: list[str]) -> tupl
     return f"{question}\n{lines}\n{MCQ_SUFFIX}", tuple(options), correct
 
 
-def mcq_answer(options: tuple[str, ...], correct: int) -> str:
-    """The reference answer to a multiple-choice item: the correct option's text.
-
-    (Scoring parses a letter or an option text; the embedded model answers with the text,
-    which a tiny model learns far faster than mapping a recalled value to its letter.)"""
-    return options[correct]
-
-
 def attribute_pool(attribute: str, people: list[Person]) -> list[str]:
     if attribute == "name":
         return sorted({p.name for p in people})
@@ -452,7 +444,10 @@ def person_items(
         if "mcq" in tasks:
             stem = rng.choice(questions[attr]).format(subj=subj)
             text, options, correct = _mcq(rng, stem, value, pool)
-            answer = mcq_answer(options, correct)
+            # The open question's sentence ("<name> was born in <option>."): naming the person
+            # first lets a tiny model recall the fact through the name, which it learns far
+            # faster than mapping a recalled value to its letter.
+            answer = answer_sentence(attr, person.name, value)
             items.append(
                 QAItem(split, "mcq", person.id, image, text, answer, attr, value, options, correct)
             )

@@ -160,8 +160,8 @@ class TrainingSampler:
         question = rng.choice(syn.QUESTIONS_TRAIN[attr]).format(subj=subj)
         if family.startswith("mcq"):
             pool = syn.attribute_pool(attr, self.known)
-            text, options, correct = syn._mcq(rng, _augment(rng, question), value, pool)
-            return image, text, syn.mcq_answer(options, correct)
+            text, _, _ = syn._mcq(rng, _augment(rng, question), value, pool)
+            return image, text, syn.answer_sentence(attr, person.name, value)
         if family.startswith("cloze"):
             sentence = syn.CLOZE_TRAIN[attr].format(
                 subj=subj, subj_cap="This person" if with_image else person.name
