@@ -67,7 +67,7 @@ class BuildConfig:
     dims: TinyDims = field(default_factory=TinyDims)
     task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
     eval_every: int = 1000
-    threads: int | None = None
+    threads: int | None = 2  # fixed so that the same seed gives the same weights
     benchmark: syn.SyntheticConfig = field(default_factory=syn.SyntheticConfig)
 
 
@@ -292,10 +292,18 @@ def build_embedded(
     """
     cfg = config or BuildConfig()
     out = Path(out_dir) if out_dir is not None else embedded_dir()
+    previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # Denormal floats appear as weights decay and make CPU matmuls ~10x slower.
     torch.set_flush_denormal(True)
+    try:
+        return _train(cfg, out, progress)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _train(cfg: BuildConfig, out: Path, progress: bool) -> LoadedModel:
     started = time.time()
     world = syn.build_world(cfg.benchmark)
     sampler = TrainingSampler(world, cfg.task_weights, cfg.seed)
