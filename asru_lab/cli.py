@@ -83,7 +83,8 @@ def cmd_demo(args) -> int:
     print(report.table())
     print("\nSample answers:")
     for split in ("forget", "unseen", "general"):
-        items = [i for i in bench.split(split, "qa") if i.image][:2]
+        by_attribute = {i.attribute: i for i in reversed(bench.split(split, "qa")) if i.image}
+        items = list(by_attribute.values())[:2]  # two different questions per split
         answers = al.generate(
             lm, [bench.load_image(i.image) for i in items], [i.question for i in items]
         )
