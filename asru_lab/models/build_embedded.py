@@ -171,7 +171,7 @@ class TrainingSampler:
 
 
 class Collator:
-    """Turns examples into model inputs without calling the processor per step.
+    """Turns examples into right-padded model inputs with answer-only labels.
 
     Prompts are built with the processor's own chat template and its image-token expansion,
     and pixel values are computed once per image (a test checks both match the processor).
