@@ -18,8 +18,10 @@ ImageLike = Image.Image | str | os.PathLike | None
 
 def as_image(image: ImageLike) -> Image.Image | None:
     """A PIL image from a PIL image, a path, or None (text only)."""
-    if image is None or isinstance(image, Image.Image):
-        return image.convert("RGB") if isinstance(image, Image.Image) else None
+    if image is None:
+        return None
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
     if isinstance(image, str | os.PathLike):
         return open_image(Path(image))
     raise TypeError(f"image must be a PIL image, a path or None, not {type(image).__name__}")

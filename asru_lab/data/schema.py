@@ -10,7 +10,7 @@ import hashlib
 import json
 import re
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
@@ -155,16 +155,6 @@ class Benchmark:
             meta=self.meta,
         )
 
-    def with_people(self, people: Iterable[Person], items: Iterable[QAItem]) -> Benchmark:
-        return Benchmark(
-            people,
-            items,
-            name=self.name,
-            root=self.root,
-            image_loader=self._image_loader,
-            meta=self.meta,
-        )
-
     def fingerprint(self) -> str:
         """A short hash of people and items (not image bytes): identifies the data in artifacts."""
         h = hashlib.sha256()
@@ -226,7 +216,3 @@ def open_image(path: Path) -> Image.Image:
         raise BenchmarkError(
             f"not a readable image: {path} ({exc.__class__.__name__}: {exc})"
         ) from exc
-
-
-def with_split(item: QAItem, split: str) -> QAItem:
-    return replace(item, split=split)

@@ -8,12 +8,6 @@ from pathlib import Path
 
 from asru_lab.artifacts import write_json_atomic
 
-METRIC_KEYS = ("mcq_acc", "cloze_acc", "rougeL", "leak_rate", "refusal_rate")
-QUALITY_KEYS = ("contextual_refusal", "leakage", "naturalness")
-# What a high `leak_rate` means on each split: a leak where the model should forget,
-# plain recall elsewhere.
-LEAK_MEANING = {"forget": "leak", "test": "leak", "unseen": "leak"}
-
 
 @dataclass
 class EvalReport:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
+from asru_lab.artifacts import atomic_dir
 from asru_lab.models.adapters import ArchitectureAdapter, adapter_for
 from asru_lab.models.embedded import EMBEDDED_NAME, embedded_dir
 from asru_lab.models.processor import register_image_only_processor
@@ -78,8 +79,6 @@ class LoadedModel:
 
     def save(self, out_dir: str | Path) -> Path:
         """Write a `save_pretrained` directory that `load_model(out_dir)` reads back."""
-        from asru_lab.artifacts import atomic_dir
-
         with atomic_dir(out_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
