@@ -24,8 +24,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem
-from asru_lab.data.synthetic import CLOZE_PREFIX, MCQ_SUFFIX
+from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
+from asru_lab.data.synthetic import CLOZE_PREFIX, mcq_prompt
 
 # forget_ratio -> (forget config, retain config), as released.
 CONFIGS = {
@@ -264,14 +264,13 @@ def row_items(
         for entry in classification.get(group) or []:
             options, correct = mcq_options(entry, f"{where} {group}")
             question = str(entry["Question"])
-            lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
             items.append(
                 QAItem(
                     split,
                     "mcq",
                     person_id,
                     next_image() if with_image else None,
-                    f"{question}\n{lines}\n{MCQ_SUFFIX}",
+                    mcq_prompt(question, options),
                     options[correct],  # reference answer: the correct option's text
                     ATTRIBUTE,
                     options[correct],

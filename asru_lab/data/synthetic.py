@@ -406,9 +406,13 @@ def _mcq(rng: random.Random, question: str, value: str, pool: list[str]) -> tupl
     distractors = rng.sample([v for v in pool if v != value], 3)
     options = [value, *distractors]
     rng.shuffle(options)
-    correct = options.index(value)
+    return mcq_prompt(question, options), tuple(options), options.index(value)
+
+
+def mcq_prompt(question: str, options) -> str:
+    """A multiple-choice prompt: the question, lettered options, then the instruction."""
     lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return f"{question}\n{lines}\n{MCQ_SUFFIX}", tuple(options), correct
+    return f"{question}\n{lines}\n{MCQ_SUFFIX}"
 
 
 def attribute_pool(attribute: str, people: list[Person]) -> list[str]:
