@@ -46,6 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="evaluate every item")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for the judge")
     p.add_argument("--judge-model", default=None, help="model name at --judge-url")
+    p.add_argument("--probe", default=None, help="steering probe dir: evaluate with it applied")
+    p.add_argument("--alpha", type=float, default=None, help="override the probe's strength")
+    p.add_argument("--no-gate", action="store_true", help="steer every prompt (ignore the gate)")
+
+    p = sub.add_parser("locate", help="stage 1.1: find the direction, sweep, write a probe")
+    _add_common(p, out_help="probe directory (probe + sweep.json + locate.html)")
+    p.add_argument("--layers", type=int, nargs="*", default=None, help="candidate layers")
+    p.add_argument("--strengths", type=float, nargs="*", default=None, help="alphas to sweep")
+    p.add_argument("--site", choices=("output", "input"), default="output", help="layer site")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
     _add_common(p, out_help="output directory")
@@ -108,10 +118,55 @@ def cmd_evaluate(args) -> int:
         splits=tuple(args.splits) if args.splits else None,
         max_items=None if args.full else args.max_items,
     )
-    report = al.evaluate(lm, bench, config, method=args.method, judge=judge)
+    if args.probe:
+        from asru_lab.probe import SteeringProbe
+
+        probe = SteeringProbe.load(args.probe)
+        gated = False if args.no_gate else None
+        with probe.apply(lm, alpha=args.alpha, gated=gated):
+            method = "steer_only" if args.method == "vanilla" else args.method
+            report = al.evaluate(lm, bench, config, method=method, judge=judge)
+        report.meta["probe"] = {
+            "path": str(args.probe),
+            "layer": probe.layer,
+            "alpha": probe.alpha if args.alpha is None else args.alpha,
+            "positions": probe.positions,
+            "gated": probe.gate is not None and probe.gated and not args.no_gate,
+        }
+    else:
+        report = al.evaluate(lm, bench, config, method=args.method, judge=judge)
     report.to_json(args.out)
     print(report.table())
     print(f"\nwrote {args.out} ({report.meta['seconds']} s)")
+    return 0
+
+
+def cmd_locate(args) -> int:
+    from asru_lab import viz
+    from asru_lab.locate import LocateConfig, LocateResult, locate
+
+    lm, bench = _load(args)
+    config = LocateConfig(site=args.site, seed=args.seed, progress=not args.quiet)
+    if args.layers:
+        config.layers = tuple(args.layers)
+    if args.strengths:
+        config.strengths = tuple(args.strengths)
+    probe = locate(lm, bench, config)
+    out = probe.save(args.out)
+    evidence = probe.evidence
+    viz.figures_html(
+        [
+            viz.separability_heatmap(evidence),
+            viz.separability_heatmap(evidence, "forget_vs_unseen"),
+            viz.sweep_chart(evidence),
+            viz.layer_cosine_heatmap(evidence),
+        ],
+        out / "locate.html",
+        f"asru_lab locate: {lm.name}",
+    )
+    print("\n".join(LocateResult(**evidence).table().splitlines()[:6]))  # header + 5 best
+    print(f"recommended: {probe}")
+    print(f"wrote {out}/probe.json, probe.safetensors, sweep.json, locate.html")
     return 0
 
 
@@ -155,6 +210,7 @@ def cmd_finetune(args) -> int:
 COMMANDS = {
     "demo": cmd_demo,
     "evaluate": cmd_evaluate,
+    "locate": cmd_locate,
     "export-benchmark": cmd_export,
     "build-embedded": cmd_build,
     "finetune": cmd_finetune,
@@ -166,10 +222,19 @@ def main(argv: list[str] | None = None) -> int:
     from asru_lab.data.schema import BenchmarkError
     from asru_lab.models.adapters import AdapterError
     from asru_lab.models.loading import ModelLoadError
+    from asru_lab.probe import ProbeError
+    from asru_lab.trace import TraceError
 
     try:
         return COMMANDS[args.command](args)
-    except (BenchmarkError, ModelLoadError, AdapterError, FileExistsError) as exc:
+    except (
+        BenchmarkError,
+        ModelLoadError,
+        AdapterError,
+        ProbeError,
+        TraceError,
+        FileExistsError,
+    ) as exc:
         print(f"asru-lab {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

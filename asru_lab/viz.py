@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import html
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
 
+import plotly.graph_objects as go
 from PIL import Image, ImageDraw
+from plotly.subplots import make_subplots
 
+from asru_lab.artifacts import write_text_atomic
 from asru_lab.data.schema import Benchmark
 
 
@@ -26,3 +32,183 @@ def contact_sheet(
             img = bench.load_image(f"images/{pid}_v{view}.png").resize((side, side), Image.NEAREST)
             sheet.paste(img, (label + col * side, row * side))
     return sheet
+
+
+# --- locate -----------------------------------------------------------------------------------
+def separability_heatmap(evidence: dict, comparison: str = "forget_vs_retain") -> go.Figure:
+    """Layer x token-position heatmap of held-out AUROC from `locate`'s evidence.
+
+    `comparison`: "forget_vs_retain" (projection on the memorisation direction) or
+    "forget_vs_unseen" (projection on the knowledge-absence direction).
+    """
+    sep = evidence["separability"]
+    positions = list(sep)
+    z = [[sep[p][comparison][k] for p in positions] for k in range(len(evidence["layers"]))]
+    title = {
+        "forget_vs_retain": "Where forget and retain people are told apart (held-out AUROC)",
+        "forget_vs_unseen": "Where forget and never-seen people are told apart (held-out AUROC)",
+    }[comparison]
+    fig = go.Figure(
+        go.Heatmap(
+            z=z,
+            x=[_position_label(p) for p in positions],
+            y=[f"layer {k}" for k in evidence["layers"]],
+            zmin=0.5,
+            zmax=1.0,
+            colorscale="Viridis",
+            text=[[f"{v:.3f}" for v in row] for row in z],
+            texttemplate="%{text}",
+            hovertemplate="%{y}, %{x}: AUROC %{z:.3f}<extra></extra>",
+            colorbar={"title": "AUROC"},
+        )
+    )
+    fig.update_layout(title=title, xaxis_title="token position", yaxis_title="decoder layer")
+    return fig
+
+
+def _position_label(position: str) -> str:
+    if position == "last":
+        return "last prompt token"
+    if position == "prompt":
+        return "mean over prompt"
+    return f"token {position}"
+
+
+def sweep_chart(evidence: dict) -> go.Figure:
+    """Forget refusal and retain accuracy against steering strength, one panel per layer.
+
+    Solid lines: forget refusal rate; dashed: retain accuracy. Colour: ungated or the gate's
+    false-positive level. The recommended point is circled.
+    """
+    rows = evidence["sweep"]
+    layers = sorted({r["layer"] for r in rows})
+    positions = sorted({r["positions"] for r in rows})
+    fig = make_subplots(
+        rows=len(positions),
+        cols=len(layers),
+        shared_yaxes=True,
+        subplot_titles=[f"layer {k}, steer {p}" for p in positions for k in layers],
+    )
+    variants = sorted({r["gate_max_fpr"] for r in rows}, key=lambda v: (v is not None, v or 0))
+    palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
+    colours = {v: palette[i % len(palette)] for i, v in enumerate(variants)}
+    rec = evidence["recommended"]
+    for pi, pos in enumerate(positions):
+        for li, layer in enumerate(layers):
+            for variant in variants:
+                pts = sorted(
+                    (
+                        r
+                        for r in rows
+                        if r["layer"] == layer
+                        and r["positions"] == pos
+                        and r["gate_max_fpr"] == variant
+                    ),
+                    key=lambda r: r["alpha"],
+                )
+                name = "ungated" if variant is None else f"gate ≤{variant:.0%} FPR"
+                first = pi == 0 and li == 0
+                for metric, dash in (("forget_refusal", "solid"), ("retain_acc", "dash")):
+                    fig.add_trace(
+                        go.Scatter(
+                            x=[r["alpha"] for r in pts],
+                            y=[r[metric] for r in pts],
+                            mode="lines+markers",
+                            line={"color": colours[variant], "dash": dash},
+                            name=f"{name}: {metric.replace('_', ' ')}",
+                            legendgroup=f"{variant}{metric}",
+                            showlegend=first,
+                        ),
+                        row=pi + 1,
+                        col=li + 1,
+                    )
+            if rec["layer"] == layer and rec["positions"] == pos:
+                best = next(
+                    r
+                    for r in rows
+                    if all(r[k] == rec[k] for k in ("layer", "alpha", "positions", "gated"))
+                    and r["gate_max_fpr"] == rec["gate_max_fpr"]
+                )
+                fig.add_trace(
+                    go.Scatter(
+                        x=[best["alpha"]],
+                        y=[best["forget_refusal"]],
+                        mode="markers",
+                        marker={"size": 16, "symbol": "circle-open", "color": "black"},
+                        name="recommended",
+                    ),
+                    row=pi + 1,
+                    col=li + 1,
+                )
+    fig.update_xaxes(title_text="alpha")
+    fig.update_yaxes(range=[-0.02, 1.02])
+    fig.update_layout(
+        title="Steering sweep: forget refusal (solid) and retain accuracy (dashed)",
+        height=320 * len(positions),
+    )
+    return fig
+
+
+def layer_cosine_heatmap(evidence: dict) -> go.Figure:
+    """Cosine similarity of the knowledge-absence direction between layers."""
+    labels = [f"layer {k}" for k in evidence["layers"]]
+    fig = go.Figure(
+        go.Heatmap(z=evidence["cosines"], x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu")
+    )
+    fig.update_layout(title="Knowledge-absence direction: cosine between layers")
+    return fig
+
+
+def figures_html(figures: Sequence[go.Figure], path: str | os.PathLike, title: str) -> Path:
+    """One self-contained HTML page (plotly.js inlined once, works offline), written atomically."""
+    parts = [
+        fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)
+    ]
+    body = "\n".join(f"<div>{p}</div>" for p in parts)
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
+    page += f"<body><h1>{title}</h1>{body}</body></html>"
+    return write_text_atomic(path, page)
+
+
+def steering_explorer(
+    people: Sequence[tuple[str, Image.Image]],
+    questions: Sequence[str],
+    layers: Sequence[int],
+    strengths: Sequence[float],
+    answer: Callable[[int, str, int, float], tuple[str, str]],
+    *,
+    layer: int,
+    alpha: float,
+):
+    """ipywidgets controls (person, question, layer, strength) with the unsteered and steered
+    answers side by side. `answer(person_index, question, layer, alpha)` returns the pair;
+    it is computed elsewhere (e.g. `locate.explorer_answers`)."""
+    import io
+
+    import ipywidgets as w
+
+    person = w.Dropdown(options=[(name, i) for i, (name, _) in enumerate(people)], value=0)
+    question = w.Dropdown(options=list(questions), description="question")
+    layer_w = w.SelectionSlider(options=list(layers), value=layer, description="layer")
+    alpha_w = w.SelectionSlider(
+        options=sorted({*strengths, alpha}), value=alpha, description="strength"
+    )
+    image = w.Image(format="png", width=128, height=128)
+    result = w.HTML()
+
+    def refresh(_=None) -> None:
+        buf = io.BytesIO()
+        people[person.value][1].resize((128, 128), Image.NEAREST).save(buf, format="PNG")
+        image.value = buf.getvalue()
+        plain, steered = answer(person.value, question.value, layer_w.value, alpha_w.value)
+        result.value = (
+            f"<b>unsteered:</b> {html.escape(plain)}<br>"
+            f"<b>steered (layer {layer_w.value}, alpha {alpha_w.value:g}):</b> "
+            f"{html.escape(steered)}"
+        )
+
+    for control in (person, question, layer_w, alpha_w):
+        control.observe(refresh, names="value")
+    refresh()
+    person.description = "person"
+    return w.VBox([w.HBox([image, w.VBox([person, question, layer_w, alpha_w])]), result])

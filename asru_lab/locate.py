@@ -1,0 +1,486 @@
+"""`locate`: find where the model holds its knowledge of the forget set, and how to steer it.
+
+1. Capture activations (nnsight, batched) of forget, retain and *target* prompts — target =
+   never-seen faces the model actually refuses (judged) — at every layer and at several token
+   positions; directions are fitted on one part of each set, separability (AUROC) measured on
+   the held-out rest.
+2. Directions per layer: the knowledge-absence direction v = mean(target) - mean(forget) and
+   the memorisation direction mean(forget) - mean(retain); a logistic memorisation gate per
+   candidate layer, its threshold chosen on held-out activations.
+3. Sweep candidate layers x strengths x steered positions: refusal rate on forget prompts,
+   answer accuracy (recall) on retain prompts and KL of retain next-token distributions,
+   ungated and gated. A gated run steers exactly the rows the gate fires on, so its answers
+   are the steered answers on those rows and the unsteered ones elsewhere (no extra pass).
+4. Recommend the configuration with the highest forget refusal whose retain accuracy drops by
+   at most `max_retain_drop`; return it as a `SteeringProbe` carrying the evidence.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
+from asru_lab.directions import (
+    REFUSALS,
+    auroc,
+    fit_gate,
+    knowledge_absence_direction,
+    layer_cosines,
+    logit_lens,
+    memorisation_direction,
+    refused_items,
+)
+from asru_lab.evaluate.judge import ClosedWorldJudge, Judge
+from asru_lab.generation import encode
+from asru_lab.models.loading import LoadedModel
+from asru_lab.probe import STEER_POSITIONS, MemorisationGate, SteeringProbe
+from asru_lab.trace import capture, check_layers, check_position, check_site, deepstack_relation
+
+
+@dataclass
+class LocateConfig:
+    """How to find and choose the steering direction (defaults sized for the embedded model)."""
+
+    layers: tuple[int, ...] | None = None  # candidate layers to sweep; None: all (<= 8) or the
+    # `n_candidates` most separable ones
+    n_candidates: int = 4
+    site: str = "output"  # "output" or "input" of the layer (see asru_lab.trace)
+    strengths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # alpha in h + alpha * v
+    positions: tuple[str, ...] = ("last", "all")  # where the sweep steers (probe.STEER_POSITIONS)
+    heatmap_positions: tuple[str | int, ...] = ("last", -2, -3, -4, -5, "prompt")
+    max_examples: int = 512  # forget and target examples for directions and the gate
+    retain_examples: int = 1536  # retain examples (the gate's negatives: more of them helps)
+    gate_tokens: int = 3  # the gate reads this many last prompt tokens
+    gate_max_fpr: tuple[float, ...] = (0.01, 0.02, 0.05)  # held-out share of retain prompts the
+    # gate may fire on; each level is a gated sweep variant
+    holdout: float = 0.25  # share of each set kept out of the fit, for AUROC and the threshold
+    sweep_forget: int = 64  # forget prompts per sweep point
+    sweep_retain: int = 128  # retain prompts per sweep point
+    max_new_tokens: int = 24
+    max_retain_drop: float = 0.02  # allowed drop in retain accuracy (fraction, not points)
+    text_only: bool = True  # include text-only questions (by name) in forget/retain sets
+    seed: int = 0
+    batch_size: int = 32
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_site(self.site)
+        for p in self.heatmap_positions:
+            check_position(p)
+        for p in self.positions:
+            if p not in STEER_POSITIONS:
+                raise ValueError(f"unknown steering position {p!r}; expected {STEER_POSITIONS}")
+        if not self.strengths:
+            raise ValueError("strengths must hold at least one value")
+        if self.gate_tokens < 1:
+            raise ValueError(f"gate_tokens must be >= 1, got {self.gate_tokens}")
+        if not 0 < self.holdout < 1:
+            raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
+
+
+@dataclass
+class LocateSets:
+    """The example sets, each split into a fitting part and a held-out part."""
+
+    fit: dict[str, list[QAItem]] = field(default_factory=dict)
+    held: dict[str, list[QAItem]] = field(default_factory=dict)
+    target_candidates: int = 0
+
+
+def _sample(items: Sequence[QAItem], n: int, rng: random.Random) -> list[QAItem]:
+    """Up to `n` items spread evenly over (person, image or text-only) strata.
+
+    Even spreading matters for the gate: a retain person whose text-only questions it never
+    saw is the one it mistakes for a forget person.
+    """
+    items = list(items)
+    if len(items) <= n:
+        return items
+    strata: dict[tuple, list[QAItem]] = {}
+    for item in items:
+        strata.setdefault((item.person_id, item.image is None), []).append(item)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(strata.items())]
+    picked: list[QAItem] = []
+    while len(picked) < n:
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
+
+
+def _qa(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
+    return [i for i in bench.split(split, "qa") if text_only or i.image]
+
+
+def build_sets(lm: LoadedModel, bench: Benchmark, config: LocateConfig, judge: Judge) -> LocateSets:
+    """Sample forget / retain / target sets and split each into fit and held-out parts."""
+    rng = random.Random(config.seed)
+    forget = _qa(bench, "forget", config.text_only)
+    if not forget:
+        raise BenchmarkError(
+            f"{bench.name} has no forget generation questions: nothing to locate "
+            "(is the forget split empty, or text-only while text_only=False?)"
+        )
+    retain = _qa(bench, "retain", config.text_only)
+    if not retain:
+        raise BenchmarkError(f"{bench.name} has no retain generation questions")
+    unseen = [i for i in bench.split("unseen", "qa") if i.image]
+    if not unseen:
+        raise BenchmarkError(
+            f"{bench.name} has no unseen image questions: the target set (faces the model "
+            "has never seen and refuses) comes from the 'unseen' split"
+        )
+    candidates = _sample(unseen, config.max_examples, rng)
+    target, _ = refused_items(lm, bench, candidates, judge=judge, batch_size=config.batch_size)
+    if len(target) < 4:
+        raise BenchmarkError(
+            f"the model refuses only {len(target)} of {len(candidates)} unseen questions: the "
+            "knowledge-absence direction needs refused examples (is this model trained to "
+            "refuse unknown faces?)"
+        )
+    sets = LocateSets(target_candidates=len(candidates))
+    pools = {
+        "forget": _sample(forget, config.max_examples, rng),
+        "retain": _sample(retain, config.retain_examples, rng),
+        "target": target,
+    }
+    for name, items in pools.items():
+        items = list(items)
+        rng.shuffle(items)
+        n_held = max(1, round(len(items) * config.holdout)) if len(items) > 1 else 0
+        sets.fit[name] = items[n_held:]
+        sets.held[name] = items[:n_held]
+    return sets
+
+
+@dataclass
+class LocateResult:
+    """Everything `locate` measured; `to_json()` is what `sweep.json` holds."""
+
+    config: dict
+    layers: list[int]
+    separability: dict  # position -> {"forget_vs_retain": [per layer], "forget_vs_unseen": [...]}
+    direction_norms: list[float]
+    cosines: list[list[float]]
+    logit_lens: dict  # layer -> [(token, logit)]
+    gates: dict  # layer -> held-out gate stats
+    sweep: list[dict]
+    baseline: dict
+    recommended: dict
+    sizes: dict
+    seconds: float
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def table(self) -> str:
+        """The sweep as a fixed-width text table (best configuration first)."""
+        rows = sorted(self.sweep, key=_rank_key, reverse=True)
+        head = (
+            f"{'layer':>5} {'alpha':>5} {'positions':>9} {'gate':>5} {'forget_refusal':>14} "
+            f"{'forget_leak':>11} {'retain_acc':>10} {'retain_kl':>9}"
+        )
+        lines = [head]
+        for r in rows:
+            lines.append(
+                f"{r['layer']:>5} {r['alpha']:>5g} {r['positions']:>9} "
+                f"{_gate_label(r):>5} {r['forget_refusal']:>14.3f} "
+                f"{r['forget_leak']:>11.3f} {r['retain_acc']:>10.3f} {r['retain_kl']:>9.4f}"
+            )
+        return "\n".join(lines)
+
+
+def _gate_label(row: dict) -> str:
+    return f"{row['gate_max_fpr']:.0%}" if row["gated"] else "off"
+
+
+def _pos_key(position: str | int) -> str | int:
+    return -1 if position == "last" else position
+
+
+def _pos_label(position: str | int) -> str:
+    return "last" if position == -1 else str(position)
+
+
+def _candidates(
+    config: LocateConfig, layers: Sequence[int], separability: list[float]
+) -> list[int]:
+    """Layers to sweep: the configured ones, all of a small model, else the most separable."""
+    if config.layers is not None:
+        return sorted({layer % len(layers) for layer in config.layers})
+    if len(layers) <= 8:
+        return list(layers)
+    ranked = sorted(layers, key=lambda k: separability[k], reverse=True)
+    return sorted(ranked[: config.n_candidates])
+
+
+def _rank_key(row: dict) -> tuple:
+    return (row["admissible"], row["forget_refusal"], -row["forget_leak"], -row["retain_kl"])
+
+
+@torch.no_grad()
+def _answers(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    config: LocateConfig,
+    probe: SteeringProbe | None = None,
+    positions: str = "last",
+) -> tuple[list[str], torch.Tensor]:
+    """Greedy answers and first-step log-probabilities `[n, vocab]` (ungated steering)."""
+    answers, logprobs = [], []
+    tok = lm.tokenizer
+    for s in range(0, len(items), config.batch_size):
+        chunk = items[s : s + config.batch_size]
+        batch = encode(
+            lm,
+            [bench.load_image(i.image) if i.image else None for i in chunk],
+            [i.question for i in chunk],
+        )
+        kwargs = dict(
+            max_new_tokens=config.max_new_tokens,
+            do_sample=False,
+            pad_token_id=tok.pad_token_id,
+            eos_token_id=tok.eos_token_id,
+            return_dict_in_generate=True,
+            output_logits=True,
+        )
+        if probe is None:
+            out = lm.model.generate(**batch, **kwargs)
+        else:
+            with probe.apply(lm, positions=positions, gated=False):
+                out = lm.model.generate(**batch, **kwargs)
+        new = out.sequences[:, batch["input_ids"].shape[1] :]
+        answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
+        logprobs.append(torch.log_softmax(out.logits[0].float(), -1).cpu())
+    return answers, torch.cat(logprobs)
+
+
+def _score(
+    forget: Sequence[QAItem],
+    retain: Sequence[QAItem],
+    f_answers: Sequence[str],
+    r_answers: Sequence[str],
+    judge: Judge,
+) -> dict:
+    f_judged = judge.judge(list(forget), list(f_answers))
+    f_leaks = [contains_value(a, i.value) for i, a in zip(forget, f_answers, strict=True)]
+    r_hits = [contains_value(a, i.value) for i, a in zip(retain, r_answers, strict=True)]
+    return {
+        "forget_refusal": sum(j.category in REFUSALS for j in f_judged) / len(forget),
+        "forget_leak": sum(f_leaks) / len(forget),
+        "retain_acc": sum(r_hits) / len(retain),
+    }
+
+
+def _kl(base: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
+    """Per-row KL(base || steered) of next-token distributions, in nats."""
+    return (base.exp() * (base - steered)).sum(-1)
+
+
+def _mix(rows: torch.Tensor, steered: Sequence[str], base: Sequence[str]) -> list[str]:
+    return [s if fire else b for fire, s, b in zip(rows.tolist(), steered, base, strict=True)]
+
+
+def locate(
+    lm: LoadedModel,
+    bench: Benchmark,
+    config: LocateConfig | None = None,
+    *,
+    judge: Judge | None = None,
+) -> SteeringProbe:
+    """Find, measure and sweep; returns the recommended `SteeringProbe`.
+
+    The probe's `evidence` holds the full `LocateResult` as JSON (saved as `sweep.json`);
+    `LocateResult(**probe.evidence)` rebuilds it.
+    """
+    config = config or LocateConfig()
+    judge = judge or ClosedWorldJudge(bench)
+    started = time.time()
+    all_layers = check_layers(lm, None)
+    if config.layers is not None:
+        check_layers(lm, config.layers)
+    sets = build_sets(lm, bench, config, judge)
+    bar_kw = dict(progress=config.progress, batch_size=config.batch_size)
+    gate_positions = [-k for k in range(config.gate_tokens, 0, -1)]  # oldest first
+    positions = list(dict.fromkeys([-1, *gate_positions, *map(_pos_key, config.heatmap_positions)]))
+
+    separability: dict = {}
+    # part -> set -> position -> {layer: [n, hidden]}
+    gate_raw: dict[str, dict[str, dict]] = {"fit": {}, "held": {}}
+    sums: dict[str, list] = {"fit": [], "held": []}
+    candidates: list[int] = []
+    for position in tqdm(positions, desc="locate: positions", disable=not config.progress):
+        keep = (all_layers if not candidates else candidates) if position in gate_positions else ()
+        common = dict(layers=all_layers, site=config.site, position=position, keep_raw=keep)
+        fit = {
+            name: capture(lm, bench, items, desc=f"{name} @ {position}", **common, **bar_kw)
+            for name, items in sets.fit.items()
+        }
+        mem = memorisation_direction(fit["forget"], fit["retain"])
+        absence = knowledge_absence_direction(fit["target"], fit["forget"])
+        both = {layer: torch.stack([mem[layer], absence[layer]]) for layer in all_layers}
+        held = {
+            name: capture(
+                lm,
+                bench,
+                items,
+                directions=both,
+                desc=f"{name} held out @ {position}",
+                **common,
+                **bar_kw,
+            )
+            for name, items in sets.held.items()
+        }
+        p = held["forget"].projections, held["retain"].projections, held["target"].projections
+        separability[_pos_label(position)] = {
+            "forget_vs_retain": [auroc(p[0][k][:, 0], p[1][k][:, 0]) for k in all_layers],
+            "forget_vs_unseen": [auroc(p[2][k][:, 1], p[0][k][:, 1]) for k in all_layers],
+        }
+        if position == -1:
+            sums = {"fit": fit, "held": held}
+            candidates = _candidates(config, all_layers, separability["last"]["forget_vs_retain"])
+        for part, caps in (("fit", fit), ("held", held)):
+            for name in ("forget", "retain"):
+                if keep:
+                    gate_raw[part].setdefault(name, {})[position] = caps[name].raw
+
+    # Final directions at the last prompt token use every example (fit + held-out parts).
+    target_caps = [sums["fit"]["target"], sums["held"]["target"]]
+    forget_caps = [sums["fit"]["forget"], sums["held"]["forget"]]
+    retain_caps = [sums["fit"]["retain"], sums["held"]["retain"]]
+    directions = knowledge_absence_direction(target_caps, forget_caps)
+    mem_full = memorisation_direction(forget_caps, retain_caps)
+
+    def tails(raws: dict | list, layer: int) -> torch.Tensor:
+        """`[n, gate tokens, hidden]`, oldest token first (the order the gate reads them)."""
+        ordered = [raws[p] for p in gate_positions] if isinstance(raws, dict) else raws
+        return torch.stack([r[layer] for r in ordered], 1)
+
+    gates: dict[int, MemorisationGate] = {}
+    gate_stats: dict[str, dict] = {}
+    for layer in candidates:
+        gate, stats = fit_gate(
+            tails(gate_raw["fit"]["forget"], layer),
+            tails(gate_raw["fit"]["retain"], layer),
+            tails(gate_raw["held"]["forget"], layer),
+            tails(gate_raw["held"]["retain"], layer),
+            max_fpr=config.gate_max_fpr,
+        )
+        gates[layer], gate_stats[str(layer)] = gate, stats
+
+    rng = random.Random(f"{config.seed}:sweep")
+    f_items = _sample(_qa(bench, "forget", config.text_only), config.sweep_forget, rng)
+    r_items = _sample(_qa(bench, "retain", config.text_only), config.sweep_retain, rng)
+    sweep_tails = {}
+    for name, items in (("forget", f_items), ("retain", r_items)):
+        raws = [
+            capture(
+                lm,
+                bench,
+                items,
+                layers=candidates,
+                site=config.site,
+                position=position,
+                keep_raw=True,
+                desc=f"sweep {name} gate @ {position}",
+                **bar_kw,
+            ).raw
+            for position in gate_positions
+        ]
+        sweep_tails[name] = {layer: tails(raws, layer) for layer in candidates}
+    f_base, _ = _answers(lm, bench, f_items, config)
+    r_base, r_base_lp = _answers(lm, bench, r_items, config)
+    baseline = _score(f_items, r_items, f_base, r_base, judge)
+
+    fingerprint = lm.fingerprint()
+    rows: list[dict] = []
+    grid = [(L, a, p) for L in candidates for a in config.strengths for p in config.positions]
+    for layer, alpha, positions_ in tqdm(grid, desc="locate: sweep", disable=not config.progress):
+        probe = SteeringProbe(
+            directions[layer].float(), layer, fingerprint, site=config.site, alpha=alpha
+        )
+        f_ans, _ = _answers(lm, bench, f_items, config, probe, positions_)
+        r_ans, r_lp = _answers(lm, bench, r_items, config, probe, positions_)
+        kl = _kl(r_base_lp, r_lp)
+        variants: list[tuple] = [(None, f_ans, r_ans, kl, None)]
+        for level, th in gate_stats[str(layer)]["thresholds"].items():
+            gate = gates[layer]
+            f_fire = gate.probability(sweep_tails["forget"][layer]) >= th["threshold"]
+            r_fire = gate.probability(sweep_tails["retain"][layer]) >= th["threshold"]
+            mixed = (_mix(f_fire, f_ans, f_base), _mix(r_fire, r_ans, r_base), kl * r_fire)
+            variants.append((float(level), *mixed, (f_fire, r_fire)))
+        for level, fa, ra, k, fires in variants:
+            row = {
+                "layer": layer,
+                "alpha": alpha,
+                "positions": positions_,
+                "gated": level is not None,
+                "gate_max_fpr": level,
+            }
+            row.update(_score(f_items, r_items, fa, ra, judge))
+            row["retain_kl"] = float(k.mean())
+            row["retain_drop"] = baseline["retain_acc"] - row["retain_acc"]
+            row["admissible"] = row["retain_drop"] <= config.max_retain_drop + 1e-9
+            if fires is not None:
+                row["gate_fires_forget"] = float(fires[0].float().mean())
+                row["gate_fires_retain"] = float(fires[1].float().mean())
+            rows.append(row)
+
+    best = max(rows, key=_rank_key)
+    result = LocateResult(
+        config=asdict(config),
+        layers=list(all_layers),
+        separability=separability,
+        direction_norms=[float(directions[k].norm()) for k in all_layers],
+        cosines=layer_cosines(directions).tolist(),
+        logit_lens={str(k): logit_lens(lm, directions[k]) for k in all_layers},
+        gates=gate_stats,
+        sweep=rows,
+        baseline=baseline,
+        recommended={k: best[k] for k in ("layer", "alpha", "positions", "gated", "gate_max_fpr")},
+        sizes={
+            "fit": {k: len(v) for k, v in sets.fit.items()},
+            "held_out": {k: len(v) for k, v in sets.held.items()},
+            "target_candidates": sets.target_candidates,
+            "sweep_forget": len(f_items),
+            "sweep_retain": len(r_items),
+            "memorisation_direction_norms": [float(mem_full[k].norm()) for k in all_layers],
+        },
+        seconds=round(time.time() - started, 1),
+    )
+    layer = best["layer"]
+    gate = gates[layer]
+    if best["gated"]:
+        level = best["gate_max_fpr"]
+        gate.threshold = gate_stats[str(layer)]["thresholds"][str(level)]["threshold"]
+        gate.method += f", threshold at held-out false-positive rate <= {level:g}"
+    return SteeringProbe(
+        directions[layer].float(),
+        layer,
+        fingerprint,
+        site=config.site,
+        operation="add",
+        positions=best["positions"],
+        alpha=best["alpha"],
+        gate=gate,
+        gated=best["gated"],
+        extraction={
+            "method": "knowledge-absence direction: mean(target) - mean(forget), diff-in-means",
+            "measured_at": "last prompt token",
+            "target": "unseen faces the model refuses (closed-world judge)",
+            "sets": result.sizes["fit"] | {"held_out": result.sizes["held_out"]},
+            "seed": config.seed,
+        },
+        dataset_fingerprint=bench.fingerprint(),
+        module=lm.adapter.layer_path(layer),
+        deepstack=deepstack_relation(lm, layer, config.site),
+        evidence=result.to_json(),
+        layer_directions=torch.stack([directions[k] for k in all_layers]).float(),
+    )

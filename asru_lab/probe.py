@@ -1,0 +1,502 @@
+"""`SteeringProbe`: a steering direction as a reloadable, validated artifact.
+
+On disk (a directory, written atomically): `probe.safetensors` (float32 tensors: `direction`
+`[hidden]` and, when gated, `gate.weight` `[gate tokens, hidden]`) and `probe.json` (every
+field below; loading never unpickles). `sweep.json` beside them holds what `locate` measured.
+
+Steering at decoder layer L, site `output` (residual stream after layer L's module) or
+`input` (the stream layer L receives), with operation
+
+- `add`:    h <- h + alpha * v                      (v unnormalised, as in the paper)
+- `ablate`: h <- h - alpha * (h . u) u,  u = v/|v|  (alpha = 1 removes the component)
+
+at positions `all` (prompt and generated tokens), `prompt`, `last` (last prompt token) or
+`generated`. With the memorisation gate on, only the rows whose gate fires are steered: the
+gate is a logistic probe on the same site, read at the last prompt token of the unsteered
+activations of the last few prompt tokens, `sigmoid(w . h + b) >= threshold`; its decision in
+the prompt pass holds for the generated tokens.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from asru_lab.artifacts import atomic_dir, write_json_atomic
+from asru_lab.models.loading import LoadedModel
+from asru_lab.trace import check_site, module_envoy
+
+FORMAT = "asru_lab.steering_probe"
+FORMAT_VERSION = 1
+OPERATIONS = ("add", "ablate")
+STEER_POSITIONS = ("all", "prompt", "last", "generated")
+LAYER_CONVENTION = "0-based index into the decoder layer list (adapter.decoder_layers)"
+REQUIRED_FIELDS = (
+    "format",
+    "format_version",
+    "operation",
+    "site",
+    "layer",
+    "layer_index_convention",
+    "positions",
+    "alpha",
+    "normalisation",
+    "model",
+    "extraction",
+    "dataset_fingerprint",
+    "created",
+    "asru_lab_version",
+    "gate",
+    "tensors",
+)
+MODEL_FIELDS = ("name", "revision", "family", "hidden_size", "num_layers", "config_sha256")
+
+
+class ProbeError(ValueError):
+    """A probe file is damaged, incomplete, or does not fit the model it is used with."""
+
+
+@dataclass
+class MemorisationGate:
+    """Logistic probe on the steering site: fires for people the model should forget.
+
+    It reads the last `tokens` prompt tokens (`weight` is `[tokens, hidden]`, oldest first):
+    the question's end and the chat template's assistant opening, where the model has
+    gathered who the question is about.
+    """
+
+    weight: torch.Tensor  # float32 [tokens, hidden]
+    bias: float
+    threshold: float  # on the probability
+    method: str = "logistic regression, forget (1) vs retain (0), last prompt tokens"
+
+    def __post_init__(self) -> None:
+        if self.weight.ndim == 1:
+            self.weight = self.weight.unsqueeze(0)
+        self.weight = self.weight.detach().to(torch.float32).cpu().contiguous()
+
+    @property
+    def tokens(self) -> int:
+        return self.weight.shape[0]
+
+    def probability(self, tail: torch.Tensor) -> torch.Tensor:
+        """`[B]` probability that each row belongs to the forget set, from the `[B, tokens,
+        hidden]` activations of its last `tokens` prompt tokens."""
+        w = self.weight.to(device=tail.device, dtype=torch.float32)
+        return torch.sigmoid((tail.float() * w).sum((-2, -1)) + self.bias)
+
+    def fires(self, tail: torch.Tensor) -> torch.Tensor:
+        """`[B]` bool: the gate's decision for each row of `[B, tokens, hidden]` activations."""
+        return self.probability(tail) >= self.threshold
+
+    def read(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The gate's decision from a prompt pass's `[B, T, hidden]` hidden states (False for
+        prompts shorter than the gate's token window)."""
+        if hidden.shape[1] < self.tokens:
+            return torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        return self.fires(hidden[:, -self.tokens :, :])
+
+
+@dataclass
+class SteeringProbe:
+    """A direction at one site of one model, with how and where to apply it."""
+
+    direction: torch.Tensor  # float32 [hidden]
+    layer: int
+    model: dict  # LoadedModel.fingerprint() of the model it was extracted from
+    site: str = "output"
+    operation: str = "add"
+    positions: str = "all"
+    alpha: float = 1.0
+    gate: MemorisationGate | None = None
+    gated: bool = True  # apply the gate by default when there is one
+    normalisation: str = "none"
+    extraction: dict = field(default_factory=dict)
+    dataset_fingerprint: str | None = None
+    module: str = ""  # dotted path of the layer module, from the adapter
+    deepstack: str = "none"  # see `trace.deepstack_relation`
+    created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
+    version: str = ""
+    evidence: dict | None = None  # what `locate` measured (saved as sweep.json)
+    layer_directions: torch.Tensor | None = None  # float32 [num_layers, hidden], every layer's v
+
+    def __post_init__(self) -> None:
+        if not self.version:
+            from asru_lab import __version__
+
+            self.version = __version__
+        check_site(self.site)
+        if self.operation not in OPERATIONS:
+            raise ProbeError(f"unknown operation {self.operation!r}; expected one of {OPERATIONS}")
+        check_steer_positions(self.positions)
+        self.direction = self.direction.detach().to(torch.float32).cpu().contiguous()
+        if self.direction.ndim != 1:
+            raise ProbeError(f"direction must be 1-D [hidden], got {tuple(self.direction.shape)}")
+        if self.layer_directions is not None:
+            self.layer_directions = self.layer_directions.detach().to(torch.float32).cpu()
+
+    # --- metadata ---------------------------------------------------------------------------
+    def metadata(self) -> dict:
+        """The `probe.json` content."""
+        gate = None
+        if self.gate is not None:
+            gate = {
+                "enabled": self.gated,
+                "method": self.gate.method,
+                "bias": self.gate.bias,
+                "threshold": self.gate.threshold,
+            }
+        tensors = {"direction": list(self.direction.shape)}
+        if self.gate is not None:
+            tensors["gate.weight"] = list(self.gate.weight.shape)
+        if self.layer_directions is not None:
+            tensors["layer_directions"] = list(self.layer_directions.shape)
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "operation": self.operation,
+            "site": {
+                "module": self.module,
+                "io": self.site,
+                "deepstack": self.deepstack,
+            },
+            "layer": self.layer,
+            "layer_index_convention": LAYER_CONVENTION,
+            "positions": self.positions,
+            "alpha": self.alpha,
+            "normalisation": self.normalisation,
+            "model": self.model,
+            "extraction": self.extraction,
+            "dataset_fingerprint": self.dataset_fingerprint,
+            "created": self.created,
+            "asru_lab_version": self.version,
+            "gate": gate,
+            "tensors": tensors,
+        }
+
+    # --- persistence --------------------------------------------------------------------------
+    def save(self, out_dir: str | os.PathLike) -> Path:
+        """Write the probe directory atomically (replacing an existing one); returns its path."""
+        tensors = {"direction": self.direction}
+        if self.gate is not None:
+            tensors["gate.weight"] = self.gate.weight.detach().to(torch.float32).cpu().contiguous()
+        if self.layer_directions is not None:
+            tensors["layer_directions"] = self.layer_directions.contiguous()
+        with atomic_dir(out_dir) as tmp:
+            save_file(tensors, str(tmp / "probe.safetensors"), metadata={"format": FORMAT})
+            write_json_atomic(tmp / "probe.json", self.metadata())
+            if self.evidence is not None:
+                write_json_atomic(tmp / "sweep.json", self.evidence)
+        return Path(out_dir)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> SteeringProbe:
+        """Read a probe directory; a clear `ProbeError` names what is missing or wrong."""
+        path = Path(path)
+        meta_path, tensor_path = path / "probe.json", path / "probe.safetensors"
+        for p in (meta_path, tensor_path):
+            if not p.is_file():
+                raise ProbeError(f"{path} is not a probe directory: {p.name} is missing")
+        try:
+            meta = json.loads(meta_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ProbeError(f"{meta_path} is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict):
+            raise ProbeError(f"{meta_path} must hold a JSON object")
+        missing = [k for k in REQUIRED_FIELDS if k not in meta]
+        if missing:
+            raise ProbeError(f"{meta_path} is missing field(s): {', '.join(missing)}")
+        if meta["format"] != FORMAT:
+            raise ProbeError(f"{meta_path}: field 'format' is {meta['format']!r}, not {FORMAT!r}")
+        if meta["format_version"] != FORMAT_VERSION:
+            raise ProbeError(
+                f"{meta_path}: unknown format_version {meta['format_version']!r} "
+                f"(this asru_lab reads version {FORMAT_VERSION})"
+            )
+        missing = [k for k in MODEL_FIELDS if k not in meta["model"]]
+        if missing:
+            raise ProbeError(f"{meta_path}: field 'model' lacks {', '.join(missing)}")
+        try:
+            tensors = load_file(str(tensor_path))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ProbeError(f"{tensor_path} is damaged or truncated ({exc})") from None
+        for name, shape in meta["tensors"].items():
+            if name not in tensors:
+                raise ProbeError(f"{tensor_path} lacks tensor {name!r} listed in probe.json")
+            if list(tensors[name].shape) != shape:
+                raise ProbeError(
+                    f"{tensor_path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
+                    f"probe.json says {shape}"
+                )
+            if not torch.isfinite(tensors[name]).all():
+                raise ProbeError(f"{tensor_path}: tensor {name!r} holds NaN or infinite values")
+        hidden = meta["model"]["hidden_size"]
+        if list(tensors["direction"].shape) != [hidden]:
+            raise ProbeError(
+                f"{tensor_path}: direction has shape {list(tensors['direction'].shape)} but the "
+                f"probe's model.hidden_size is {hidden}"
+            )
+        n_layers = meta["model"]["num_layers"]
+        if "layer_directions" in tensors and list(tensors["layer_directions"].shape) != [
+            n_layers,
+            hidden,
+        ]:
+            raise ProbeError(
+                f"{tensor_path}: layer_directions has shape "
+                f"{list(tensors['layer_directions'].shape)}, expected [{n_layers}, {hidden}]"
+            )
+        gate = None
+        if meta["gate"] is not None:
+            if "gate.weight" not in tensors:
+                raise ProbeError(f"{tensor_path} lacks tensor 'gate.weight' for the gate")
+            g = meta["gate"]
+            gate = MemorisationGate(tensors["gate.weight"], g["bias"], g["threshold"], g["method"])
+        evidence = None
+        if (path / "sweep.json").is_file():
+            evidence = json.loads((path / "sweep.json").read_text())
+        try:
+            return cls(
+                direction=tensors["direction"],
+                layer=meta["layer"],
+                model=meta["model"],
+                site=meta["site"]["io"],
+                operation=meta["operation"],
+                positions=meta["positions"],
+                alpha=meta["alpha"],
+                gate=gate,
+                gated=bool(meta["gate"] and meta["gate"]["enabled"]),
+                normalisation=meta["normalisation"],
+                extraction=meta["extraction"],
+                dataset_fingerprint=meta["dataset_fingerprint"],
+                module=meta["site"].get("module") or "",
+                deepstack=meta["site"].get("deepstack", "none"),
+                created=meta["created"],
+                version=meta["asru_lab_version"],
+                evidence=evidence,
+                layer_directions=tensors.get("layer_directions"),
+            )
+        except ValueError as exc:
+            raise ProbeError(f"{meta_path}: {exc}") from None
+
+    # --- compatibility ------------------------------------------------------------------------
+    def validate(self, lm: LoadedModel) -> None:
+        """Raise `ProbeError` naming the field if this probe does not fit `lm`."""
+        theirs = lm.fingerprint()
+        for key in ("family", "hidden_size", "num_layers"):
+            if self.model.get(key) != theirs[key]:
+                raise ProbeError(
+                    f"probe does not fit model {lm.name!r}: model.{key} is "
+                    f"{self.model.get(key)!r} in the probe but {theirs[key]!r} in the model "
+                    f"(the probe was extracted from {self.model.get('name')!r})"
+                )
+        if not 0 <= self.layer < theirs["num_layers"]:
+            raise ProbeError(
+                f"probe field 'layer' is {self.layer}, but {lm.name!r} has layers "
+                f"0..{theirs['num_layers'] - 1}"
+            )
+        if self.model.get("config_sha256") != theirs["config_sha256"]:
+            warnings.warn(
+                f"probe model.config_sha256 {self.model.get('config_sha256')} differs from "
+                f"{lm.name!r} ({theirs['config_sha256']}): same sizes, other configuration",
+                stacklevel=2,
+            )
+
+    def at_layer(self, lm: LoadedModel, layer: int) -> SteeringProbe:
+        """This probe moved to another layer (that layer's direction, ungated unless it is
+        the probe's own layer). Needs `layer_directions` (probes from `locate` have them)."""
+        if self.layer_directions is None:
+            raise ProbeError("this probe stores one layer's direction only (no layer_directions)")
+        if not 0 <= layer < len(self.layer_directions):
+            raise ProbeError(
+                f"layer {layer} does not exist: the probe has directions for layers "
+                f"0..{len(self.layer_directions) - 1}"
+            )
+        same = layer == self.layer
+        return dataclasses.replace(
+            self,
+            direction=self.layer_directions[layer],
+            layer=layer,
+            gate=self.gate if same else None,
+            gated=self.gated and same,
+            module=lm.adapter.layer_path(layer),
+        )
+
+    # --- steering -----------------------------------------------------------------------------
+    def steer(
+        self,
+        hidden: torch.Tensor,
+        *,
+        alpha: float,
+        positions: str,
+        rows: torch.Tensor | None,
+        prompt_pass: bool,
+    ) -> torch.Tensor:
+        """`hidden` `[B, T, D]` with the probe applied at `positions` of `rows` (bool `[B]`)."""
+        if prompt_pass:
+            if positions == "generated":
+                return hidden
+            tokens = slice(-1, None) if positions == "last" else slice(None)
+        else:
+            if positions in ("prompt", "last"):
+                return hidden
+            tokens = slice(None)
+        v = self.direction.to(device=hidden.device, dtype=hidden.dtype)
+        part = hidden[:, tokens, :]
+        if self.operation == "add":
+            delta = alpha * v.expand_as(part)
+        else:
+            u = v / v.norm().clamp_min(1e-12)
+            delta = -alpha * (part @ u).unsqueeze(-1) * u
+        if rows is not None:
+            delta = delta * rows.to(hidden.dtype).view(-1, 1, 1)
+        out = hidden.clone()
+        out[:, tokens, :] = part + delta
+        return out
+
+    @contextmanager
+    def apply(
+        self,
+        lm: LoadedModel,
+        *,
+        alpha: float | None = None,
+        positions: str | None = None,
+        gated: bool | None = None,
+    ) -> Iterator[SteeringProbe]:
+        """Steer `lm` with plain forward hooks while the block runs; removed on exit.
+
+        Works inside `generate`, `evaluate` and any training loop that calls the HF model.
+        A forward pass over more than one token is a *prompt pass*: the gate is read there
+        at its last token and holds for the single-token decoding steps that follow.
+        """
+        self.validate(lm)
+        alpha = self.alpha if alpha is None else float(alpha)
+        positions = check_steer_positions(positions or self.positions)
+        use_gate = (self.gated if gated is None else gated) and self.gate is not None
+        if gated and self.gate is None:
+            raise ProbeError("gated=True but this probe has no memorisation gate")
+        state: dict = {"rows": None}
+
+        def edit(hidden: torch.Tensor) -> torch.Tensor:
+            prompt_pass = hidden.shape[1] > 1
+            rows = None
+            if use_gate:
+                if prompt_pass or state["rows"] is None or len(state["rows"]) != len(hidden):
+                    state["rows"] = self.gate.read(hidden)
+                rows = state["rows"]
+            return self.steer(
+                hidden, alpha=alpha, positions=positions, rows=rows, prompt_pass=prompt_pass
+            )
+
+        module = lm.adapter.layer(lm.model, self.layer)
+        if self.site == "output":
+
+            def hook(_module, _args, output):
+                if torch.is_tensor(output):
+                    return edit(output)
+                return (edit(output[0]), *output[1:])
+
+            handle = module.register_forward_hook(hook)
+        else:
+
+            def pre_hook(_module, args, kwargs):
+                if args:
+                    return (edit(args[0]), *args[1:]), kwargs
+                return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
+
+            handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+        try:
+            yield self
+        finally:
+            handle.remove()
+
+    def edit_trace(
+        self,
+        lm: LoadedModel,
+        wrapped,
+        *,
+        alpha: float | None = None,
+        positions: str | None = None,
+        gated: bool | None = None,
+    ) -> None:
+        """Apply the probe inside an open nnsight trace of `wrapped` (= `trace.nnsight_model(lm)`).
+
+        The same arithmetic as `apply`, for interactive traces: call it first in the
+        `with wrapped.trace(...)` block, then read any module after the probe's layer.
+        """
+        self.validate(lm)
+        alpha = self.alpha if alpha is None else float(alpha)
+        positions = check_steer_positions(positions or self.positions)
+        use_gate = (self.gated if gated is None else gated) and self.gate is not None
+        envoy = module_envoy(wrapped, lm.adapter.layer_path(self.layer))
+        hidden = envoy.input if self.site == "input" else envoy.output
+        rows = self.gate.read(hidden) if use_gate else None
+        steered = self.steer(hidden, alpha=alpha, positions=positions, rows=rows, prompt_pass=True)
+        if self.site == "input":
+            envoy.input = steered
+        else:
+            envoy.output = steered
+
+    # --- export -------------------------------------------------------------------------------
+    def export_gguf(self, path: str | os.PathLike, *, alpha: float | None = None) -> Path:
+        """Write `alpha * v` as a llama.cpp control vector (`direction.{n}` tensor, `n` >= 1).
+
+        llama.cpp adds `direction.{n}` to the output of 0-based layer n at every position,
+        ungated: the gate and the `ablate` operation cannot be expressed there. Needs `gguf`.
+        """
+        try:
+            import gguf
+        except ImportError:
+            raise ProbeError(
+                "exporting to GGUF needs the `gguf` package: pip install gguf"
+            ) from None
+        if self.operation != "add":
+            raise ProbeError("only 'add' probes can be exported as a llama.cpp control vector")
+        n = self.layer if self.site == "output" else self.layer - 1
+        if n < 1:
+            raise ProbeError(
+                f"llama.cpp control vectors start after layer 0; this probe steers {self.site} of "
+                f"layer {self.layer}"
+            )
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        writer = gguf.GGUFWriter(str(tmp), "controlvector")
+        writer.add_string("controlvector.model_hint", self.model.get("family", ""))
+        writer.add_uint32("controlvector.layer_count", 1)
+        scale = self.alpha if alpha is None else float(alpha)
+        writer.add_tensor(f"direction.{n}", (scale * self.direction).numpy())
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.replace(tmp, path)
+        return path
+
+    def __repr__(self) -> str:
+        gate = "gated" if self.gate is not None and self.gated else "ungated"
+        return (
+            f"SteeringProbe(layer={self.layer}, site={self.site!r}, op={self.operation!r}, "
+            f"alpha={self.alpha:g}, positions={self.positions!r}, {gate}, "
+            f"|v|={float(self.direction.norm()):.3g}, model={self.model.get('name')!r})"
+        )
+
+
+def check_steer_positions(positions: str) -> str:
+    if positions not in STEER_POSITIONS:
+        raise ProbeError(f"unknown positions {positions!r}; expected one of {STEER_POSITIONS}")
+    return positions
+
+
+def load_probe(path: str | os.PathLike) -> SteeringProbe:
+    return SteeringProbe.load(path)
