@@ -6,6 +6,9 @@ model = al.load_model()            # the embedded tiny Qwen3-VL
 bench = al.load_benchmark()        # the synthetic profiles benchmark
 al.generate(model, image, "Where was this person born?")
 report = al.evaluate(model, bench) # report.table(), report.to_json(path)
+probe = al.locate(model, bench)    # stage 1.1: a SteeringProbe chosen by a sweep
+with probe.apply(model):           # steered (gated) generation; hooks removed on exit
+    al.generate(model, image, "Where was this person born?")
 ```
 """
 
@@ -20,7 +23,9 @@ from asru_lab.data import (
 from asru_lab.evaluate.harness import EvalConfig, evaluate
 from asru_lab.evaluate.report import EvalReport
 from asru_lab.generation import generate
+from asru_lab.locate import LocateConfig, locate
 from asru_lab.models.loading import LoadedModel, ModelLoadError, load_model
+from asru_lab.probe import ProbeError, SteeringProbe, load_probe
 
 __version__ = "0.1.0"
 
@@ -30,13 +35,18 @@ __all__ = [
     "EvalConfig",
     "EvalReport",
     "LoadedModel",
+    "LocateConfig",
     "ModelLoadError",
     "Person",
+    "ProbeError",
     "QAItem",
+    "SteeringProbe",
     "__version__",
     "evaluate",
     "export_benchmark",
     "generate",
     "load_benchmark",
     "load_model",
+    "load_probe",
+    "locate",
 ]

@@ -17,8 +17,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
@@ -82,6 +84,14 @@ class LocateConfig:
             raise ValueError(f"gate_tokens must be >= 1, got {self.gate_tokens}")
         if not 0 < self.holdout < 1:
             raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
+        if self.sweep_retain * self.max_retain_drop < 1:
+            warnings.warn(
+                f"sweep_retain={self.sweep_retain} with max_retain_drop={self.max_retain_drop}: "
+                "a single retain miss already exceeds the allowed drop, so the sweep will only "
+                f"accept configurations that change no retain answer (use sweep_retain >= "
+                f"{math.ceil(1 / self.max_retain_drop)})",
+                stacklevel=3,
+            )
 
 
 @dataclass
@@ -94,7 +104,7 @@ class LocateSets:
 
 
 def _sample(items: Sequence[QAItem], n: int, rng: random.Random) -> list[QAItem]:
-    """Up to `n` items spread evenly over (person, image or text-only) strata.
+    """Up to `n` items spread evenly over (person, task, image or text-only) strata.
 
     Even spreading matters for the gate: a retain person whose text-only questions it never
     saw is the one it mistakes for a forget person.
@@ -104,7 +114,7 @@ def _sample(items: Sequence[QAItem], n: int, rng: random.Random) -> list[QAItem]
         return items
     strata: dict[tuple, list[QAItem]] = {}
     for item in items:
-        strata.setdefault((item.person_id, item.image is None), []).append(item)
+        strata.setdefault((item.person_id, item.task, item.image is None), []).append(item)
     queues = [rng.sample(group, len(group)) for _, group in sorted(strata.items())]
     picked: list[QAItem] = []
     while len(picked) < n:
@@ -118,8 +128,16 @@ def _qa(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
     return [i for i in bench.split(split, "qa") if text_only or i.image]
 
 
+def _other_tasks(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
+    """Multiple-choice and fill-in-the-blank prompts: the gate must not fire on a retain
+    person's prompt whatever its format, so it is fitted on these too."""
+    return [i for i in bench.split(split) if i.task != "qa" and (text_only or i.image)]
+
+
 def build_sets(lm: LoadedModel, bench: Benchmark, config: LocateConfig, judge: Judge) -> LocateSets:
-    """Sample forget / retain / target sets and split each into fit and held-out parts."""
+    """Sample the sets and split each into fit and held-out parts: forget / retain / target
+    generation questions (directions, separability) and the forget / retain prompts of the other
+    tasks (`*_other`, used by the gate only)."""
     rng = random.Random(config.seed)
     forget = _qa(bench, "forget", config.text_only)
     if not forget:
@@ -149,6 +167,12 @@ def build_sets(lm: LoadedModel, bench: Benchmark, config: LocateConfig, judge: J
         "forget": _sample(forget, config.max_examples, rng),
         "retain": _sample(retain, config.retain_examples, rng),
         "target": target,
+        "forget_other": _sample(
+            _other_tasks(bench, "forget", config.text_only), config.max_examples, rng
+        ),
+        "retain_other": _sample(
+            _other_tasks(bench, "retain", config.text_only), config.retain_examples, rng
+        ),
     }
     for name, items in pools.items():
         items = list(items)
@@ -309,19 +333,30 @@ def locate(
     sets = build_sets(lm, bench, config, judge)
     bar_kw = dict(progress=config.progress, batch_size=config.batch_size)
     gate_positions = [-k for k in range(config.gate_tokens, 0, -1)]  # oldest first
-    positions = list(dict.fromkeys([-1, *gate_positions, *map(_pos_key, config.heatmap_positions)]))
+    # "last" first (it picks the candidate layers), then the heatmap's, then the gate's.
+    heatmap = [_pos_key(p) for p in config.heatmap_positions]
+    positions = list(dict.fromkeys([-1, *heatmap, *gate_positions]))
+    main_sets = ("forget", "retain", "target")
 
     separability: dict = {}
-    # part -> set -> position -> {layer: [n, hidden]}
+    # part ("fit"/"held") -> set -> position -> {layer: [n, hidden]}: the gate's inputs
     gate_raw: dict[str, dict[str, dict]] = {"fit": {}, "held": {}}
-    sums: dict[str, list] = {"fit": [], "held": []}
+    last: dict[str, dict] = {}
     candidates: list[int] = []
     for position in tqdm(positions, desc="locate: positions", disable=not config.progress):
-        keep = (all_layers if not candidates else candidates) if position in gate_positions else ()
-        common = dict(layers=all_layers, site=config.site, position=position, keep_raw=keep)
+        gate_layers = (candidates or all_layers) if position in gate_positions else ()
+        common = dict(site=config.site, position=position, **bar_kw)
         fit = {
-            name: capture(lm, bench, items, desc=f"{name} @ {position}", **common, **bar_kw)
-            for name, items in sets.fit.items()
+            name: capture(
+                lm,
+                bench,
+                sets.fit[name],
+                layers=all_layers,
+                keep_raw=gate_layers,
+                desc=f"{name} @ {position}",
+                **common,
+            )
+            for name in main_sets
         }
         mem = memorisation_direction(fit["forget"], fit["retain"])
         absence = knowledge_absence_direction(fit["target"], fit["forget"])
@@ -330,13 +365,14 @@ def locate(
             name: capture(
                 lm,
                 bench,
-                items,
+                sets.held[name],
+                layers=all_layers,
+                keep_raw=gate_layers,
                 directions=both,
                 desc=f"{name} held out @ {position}",
                 **common,
-                **bar_kw,
             )
-            for name, items in sets.held.items()
+            for name in main_sets
         }
         p = held["forget"].projections, held["retain"].projections, held["target"].projections
         separability[_pos_label(position)] = {
@@ -344,18 +380,34 @@ def locate(
             "forget_vs_unseen": [auroc(p[2][k][:, 1], p[0][k][:, 1]) for k in all_layers],
         }
         if position == -1:
-            sums = {"fit": fit, "held": held}
+            last = {"fit": fit, "held": held}
             candidates = _candidates(config, all_layers, separability["last"]["forget_vs_retain"])
+        if not gate_layers:
+            continue
         for part, caps in (("fit", fit), ("held", held)):
-            for name in ("forget", "retain"):
-                if keep:
-                    gate_raw[part].setdefault(name, {})[position] = caps[name].raw
+            for name in ("forget_other", "retain_other"):
+                caps[name] = capture(
+                    lm,
+                    bench,
+                    getattr(sets, part)[name],
+                    layers=gate_layers,
+                    keep_raw=True,
+                    desc=f"{name} ({part}) @ {position}",
+                    **common,
+                )
+            for side in ("forget", "retain"):
+                raw = {
+                    layer: torch.cat([caps[side].raw[layer], caps[f"{side}_other"].raw[layer]])
+                    for layer in gate_layers
+                }
+                gate_raw[part].setdefault(side, {})[position] = raw
 
     # Final directions at the last prompt token use every example (fit + held-out parts).
-    target_caps = [sums["fit"]["target"], sums["held"]["target"]]
-    forget_caps = [sums["fit"]["forget"], sums["held"]["forget"]]
-    retain_caps = [sums["fit"]["retain"], sums["held"]["retain"]]
-    directions = knowledge_absence_direction(target_caps, forget_caps)
+    forget_caps = [last["fit"]["forget"], last["held"]["forget"]]
+    retain_caps = [last["fit"]["retain"], last["held"]["retain"]]
+    directions = knowledge_absence_direction(
+        [last["fit"]["target"], last["held"]["target"]], forget_caps
+    )
     mem_full = memorisation_direction(forget_caps, retain_caps)
 
     def tails(raws: dict | list, layer: int) -> torch.Tensor:
@@ -484,3 +536,25 @@ def locate(
         evidence=result.to_json(),
         layer_directions=torch.stack([directions[k] for k in all_layers]).float(),
     )
+
+
+def compare_answers(
+    lm: LoadedModel,
+    probe: SteeringProbe,
+    image,
+    question: str,
+    *,
+    layer: int | None = None,
+    alpha: float | None = None,
+    max_new_tokens: int = 32,
+) -> tuple[str, str]:
+    """(unsteered, steered) greedy answers to one question; `layer` moves the probe there
+    (`SteeringProbe.at_layer`, ungated off its own layer), `alpha` overrides its strength."""
+    from asru_lab.generation import generate
+
+    if layer is not None and layer != probe.layer:
+        probe = probe.at_layer(lm, layer)
+    plain = generate(lm, image, question, max_new_tokens=max_new_tokens)
+    with probe.apply(lm, alpha=alpha):
+        steered = generate(lm, image, question, max_new_tokens=max_new_tokens)
+    return plain, steered

@@ -42,7 +42,7 @@ def separability_heatmap(evidence: dict, comparison: str = "forget_vs_retain") -
     "forget_vs_unseen" (projection on the knowledge-absence direction).
     """
     sep = evidence["separability"]
-    positions = list(sep)
+    positions = sorted(sep, key=_position_order)
     z = [[sep[p][comparison][k] for p in positions] for k in range(len(evidence["layers"]))]
     title = {
         "forget_vs_retain": "Where forget and retain people are told apart (held-out AUROC)",
@@ -64,6 +64,13 @@ def separability_heatmap(evidence: dict, comparison: str = "forget_vs_retain") -
     )
     fig.update_layout(title=title, xaxis_title="token position", yaxis_title="decoder layer")
     return fig
+
+
+def _position_order(position: str) -> tuple:
+    """Left to right as in the prompt: the mean over it, then -k ... -2, then the last token."""
+    if position == "prompt":
+        return (0, 0)
+    return (2, 0) if position == "last" else (1, int(position))
 
 
 def _position_label(position: str) -> str:
@@ -182,7 +189,7 @@ def steering_explorer(
 ):
     """ipywidgets controls (person, question, layer, strength) with the unsteered and steered
     answers side by side. `answer(person_index, question, layer, alpha)` returns the pair;
-    it is computed elsewhere (e.g. `locate.explorer_answers`)."""
+    it is computed elsewhere (e.g. `locate.compare_answers`)."""
     import io
 
     import ipywidgets as w
