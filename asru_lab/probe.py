@@ -376,8 +376,10 @@ class SteeringProbe:
         """Steer `lm` with plain forward hooks while the block runs; removed on exit.
 
         Works inside `generate`, `evaluate` and any training loop that calls the HF model.
-        A forward pass over more than one token is a *prompt pass*: the gate is read there
-        at its last token and holds for the single-token decoding steps that follow.
+        A forward pass over more than one token is a *prompt pass*: the gate reads its last
+        `gate.tokens` tokens there, and its decision holds for the single-token decoding steps
+        that follow. (In a training pass over prompt + completion, "last" and the gate refer to
+        the end of that whole sequence.)
         """
         self.validate(lm)
         alpha = self.alpha if alpha is None else float(alpha)
