@@ -16,9 +16,8 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem
-from asru_lab.evaluate.harness import MAX_NEW_TOKENS
+from asru_lab.evaluate.harness import EvalConfig, answer_items
 from asru_lab.evaluate.judge import ClosedWorldJudge, Judge
-from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import MemorisationGate
 from asru_lab.trace import Capture
@@ -191,13 +190,8 @@ def refused_items(
     items and every answer (in input order).
     """
     judge = judge or ClosedWorldJudge(bench)
-    answers: list[str] = []
-    for s in range(0, len(items), batch_size):
-        chunk = items[s : s + batch_size]
-        images = [bench.load_image(i.image) if i.image else None for i in chunk]
-        answers += generate_batch(
-            lm, images, [i.question for i in chunk], max_new_tokens=MAX_NEW_TOKENS["qa"]
-        )
+    config = EvalConfig(batch_size=batch_size, progress=False)
+    answers = answer_items(lm, bench, list(items), config, desc="target set")
     judged = judge.judge(list(items), answers)
     kept = [i for i, j in zip(items, judged, strict=True) if j.category in REFUSALS]
     return kept, answers

@@ -39,7 +39,7 @@ from asru_lab.directions import (
     refused_items,
 )
 from asru_lab.evaluate.judge import ClosedWorldJudge, Judge
-from asru_lab.generation import encode
+from asru_lab.generation import encode, generate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import STEER_POSITIONS, MemorisationGate, SteeringProbe
 from asru_lab.trace import capture, check_layers, check_position, check_site, deepstack_relation
@@ -550,8 +550,6 @@ def compare_answers(
 ) -> tuple[str, str]:
     """(unsteered, steered) greedy answers to one question; `layer` moves the probe there
     (`SteeringProbe.at_layer`, ungated off its own layer), `alpha` overrides its strength."""
-    from asru_lab.generation import generate
-
     if layer is not None and layer != probe.layer:
         probe = probe.at_layer(lm, layer)
     plain = generate(lm, image, question, max_new_tokens=max_new_tokens)
