@@ -9,6 +9,7 @@ report = al.evaluate(model, bench) # report.table(), report.to_json(path)
 probe = al.locate(model, bench)    # stage 1.1: a SteeringProbe chosen by a sweep
 with probe.apply(model):           # steered (gated) generation; hooks removed on exit
     al.generate(model, image, "Where was this person born?")
+steered, record = al.redirect(model, probe, bench)  # stage 1.2: the probe, in the weights
 ```
 """
 
@@ -26,6 +27,7 @@ from asru_lab.generation import generate
 from asru_lab.locate import LocateConfig, locate
 from asru_lab.models.loading import LoadedModel, ModelLoadError, load_model
 from asru_lab.probe import ProbeError, SteeringProbe, load_probe
+from asru_lab.redirect import RedirectConfig, RedirectError, redirect, save_redirected
 
 __version__ = "0.1.0"
 
@@ -40,6 +42,8 @@ __all__ = [
     "Person",
     "ProbeError",
     "QAItem",
+    "RedirectConfig",
+    "RedirectError",
     "SteeringProbe",
     "__version__",
     "evaluate",
@@ -49,4 +53,6 @@ __all__ = [
     "load_model",
     "load_probe",
     "locate",
+    "redirect",
+    "save_redirected",
 ]

@@ -57,6 +57,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", choices=("output", "input"), default="output", help="layer site")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("redirect", help="stage 1.2: write a probe's direction into the weights")
+    _add_common(p, out_help="output model directory (+ redirect.json)")
+    p.add_argument("--probe", required=True, help="steering probe dir (from `asru-lab locate`)")
+    p.add_argument(
+        "--solver", choices=("auto", "closed_form", "sgd"), default=None, help="default: auto"
+    )
+    p.add_argument("--paper", action="store_true", help="the public code's settings (SGD, ...)")
+    p.add_argument("--lam", type=float, default=None, help="forget target h0 + lam*v (3)")
+    p.add_argument("--alpha", type=float, default=None, help="retain loss weight (10)")
+    p.add_argument("--preserve-weight", type=float, default=None, help="other tokens (30)")
+    p.add_argument("--positions", choices=("last", "answer_end"), default=None, help="loss token")
+    p.add_argument("--modules", nargs="+", default=None, help="trainable modules (mlp.down_proj)")
+    p.add_argument("--lora-r", type=int, default=None, help="SGD: LoRA rank (0: full weights)")
+    p.add_argument("--epochs", type=int, default=None, help="SGD epochs (3)")
+    p.add_argument("--lr", type=float, default=None, help="SGD learning rate (1e-4)")
+    p.add_argument("--batch-size", type=int, default=None, help="SGD batch size (2)")
+    p.add_argument("--max-forget", type=int, default=None, help="cap on forget examples")
+    p.add_argument("--max-retain", type=int, default=None, help="cap on retain examples")
+    p.add_argument("--checkpoint-every", type=int, default=None, help="SGD steps (100)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
+    p.add_argument("--no-early-exit", action="store_true", help="run full forward passes")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
     _add_common(p, out_help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -170,6 +193,51 @@ def cmd_locate(args) -> int:
     return 0
 
 
+def cmd_redirect(args) -> int:
+    from pathlib import Path
+
+    from asru_lab.probe import SteeringProbe
+    from asru_lab.redirect import RedirectConfig, redirect, save_redirected
+
+    lm, bench = _load(args)
+    probe = SteeringProbe.load(args.probe)
+    out = Path(args.out)
+    options = {
+        "solver": args.solver,
+        "lam": args.lam,
+        "alpha": args.alpha,
+        "preserve_weight": args.preserve_weight,
+        "positions": args.positions,
+        "modules": tuple(args.modules) if args.modules else None,
+        "lora_r": args.lora_r,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "max_forget": args.max_forget,
+        "max_retain": args.max_retain,
+        "checkpoint_every": args.checkpoint_every,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update(
+        seed=args.seed,
+        resume=args.resume,
+        early_exit=not args.no_early_exit,
+        progress=not args.quiet,
+        checkpoint_dir=str(out / "checkpoints"),
+    )
+    config = RedirectConfig.paper(**options) if args.paper else RedirectConfig(**options)
+    model, record = redirect(lm, probe, bench, config)
+    save_redirected(model, record, out)
+    objective = record["objective"]
+    print(
+        f"{record['solver']}: objective {objective['initial']:.4g} -> {objective['final']:.4g} "
+        f"in {record['seconds']['total']:.1f} s ({record['examples']['forget']} forget, "
+        f"{record['examples']['retain']} retain examples)"
+    )
+    print(f"wrote {out} (model + redirect.json); next: asru-lab evaluate --model {out} --out R")
+    return 0
+
+
 def cmd_export(args) -> int:
     import asru_lab as al
 
@@ -211,6 +279,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "evaluate": cmd_evaluate,
     "locate": cmd_locate,
+    "redirect": cmd_redirect,
     "export-benchmark": cmd_export,
     "build-embedded": cmd_build,
     "finetune": cmd_finetune,
@@ -223,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     from asru_lab.models.adapters import AdapterError
     from asru_lab.models.loading import ModelLoadError
     from asru_lab.probe import ProbeError
+    from asru_lab.redirect import RedirectError
     from asru_lab.trace import TraceError
 
     try:
@@ -233,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
         AdapterError,
         ProbeError,
         TraceError,
+        RedirectError,
         FileExistsError,
     ) as exc:
         print(f"asru-lab {args.command}: error: {exc}", file=sys.stderr)

@@ -27,7 +27,13 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
+from asru_lab.data.schema import (
+    Benchmark,
+    BenchmarkError,
+    QAItem,
+    contains_value,
+    stratified_sample,
+)
 from asru_lab.directions import (
     REFUSALS,
     auroc,
@@ -103,27 +109,6 @@ class LocateSets:
     target_candidates: int = 0
 
 
-def _sample(items: Sequence[QAItem], n: int, rng: random.Random) -> list[QAItem]:
-    """Up to `n` items spread evenly over (person, task, image or text-only) strata.
-
-    Even spreading matters for the gate: a retain person whose text-only questions it never
-    saw is the one it mistakes for a forget person.
-    """
-    items = list(items)
-    if len(items) <= n:
-        return items
-    strata: dict[tuple, list[QAItem]] = {}
-    for item in items:
-        strata.setdefault((item.person_id, item.task, item.image is None), []).append(item)
-    queues = [rng.sample(group, len(group)) for _, group in sorted(strata.items())]
-    picked: list[QAItem] = []
-    while len(picked) < n:
-        for queue in queues:
-            if queue and len(picked) < n:
-                picked.append(queue.pop())
-    return picked
-
-
 def _qa(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
     return [i for i in bench.split(split, "qa") if text_only or i.image]
 
@@ -154,7 +139,7 @@ def build_sets(lm: LoadedModel, bench: Benchmark, config: LocateConfig, judge: J
             f"{bench.name} has no unseen image questions: the target set (faces the model "
             "has never seen and refuses) comes from the 'unseen' split"
         )
-    candidates = _sample(unseen, config.max_examples, rng)
+    candidates = stratified_sample(unseen, config.max_examples, rng)
     target, _ = refused_items(lm, bench, candidates, judge=judge, batch_size=config.batch_size)
     if len(target) < 4:
         raise BenchmarkError(
@@ -164,13 +149,13 @@ def build_sets(lm: LoadedModel, bench: Benchmark, config: LocateConfig, judge: J
         )
     sets = LocateSets(target_candidates=len(candidates))
     pools = {
-        "forget": _sample(forget, config.max_examples, rng),
-        "retain": _sample(retain, config.retain_examples, rng),
+        "forget": stratified_sample(forget, config.max_examples, rng),
+        "retain": stratified_sample(retain, config.retain_examples, rng),
         "target": target,
-        "forget_other": _sample(
+        "forget_other": stratified_sample(
             _other_tasks(bench, "forget", config.text_only), config.max_examples, rng
         ),
-        "retain_other": _sample(
+        "retain_other": stratified_sample(
             _other_tasks(bench, "retain", config.text_only), config.retain_examples, rng
         ),
     }
@@ -428,8 +413,8 @@ def locate(
         gates[layer], gate_stats[str(layer)] = gate, stats
 
     rng = random.Random(f"{config.seed}:sweep")
-    f_items = _sample(_qa(bench, "forget", config.text_only), config.sweep_forget, rng)
-    r_items = _sample(_qa(bench, "retain", config.text_only), config.sweep_retain, rng)
+    f_items = stratified_sample(_qa(bench, "forget", config.text_only), config.sweep_forget, rng)
+    r_items = stratified_sample(_qa(bench, "retain", config.text_only), config.sweep_retain, rng)
     sweep_tails = {}
     for name, items in (("forget", f_items), ("retain", r_items)):
         raws = [

@@ -140,7 +140,8 @@ class SteeringProbe:
         if self.operation not in OPERATIONS:
             raise ProbeError(f"unknown operation {self.operation!r}; expected one of {OPERATIONS}")
         check_steer_positions(self.positions)
-        self.direction = self.direction.detach().to(torch.float32).cpu().contiguous()
+        # an own copy: a view into layer_directions (as at_layer makes) cannot be saved
+        self.direction = self.direction.detach().to(torch.float32).cpu().clone()
         if self.direction.ndim != 1:
             raise ProbeError(f"direction must be 1-D [hidden], got {tuple(self.direction.shape)}")
         if self.layer_directions is not None:

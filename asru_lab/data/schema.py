@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import random
 import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -202,6 +203,27 @@ class Benchmark:
         for split in ("forget", "retain"):
             if self.people_in(split) and not self.split(split):
                 raise BenchmarkError(f"split {split!r} has people but no question items")
+
+
+def stratified_sample(items: Sequence[QAItem], n: int, rng: random.Random) -> list[QAItem]:
+    """Up to `n` items spread evenly over (person, task, image or text-only) strata.
+
+    Even spreading matters wherever a sample stands for a split: a person whose text-only
+    questions a probe never saw is the one it gets wrong.
+    """
+    items = list(items)
+    if len(items) <= n:
+        return items
+    strata: dict[tuple, list[QAItem]] = {}
+    for item in items:
+        strata.setdefault((item.person_id, item.task, item.image is None), []).append(item)
+    queues = [rng.sample(group, len(group)) for _, group in sorted(strata.items())]
+    picked: list[QAItem] = []
+    while len(picked) < n:
+        for queue in queues:
+            if queue and len(picked) < n:
+                picked.append(queue.pop())
+    return picked
 
 
 def open_image(path: Path) -> Image.Image:

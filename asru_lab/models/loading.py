@@ -77,13 +77,19 @@ class LoadedModel:
             dict(self.info),
         )
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write a `save_pretrained` directory that `load_model(out_dir)` reads back."""
+    def save(self, out_dir: str | Path, *, records: dict[str, object] | None = None) -> Path:
+        """Write a `save_pretrained` directory that `load_model(out_dir)` reads back.
+
+        `records`: file name -> JSON-ready object, written inside the same atomic directory
+        (a stage's record lands together with its model or not at all).
+        """
         with atomic_dir(out_dir) as tmp:
             self.model.save_pretrained(tmp)
             self.processor.save_pretrained(tmp)
             meta = {"name": self.name, "revision": self.revision, **self.info}
             (tmp / "asru_lab_model.json").write_text(json.dumps(meta, indent=2))
+            for name, record in (records or {}).items():
+                (tmp / name).write_text(json.dumps(record, indent=2) + "\n")
         return Path(out_dir)
 
 

@@ -239,6 +239,13 @@ def test_layer_out_of_range_is_refused(lm, bench, items):
         make_probe(lm).at_layer(lm, 9)
 
 
+def test_a_probe_moved_to_another_layer_saves_and_reloads(lm, tmp_path):
+    moved = make_probe(lm).at_layer(lm, 2)
+    loaded = SteeringProbe.load(moved.save(tmp_path / "moved"))
+    assert loaded.layer == 2
+    assert torch.equal(loaded.direction, moved.layer_directions[2])
+
+
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_damaged_safetensors_is_refused(lm, tmp_path, damage):
     path = make_probe(lm).save(tmp_path / "p") / "probe.safetensors"

@@ -28,6 +28,8 @@ class ArchitectureAdapter:
     norm_attr: str = "norm"
     lm_head_path: str = "lm_head"
     embed_attr: str = "embed_tokens"
+    mlp_out_attr: str = "mlp.down_proj"  # in a decoder layer: the linear whose output is added
+    # to the residual stream last (nothing in the layer reads it), which stage 1.2 edits
     image_placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
 
     # --- module access --------------------------------------------------------------------
@@ -58,6 +60,10 @@ class ArchitectureAdapter:
 
     def layer_path(self, index: int) -> str:
         return f"{self.language_model_path}.{self.layers_attr}.{index}"
+
+    def mlp_out_path(self, index: int) -> str:
+        """Dotted path of decoder layer `index`'s MLP output projection."""
+        return f"{self.layer_path(index)}.{self.mlp_out_attr}"
 
     def final_norm(self, model: nn.Module) -> nn.Module:
         return self._get(model, f"{self.language_model_path}.{self.norm_attr}")
