@@ -523,6 +523,56 @@ def locate(
     )
 
 
+def quick_probe(
+    lm: LoadedModel,
+    bench: Benchmark,
+    *,
+    layer: int | None = None,
+    n_examples: int = 64,
+    site: str = "output",
+    seed: int = 0,
+) -> SteeringProbe:
+    """A knowledge-absence probe in seconds, without `locate`'s sweep, gate or refusal filter.
+
+    v = mean over `n_examples` never-seen faces minus mean over `n_examples` forget questions,
+    at the last prompt token of every layer (kept as `layer_directions`); the probe sits at
+    `layer` (default: the last), ungated, alpha 1. For experiments, tests and benchmarks whose
+    result does not hinge on the direction's quality; `locate` chooses a real one.
+    """
+    rng = random.Random(seed)
+    unseen = [i for i in bench.split("unseen", "qa") if i.image]
+    forget = bench.split("forget", "qa")
+    if not unseen or not forget:
+        raise BenchmarkError(
+            f"{bench.name} needs unseen image questions and forget questions for a probe "
+            f"(has {len(unseen)} and {len(forget)})"
+        )
+    layers = check_layers(lm, None)
+    layer = layers[-1] if layer is None else check_layers(lm, [layer])[0]
+    kw = {"layers": layers, "site": site, "position": "last", "progress": False}
+    target = capture(lm, bench, stratified_sample(unseen, n_examples, rng), **kw)
+    known = capture(lm, bench, stratified_sample(forget, n_examples, rng), **kw)
+    directions = knowledge_absence_direction(target, known)
+    stacked = torch.stack([directions[k] for k in layers]).float()
+    return SteeringProbe(
+        stacked[layer],
+        layer,
+        lm.fingerprint(),
+        site=site,
+        positions="last",
+        extraction={
+            "method": "knowledge-absence direction: mean(unseen) - mean(forget), unfiltered",
+            "measured_at": "last prompt token",
+            "sets": {"target": target.n_examples, "forget": known.n_examples},
+            "seed": seed,
+        },
+        dataset_fingerprint=bench.fingerprint(),
+        module=lm.adapter.layer_path(layer),
+        deepstack=deepstack_relation(lm, layer, site),
+        layer_directions=stacked,
+    )
+
+
 def compare_answers(
     lm: LoadedModel,
     probe: SteeringProbe,

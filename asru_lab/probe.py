@@ -35,7 +35,7 @@ from safetensors.torch import load_file, save_file
 
 from asru_lab.artifacts import atomic_dir, write_json_atomic
 from asru_lab.models.loading import LoadedModel
-from asru_lab.trace import check_site, module_envoy
+from asru_lab.trace import capture, check_site, module_envoy
 
 FORMAT = "asru_lab.steering_probe"
 FORMAT_VERSION = 1
@@ -449,6 +449,33 @@ class SteeringProbe:
             envoy.input = steered
         else:
             envoy.output = steered
+
+    def project(
+        self,
+        lm: LoadedModel,
+        bench,
+        items,
+        *,
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> torch.Tensor:
+        """float64 `[n]`: each item's activation at the probe's site, last prompt token,
+        projected on the unit direction (h . v / |v|), unsteered."""
+        self.validate(lm)
+        unit = self.direction.double() / self.direction.norm().clamp_min(1e-12).double()
+        cap = capture(
+            lm,
+            bench,
+            items,
+            layers=[self.layer],
+            site=self.site,
+            position="last",
+            directions={self.layer: unit},
+            batch_size=batch_size,
+            progress=progress,
+            desc="project on v",
+        )
+        return cap.projections[self.layer][:, 0]
 
     # --- export -------------------------------------------------------------------------------
     def export_gguf(self, path: str | os.PathLike, *, alpha: float | None = None) -> Path:

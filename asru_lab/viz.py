@@ -166,6 +166,64 @@ def layer_cosine_heatmap(evidence: dict) -> go.Figure:
     return fig
 
 
+# --- redirect ---------------------------------------------------------------------------------
+def redirect_loss_chart(sgd: dict, closed_form: dict | None = None) -> go.Figure:
+    """Per-step SGD losses of `redirect` records (forget step, retain step) on a log scale,
+    with the objective before training, after SGD and, if given, the closed form's optimum."""
+    fig = go.Figure()
+    steps = list(range(1, len(sgd["losses"]["forget"]) + 1))
+    fig.add_scatter(x=steps, y=sgd["losses"]["forget"], name="forget step loss", mode="lines")
+    if sgd["losses"]["retain"]:
+        fig.add_scatter(
+            x=steps, y=sgd["losses"]["retain"], name="retain step loss (x alpha)", mode="lines"
+        )
+    levels = [
+        ("objective before", sgd["objective"]["initial"], "grey"),
+        ("SGD objective after", sgd["objective"]["final"], "#d62728"),
+    ]
+    if closed_form is not None:
+        levels.append(("closed-form optimum", closed_form["objective"]["final"], "#2ca02c"))
+    for label, value, colour in levels:
+        fig.add_hline(
+            y=value,
+            line={"dash": "dash", "color": colour},
+            annotation_text=f"{label}: {value:.4g}",
+            annotation_position="top left",
+        )
+    fig.update_layout(
+        title="Stage 1.2: SGD losses per step and the objective (full data)",
+        xaxis_title="step (one forget batch + one retain batch)",
+        yaxis_title="loss",
+        yaxis_type="log",
+        height=420,
+    )
+    return fig
+
+
+def projection_histograms(projections: dict[str, dict[str, Sequence[float]]]) -> go.Figure:
+    """One panel per model ("before", "after", ...): histograms of each set's projections on
+    the probe's unit direction (`SteeringProbe.project`)."""
+    models = list(projections)
+    fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, shared_yaxes=True)
+    colours = {"forget": "#d62728", "retain": "#1f77b4", "test": "#ff7f0e", "unseen": "#2ca02c"}
+    for col, model in enumerate(models, start=1):
+        for name, values in projections[model].items():
+            fig.add_histogram(
+                x=list(values),
+                name=name,
+                legendgroup=name,
+                showlegend=col == 1,
+                marker_color=colours.get(name),
+                opacity=0.6,
+                nbinsx=40,
+                row=1,
+                col=col,
+            )
+        fig.update_xaxes(title_text="projection on v / |v| (last prompt token)", row=1, col=col)
+    fig.update_layout(barmode="overlay", height=380, title="Activations along v, by set")
+    return fig
+
+
 def figures_html(figures: Sequence[go.Figure], path: str | os.PathLike, title: str) -> Path:
     """One self-contained HTML page (plotly.js inlined once, works offline), written atomically."""
     parts = [

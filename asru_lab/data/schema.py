@@ -116,6 +116,7 @@ class Benchmark:
         self._image_loader = image_loader
         self.meta = dict(meta or {})
         self._image_cache: dict[str, Image.Image] = {}
+        self._fingerprint: tuple | None = None
 
     # --- access -----------------------------------------------------------------------------
     def split(self, split: str, task: str | None = None) -> list[QAItem]:
@@ -157,7 +158,16 @@ class Benchmark:
         )
 
     def fingerprint(self) -> str:
-        """A short hash of people and items (not image bytes): identifies the data in artifacts."""
+        """A short hash of people and items (not image bytes): identifies the data in artifacts.
+
+        Cached while the same (immutable) item and person objects are in the benchmark.
+        """
+        key = (tuple(map(id, self.items)), tuple(map(id, self.people.values())))
+        if self._fingerprint is None or self._fingerprint[0] != key:
+            self._fingerprint = (key, self._compute_fingerprint())
+        return self._fingerprint[1]
+
+    def _compute_fingerprint(self) -> str:
         h = hashlib.sha256()
         for p in sorted(self.people.values(), key=lambda p: p.id):
             h.update(json.dumps([p.id, p.name, p.split, p.facts], sort_keys=True).encode())

@@ -24,13 +24,10 @@ pytestmark = pytest.mark.skipif(
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict:
-    root = tmp_path_factory.mktemp("locate")
-    probe = root / "probe"
-    assert main(["locate", "--out", str(probe), "--quiet"]) == 0
-    results = {}
+def runs(located) -> dict:
+    root, probe = located["root"], located["probe"]
+    results = {"vanilla": located["vanilla"]}
     for name, extra in (
-        ("vanilla", []),
         ("gated", ["--probe", str(probe)]),
         ("ungated", ["--probe", str(probe), "--no-gate"]),
     ):

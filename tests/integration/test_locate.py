@@ -17,7 +17,7 @@ from asru_lab.directions import (
 )
 from asru_lab.evaluate.judge import ClosedWorldJudge
 from asru_lab.generation import encode
-from asru_lab.locate import LocateConfig, LocateResult, locate
+from asru_lab.locate import LocateConfig, LocateResult, locate, quick_probe
 from asru_lab.trace import capture, deepstack_relation
 
 SMALL = LocateConfig(
@@ -192,3 +192,20 @@ def test_locate_config_rejects_nonsense():
         LocateConfig(positions=("sometimes",))
     with pytest.raises(ValueError, match="strengths"):
         LocateConfig(strengths=())
+
+
+def test_quick_probe_is_the_diff_in_means_at_every_layer(lm, bench):
+    probe = quick_probe(lm, bench, layer=3, n_examples=16)
+    assert probe.layer == 3 and probe.gate is None
+    assert probe.layer_directions.shape == (lm.num_layers, lm.hidden_size)
+    assert torch.equal(probe.direction, probe.layer_directions[3])
+    unseen = [i for i in bench.split("unseen", "qa") if i.image]
+    forget = bench.split("forget", "qa")
+    assert probe.extraction["sets"] == {"target": 16, "forget": 16}
+    # v points from the forget prompts towards the never-seen faces, on fresh examples too
+    on_unseen = probe.project(lm, bench, unseen[-32:])
+    on_forget = probe.project(lm, bench, forget[-32:])
+    assert on_unseen.mean() > on_forget.mean()
+    direct = capture(lm, bench, forget[-32:], layers=[3], keep_raw=True, progress=False)
+    unit = probe.direction.double() / probe.direction.double().norm()
+    assert torch.allclose(on_forget, direct.raw[3].double() @ unit, atol=1e-3)

@@ -18,7 +18,7 @@ import torch
 import asru_lab as al
 from asru_lab.cli import main
 from asru_lab.data.schema import BenchmarkError
-from asru_lab.directions import knowledge_absence_direction
+from asru_lab.locate import quick_probe
 from asru_lab.probe import ProbeError, SteeringProbe
 from asru_lab.redirect import (
     RedirectConfig,
@@ -28,7 +28,6 @@ from asru_lab.redirect import (
     redirect,
     save_redirected,
 )
-from asru_lab.trace import capture
 
 SMALL = {"max_forget": 24, "max_retain": 48, "progress": False}
 
@@ -36,16 +35,7 @@ SMALL = {"max_forget": 24, "max_retain": 48, "progress": False}
 @pytest.fixture(scope="module")
 def probe(lm, bench) -> SteeringProbe:
     """A knowledge-absence direction from small sets, at the top layer, with every layer's."""
-    unseen = [i for i in bench.split("unseen", "qa") if i.image][:48]
-    forget = bench.split("forget", "qa")[:48]
-    kw = {"position": "last", "progress": False}
-    target, known = capture(lm, bench, unseen, **kw), capture(lm, bench, forget, **kw)
-    v = knowledge_absence_direction(target, known)
-    layers = torch.stack([v[k] for k in range(lm.num_layers)]).float()
-    top = lm.num_layers - 1
-    return SteeringProbe(
-        layers[top], top, lm.fingerprint(), alpha=2.0, positions="last", layer_directions=layers
-    )
+    return quick_probe(lm, bench, n_examples=48)
 
 
 @pytest.fixture(scope="module")
