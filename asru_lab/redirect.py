@@ -92,8 +92,8 @@ class RedirectConfig:
     preserve_weight: float = 30.0  # beta: weight of keeping every other token unchanged (paper: 0)
     positions: str = "last"  # loss positions: "last" prompt token (where v was measured) or
     # "answer_end" (last token of prompt + reference answer, the public code)
-    modules: tuple[str, ...] = ("mlp.down_proj",)  # trainable modules, relative to the layer
-    # that writes the site (or full names from model.named_modules())
+    modules: tuple[str, ...] = ("mlp.down_proj",)  # trainable modules (all their parameters),
+    # relative to the layer that writes the site, or full names from model.named_modules()
     solver: str = "auto"  # "closed_form", "sgd", or "auto": closed_form when it is exact
     ridge: float = 0.0  # closed form: ridge added to A, as a fraction of A's mean diagonal
     singular_ridge: float = 1e-6  # closed form: the ridge used when A is singular
@@ -312,9 +312,12 @@ def loss_site(lm: LoadedModel, probe: SteeringProbe) -> Site:
     return Site(probe.layer, probe.site, writer)
 
 
-def resolve_modules(lm: LoadedModel, site: Site, names: Sequence[str]) -> list[str]:
-    """Full module names (from `lm.model`) of the trainable modules; a clear error for a name
-    that does not exist or cannot change the loss."""
+def resolve_modules(
+    lm: LoadedModel, site: Site, names: Sequence[str], *, lora: bool = False
+) -> list[str]:
+    """Full module names (from `lm.model`) of the trainable modules (every parameter of each
+    is trained, or a LoRA adapter on it); a clear error for a name that does not exist, cannot
+    change the loss, or (with `lora`) is not a linear layer."""
     modules = dict(lm.model.named_modules())
     writer_path = lm.adapter.layer_path(site.writer)
     layer_prefix = lm.adapter.layer_path(0)[: -len("0")]
@@ -340,6 +343,11 @@ def resolve_modules(lm: LoadedModel, site: Site, names: Sequence[str]) -> list[s
                 )
         if not any(p.is_floating_point() for p in modules[full].parameters()):
             raise RedirectError(f"module {full!r} has no parameters to train")
+        if lora and not isinstance(modules[full], nn.Linear):
+            raise RedirectError(
+                f"LoRA (lora_r > 0) adapts linear layers; {full!r} is a "
+                f"{type(modules[full]).__name__} (name its linear submodules instead)"
+            )
         resolved.append(full)
     return resolved
 
@@ -639,7 +647,7 @@ def _trainable(
     else:
         named = dict(out.model.named_modules())
         for name in modules:
-            named[name].weight.requires_grad_(True)
+            named[name].requires_grad_(True)
     return {n: p for n, p in out.model.named_parameters() if p.requires_grad}
 
 
@@ -768,7 +776,7 @@ def redirect(
     """
     config = config or RedirectConfig()
     site = loss_site(lm, probe)
-    modules = resolve_modules(lm, site, config.modules)
+    modules = resolve_modules(lm, site, config.modules, lora=config.lora_r > 0)
     reason = _closed_form_ok(lm, site, modules, config)
     solver = config.solver
     if solver == "auto":

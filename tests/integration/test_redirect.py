@@ -131,12 +131,15 @@ def test_sgd_trains_lora_and_several_modules(lm, bench, probe):
     assert record["trainable_parameters"] == 4 * (576 + 192)
     assert not hasattr(out.model, "peft_config")  # merged back into a plain model
     assert record["objective"]["final"] < record["objective"]["initial"]
-    modules = ("mlp.down_proj", "mlp.up_proj", "self_attn.o_proj")
+    modules = ("mlp.down_proj", "mlp.up_proj", "self_attn.o_proj")  # or a whole block: "mlp"
     out, record = redirect(lm, probe, bench, RedirectConfig(modules=modules, epochs=1, **SMALL))
     assert record["solver"] == "sgd" and len(record["trainable"]) == 3
     before = dict(lm.model.named_parameters())
     changed = {n for n, p in out.model.named_parameters() if not torch.equal(p, before[n])}
     assert changed == {f"{name}.weight" for name in record["trainable"]}
+    out, record = redirect(lm, probe, bench, RedirectConfig(modules=("mlp",), epochs=1, **SMALL))
+    changed = {n for n, p in out.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {f"{record['trainable'][0]}.{k}_proj.weight" for k in ("gate", "up", "down")}
 
 
 def test_input_site_trains_the_layer_below(lm, bench, probe):
@@ -253,6 +256,8 @@ def test_trainable_module_that_does_not_exist(lm, bench, probe):
     above = lm.adapter.mlp_out_path(4)
     with pytest.raises(RedirectError, match="above the loss site"):
         redirect(lm, low, bench, RedirectConfig(modules=(above,), **SMALL))
+    with pytest.raises(RedirectError, match="LoRA.*linear layers.*Qwen3VLTextMLP"):
+        redirect(lm, probe, bench, RedirectConfig(modules=("mlp",), lora_r=4, **SMALL))
     with pytest.raises(RedirectError, match="closed_form.*not possible.*LoRA"):
         redirect(lm, probe, bench, RedirectConfig(solver="closed_form", lora_r=4, **SMALL))
     with pytest.raises(RedirectError, match="unknown solver"):
