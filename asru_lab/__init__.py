@@ -28,6 +28,7 @@ from asru_lab.locate import LocateConfig, locate
 from asru_lab.models.loading import LoadedModel, ModelLoadError, load_model
 from asru_lab.probe import ProbeError, SteeringProbe, load_probe
 from asru_lab.redirect import RedirectConfig, RedirectError, redirect, save_redirected
+from asru_lab.reinforce import ReinforceConfig, ReinforceError, reinforce, save_reinforced
 
 __version__ = "0.1.0"
 
@@ -44,6 +45,8 @@ __all__ = [
     "QAItem",
     "RedirectConfig",
     "RedirectError",
+    "ReinforceConfig",
+    "ReinforceError",
     "SteeringProbe",
     "__version__",
     "evaluate",
@@ -54,5 +57,7 @@ __all__ = [
     "load_probe",
     "locate",
     "redirect",
+    "reinforce",
     "save_redirected",
+    "save_reinforced",
 ]

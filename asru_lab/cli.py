@@ -80,6 +80,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-early-exit", action="store_true", help="run full forward passes")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("reinforce", help="stage 2: GRPO on the forget and boundary sets")
+    _add_common(p, out_help="output model directory (+ training/: metrics, dashboard)")
+    p.add_argument("--probe", default=None, help="probe dir: its layer places the boundary")
+    p.add_argument("--paper", action="store_true", help="the paper's GRPO settings")
+    p.add_argument("--rewards", nargs="+", default=None, help="reward names (contextual)")
+    p.add_argument("--reward-weights", type=float, nargs="+", default=None, help="one each")
+    p.add_argument("--boundary", choices=("nearest", "random"), default=None, help="nearest")
+    p.add_argument("--n-forget", type=int, default=None, help="forget prompts (200)")
+    p.add_argument("--n-boundary", type=int, default=None, help="boundary prompts (200)")
+    p.add_argument("--steps", type=int, default=None, help="GRPO steps (default: epochs)")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the prompts (1)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (1e-5)")
+    p.add_argument("--num-generations", type=int, default=None, help="rollouts per prompt (8)")
+    p.add_argument("--batch-size", type=int, default=None, help="completions per step (16)")
+    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (0: full fine-tuning)")
+    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/training")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
     _add_common(p, out_help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -238,6 +257,41 @@ def cmd_redirect(args) -> int:
     return 0
 
 
+def cmd_reinforce(args) -> int:
+    from pathlib import Path
+
+    from asru_lab.probe import SteeringProbe
+    from asru_lab.reinforce import TRAINING_DIR, ReinforceConfig, reinforce, save_reinforced
+
+    lm, bench = _load(args)
+    probe = SteeringProbe.load(args.probe) if args.probe else None
+    out = Path(args.out)
+    options = {
+        "rewards": tuple(args.rewards) if args.rewards else None,
+        "reward_weights": tuple(args.reward_weights) if args.reward_weights else None,
+        "boundary": args.boundary,
+        "n_forget": args.n_forget,
+        "n_boundary": args.n_boundary,
+        "max_steps": args.steps,
+        "epochs": args.epochs,
+        "learning_rate": args.lr,
+        "num_generations": args.num_generations,
+        "batch_size": args.batch_size,
+        "lora_r": args.lora_r,
+        "save_steps": args.save_steps,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    options.update(seed=args.seed, resume=args.resume, progress=not args.quiet)
+    config = ReinforceConfig.paper(**options) if args.paper else ReinforceConfig(**options)
+    model, record = reinforce(lm, bench, config, output_dir=out / TRAINING_DIR, probe=probe)
+    save_reinforced(model, record, out)
+    last = next((r for r in reversed(record["log_history"]) if "reward" in r), {})
+    reward = last.get("reward")
+    print(f"{record['steps']} GRPO steps in {record['seconds']:.0f} s; last reward {reward}")
+    print(f"wrote {out} (model + reinforce.json; training/: metrics.jsonl, dashboard.html)")
+    return 0
+
+
 def cmd_export(args) -> int:
     import asru_lab as al
 
@@ -280,6 +334,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "locate": cmd_locate,
     "redirect": cmd_redirect,
+    "reinforce": cmd_reinforce,
     "export-benchmark": cmd_export,
     "build-embedded": cmd_build,
     "finetune": cmd_finetune,
@@ -293,6 +348,8 @@ def main(argv: list[str] | None = None) -> int:
     from asru_lab.models.loading import ModelLoadError
     from asru_lab.probe import ProbeError
     from asru_lab.redirect import RedirectError
+    from asru_lab.reinforce import ReinforceError
+    from asru_lab.rewards import RewardError
     from asru_lab.trace import TraceError
 
     try:
@@ -304,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
         ProbeError,
         TraceError,
         RedirectError,
+        ReinforceError,
+        RewardError,
         FileExistsError,
     ) as exc:
         print(f"asru-lab {args.command}: error: {exc}", file=sys.stderr)

@@ -224,6 +224,77 @@ def projection_histograms(projections: dict[str, dict[str, Sequence[float]]]) ->
     return fig
 
 
+# --- reinforce --------------------------------------------------------------------------------
+REWARD_PANELS = ("reward", "KL to the starting model", "completion length", "held-out rates")
+
+
+def _reward_traces(rewards: Sequence[str]) -> list[tuple[str, str, int]]:
+    """(metrics key, legend name, panel) of every trace the reward figure shows."""
+    traces = [("reward", "total reward", 1)]
+    traces += [(f"rewards/{name}/mean", name, 1) for name in rewards]
+    traces += [("kl", "KL", 2), ("completions/mean_length", "mean length", 3)]
+    traces += [
+        ("probe/forget_refusal", "forget refusal", 4),
+        ("probe/forget_leak", "forget leak", 4),
+        ("probe/retain_recall", "retain recall", 4),
+    ]
+    return traces
+
+
+def reward_figure(history: Sequence[dict], rewards: Sequence[str]) -> go.Figure:
+    """Stage 2 curves from the metrics rows (`metrics.jsonl`): total reward and each reward,
+    KL, mean completion length and the held-out forget refusal / leak and retain recall."""
+    fig = make_subplots(rows=2, cols=2, subplot_titles=REWARD_PANELS)
+    for key, name, panel in _reward_traces(rewards):
+        rows = [r for r in history if isinstance(r.get(key), int | float)]
+        fig.add_scatter(
+            x=[r["step"] for r in rows],
+            y=[r[key] for r in rows],
+            name=name,
+            mode="lines+markers",
+            row=(panel - 1) // 2 + 1,
+            col=(panel - 1) % 2 + 1,
+        )
+    fig.update_xaxes(title_text="step")
+    fig.update_layout(height=560, title="Stage 2 (GRPO): rewards while training")
+    return fig
+
+
+def samples_table_html(rows: Sequence[dict]) -> str:
+    """The latest sampled completions, forget and retain side by side, as an HTML table."""
+    by_split = {s: [r for r in rows if r["split"] == s] for s in ("forget", "retain")}
+    height = max((len(v) for v in by_split.values()), default=0)
+
+    def cell(row: dict | None) -> str:
+        if row is None:
+            return "<td></td>"
+        return (
+            f"<td><b>{html.escape(row['question'])}</b><br>{html.escape(row['completion'])}"
+            f"<br><i>reward {row['reward']:.2f}</i></td>"
+        )
+
+    body = "".join(
+        "<tr>" + "".join(cell(v[k] if k < len(v) else None) for v in by_split.values()) + "</tr>"
+        for k in range(height)
+    )
+    return (
+        "<table border='1' style='border-collapse:collapse;width:100%'>"
+        "<tr><th>forget (should refuse, in context)</th><th>retain (should answer)</th></tr>"
+        f"{body}</table>"
+    )
+
+
+def write_reward_dashboard(
+    history: Sequence[dict], rewards: Sequence[str], path: str | os.PathLike
+) -> Path:
+    """`dashboard.html`: the reward figure and the latest samples, self-contained, atomic."""
+    latest = next((r["samples"] for r in reversed(history) if r.get("samples")), [])
+    figure = reward_figure(history, rewards).to_html(full_html=False, include_plotlyjs=True)
+    page = "<!doctype html><html><head><meta charset='utf-8'><title>asru_lab stage 2</title>"
+    page += f"</head><body>{figure}<h2>Latest samples</h2>{samples_table_html(latest)}"
+    return write_text_atomic(path, page + "</body></html>")
+
+
 def figures_html(figures: Sequence[go.Figure], path: str | os.PathLike, title: str) -> Path:
     """One self-contained HTML page (plotly.js inlined once, works offline), written atomically."""
     parts = [

@@ -77,11 +77,18 @@ class LoadedModel:
             dict(self.info),
         )
 
-    def save(self, out_dir: str | Path, *, records: dict[str, object] | None = None) -> Path:
+    def save(
+        self,
+        out_dir: str | Path,
+        *,
+        records: dict[str, object] | None = None,
+        keep: tuple[str, ...] = (),
+    ) -> Path:
         """Write a `save_pretrained` directory that `load_model(out_dir)` reads back.
 
         `records`: file name -> JSON-ready object, written inside the same atomic directory
-        (a stage's record lands together with its model or not at all).
+        (a stage's record lands together with its model or not at all). `keep`: entries of an
+        existing `out_dir` (e.g. a training log folder) carried over into the new one.
         """
         with atomic_dir(out_dir) as tmp:
             self.model.save_pretrained(tmp)
@@ -90,6 +97,9 @@ class LoadedModel:
             (tmp / "asru_lab_model.json").write_text(json.dumps(meta, indent=2))
             for name, record in (records or {}).items():
                 (tmp / name).write_text(json.dumps(record, indent=2) + "\n")
+            for name in keep:
+                if (Path(out_dir) / name).exists():
+                    (Path(out_dir) / name).rename(tmp / name)
         return Path(out_dir)
 
 

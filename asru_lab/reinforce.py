@@ -1,0 +1,514 @@
+"""Stage 2 of ASRU: refine the refusal boundary with GRPO (TRL's `GRPOTrainer`, one process).
+
+Data: a forget set plus a *boundary set* of retain questions (200 + 200 in the paper). The
+paper's figure describes the boundary set as the retain samples nearest to the forget/retain
+border; the public code samples them at random. Here `boundary="nearest"` (the default)
+ranks retain prompts by their projection on the memorisation direction (mean forget minus mean
+retain activation at the probe's layer, last prompt token) and keeps the most forget-like;
+`boundary="random"` is the public code.
+
+Rollouts are sampled from the model, scored by the registered rewards (`asru_lab.rewards`),
+and GRPO moves the policy towards the better ones, with a KL penalty to the starting model.
+While it trains, `metrics.jsonl` (one line per log step) and a self-contained
+`dashboard.html` are written to the output directory; held-out forget and retain questions
+are answered greedily every `probe_every` steps and their refusal and leak rates logged.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+import time
+import warnings
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from datasets import Dataset
+from transformers import TrainerCallback
+
+from asru_lab.artifacts import write_json_atomic, write_text_atomic
+from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
+from asru_lab.directions import memorisation_direction
+from asru_lab.evaluate.harness import MAX_NEW_TOKENS
+from asru_lab.evaluate.judge import is_refusal
+from asru_lab.generation import generate_batch
+from asru_lab.models.loading import LoadedModel
+from asru_lab.probe import SteeringProbe
+from asru_lab.rewards import build_rewards, completion_text
+from asru_lab.trace import capture
+
+REINFORCE_FILE = "reinforce.json"
+TRAINING_DIR = "training"  # inside a saved stage 2 model: checkpoints, metrics, dashboard
+METRICS_FILE = "metrics.jsonl"
+DASHBOARD_FILE = "dashboard.html"
+BOUNDARY_MODES = ("nearest", "random")
+
+
+class ReinforceError(ValueError):
+    """Stage 2 was configured in a way that cannot run; the message says what would."""
+
+
+@dataclass
+class ReinforceConfig:
+    """How stage 2 trains. GRPO settings: the paper's, with CPU-sized defaults for the
+    embedded model where they differ (`ReinforceConfig.paper()` gives the paper's)."""
+
+    rewards: tuple[str, ...] = ("contextual",)  # registered reward names (asru_lab.rewards)
+    reward_weights: tuple[float, ...] | None = None  # one per reward; None: all 1
+    n_forget: int = 200  # forget questions (paper: 200), capped by the split
+    n_boundary: int = 200  # retain questions near the boundary (paper: 200), capped
+    boundary: str = "nearest"  # "nearest" (the paper's figure) or "random" (the public code)
+    boundary_candidates: int | None = None  # retain questions scored for "nearest" (None: all)
+    text_only: bool = False  # include text-only questions; TRL 1.16 cannot batch them with
+    # image questions, so this works only on a benchmark without images
+    num_generations: int = 8  # rollouts per prompt (paper: 8)
+    temperature: float = 1.5  # sampling temperature (paper: 1.5)
+    top_p: float = 0.95  # nucleus sampling (paper: 0.95)
+    beta: float = 0.1  # KL coefficient to the starting model (paper: 0.1)
+    epsilon: float = 0.2  # lower clip (paper: 0.2)
+    epsilon_high: float = 0.3  # upper clip (paper: 0.3)
+    learning_rate: float = 1e-5  # paper: 1e-6 on 4B/8B; the tiny model needs more to move
+    epochs: float = 1.0  # passes over the prompts (paper: 6)
+    max_steps: int = -1  # > 0 overrides epochs
+    batch_size: int = 16  # completions per device and step (a multiple of num_generations)
+    gradient_accumulation_steps: int = 1
+    max_completion_length: int = MAX_NEW_TOKENS["qa"]
+    lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA on the language model's linear layers
+    lora_alpha: int = 16
+    save_steps: int = 50  # checkpoint every N steps (output_dir/checkpoint-N)
+    resume: bool = False  # continue from the newest checkpoint in output_dir
+    logging_steps: int = 5
+    probe_every: int = 25  # steps between held-out refusal/leak measurements (0: never)
+    probe_examples: int = 16  # held-out forget and retain questions for that measurement
+    use_vllm: bool = False  # TRL's vLLM rollouts (needs vLLM and a GPU)
+    vllm_mode: str = "colocate"  # "colocate" or "server" (see TRL's GRPOConfig)
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        self.rewards = tuple(self.rewards)
+        if self.reward_weights is not None:
+            self.reward_weights = tuple(float(w) for w in self.reward_weights)
+            if len(self.reward_weights) != len(self.rewards):
+                raise ReinforceError(
+                    f"{len(self.reward_weights)} reward weights for {len(self.rewards)} rewards "
+                    f"{list(self.rewards)}: give one weight per reward, in the same order"
+                )
+        if self.boundary not in BOUNDARY_MODES:
+            raise ReinforceError(
+                f"unknown boundary mode {self.boundary!r}; expected one of {BOUNDARY_MODES}"
+            )
+        if self.num_generations < 2:
+            raise ReinforceError(
+                f"num_generations must be >= 2 (GRPO compares rollouts), got {self.num_generations}"
+            )
+        batch = self.batch_size * self.gradient_accumulation_steps
+        if batch % self.num_generations:
+            works = [g for g in range(2, batch + 1) if batch % g == 0]
+            raise ReinforceError(
+                f"num_generations={self.num_generations} does not divide the batch of "
+                f"{batch} completions (batch_size {self.batch_size} x gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}); with this batch use num_generations in "
+                f"{works}, or make batch_size a multiple of {self.num_generations}"
+            )
+        if self.n_forget < 1:
+            raise ReinforceError(f"n_forget must be >= 1, got {self.n_forget}")
+
+    @classmethod
+    def paper(cls, **overrides) -> ReinforceConfig:
+        """The paper's GRPO settings: rule reward, lr 1e-6, 6 epochs, random boundary set."""
+        base = {
+            "rewards": ("asru_rule",),
+            "learning_rate": 1e-6,
+            "epochs": 6.0,
+            "boundary": "random",
+        }
+        return cls(**{**base, **overrides})
+
+
+# --- the data ---------------------------------------------------------------------------------
+
+
+def _questions(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
+    return [i for i in bench.split(split, "qa") if text_only or i.image]
+
+
+def boundary_set(
+    lm: LoadedModel,
+    bench: Benchmark,
+    config: ReinforceConfig,
+    probe: SteeringProbe | None = None,
+) -> tuple[list[QAItem], list[QAItem], dict]:
+    """(forget questions, boundary retain questions, stats), both seeded.
+
+    "nearest": every retain question is scored by its projection on the memorisation
+    direction at the probe's layer and site (the top layer without a probe), measured on
+    the forget sample and a retain sample; the `n_boundary` highest (most forget-like) are
+    kept. Stats: the mode, the layer, and the mean projection of forget, boundary and all
+    retain questions.
+    """
+    if "forget" not in bench.splits() or not _questions(bench, "forget", config.text_only):
+        raise BenchmarkError(
+            f"{bench.name} has no forget split with generation questions: stage 2 needs the "
+            f"people to forget (splits here: {', '.join(bench.splits()) or 'none'})"
+        )
+    retain = _questions(bench, "retain", config.text_only)
+    if not retain:
+        raise BenchmarkError(f"{bench.name} has no retain generation questions for the boundary")
+    rng = random.Random(config.seed)
+    forget = _questions(bench, "forget", config.text_only)
+    forget = rng.sample(forget, min(config.n_forget, len(forget)))
+    n_boundary = min(config.n_boundary, len(retain))
+    if config.boundary == "random":
+        return forget, rng.sample(retain, n_boundary), {"mode": "random"}
+    if config.boundary_candidates is not None and config.boundary_candidates < len(retain):
+        retain = rng.sample(retain, config.boundary_candidates)
+    layer = probe.layer if probe is not None else lm.num_layers - 1
+    site = probe.site if probe is not None else "output"
+    kw = {"layers": [layer], "site": site, "progress": config.progress, "keep_raw": True}
+    forget_acts = capture(lm, bench, forget, desc="boundary: forget", **kw)
+    retain_acts = capture(lm, bench, retain, desc="boundary: retain", **kw)
+    direction = memorisation_direction(forget_acts, retain_acts)[layer]
+    unit = direction / direction.norm().clamp_min(1e-12)
+    retain_scores = retain_acts.raw[layer].double() @ unit
+    forget_scores = forget_acts.raw[layer].double() @ unit
+    order = torch.argsort(retain_scores, descending=True, stable=True)[:n_boundary].tolist()
+    stats = {
+        "mode": "nearest",
+        "layer": layer,
+        "site": site,
+        "projection_mean": {
+            "forget": float(forget_scores.mean()),
+            "boundary": float(retain_scores[order].mean()),
+            "retain": float(retain_scores.mean()),
+        },
+        "boundary_people": len({retain[k].person_id for k in order}),
+    }
+    return forget, [retain[k] for k in order], stats
+
+
+def boundary_dataset(
+    bench: Benchmark, forget: Sequence[QAItem], boundary: Sequence[QAItem], seed: int = 0
+) -> Dataset:
+    """The GRPO prompts: a conversational `prompt` (image part first), the `image` (None for
+    text-only), and the columns the rewards read (`split`, `item`, `value`, `answer`)."""
+    index = {id(item): k for k, item in enumerate(bench.items)}
+    with_image = {bool(item.image) for item in (*forget, *boundary)}
+    if len(with_image) > 1:
+        raise ReinforceError(
+            "the stage 2 prompts mix image and text-only questions, which TRL's GRPOTrainer "
+            "cannot batch together; keep text_only=False (image questions only)"
+        )
+    rows = []
+    for split, items in (("forget", forget), ("retain", boundary)):
+        for item in items:
+            content = ([{"type": "image"}] if item.image else []) + [
+                {"type": "text", "text": item.question}
+            ]
+            rows.append(
+                {
+                    "prompt": [{"role": "user", "content": content}],
+                    "image": bench.load_image(item.image) if item.image else None,
+                    "split": split,
+                    "item": index[id(item)],
+                    "value": item.value,
+                    "answer": item.answer,
+                }
+            )
+    random.Random(seed).shuffle(rows)
+    return Dataset.from_list(rows)
+
+
+# --- watching training ----------------------------------------------------------------------
+
+
+class SampleLog:
+    """The latest sampled completions with their rewards (filled by the first reward)."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.rows: deque = deque(maxlen=size)
+
+    def wrap(self, reward):
+        def recording(completions, split, item, **columns):
+            values = reward(completions, split=split, item=item, **columns)
+            prompts = columns.get("prompts") or [None] * len(completions)
+            for prompt, completion, s, value in zip(
+                prompts, completions, split, values, strict=True
+            ):
+                self.rows.append(
+                    {
+                        "split": s,
+                        "question": _question_text(prompt),
+                        "completion": completion_text(completion),
+                        "reward": value,
+                    }
+                )
+            return values
+
+        recording.__name__ = reward.__name__
+        return recording
+
+
+def _question_text(prompt) -> str:
+    if not isinstance(prompt, list):
+        return str(prompt or "")
+    parts = [p for m in prompt for p in (m.get("content") or []) if isinstance(p, dict)]
+    return " ".join(p.get("text", "") for p in parts if p.get("type") == "text")
+
+
+def held_out_rates(
+    lm_model, lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem]
+) -> dict[str, float]:
+    """Greedy answers of `lm_model` (with `lm`'s processor) to held-out forget and retain
+    questions: forget refusal and leak rates, retain recall."""
+    view = LoadedModel(lm_model, lm.processor, lm.adapter, lm.name)
+    was_training = lm_model.training
+    lm_model.eval()
+    try:
+        images = [bench.load_image(i.image) if i.image else None for i in items]
+        answers = generate_batch(
+            view, images, [i.question for i in items], max_new_tokens=MAX_NEW_TOKENS["qa"]
+        )
+    finally:
+        lm_model.train(was_training)
+    out: dict[str, float] = {}
+    for split in ("forget", "retain"):
+        pairs = [(i, a) for i, a in zip(items, answers, strict=True) if i.split == split]
+        if not pairs:
+            continue
+        leaks = sum(contains_value(a, i.value) for i, a in pairs) / len(pairs)
+        if split == "forget":
+            out["probe/forget_refusal"] = sum(is_refusal(a) for _, a in pairs) / len(pairs)
+            out["probe/forget_leak"] = leaks
+        else:
+            out["probe/retain_recall"] = leaks
+    return out
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends every log to `metrics.jsonl`, rewrites `dashboard.html`, measures the
+    held-out rates every `probe_every` steps, and shows the reward on the progress bar."""
+
+    def __init__(
+        self,
+        out_dir: Path,
+        lm: LoadedModel,
+        bench: Benchmark,
+        probe_items: Sequence[QAItem],
+        config: ReinforceConfig,
+        samples: SampleLog,
+    ) -> None:
+        self.out_dir = Path(out_dir)
+        self.lm, self.bench, self.items = lm, bench, list(probe_items)
+        self.config, self.samples = config, samples
+        self.history: list[dict] = []
+        self.bar_owner = None  # transformers' ProgressCallback, whose bar shows the reward
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        path = self.out_dir / METRICS_FILE
+        if path.is_file():  # a resumed run keeps the lines up to its checkpoint
+            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            self.history = [r for r in lines if r.get("step", 0) <= state.global_step]
+            write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        every = self.config.probe_every
+        if every and self.items and state.global_step % every == 0 and model is not None:
+            rates = held_out_rates(model, self.lm, self.bench, self.items)
+            self._record({"step": state.global_step, **rates})
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not logs:
+            return
+        row = {"step": state.global_step, **{k: _number(v) for k, v in logs.items()}}
+        if self.samples.rows:
+            row["samples"] = list(self.samples.rows)
+        self._record(row)
+        bar = getattr(self.bar_owner, "training_bar", None)
+        if bar is not None and "reward" in logs:
+            bar.set_postfix(reward=f"{float(logs['reward']):.3f}")
+
+    def _record(self, row: dict) -> None:
+        self.history.append(row)
+        with open(self.out_dir / METRICS_FILE, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        from asru_lab import viz
+
+        viz.write_reward_dashboard(self.history, self.config.rewards, self.out_dir / DASHBOARD_FILE)
+
+
+def _number(value):
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return value
+
+
+# --- the stage --------------------------------------------------------------------------------
+
+
+def grpo_config(config: ReinforceConfig, output_dir: str | Path):
+    """TRL's `GRPOConfig` for this stage (CPU unless a GPU is present)."""
+    from trl import GRPOConfig
+
+    return GRPOConfig(
+        output_dir=str(output_dir),
+        use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+        report_to="none",
+        num_generations=config.num_generations,
+        per_device_train_batch_size=config.batch_size,
+        gradient_accumulation_steps=config.gradient_accumulation_steps,
+        max_completion_length=config.max_completion_length,
+        temperature=config.temperature,
+        top_p=config.top_p,
+        beta=config.beta,
+        epsilon=config.epsilon,
+        epsilon_high=config.epsilon_high,
+        learning_rate=config.learning_rate,
+        num_train_epochs=config.epochs,
+        max_steps=config.max_steps,
+        reward_weights=list(config.reward_weights) if config.reward_weights else None,
+        logging_steps=config.logging_steps,
+        save_strategy="steps",
+        save_steps=config.save_steps,
+        save_only_model=False,
+        seed=config.seed,
+        data_seed=config.seed,
+        activation_checkpointing=False,
+        disable_tqdm=not config.progress,
+        use_vllm=config.use_vllm,
+        vllm_mode=config.vllm_mode,
+    )
+
+
+def _lora(lm: LoadedModel, config: ReinforceConfig):
+    if not config.lora_r:
+        return None
+    from peft import LoraConfig
+
+    from asru_lab.finetune import language_model_linears
+
+    return LoraConfig(
+        r=config.lora_r,
+        lora_alpha=config.lora_alpha,
+        lora_dropout=0.0,
+        target_modules=language_model_linears(lm),
+        bias="none",
+    )
+
+
+def reinforce(
+    lm: LoadedModel,
+    bench: Benchmark,
+    config: ReinforceConfig | None = None,
+    *,
+    output_dir: str | Path | None = None,
+    probe: SteeringProbe | None = None,
+    callbacks: Sequence[TrainerCallback] = (),
+) -> tuple[LoadedModel, dict]:
+    """Stage 2: GRPO on the forget set and the boundary set; `lm` is not modified.
+
+    `output_dir` receives TRL's checkpoints, `metrics.jsonl` and `dashboard.html` (default: a
+    new temporary directory, named in the record).
+    `probe`: its layer and site place the boundary projection (default: the top layer).
+    `callbacks`: more `TrainerCallback`s (the notebook's live dashboard). Returns
+    `(model, record)`; the record holds the config, the data sizes, the boundary statistics,
+    TRL's log history and timings.
+    """
+    from trl import GRPOTrainer
+
+    config = config or ReinforceConfig()
+    rewards = build_rewards(config.rewards, bench)
+    started = time.perf_counter()
+    forget, boundary, boundary_stats = boundary_set(lm, bench, config, probe)
+    rng = random.Random(f"{config.seed}:probe")
+    chosen = {id(i) for i in forget + boundary}
+    held = [
+        *rng.sample(
+            [i for i in _questions(bench, "forget", config.text_only) if id(i) not in chosen]
+            or forget,
+            min(config.probe_examples, len(forget)),
+        ),
+        *rng.sample(
+            [i for i in _questions(bench, "retain", config.text_only) if id(i) not in chosen],
+            min(config.probe_examples, len(boundary)),
+        ),
+    ]
+    dataset = boundary_dataset(bench, forget, boundary, config.seed)
+    out_dir = Path(output_dir or tempfile.mkdtemp(prefix="asru_lab_reinforce_"))
+    samples = SampleLog()
+    rewards = [samples.wrap(rewards[0]), *rewards[1:]]
+    metrics = MetricsCallback(out_dir, lm, bench, held, config, samples)
+    out = lm.clone()
+    out.model.train()
+    checkpoint = None
+    if config.resume:
+        found = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if found:
+            checkpoint = str(found[-1])
+        else:
+            warnings.warn(
+                f"resume=True but no checkpoint in {out_dir}: starting from the beginning",
+                stacklevel=2,
+            )
+    elif (out_dir / METRICS_FILE).exists() or list(out_dir.glob("checkpoint-*")):
+        raise ReinforceError(
+            f"{out_dir} holds an earlier run (checkpoints or {METRICS_FILE}); pass resume=True "
+            "(CLI: --resume) to continue it, or choose an empty directory"
+        )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+        trainer = GRPOTrainer(
+            model=out.model,
+            reward_funcs=rewards,
+            args=grpo_config(config, out_dir),
+            train_dataset=dataset,
+            processing_class=lm.processor,
+            callbacks=[metrics, *callbacks],
+            peft_config=_lora(lm, config),
+        )
+    for callback in trainer.callback_handler.callbacks:
+        if hasattr(callback, "training_bar"):
+            metrics.bar_owner = callback
+    trainer.train(resume_from_checkpoint=checkpoint)
+    model = trainer.model
+    if config.lora_r:
+        model = model.merge_and_unload()
+    model.eval()
+    out.model = model
+    out.name = f"{lm.name}+reinforce"
+    out.info = {
+        **lm.info,
+        "reinforce": {
+            "base_model": lm.name,
+            "rewards": list(config.rewards),
+            "benchmark_fingerprint": bench.fingerprint(),
+        },
+    }
+    record = {
+        "config": json.loads(json.dumps(asdict(config))),
+        "base_model": lm.fingerprint(),
+        "benchmark": bench.name,
+        "benchmark_fingerprint": bench.fingerprint(),
+        "examples": {"forget": len(forget), "boundary": len(boundary), "probe": len(held)},
+        "boundary": boundary_stats,
+        "output_dir": str(out_dir),
+        "steps": trainer.state.global_step,
+        "resumed_from": checkpoint,
+        "log_history": trainer.state.log_history,
+        "seconds": round(time.perf_counter() - started, 2),
+    }
+    write_json_atomic(out_dir / REINFORCE_FILE, record)
+    return out, record
+
+
+def save_reinforced(lm: LoadedModel, record: dict, out_dir: str | Path) -> Path:
+    """Write the model (`load_model(out_dir)` reads it) and `reinforce.json`, atomically,
+    keeping `out_dir/training/` (the run's checkpoints, metrics and dashboard) if present."""
+    return lm.save(out_dir, records={REINFORCE_FILE: record}, keep=(TRAINING_DIR,))
