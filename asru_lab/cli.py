@@ -284,10 +284,15 @@ def cmd_reinforce(args) -> int:
     options.update(seed=args.seed, resume=args.resume, progress=not args.quiet)
     config = ReinforceConfig.paper(**options) if args.paper else ReinforceConfig(**options)
     model, record = reinforce(lm, bench, config, output_dir=out / TRAINING_DIR, probe=probe)
+    if not record["main_process"]:  # `accelerate launch`: the main process saves
+        return 0
     save_reinforced(model, record, out)
     last = next((r for r in reversed(record["log_history"]) if "reward" in r), {})
     reward = last.get("reward")
-    print(f"{record['steps']} GRPO steps in {record['seconds']:.0f} s; last reward {reward}")
+    print(
+        f"{record['steps']} GRPO steps on {record['world_size']} process(es) in "
+        f"{record['seconds']:.0f} s; last reward {reward}"
+    )
     print(f"wrote {out} (model + reinforce.json; training/: metrics.jsonl, dashboard.html)")
     return 0
 

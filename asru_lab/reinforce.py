@@ -307,8 +307,12 @@ class MetricsCallback(TrainerCallback):
         self.config, self.samples = config, samples
         self.history: list[dict] = []
         self.bar_owner = None  # transformers' ProgressCallback, whose bar shows the reward
+        self.active = True
 
     def on_train_begin(self, args, state, control, **kwargs):
+        self.active = state.is_world_process_zero  # under `accelerate launch`: one writer
+        if not self.active:
+            return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / METRICS_FILE
         if path.is_file():  # a resumed run keeps the lines up to its checkpoint
@@ -317,13 +321,15 @@ class MetricsCallback(TrainerCallback):
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
+        if not self.active:
+            return
         every = self.config.probe_every
         if every and self.items and state.global_step % every == 0 and model is not None:
             rates = held_out_rates(model, self.lm, self.bench, self.items)
             self._record({"step": state.global_step, **rates})
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        if not logs or not self.active:
             return
         row = {"step": state.global_step, **{k: _number(v) for k, v in logs.items()}}
         if self.samples.rows:
@@ -501,10 +507,13 @@ def reinforce(
         "output_dir": str(out_dir),
         "steps": trainer.state.global_step,
         "resumed_from": checkpoint,
+        "world_size": trainer.args.world_size,
+        "main_process": trainer.is_world_process_zero(),
         "log_history": trainer.state.log_history,
         "seconds": round(time.perf_counter() - started, 2),
     }
-    write_json_atomic(out_dir / REINFORCE_FILE, record)
+    if record["main_process"]:
+        write_json_atomic(out_dir / REINFORCE_FILE, record)
     return out, record
 
 
