@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT/training")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("run", help="locate -> redirect -> reinforce -> evaluate, one folder")
+    _add_common(p, out_help="output folder: probe/, stage1/, final/, results/")
+    p.add_argument("--steps", type=int, default=None, help="stage 2 GRPO steps (default: epochs)")
+    p.add_argument("--max-items", type=int, default=64, help="evaluation items per split/task")
+    p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
     _add_common(p, out_help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -195,18 +202,8 @@ def cmd_locate(args) -> int:
         config.strengths = tuple(args.strengths)
     probe = locate(lm, bench, config)
     out = probe.save(args.out)
-    evidence = probe.evidence
-    viz.figures_html(
-        [
-            viz.separability_heatmap(evidence),
-            viz.separability_heatmap(evidence, "forget_vs_unseen"),
-            viz.sweep_chart(evidence),
-            viz.layer_cosine_heatmap(evidence),
-        ],
-        out / "locate.html",
-        f"asru_lab locate: {lm.name}",
-    )
-    print("\n".join(LocateResult(**evidence).table().splitlines()[:6]))  # header + 5 best
+    viz.write_locate_page(probe.evidence, out / "locate.html", lm.name)
+    print("\n".join(LocateResult(**probe.evidence).table().splitlines()[:6]))  # header + 5 best
     print(f"recommended: {probe}")
     print(f"wrote {out}/probe.json, probe.safetensors, sweep.json, locate.html")
     return 0
@@ -297,6 +294,23 @@ def cmd_reinforce(args) -> int:
     return 0
 
 
+def cmd_run(args) -> int:
+    import asru_lab as al
+    from asru_lab.pipeline import PipelineConfig, comparison_table, run_pipeline
+
+    lm, bench = _load(args)
+    config = PipelineConfig(resume=args.resume)
+    config.evaluate = al.EvalConfig(max_items=args.max_items, progress=not args.quiet)
+    for stage in (config.locate, config.redirect, config.reinforce):
+        stage.seed, stage.progress = args.seed, not args.quiet
+    if args.steps is not None:
+        config.reinforce.max_steps = args.steps
+    results = run_pipeline(lm, bench, args.out, config)
+    print(comparison_table(results))
+    print(f"wrote {args.out}/: probe/, stage1/, final/, results/{{vanilla,stage1,final}}.json")
+    return 0
+
+
 def cmd_export(args) -> int:
     import asru_lab as al
 
@@ -340,6 +354,7 @@ COMMANDS = {
     "locate": cmd_locate,
     "redirect": cmd_redirect,
     "reinforce": cmd_reinforce,
+    "run": cmd_run,
     "export-benchmark": cmd_export,
     "build-embedded": cmd_build,
     "finetune": cmd_finetune,

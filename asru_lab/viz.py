@@ -166,6 +166,17 @@ def layer_cosine_heatmap(evidence: dict) -> go.Figure:
     return fig
 
 
+def write_locate_page(evidence: dict, path: str | os.PathLike, model_name: str) -> Path:
+    """`locate.html`: the separability heatmaps, the sweep and the layer cosines, one page."""
+    figures = [
+        separability_heatmap(evidence),
+        separability_heatmap(evidence, "forget_vs_unseen"),
+        sweep_chart(evidence),
+        layer_cosine_heatmap(evidence),
+    ]
+    return figures_html(figures, path, f"asru_lab locate: {model_name}")
+
+
 # --- redirect ---------------------------------------------------------------------------------
 def redirect_loss_chart(sgd: dict, closed_form: dict | None = None) -> go.Figure:
     """Per-step SGD losses of `redirect` records (forget step, retain step) on a log scale,

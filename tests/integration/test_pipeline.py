@@ -1,0 +1,60 @@
+"""`run_pipeline` / `asru-lab run`: one command, one folder, three loadable models' results."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import asru_lab as al
+from asru_lab.locate import LocateConfig
+from asru_lab.pipeline import PipelineConfig, comparison_table, run_pipeline
+from asru_lab.redirect import RedirectConfig
+from asru_lab.reinforce import ReinforceConfig
+
+
+@pytest.mark.slow
+def test_run_pipeline_writes_every_stage_and_resumes(lm, bench, tmp_path):
+    config = PipelineConfig(
+        locate=LocateConfig(
+            layers=(5,),
+            strengths=(2.0,),
+            positions=("last",),
+            heatmap_positions=("last",),
+            max_examples=64,
+            retain_examples=128,
+            sweep_forget=16,
+            sweep_retain=50,
+            progress=False,
+        ),
+        redirect=RedirectConfig(max_retain=256, progress=False),
+        reinforce=ReinforceConfig(
+            n_forget=8,
+            n_boundary=8,
+            boundary_candidates=128,
+            max_steps=2,
+            batch_size=8,
+            num_generations=4,
+            probe_every=0,
+            progress=False,
+        ),
+        evaluate=al.EvalConfig(max_items=8, splits=("forget", "retain"), progress=False),
+    )
+    results = run_pipeline(lm, bench, tmp_path, config)
+    assert set(results) == {"vanilla", "stage1", "final"}
+    for stage, method in (("vanilla", "vanilla"), ("stage1", "asru_stage1"), ("final", "asru")):
+        saved = json.loads((tmp_path / "results" / f"{stage}.json").read_text())
+        assert saved == results[stage] and saved["method"] == method
+        assert set(saved["splits"]) == {"forget", "retain"}
+    assert (tmp_path / "probe" / "probe.json").is_file()
+    assert (tmp_path / "probe" / "locate.html").is_file()
+    assert al.load_model(tmp_path / "stage1").name.endswith("+redirect")
+    assert al.load_model(tmp_path / "final").name.endswith("+redirect+reinforce")
+    assert (tmp_path / "final" / "training" / "metrics.jsonl").is_file()
+    table = comparison_table(results)
+    assert "forget" in table and "final refusal/leak/MCQ" in table
+    # resume: every stage is complete, nothing is recomputed
+    stamps = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")}
+    config.resume = True
+    assert run_pipeline(lm, bench, tmp_path, config) == results
+    assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")} == stamps
