@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from PIL import Image, ImageDraw
 from plotly.subplots import make_subplots
+from transformers import TrainerCallback
 
 from asru_lab.artifacts import write_text_atomic
 from asru_lab.data.schema import Benchmark
@@ -304,6 +306,56 @@ def write_reward_dashboard(
     page = "<!doctype html><html><head><meta charset='utf-8'><title>asru_lab stage 2</title>"
     page += f"</head><body>{figure}<h2>Latest samples</h2>{samples_table_html(latest)}"
     return write_text_atomic(path, page + "</body></html>")
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a `metrics.jsonl` (none if it does not exist yet)."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class LiveRewardDashboard(TrainerCallback):
+    """The stage 2 dashboard, live in a notebook: `display(dashboard.widget)`, then pass the
+    dashboard in `reinforce(..., callbacks=[dashboard])`.
+
+    It redraws the reward figure (a plotly `FigureWidget`) and the latest samples table from
+    the run's `metrics.jsonl` (written by the run's own metrics callback) at every log step
+    and held-out measurement. Only the main process draws.
+    """
+
+    def __init__(self, rewards: Sequence[str], metrics_path: str | os.PathLike) -> None:
+        import ipywidgets as w
+
+        self.rewards = tuple(rewards)
+        self.metrics_path = Path(metrics_path)
+        self.figure = go.FigureWidget(reward_figure([], self.rewards))
+        self.table = w.HTML(samples_table_html([]))
+        self.widget = w.VBox([self.figure, self.table])
+        self.redraws = 0
+
+    def refresh(self) -> None:
+        rows = read_metrics(self.metrics_path)
+        fresh = reward_figure(rows, self.rewards)
+        with self.figure.batch_update():
+            for live, new in zip(self.figure.data, fresh.data, strict=True):
+                live.x, live.y = new.x, new.y
+        latest = next((r["samples"] for r in reversed(rows) if r.get("samples")), [])
+        self.table.value = samples_table_html(latest)
+        self.redraws += 1
+
+    def on_log(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.refresh()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        # the run's metrics callback (called first) may just have added held-out rates
+        if state.is_world_process_zero:
+            rows = read_metrics(self.metrics_path)
+            last = rows[-1] if rows else {}
+            if last.get("step") == state.global_step and "probe/forget_leak" in last:
+                self.refresh()
 
 
 def figures_html(figures: Sequence[go.Figure], path: str | os.PathLike, title: str) -> Path:
