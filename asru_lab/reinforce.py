@@ -455,7 +455,9 @@ def reinforce(
     out.model.train()
     checkpoint = None
     if config.resume:
-        found = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        # transformers writes trainer_state.json last: a checkpoint without it was cut short
+        complete = [p for p in out_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+        found = sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
         if found:
             checkpoint = str(found[-1])
         else:

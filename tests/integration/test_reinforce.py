@@ -132,3 +132,56 @@ def test_bad_configurations_are_refused_before_training(lm, bench, tmp_path):
     with pytest.raises(BenchmarkError, match="no forget split"):
         reinforce(lm, no_forget, ReinforceConfig(**SHORT), output_dir=tmp_path)
     assert not list(tmp_path.iterdir())  # nothing was started
+
+
+@pytest.mark.slow
+def test_sigkill_mid_training_then_resume_reaches_the_same_run(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    args = ["reinforce", "--steps", "8", "--save-steps", "2", "--n-forget", "8", "--quiet"]
+    args += ["--n-boundary", "8", "--batch-size", "8", "--num-generations", "4"]
+    args += ["--boundary", "random"]
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "asru_lab.cli", *args, "--out", str(killed)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    state = killed / "training" / "checkpoint-4" / "trainer_state.json"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not state.is_file():
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "reinforce.json").exists()
+    assert main([*args, "--out", str(killed)]) == 2  # refuses to overwrite the earlier run
+    assert main([*args, "--out", str(killed), "--resume"]) == 0
+    straight = tmp_path / "straight"
+    assert main([*args, "--out", str(straight)]) == 0
+    resumed = json.loads((killed / "reinforce.json").read_text())
+    reference = json.loads((straight / "reinforce.json").read_text())
+    assert (
+        resumed["resumed_from"].endswith("checkpoint-4") or "checkpoint-" in resumed["resumed_from"]
+    )
+    assert resumed["steps"] == reference["steps"] == 8
+
+    def rewards(run_dir):
+        rows = [
+            json.loads(x) for x in (run_dir / "training" / "metrics.jsonl").read_text().splitlines()
+        ]
+        # TRL folds the metrics of steps after the last log into the end-of-training row
+        return {r["step"]: r["reward"] for r in rows if "reward" in r}
+
+    a, b = rewards(killed), rewards(straight)
+    assert sorted(a) == sorted(b) and max(a) == 8
+    # A log averages the steps since the previous log *in this process*: the resumed run's log
+    # at step 5 covers step 5 only, the straight run's steps 1-5. The final log (steps 6-8)
+    # covers the same steps in both.
+    assert abs(a[8] - b[8]) <= 0.05
