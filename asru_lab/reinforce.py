@@ -435,17 +435,11 @@ def reinforce(
     forget, boundary, boundary_stats = boundary_set(lm, bench, config, probe)
     rng = random.Random(f"{config.seed}:probe")
     chosen = {id(i) for i in forget + boundary}
-    held = [
-        *rng.sample(
-            [i for i in _questions(bench, "forget", config.text_only) if id(i) not in chosen]
-            or forget,
-            min(config.probe_examples, len(forget)),
-        ),
-        *rng.sample(
-            [i for i in _questions(bench, "retain", config.text_only) if id(i) not in chosen],
-            min(config.probe_examples, len(boundary)),
-        ),
-    ]
+    held = []  # held-out questions for the rates measured while training (unseen if possible)
+    for split, used in (("forget", forget), ("retain", boundary)):
+        pool = [i for i in _questions(bench, split, config.text_only) if id(i) not in chosen]
+        pool = pool or list(used)
+        held += rng.sample(pool, min(config.probe_examples, len(pool)))
     dataset = boundary_dataset(bench, forget, boundary, config.seed)
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="asru_lab_reinforce_"))
     samples = SampleLog()
