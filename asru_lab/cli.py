@@ -89,6 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--boundary", choices=("nearest", "random"), default=None, help="nearest")
     p.add_argument("--n-forget", type=int, default=None, help="forget prompts (200)")
     p.add_argument("--n-boundary", type=int, default=None, help="boundary prompts (200)")
+    p.add_argument("--tasks", nargs="+", default=None, help="question tasks (qa; or qa mcq)")
     p.add_argument("--steps", type=int, default=None, help="GRPO steps (default: epochs)")
     p.add_argument("--epochs", type=float, default=None, help="passes over the prompts (1)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (1e-5)")
@@ -269,6 +270,7 @@ def cmd_reinforce(args) -> int:
         "boundary": args.boundary,
         "n_forget": args.n_forget,
         "n_boundary": args.n_boundary,
+        "tasks": tuple(args.tasks) if args.tasks else None,
         "max_steps": args.steps,
         "epochs": args.epochs,
         "learning_rate": args.lr,

@@ -35,7 +35,9 @@ class PipelineConfig:
     """One config per stage (their defaults), plus the evaluation's."""
 
     locate: LocateConfig = field(default_factory=LocateConfig)
-    redirect: RedirectConfig = field(default_factory=RedirectConfig)
+    # Before a stage 2, stage 1 pushes harder (lam 5, not 3): stage 2 then repairs the retain
+    # answers the stronger push disturbs, and the forget people's new views leak less.
+    redirect: RedirectConfig = field(default_factory=lambda: RedirectConfig(lam=5.0))
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     resume: bool = False  # reuse complete stage outputs found in out_dir

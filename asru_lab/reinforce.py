@@ -63,6 +63,9 @@ class ReinforceConfig:
     n_boundary: int = 200  # retain questions near the boundary (paper: 200), capped
     boundary: str = "nearest"  # "nearest" (the paper's figure) or "random" (the public code)
     boundary_candidates: int | None = None  # retain questions scored for "nearest" (None: all)
+    tasks: tuple[str, ...] = ("qa", "mcq")  # question tasks in the forget and boundary sets:
+    # with multiple choice, stage 2 also repairs the retain MCQ answers stage 1 disturbed (the
+    # judge reads the chosen option's value like an open answer)
     text_only: bool = False  # include text-only questions; TRL 1.16 cannot batch them with
     # image questions, so this works only on a benchmark without images
     num_generations: int = 8  # rollouts per prompt (paper: 8)
@@ -91,6 +94,10 @@ class ReinforceConfig:
 
     def __post_init__(self) -> None:
         self.rewards = tuple(self.rewards)
+        self.tasks = tuple(self.tasks)
+        unknown = sorted(set(self.tasks) - {"qa", "mcq", "cloze"})
+        if unknown or not self.tasks:
+            raise ReinforceError(f"tasks must be some of qa, mcq, cloze; got {list(self.tasks)}")
         if self.reward_weights is not None:
             self.reward_weights = tuple(float(w) for w in self.reward_weights)
             if len(self.reward_weights) != len(self.rewards):
@@ -133,8 +140,10 @@ class ReinforceConfig:
 # --- the data ---------------------------------------------------------------------------------
 
 
-def _questions(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
-    return [i for i in bench.split(split, "qa") if text_only or i.image]
+def _questions(bench: Benchmark, split: str, config: ReinforceConfig) -> list[QAItem]:
+    return [
+        i for i in bench.split(split) if i.task in config.tasks and (config.text_only or i.image)
+    ]
 
 
 def boundary_set(
@@ -151,16 +160,16 @@ def boundary_set(
     kept. Stats: the mode, the layer, and the mean projection of forget, boundary and all
     retain questions.
     """
-    if "forget" not in bench.splits() or not _questions(bench, "forget", config.text_only):
+    if "forget" not in bench.splits() or not _questions(bench, "forget", config):
         raise BenchmarkError(
             f"{bench.name} has no forget split with generation questions: stage 2 needs the "
             f"people to forget (splits here: {', '.join(bench.splits()) or 'none'})"
         )
-    retain = _questions(bench, "retain", config.text_only)
+    retain = _questions(bench, "retain", config)
     if not retain:
         raise BenchmarkError(f"{bench.name} has no retain generation questions for the boundary")
     rng = random.Random(config.seed)
-    forget = _questions(bench, "forget", config.text_only)
+    forget = _questions(bench, "forget", config)
     forget = rng.sample(forget, min(config.n_forget, len(forget)))
     n_boundary = min(config.n_boundary, len(retain))
     if config.boundary == "random":
@@ -437,7 +446,7 @@ def reinforce(
     chosen = {id(i) for i in forget + boundary}
     held = []  # held-out questions for the rates measured while training (unseen if possible)
     for split, used in (("forget", forget), ("retain", boundary)):
-        pool = [i for i in _questions(bench, split, config.text_only) if id(i) not in chosen]
+        pool = [i for i in _questions(bench, split, config) if id(i) not in chosen]
         pool = pool or list(used)
         held += rng.sample(pool, min(config.probe_examples, len(pool)))
     dataset = boundary_dataset(bench, forget, boundary, config.seed)
