@@ -185,3 +185,15 @@ def test_sigkill_mid_training_then_resume_reaches_the_same_run(tmp_path):
     # at step 5 covers step 5 only, the straight run's steps 1-5. The final log (steps 6-8)
     # covers the same steps in both.
     assert abs(a[8] - b[8]) <= 0.05
+
+
+def test_lora_adapter_is_trained_and_merged(lm, bench, tmp_path):
+    config = ReinforceConfig(**{**SHORT, "max_steps": 2, "boundary": "random", "lora_r": 4})
+    model, record = reinforce(lm, bench, config, output_dir=tmp_path)
+    assert record["steps"] == 2
+    assert not hasattr(model.model, "peft_config")  # merged into plain weights
+    names = {n for n, _ in lm.model.named_parameters()}
+    assert {n for n, _ in model.model.named_parameters()} == names
+    before = dict(lm.model.named_parameters())
+    changed = [n for n, p in model.model.named_parameters() if not torch.equal(p, before[n])]
+    assert changed and all(".language_model." in n for n in changed)  # vision tower frozen
