@@ -30,6 +30,7 @@ import torch
 from datasets import Dataset
 from transformers import TrainerCallback
 
+from asru_lab import viz
 from asru_lab.artifacts import write_json_atomic, write_text_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
 from asru_lab.directions import memorisation_direction
@@ -325,7 +326,7 @@ class MetricsCallback(TrainerCallback):
         self.out_dir.mkdir(parents=True, exist_ok=True)
         path = self.out_dir / METRICS_FILE
         if path.is_file():  # a resumed run keeps the lines up to its checkpoint
-            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+            lines = viz.read_metrics(path)
             self.history = [r for r in lines if r.get("step", 0) <= state.global_step]
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
 
@@ -352,8 +353,6 @@ class MetricsCallback(TrainerCallback):
         self.history.append(row)
         with open(self.out_dir / METRICS_FILE, "a") as fh:
             fh.write(json.dumps(row) + "\n")
-        from asru_lab import viz
-
         viz.write_reward_dashboard(self.history, self.config.rewards, self.out_dir / DASHBOARD_FILE)
 
 
