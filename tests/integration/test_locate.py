@@ -17,7 +17,14 @@ from asru_lab.directions import (
 )
 from asru_lab.evaluate.judge import ClosedWorldJudge
 from asru_lab.generation import encode
-from asru_lab.locate import LocateConfig, LocateResult, locate, quick_probe
+from asru_lab.locate import (
+    LocateConfig,
+    LocateResult,
+    compare_answers,
+    compare_next_token,
+    locate,
+    quick_probe,
+)
 from asru_lab.trace import capture, deepstack_relation
 
 SMALL = LocateConfig(
@@ -209,3 +216,27 @@ def test_quick_probe_is_the_diff_in_means_at_every_layer(lm, bench):
     direct = capture(lm, bench, forget[-32:], layers=[3], keep_raw=True, progress=False)
     unit = probe.direction.double() / probe.direction.double().norm()
     assert torch.allclose(on_forget, direct.raw[3].double() @ unit, atol=1e-3)
+
+
+def test_next_token_comparison_shows_the_push_that_changes_the_answer(lm, bench):
+    probe = quick_probe(lm, bench, layer=4, n_examples=16)
+    person = bench.people_in("forget")[0]
+    image = bench.load_image(f"images/{person.id}_v0.png")
+    question = "Where was this person born?"
+    here = compare_next_token(lm, probe, image, question, alpha=4.0, top_k=6)
+    assert len(here.tokens) == len(here.unsteered) == len(here.steered) == 6
+    assert (here.layer, here.alpha) == (4, 4.0)
+    for probs in (here.unsteered, here.steered):
+        assert all(0 <= p <= 1 for p in probs) and sum(probs) <= 1 + 1e-5
+    ranks = [max(u, s) for u, s in zip(here.unsteered, here.steered, strict=True)]
+    assert ranks == sorted(ranks, reverse=True)
+    assert max(abs(u - s) for u, s in zip(here.unsteered, here.steered, strict=True)) > 0.1
+    # greedy decoding starts with the most likely token, with and without the push
+    plain, steered = compare_answers(lm, probe, image, question, alpha=4.0, max_new_tokens=4)
+    for probs, answer in ((here.unsteered, plain), (here.steered, steered)):
+        first = here.tokens[probs.index(max(probs))]
+        assert answer.startswith(first.strip()), (first, answer)
+    elsewhere = compare_next_token(lm, probe, image, question, layer=5, alpha=4.0, top_k=6)
+    assert elsewhere.layer == 5 and elsewhere.steered != here.steered
+    still = compare_next_token(lm, probe, image, question, alpha=0.0, top_k=6)
+    assert still.steered == still.unsteered
