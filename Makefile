@@ -20,8 +20,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: venv
 	$(BIN)/asru-lab demo
 
-# Notebooks run as tests (nbmake) with a small evaluation sample.
+# Notebooks run as tests (nbmake) with a small evaluation sample. tests/browser drives Debian's
+# Chromium in JupyterLab; it is installed first when missing (ASRU_LAB_SKIP_BROWSER=1 skips both).
 test: venv
+	scripts/ensure_chromium.sh
 	ASRU_LAB_SMALL=1 $(BIN)/python -m pytest -q --nbmake tests notebooks
 
 test-fast: venv
