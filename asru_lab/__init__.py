@@ -10,9 +10,13 @@ probe = al.locate(model, bench)    # stage 1.1: a SteeringProbe chosen by a swee
 with probe.apply(model):           # steered (gated) generation; hooks removed on exit
     al.generate(model, image, "Where was this person born?")
 steered, record = al.redirect(model, probe, bench)  # stage 1.2: the probe, in the weights
+final, record = al.reinforce(steered, bench, probe=probe)  # stage 2: GRPO
+result = al.unlearn(model, bench, "npo")                # any registered method (al.METHODS)
+al.reproduce("figures/")          # every method x forget ratio: tables, figures, manifest
 ```
 """
 
+from asru_lab.baselines import METHODS, UnlearnConfig, UnlearnError, save_unlearned, unlearn
 from asru_lab.data import (
     Benchmark,
     BenchmarkError,
@@ -29,6 +33,7 @@ from asru_lab.models.loading import LoadedModel, ModelLoadError, load_model
 from asru_lab.probe import ProbeError, SteeringProbe, load_probe
 from asru_lab.redirect import RedirectConfig, RedirectError, redirect, save_redirected
 from asru_lab.reinforce import ReinforceConfig, ReinforceError, reinforce, save_reinforced
+from asru_lab.reproduce import ReproduceConfig, load_results, reproduce
 
 __version__ = "0.1.0"
 
@@ -39,6 +44,7 @@ __all__ = [
     "EvalReport",
     "LoadedModel",
     "LocateConfig",
+    "METHODS",
     "ModelLoadError",
     "Person",
     "ProbeError",
@@ -47,7 +53,10 @@ __all__ = [
     "RedirectError",
     "ReinforceConfig",
     "ReinforceError",
+    "ReproduceConfig",
     "SteeringProbe",
+    "UnlearnConfig",
+    "UnlearnError",
     "__version__",
     "evaluate",
     "export_benchmark",
@@ -55,9 +64,13 @@ __all__ = [
     "load_benchmark",
     "load_model",
     "load_probe",
+    "load_results",
     "locate",
     "redirect",
     "reinforce",
+    "reproduce",
     "save_redirected",
     "save_reinforced",
+    "save_unlearned",
+    "unlearn",
 ]

@@ -7,12 +7,27 @@ import json
 import sys
 import time
 
+METHOD_NAMES = (  # asru_lab.baselines.METHODS, without importing torch to print --help
+    "ga",
+    "grad_diff",
+    "kl_min",
+    "npo",
+    "refusal_sft",
+    "steer_only",
+    "asru_stage1",
+    "asru",
+)
 DEMO_INTRO = """\
-asru_lab demo: the embedded tiny Qwen3-VL before any unlearning.
-It has memorised {n_known} fictitious people ({n_forget} of them in the forget set) and was
-taught to refuse faces it does not know. Columns: multiple-choice and fill-in-the-blank
-accuracy, ROUGE-L, the share of answers containing the true fact (a leak on forget/test,
-recall elsewhere), the refusal rate and the generation-quality judge's scores.
+asru_lab demo: unlearning {n_forget} of the {n_known} fictitious people the embedded tiny Qwen3-VL
+has memorised, while it keeps answering about everyone else.
+
+  1. vanilla   evaluate the model before unlearning
+  2. locate    find the direction that separates "knows this person" from "never seen them"
+  3. redirect  write that direction into one weight matrix (ASRU stage 1)
+  4. reinforce GRPO with a contextual-refusal reward (ASRU stage 2)
+  5. compare   the same forget set unlearned by gradient ascent (GA) and NPO
+Demo sizes ({max_items} evaluation items per split and task); `asru-lab reproduce` runs the full
+protocol. Results are cached in {out}: a second run only recomputes what changed.
 """
 
 
@@ -34,9 +49,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("demo", help="evaluate the embedded model on every split, print a table")
-    _add_common(p)
-    p.add_argument("--max-items", type=int, default=64, help="items per split and task")
+    p = sub.add_parser("demo", help="the whole story on the embedded model: ASRU vs GA and NPO")
+    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    p.add_argument("--max-items", type=int, default=32, help="evaluation items per split/task")
+    p.add_argument("--no-cache", action="store_true", help="recompute every step")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
     p = sub.add_parser("evaluate", help="evaluate a model, write the evaluation JSON")
     _add_common(p, out_help="results JSON path")
@@ -107,6 +124,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser("unlearn", help="run one unlearning method (a baseline or ASRU)")
+    _add_common(p, out_help="output model dir (+ unlearn.json; probe/ for steer_only)")
+    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHOD_NAMES)}")
+    p.add_argument("--paper", action="store_true", help="the public code's settings")
+    p.add_argument("--probe", default=None, help="probe dir for steer_only / asru* (else located)")
+    p.add_argument("--lr", type=float, default=None, help="gradient baselines: learning rate")
+    p.add_argument("--epochs", type=int, default=None, help="gradient baselines: epochs (5)")
+    p.add_argument("--lora-r", type=int, default=None, help="gradient baselines: LoRA rank (16)")
+    p.add_argument("--max-forget", type=int, default=None, help="gradient baselines: cap")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    p = sub.add_parser("reproduce", help="every method x forget ratio: tables, figures, manifest")
+    p.add_argument("--out", required=True, help="output folder (e.g. figures/)")
+    p.add_argument("--model", default=None, help="HF id or local model dir (default: embedded)")
+    p.add_argument("--data", default=None, help="dataset dir or 'mllmu:<dir>' (default: embedded)")
+    p.add_argument("--methods", nargs="+", default=None, help="subset (default: all)")
+    p.add_argument(
+        "--forget-ratios", type=float, nargs="+", default=None, help="default 0.05 0.1 0.15"
+    )
+    p.add_argument("--seed", type=int, default=0, help="forgotten people and method seeds")
+    p.add_argument("--max-items", type=int, default=64, help="evaluation items per split/task")
+    p.add_argument("--paper", action="store_true", help="the public code's settings")
+    p.add_argument("--no-cache", action="store_true", help="recompute every cell")
+    p.add_argument("--cache-dir", default=None, help="share a cache (default: OUT/cache)")
+    p.add_argument(
+        "--baseline-lr", type=float, default=None, help="lr of GA/GradDiff/KL-Min/NPO (2e-5/1e-5)"
+    )
+    p.add_argument("--no-figures", action="store_true", help="tables and manifest only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
     _add_common(p, out_help="output directory")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
@@ -133,24 +180,27 @@ def _load(args):
 
 
 def cmd_demo(args) -> int:
+    from dataclasses import replace
+
     import asru_lab as al
+    from asru_lab.demo import DEMO_RATIO, demo_config, demo_report, run_demo
 
     started = time.time()
-    lm, bench = _load(args)
+    bench = al.load_benchmark(forget_ratio=DEMO_RATIO)
     known = [p for p in bench.people.values() if p.split in ("forget", "retain")]
-    print(DEMO_INTRO.format(n_known=len(known), n_forget=len(bench.people_in("forget"))))
-    report = al.evaluate(lm, bench, al.EvalConfig(max_items=args.max_items))
-    print(report.table())
-    print("\nSample answers:")
-    for split in ("forget", "unseen", "general"):
-        by_attribute = {i.attribute: i for i in reversed(bench.split(split, "qa")) if i.image}
-        items = list(by_attribute.values())[:2]  # two different questions per split
-        answers = al.generate(
-            lm, [bench.load_image(i.image) for i in items], [i.question for i in items]
+    print(
+        DEMO_INTRO.format(
+            n_known=len(known),
+            n_forget=len(bench.people_in("forget")),
+            max_items=args.max_items,
+            out=args.out,
         )
-        for item, answer in zip(items, answers, strict=True):
-            print(f"  [{split}] Q: {item.question}\n           A: {answer}")
-    print(f"\nDone in {time.time() - started:.0f} s.")
+    )
+    config = replace(demo_config(args.max_items, progress=not args.quiet), cache=not args.no_cache)
+    result = run_demo(args.out, config)
+    print(demo_report(result))
+    print(f"\nFigures: {args.out}/figures.html; tables: {args.out}/main_table.csv, summary.md")
+    print(f"Done in {time.time() - started:.0f} s.")
     return 0
 
 
@@ -350,6 +400,75 @@ def cmd_finetune(args) -> int:
     return 0
 
 
+def cmd_unlearn(args) -> int:
+    from dataclasses import replace
+
+    from asru_lab.baselines import UnlearnConfig, get_method, save_unlearned, unlearn
+    from asru_lab.probe import SteeringProbe
+    from asru_lab.reproduce import _seeded
+
+    method = get_method(args.method)
+    lm, bench = _load(args)
+    make = method.paper_config if args.paper and method.paper_config else method.default_config
+    config = _seeded(make(), args.seed, not args.quiet)
+    options = {
+        "lr": args.lr,
+        "epochs": args.epochs,
+        "lora_r": args.lora_r,
+        "max_forget": args.max_forget,
+    }
+    options = {k: v for k, v in options.items() if v is not None}
+    if options:
+        if not isinstance(config, UnlearnConfig):
+            raise SystemExit(
+                f"--lr/--epochs/--lora-r apply to the gradient baselines, not {args.method}"
+            )
+        config = replace(config, **options)
+    probe = SteeringProbe.load(args.probe) if args.probe else None
+    result = unlearn(lm, bench, args.method, config, probe=probe)
+    out = save_unlearned(result, args.out)
+    probe_hint = f" --probe {out}/probe" if result.probe is not None else ""
+    print(f"{args.method}: done in {result.record['wall_seconds']:.0f} s; wrote {out}")
+    print(f"next: asru-lab evaluate --model {out}{probe_hint} --method {args.method} --out R.json")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    import asru_lab as al
+    from asru_lab.reproduce import FORGET_RATIOS, PAPER_METHODS, ReproduceConfig, reproduce
+
+    configs = {}
+    if args.baseline_lr is not None:
+        from dataclasses import replace
+
+        from asru_lab.baselines import get_method
+        from asru_lab.reproduce import HEADLINE_BASELINES
+
+        for name in HEADLINE_BASELINES:
+            configs[name] = replace(get_method(name).default_config(), lr=args.baseline_lr)
+    config = ReproduceConfig(
+        methods=tuple(args.methods or PAPER_METHODS),
+        configs=configs,
+        cache_dir=args.cache_dir,
+        forget_ratios=tuple(args.forget_ratios or FORGET_RATIOS),
+        seed=args.seed,
+        evaluate=al.EvalConfig(max_items=args.max_items),
+        paper=args.paper,
+        cache=not args.no_cache,
+        figures=not args.no_figures,
+        progress=not args.quiet,
+    )
+    result = reproduce(args.out, config, model=args.model, data=args.data)
+    print(result.summary())
+    cached = sum(c["cached"] for c in result.manifest["cells"])
+    print(
+        f"{len(result.manifest['cells'])} cells ({cached} from cache) in "
+        f"{result.manifest['wall_seconds']:.0f} s; wrote {args.out}/main_table.csv, "
+        "main_table.md, summary.md, manifest.json and the figures"
+    )
+    return 0
+
+
 COMMANDS = {
     "demo": cmd_demo,
     "evaluate": cmd_evaluate,
@@ -360,11 +479,14 @@ COMMANDS = {
     "export-benchmark": cmd_export,
     "build-embedded": cmd_build,
     "finetune": cmd_finetune,
+    "unlearn": cmd_unlearn,
+    "reproduce": cmd_reproduce,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from asru_lab.baselines import UnlearnError
     from asru_lab.data.schema import BenchmarkError
     from asru_lab.models.adapters import AdapterError
     from asru_lab.models.loading import ModelLoadError
@@ -385,6 +507,7 @@ def main(argv: list[str] | None = None) -> int:
         RedirectError,
         ReinforceError,
         RewardError,
+        UnlearnError,
         FileExistsError,
     ) as exc:
         print(f"asru-lab {args.command}: error: {exc}", file=sys.stderr)

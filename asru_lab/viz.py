@@ -449,3 +449,143 @@ def steering_explorer(
     person.description = "person"
     rows = [w.HBox([image, w.VBox([person, question, layer_w, alpha_w])]), result]
     return w.VBox(rows if figure is None else [*rows, figure])
+
+
+def save_figure(fig: go.Figure, stem: str | os.PathLike, *, png: bool = True) -> list[str]:
+    """Write `stem.html` (self-contained, offline) and `stem.png` (kaleido with the system
+    Chromium); returns the file names written. Without a usable Chromium the PNG is skipped
+    with a warning naming the fix — the HTML is always written."""
+    stem = Path(stem)
+    written = [write_text_atomic(stem.with_suffix(".html"), fig.to_html()).name]
+    if not png:
+        return written
+    target = stem.with_suffix(".png")
+    tmp = target.with_name(f".{target.name}.tmp.png")
+    try:
+        fig.write_image(tmp, width=fig.layout.width or 900, height=fig.layout.height or 520)
+        os.replace(tmp, target)
+        written.append(target.name)
+    except Exception as exc:  # kaleido raises several types when no browser can start
+        Path(tmp).unlink(missing_ok=True)
+        import warnings
+
+        warnings.warn(
+            f"{target.name} not written ({type(exc).__name__}: {str(exc)[:200]}); PNG export "
+            "needs kaleido and a Chromium (Debian: apt-get install chromium). The HTML is there.",
+            stacklevel=2,
+        )
+    return written
+
+
+METHOD_LABELS = {
+    "vanilla": "vanilla",
+    "ga": "GA",
+    "grad_diff": "GradDiff",
+    "kl_min": "KL-Min",
+    "npo": "NPO",
+    "refusal_sft": "refusal SFT",
+    "steer_only": "steer only",
+    "asru_stage1": "ASRU stage 1",
+    "asru": "ASRU",
+}
+CATEGORY_COLORS = {
+    "leak": "#d62728",
+    "hallucination": "#ff7f0e",
+    "degenerate": "#7f7f7f",
+    "answer": "#bcbd22",
+    "rigid_refusal": "#9ecae1",
+    "contextual_refusal": "#2ca02c",
+}
+
+
+def tradeoff_scatter(rows: Sequence[dict]) -> go.Figure:
+    """Unlearning effectiveness (x) against retain MCQ accuracy (y), one marker per method and
+    forget ratio: the best methods sit top right."""
+    fig = go.Figure()
+    symbols = ["circle", "square", "diamond", "triangle-up", "x"]
+    ratios = sorted({r["forget_ratio"] for r in rows})
+    for method in dict.fromkeys(r["method"] for r in rows):
+        mine = [r for r in rows if r["method"] == method]
+        fig.add_scatter(
+            x=[r["ue"] for r in mine],
+            y=[r.get("retain.mcq_acc") for r in mine],
+            mode="markers+text",
+            text=[f"{r['forget_ratio']:g}" for r in mine],
+            textposition="top center",
+            marker={
+                "size": 12,
+                "symbol": [symbols[ratios.index(r["forget_ratio"]) % 5] for r in mine],
+            },
+            name=METHOD_LABELS.get(method, method),
+            customdata=[[r.get("forget.leak_rate"), r["gq"]] for r in mine],
+            hovertemplate="UE %{x:.3f}<br>retain MCQ %{y:.3f}<br>forget leak %{customdata[0]:.3f}"
+            "<br>GQ %{customdata[1]:.2f}",
+        )
+    fig.update_layout(
+        title="Forget–retain trade-off (label: forget ratio)",
+        xaxis_title="unlearning effectiveness UE (1 = forgotten)",
+        yaxis_title="retain multiple-choice accuracy",
+        width=900,
+        height=560,
+    )
+    return fig
+
+
+def quality_bars(rows: Sequence[dict]) -> go.Figure:
+    """What the forget answers are, per method: stacked shares of each judge category, one
+    panel per forget ratio."""
+    ratios = sorted({r["forget_ratio"] for r in rows})
+    fig = make_subplots(
+        rows=1, cols=len(ratios), subplot_titles=[f"forget ratio {x:g}" for x in ratios]
+    )
+    for col, ratio in enumerate(ratios, start=1):
+        mine = [r for r in rows if r["forget_ratio"] == ratio]
+        labels = [METHOD_LABELS.get(r["method"], r["method"]) for r in mine]
+        for category, color in CATEGORY_COLORS.items():
+            fig.add_bar(
+                x=labels,
+                y=[r.get(f"forget.quality.categories.{category}", 0) for r in mine],
+                name=category.replace("_", " "),
+                marker_color=color,
+                legendgroup=category,
+                showlegend=col == 1,
+                row=1,
+                col=col,
+            )
+    fig.update_layout(
+        barmode="stack",
+        title="Forget-set answers by category (closed-world judge)",
+        yaxis_title="share of forget answers",
+        width=max(900, 420 * len(ratios)),
+        height=520,
+    )
+    return fig
+
+
+def write_reproduce_figures(
+    rows: Sequence[dict],
+    probes: dict[float, dict],
+    curves: dict[float, list[dict]],
+    out_dir: str | os.PathLike,
+    *,
+    rewards: Sequence[str] = (),
+) -> list[str]:
+    """The `reproduce` figures (HTML + PNG each) and `figures.html` with all of them; returns
+    the file names. The layer sweep and reward curves are drawn for the middle forget ratio."""
+    out = Path(out_dir)
+    figures = {"tradeoff": tradeoff_scatter(rows), "quality_categories": quality_bars(rows)}
+    ratios = sorted({*probes, *curves})
+    middle = ratios[len(ratios) // 2] if ratios else None
+    if probes.get(middle):
+        fig = separability_heatmap(probes[middle], "forget_vs_unseen")
+        fig.update_layout(title=f"Layer sweep: forget vs never-seen AUROC (ratio {middle:g})")
+        figures["layer_sweep"] = fig
+    if curves.get(middle):
+        fig = reward_figure(curves[middle], rewards)
+        fig.update_layout(title=f"Stage 2 (GRPO) rewards, forget ratio {middle:g}", width=900)
+        figures["reward_curves"] = fig
+    written = []
+    for stem, fig in figures.items():
+        written += save_figure(fig, out / stem)
+    figures_html(list(figures.values()), out / "figures.html", "asru-lab reproduce")
+    return [*written, "figures.html"]

@@ -1,0 +1,40 @@
+"""steer_only: no weight changes; the stage 1.1 probe is applied at inference (its gate decides
+which prompts are steered)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+
+from asru_lab.baselines.registry import Method, Unlearned, register
+
+
+@dataclass
+class SteerOnlyConfig:
+    """Overrides of the probe's own settings (None: keep the probe's)."""
+
+    alpha: float | None = None  # steering strength
+    gated: bool | None = None  # steer only the prompts the memorisation gate flags
+
+
+def run(lm, bench, config: SteerOnlyConfig, probe) -> Unlearned:
+    changes = {k: v for k, v in asdict(config).items() if v is not None}
+    probe = replace(probe, **changes) if changes else probe
+    probe.validate(lm)
+    record = {
+        "method": "steer_only",
+        "config": asdict(config),
+        "probe": {"layer": probe.layer, "alpha": probe.alpha, "gated": probe.gated},
+        "seconds": 0.0,
+    }
+    return Unlearned("steer_only", lm, record, probe=probe)
+
+
+register(
+    Method(
+        "steer_only",
+        "the stage 1.1 probe applied at inference, no weight change",
+        SteerOnlyConfig,
+        run,
+        needs_probe=True,
+    )
+)

@@ -1,0 +1,289 @@
+"""The shared trainer of the gradient baselines (GA, GradDiff, KL-Min, NPO, refusal SFT).
+
+Each baseline is a loss over one `Step`: a batch of forget questions (and, for the methods
+that use one, a batch of retain questions) with answer-only labels. The trainer does the rest
+once for all of them: LoRA on every linear layer of the language model (the vision tower
+stays frozen), AdamW with linear decay, gradient clipping, seeded shuffling and progress.
+The reference model (NPO, KL-Min) is the same network with the adapter switched off, so no
+second copy of the weights is held.
+
+Defaults are the public baseline code's: lr 2e-5 (NPO: beta 0.4, lr 1e-5), LoRA r 16,
+5 epochs of batch 8. They are kept on the embedded model too, so that the comparison is the
+paper's; a larger learning rate is one field away (`UnlearnConfig(lr=1e-4)`).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from tqdm.auto import tqdm
+
+from asru_lab.baselines.registry import UnlearnError
+from asru_lab.data.schema import Benchmark, QAItem
+from asru_lab.finetune import (
+    IGNORE_INDEX,
+    Example,
+    answer_labels,
+    answer_tokens,
+    language_model_linears,
+    lr_factor,
+)
+from asru_lab.generation import encode
+from asru_lab.models.loading import LoadedModel
+
+# Stock "I don't know" answers for refusal SFT (the TOFU-style IDK baseline): one canned
+# refusal whatever was asked, which is what the paper calls a rigid refusal.
+IDK_ANSWERS = (
+    "I don't know.",
+    "I'm not sure.",
+    "I have no idea.",
+    "I can't answer that.",
+    "Sorry, I don't know that.",
+)
+
+
+@dataclass
+class UnlearnConfig:
+    """How a gradient baseline trains (defaults: the public baseline code's)."""
+
+    lr: float = 2e-5  # peak AdamW learning rate, decayed linearly to 0
+    epochs: int = 5  # passes over the forget examples
+    batch_size: int = 8  # forget examples per step (and as many retain examples)
+    lora_r: int = 16  # LoRA rank on the language model's linears; 0: train them in full
+    lora_alpha: int = 16  # LoRA scaling numerator
+    lora_dropout: float = 0.05  # dropout on the LoRA branch input
+    retain_weight: float = 1.0  # weight of the retain term (methods that have one)
+    npo_beta: float = 0.4  # NPO's inverse temperature
+    tasks: tuple[str, ...] = ("qa",)  # forget/retain tasks trained on (open questions)
+    max_forget: int | None = None  # cap on forget examples (seeded sample); None: all
+    max_retain: int | None = None  # cap on retain examples; None: as many as forget
+    idk_answers: tuple[str, ...] = IDK_ANSWERS  # refusal SFT targets
+    max_grad_norm: float = 1.0  # clipping norm over the trainable parameters
+    seed: int = 0  # LoRA init, dropout, sampling and shuffling
+    progress: bool = True  # tqdm bar with the running loss
+
+
+@dataclass
+class Step:
+    """One training step's batches; the losses read what they need from it.
+
+    `batches[split]` holds processor outputs plus `labels` (answer tokens, -100 elsewhere)
+    for "forget" and, when the method uses it, "retain".
+    """
+
+    model: torch.nn.Module
+    batches: dict[str, dict[str, torch.Tensor]]
+    reference: Callable[..., torch.Tensor] | None = None  # inputs -> the frozen model's logits
+    _cache: dict = field(default_factory=dict)
+
+    def _logits(self, split: str, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        key = (split, reference)
+        if key not in self._cache:
+            batch = dict(self.batches[split])
+            labels = batch.pop("labels")
+            if reference:
+                with torch.no_grad():
+                    logits = self.reference(**batch)
+            else:
+                logits = self.model(**batch).logits
+            # position t predicts token t+1
+            self._cache[key] = (logits[:, :-1].float(), labels[:, 1:])
+        return self._cache[key]
+
+    def nll(self, split: str) -> torch.Tensor:
+        """Mean negative log-likelihood per answer token of `split`'s batch."""
+        logits, labels = self._logits(split, False)
+        return F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX)
+
+    def sequence_logprob(self, split: str, reference: bool = False) -> torch.Tensor:
+        """Per example, the summed log-probability of its answer tokens (nats)."""
+        logits, labels = self._logits(split, reference)
+        mask = labels != IGNORE_INDEX
+        picked = torch.log_softmax(logits, -1).gather(-1, labels.clamp(min=0)[..., None])
+        return (picked[..., 0] * mask).sum(-1)
+
+    def kl_to_reference(self, split: str) -> torch.Tensor:
+        """Mean KL(reference || model) of the next-token distributions on the answer tokens."""
+        logits, labels = self._logits(split, False)
+        ref, _ = self._logits(split, True)
+        mask = labels != IGNORE_INDEX
+        kl = F.kl_div(
+            torch.log_softmax(logits, -1),
+            torch.log_softmax(ref, -1),
+            log_target=True,
+            reduction="none",
+        ).sum(-1)
+        return (kl * mask).sum() / mask.sum()
+
+
+Loss = Callable[[Step, UnlearnConfig], torch.Tensor]
+
+
+def _items(bench: Benchmark, split: str, tasks: tuple[str, ...]) -> list[QAItem]:
+    return [i for i in bench.split(split) if i.task in tasks]
+
+
+def training_sets(
+    bench: Benchmark, config: UnlearnConfig, *, uses_retain: bool, forget_answers: str
+) -> dict[str, list[Example]]:
+    """The forget examples (answers: the truth, or IDK refusals) and the retain examples."""
+    forget = _items(bench, "forget", config.tasks)
+    if not forget:
+        raise UnlearnError(
+            f"nothing to unlearn: {bench.name} has no forget items with tasks "
+            f"{list(config.tasks)}; check the benchmark's forget split and UnlearnConfig.tasks"
+        )
+    rng = random.Random(config.seed)
+    if config.max_forget is not None and len(forget) > config.max_forget:
+        forget = rng.sample(forget, config.max_forget)
+    if forget_answers == "idk":
+        if not config.idk_answers:
+            raise UnlearnError("refusal SFT needs at least one answer in UnlearnConfig.idk_answers")
+        examples = [Example(i.image, i.question, rng.choice(config.idk_answers)) for i in forget]
+    else:
+        examples = [Example(i.image, i.question, i.answer) for i in forget]
+    sets = {"forget": examples}
+    if uses_retain:
+        retain = _items(bench, "retain", config.tasks)
+        if not retain:
+            raise UnlearnError(
+                f"this method needs retain examples, but {bench.name} has no retain items with "
+                f"tasks {list(config.tasks)}"
+            )
+        n = config.max_retain if config.max_retain is not None else len(examples)
+        retain = rng.sample(retain, min(n, len(retain)))
+        sets["retain"] = [Example(i.image, i.question, i.answer) for i in retain]
+    return sets
+
+
+def train_unlearning(
+    lm: LoadedModel,
+    bench: Benchmark,
+    config: UnlearnConfig,
+    loss: Loss,
+    *,
+    name: str,
+    uses_retain: bool,
+    forget_answers: str = "truth",
+) -> tuple[LoadedModel, dict]:
+    """Train a copy of `lm` with `loss` on the forget (and retain) set; returns the merged
+    model (eval mode) and a record: config, per-step losses, examples, seconds."""
+    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
+        raise UnlearnError(
+            f"epochs and batch_size must be at least 1 and lr positive, got epochs="
+            f"{config.epochs}, batch_size={config.batch_size}, lr={config.lr}"
+        )
+    started = time.time()
+    sets = training_sets(bench, config, uses_retain=uses_retain, forget_answers=forget_answers)
+    tails = {split: answer_tokens(lm, examples)[0] for split, examples in sets.items()}
+    out = lm.clone()
+    device = out.device
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    n_forget = len(sets["forget"])
+    steps_per_epoch = math.ceil(n_forget / config.batch_size)
+    total = steps_per_epoch * config.epochs
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=fork_devices):
+        torch.manual_seed(config.seed)
+        if config.lora_r > 0:
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=language_model_linears(out),
+                bias="none",
+            )
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+                model = get_peft_model(out.model, lora)
+
+            def reference(**inputs) -> torch.Tensor:
+                with model.disable_adapter():
+                    return model(**inputs).logits
+
+        else:
+            frozen = lm.model  # never trained: the copy `out` is
+
+            def reference(**inputs) -> torch.Tensor:
+                return frozen(**inputs).logits
+
+            model = out.model
+            targets = set(language_model_linears(out))
+            for pname, p in model.named_parameters():
+                p.requires_grad = pname.rsplit(".", 1)[0] in targets
+
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total))
+        shuffler = torch.Generator().manual_seed(config.seed)
+        out.model = model
+        model.train()
+        bar = tqdm(total=total, desc=name, disable=not config.progress)
+        try:
+            for epoch in range(config.epochs):
+                orders = {
+                    split: torch.randperm(len(ex), generator=shuffler).tolist()
+                    for split, ex in sets.items()
+                }
+                for s in range(steps_per_epoch):
+                    chunk = orders["forget"][s * config.batch_size : (s + 1) * config.batch_size]
+                    batches = {"forget": _batch(out, bench, sets["forget"], tails["forget"], chunk)}
+                    if "retain" in sets:  # as many retain examples, cycling through them
+                        order = orders["retain"]
+                        start = s * config.batch_size
+                        picked = [order[(start + k) % len(order)] for k in range(len(chunk))]
+                        batches["retain"] = _batch(
+                            out, bench, sets["retain"], tails["retain"], picked
+                        )
+                    value = loss(Step(model, batches, reference), config)
+                    if not torch.isfinite(value):
+                        raise UnlearnError(
+                            f"{name}: the loss became {float(value)} at epoch {epoch + 1}, step "
+                            f"{s + 1}; lower UnlearnConfig.lr (now {config.lr:g})"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    value.backward()
+                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    losses.append(float(value.detach()))
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        finally:
+            bar.close()
+    if config.lora_r > 0:
+        out.model = model.merge_and_unload()
+    for p in out.model.parameters():
+        p.requires_grad = False
+    out.model.eval()
+    out.name = f"{lm.name}+{name}"
+    record = {
+        "method": name,
+        "config": asdict(config),
+        "base_model": lm.name,
+        "benchmark": bench.name,
+        "benchmark_fingerprint": bench.fingerprint(),
+        "examples": {split: len(ex) for split, ex in sets.items()},
+        "steps": total,
+        "trainable_parameters": sum(p.numel() for p in trainable),
+        "losses": losses,
+        "seconds": round(time.time() - started, 2),
+    }
+    out.info = {**lm.info, "unlearn": {"method": name, "base_model": lm.name}}
+    return out, record
+
+
+def _batch(lm, bench, examples, tails, chunk) -> dict[str, torch.Tensor]:
+    picked = [examples[k] for k in chunk]
+    images = [bench.load_image(e.image) if e.image else None for e in picked]
+    batch = encode(lm, images, [e.question for e in picked], [e.answer for e in picked])
+    batch["labels"] = answer_labels(batch, [tails[k] for k in chunk])
+    return batch

@@ -1,0 +1,107 @@
+"""`asru-lab demo`: the whole story on the embedded default, in a few minutes on a laptop CPU.
+
+vanilla model -> locate (stage 1.1) -> redirect (stage 1.2) -> reinforce (stage 2) -> evaluate,
+then the same forget set unlearned by gradient ascent and NPO for comparison. It is
+`reproduce` at one forget ratio with demo sizes (`demo_config`): fewer evaluation items, a
+smaller locate sweep and fewer GRPO steps than `asru-lab reproduce`, which runs the full
+protocol. `demo_report` turns the result into a table a newcomer can read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+from asru_lab.baselines import get_method
+from asru_lab.evaluate.harness import EvalConfig
+from asru_lab.locate import LocateConfig
+from asru_lab.reproduce import ReproduceConfig, ReproduceResult, reproduce
+
+DEMO_METHODS = ("asru_stage1", "asru", "ga", "npo")
+DEMO_RATIO = 0.1
+
+
+def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
+    """`reproduce` settings for the demo: the full method, smaller samples."""
+    asru = get_method("asru").default_config()
+    asru = replace(asru, reinforce=replace(asru.reinforce, n_forget=100, n_boundary=100))
+    return ReproduceConfig(
+        methods=DEMO_METHODS,
+        forget_ratios=(DEMO_RATIO,),
+        evaluate=EvalConfig(max_items=max_items),
+        locate=LocateConfig(
+            layers=(3, 4, 5),
+            strengths=(1.0, 2.0, 3.0),
+            positions=("last",),
+            heatmap_positions=("last", -2, "prompt"),
+            max_examples=160,
+            retain_examples=480,
+            sweep_forget=32,
+            sweep_retain=64,
+        ),
+        configs={"asru": asru},
+        samples=1,
+        progress=progress,
+    )
+
+
+def run_demo(out_dir: str | Path, config: ReproduceConfig | None = None) -> ReproduceResult:
+    """Run the demo into `out_dir` (tables, figures, manifest, cache as `reproduce` writes)."""
+    return reproduce(out_dir, config or demo_config())
+
+
+LABELS = {
+    "vanilla": "before unlearning",
+    "asru_stage1": "ASRU, stage 1 only",
+    "asru": "ASRU (stage 1 + 2)",
+    "ga": "gradient ascent (GA)",
+    "npo": "NPO",
+}
+
+
+def demo_report(result: ReproduceResult) -> str:
+    """The demo's final table with a legend, and one forgotten person's answers per method."""
+    rows = result.rows
+    header = (
+        f"{'':24s}{'forgotten people':>33s}{'same people,':>15s}{'everyone else':>24s}\n"
+        f"{'method':24s}{'leaks a fact':>14s}{'polite refusal':>19s}{'new photos':>15s}"
+        f"{'recalls':>11s}{'MCQ right':>13s}"
+    )
+    lines = [header, "-" * 91]
+    for r in rows:
+        lines.append(
+            f"{LABELS.get(r['method'], r['method']):24s}"
+            f"{_pct(r.get('forget.leak_rate')):>14s}"
+            f"{r.get('forget.quality.contextual_refusal', 0):>14.1f} / 5"
+            f"{_pct(r.get('test.leak_rate')):>15s}"
+            f"{_pct(r.get('retain.leak_rate')):>11s}"
+            f"{_pct(r.get('retain.mcq_acc')):>13s}"
+        )
+    lines += [
+        "",
+        "leaks a fact: share of answers about a forgotten person that still contain the true",
+        "  fact (lower is better); new photos: the same people on views and wordings never",
+        "  trained on. polite refusal: the judge's contextual-refusal score, 5 = a refusal that",
+        "  says what cannot be told (not a canned 'I don't know', not gibberish, not a made-up",
+        "  fact). recalls / MCQ right: the people who must NOT be forgotten (higher is better).",
+    ]
+    samples = {c["method"]: c["samples"] for c in result.manifest["cells"] if c["samples"]}
+    first = next(iter(samples.values()), [])
+    forget = next((s for s in first if s["split"] == "forget"), None)
+    if forget:
+        lines += [
+            "",
+            f'A forgotten person, asked "{forget["question"]}" (truth: {forget["truth"]}):',
+        ]
+        for method, answers in samples.items():
+            answer = next(
+                (s["answer"] for s in answers if s["question"] == forget["question"]
+                 and s["person"] == forget["person"]),
+                "",
+            )  # fmt: skip
+            lines.append(f"  {LABELS.get(method, method):24s} {answer}")
+    return "\n".join(lines)
+
+
+def _pct(x) -> str:
+    return "–" if x is None else f"{100 * x:.0f} %"

@@ -1,0 +1,182 @@
+"""`reproduce`: the table has the published columns, UE/GQ follow their definitions, cells are
+cached by what they depend on, and the figures and manifest are written."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import time
+
+import pytest
+
+import asru_lab as al
+from asru_lab.baselines import UnlearnConfig, UnlearnError
+from asru_lab.cli import main
+from asru_lab.demo import demo_config, demo_report
+from asru_lab.locate import LocateConfig
+from asru_lab.reproduce import (
+    GQ_FLOOR,
+    ReproduceConfig,
+    flatten,
+    headline,
+    load_results,
+    reproduce,
+    unlearning_effectiveness,
+)
+
+TINY_LOCATE = LocateConfig(
+    layers=(5,),
+    strengths=(2.0,),
+    positions=("last",),
+    heatmap_positions=("last",),
+    max_examples=24,
+    retain_examples=48,
+    sweep_forget=8,
+    sweep_retain=50,
+    gate_max_fpr=(0.05,),
+)
+
+
+def tiny_config(**changes) -> ReproduceConfig:
+    base = {
+        "methods": ("ga", "steer_only"),
+        "forget_ratios": (0.1,),
+        "evaluate": al.EvalConfig(max_items=4),
+        "locate": TINY_LOCATE,
+        "configs": {"ga": UnlearnConfig(max_forget=8, epochs=1, batch_size=4)},
+        "samples": 1,
+        "progress": False,
+    }
+    return ReproduceConfig(**{**base, **changes})
+
+
+def test_ue_follows_its_definition():
+    vanilla = {
+        "forget": {"leak_rate": 0.8, "mcq_acc": 1.0},
+        "test": {"leak_rate": 0.5, "mcq_acc": 0.75},
+    }
+    same = unlearning_effectiveness(vanilla, vanilla)
+    assert same == 0.0
+    forgotten = {
+        "forget": {"leak_rate": 0.0, "mcq_acc": 0.25},
+        "test": {"leak_rate": 0.0, "mcq_acc": 0.1},
+    }
+    assert unlearning_effectiveness(forgotten, vanilla) == 1.0  # below chance clips to 1
+    half = {
+        "forget": {"leak_rate": 0.4, "mcq_acc": 0.625},
+        "test": {"leak_rate": 0.25, "mcq_acc": 0.5},
+    }
+    assert unlearning_effectiveness(half, vanilla) == pytest.approx(0.5)
+    worse = {
+        "forget": {"leak_rate": 1.0, "mcq_acc": 1.0},
+        "test": {"leak_rate": 0.9, "mcq_acc": 0.9},
+    }
+    assert unlearning_effectiveness(worse, vanilla) == 0.0  # clipped at 0, never negative
+    with pytest.raises(UnlearnError, match="nothing to unlearn"):
+        unlearning_effectiveness(vanilla, {"forget": {"leak_rate": 0.0, "mcq_acc": 0.25}})
+
+
+def test_headline_ratios_floor_the_gq_denominator():
+    rows = [
+        {"method": "asru", "forget_ratio": 0.1, "ue": 0.9, "gq": 4.5},
+        {"method": "ga", "forget_ratio": 0.1, "ue": 0.6, "gq": 0.0},
+        {"method": "npo", "forget_ratio": 0.1, "ue": 0.0, "gq": 1.5},
+    ]
+    ga, npo = headline(rows)
+    assert ga["ue_gain_pct"] == pytest.approx(50.0)
+    assert ga["gq_factor"] == pytest.approx(4.5 / GQ_FLOOR)
+    assert math.isinf(npo["ue_gain_pct"]) and npo["gq_factor"] == pytest.approx(3.0)
+    assert flatten({"forget": {"quality": {"leakage": 5}}}) == {"forget.quality.leakage": 5}
+
+
+@pytest.fixture(scope="module")
+def first_run(lm, tmp_path_factory):
+    out = tmp_path_factory.mktemp("figures")
+    started = time.time()
+    result = reproduce(out, tiny_config(), model=lm)
+    return out, result, time.time() - started
+
+
+def test_reproduce_writes_the_table_manifest_and_figures(first_run):
+    out, result, _ = first_run
+    with open(out / "main_table.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    columns = list(rows[0])
+    assert columns[:2] == ["method", "forget_ratio"] and columns[-2:] == ["ue", "gq"]
+    for key in ("forget.leak_rate", "forget.mcq_acc", "retain.mcq_acc",
+                "forget.quality.contextual_refusal", "test.leak_rate"):  # fmt: skip
+        assert key in columns, key
+    assert [(r["method"], r["forget_ratio"]) for r in rows] == [
+        ("vanilla", "0.1"), ("ga", "0.1"), ("steer_only", "0.1")
+    ]  # fmt: skip
+    assert float(rows[0]["ue"]) == 0.0  # vanilla against itself
+    md = (out / "main_table.md").read_text().splitlines()
+    assert md[0].startswith("| method | forget_ratio | forget.") and len(md) == 2 + 3
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["seed"] == 0 and manifest["forget_ratios"] == [0.1]
+    assert manifest["configs"]["ga"]["max_forget"] == 8
+    assert manifest["model"]["weights_sha256"] and "commit" in manifest
+    assert all(not c["cached"] and c["seconds"]["evaluate"] >= 0 for c in manifest["cells"])
+    assert {"ue", "gq", "ue_gain_pct", "gq_factor"} <= set(manifest["definitions"])
+    for stem in ("tradeoff", "quality_categories", "layer_sweep"):
+        assert (out / f"{stem}.html").stat().st_size > 1000, stem
+        assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
+    assert (out / "figures.html").is_file() and (out / "summary.md").is_file()
+
+
+def test_a_second_run_reuses_every_cell_and_recomputes_only_what_changed(lm, first_run):
+    out, result, seconds = first_run
+    started = time.time()
+    again = reproduce(out, tiny_config(figures=False), model=lm)
+    assert all(c["cached"] for c in again.manifest["cells"])
+    assert again.rows == result.rows
+    assert time.time() - started < max(10.0, seconds / 3)
+    changed = tiny_config(
+        figures=False, configs={"ga": UnlearnConfig(max_forget=8, epochs=1, batch_size=8)}
+    )
+    third = reproduce(out, changed, model=lm)
+    cached = {c["method"]: c["cached"] for c in third.manifest["cells"]}
+    assert cached == {"vanilla": True, "ga": False, "steer_only": True}
+
+
+def test_a_damaged_cache_file_is_recomputed_with_a_warning(lm, first_run):
+    out, result, _ = first_run
+    cell = next(c for c in result.manifest["cells"] if c["method"] == "vanilla")
+    (out / cell["cache_file"]).write_text("{not json")
+    with pytest.warns(UserWarning, match="damaged cache file"):
+        again = reproduce(out, tiny_config(figures=False), model=lm)
+    assert again.rows[0] == result.rows[0]
+
+
+def test_bad_requests_fail_before_any_work(tmp_path, capsys):
+    with pytest.raises(UnlearnError, match="unknown unlearning method 'rmu'"):
+        reproduce(tmp_path, tiny_config(methods=("rmu",)))
+    with pytest.raises(UnlearnError, match="not a fraction"):
+        reproduce(tmp_path, tiny_config(forget_ratios=(10,)))
+    assert main(["reproduce", "--out", str(tmp_path), "--methods", "rmu"]) == 2
+    assert "registered:" in capsys.readouterr().err
+
+
+def test_demo_report_explains_the_table_and_shows_answers(first_run):
+    _, result, _ = first_run
+    text = demo_report(result)
+    assert "before unlearning" in text and "gradient ascent (GA)" in text
+    assert "polite refusal" in text and "leaks a fact" in text
+    assert 'A forgotten person, asked "' in text
+    config = demo_config()
+    assert config.forget_ratios == (0.1,) and set(config.methods) == {
+        "asru_stage1",
+        "asru",
+        "ga",
+        "npo",
+    }
+
+
+def test_load_results_reads_back_what_reproduce_wrote(first_run):
+    out, result, _ = first_run
+    loaded = load_results(out)
+    assert loaded.rows == [{k: (v if v != "" else None) for k, v in r.items()} for r in result.rows]
+    assert loaded.probes[0.1]["config"]["layers"] == [5]  # the tiny locate config's sweep
+    with pytest.raises(FileNotFoundError, match="not a reproduce folder"):
+        load_results(out / "cache")
