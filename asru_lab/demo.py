@@ -55,7 +55,11 @@ LABELS = {
     "asru_stage1": "ASRU, stage 1 only",
     "asru": "ASRU (stage 1 + 2)",
     "ga": "gradient ascent (GA)",
+    "grad_diff": "GradDiff",
+    "kl_min": "KL-Min",
     "npo": "NPO",
+    "refusal_sft": "refusal SFT",
+    "steer_only": "steering only (probe)",
 }
 
 

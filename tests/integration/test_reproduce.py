@@ -180,3 +180,27 @@ def test_load_results_reads_back_what_reproduce_wrote(first_run):
     assert loaded.probes[0.1]["config"]["layers"] == [5]  # the tiny locate config's sweep
     with pytest.raises(FileNotFoundError, match="not a reproduce folder"):
         load_results(out / "cache")
+
+
+def test_the_same_command_runs_a_model_dir_and_a_dataset_dir(lm, bench, tmp_path, capsys):
+    """`--model DIR --data DIR`: a saved checkpoint and data in the published user format."""
+    taken: dict[tuple[str, str], int] = {}
+    items = []
+    for item in bench.items:
+        key = (item.split, item.task)
+        if taken.get(key, 0) < 12:
+            taken[key] = taken.get(key, 0) + 1
+            items.append(item)
+    data = al.export_benchmark(bench.subset(items), tmp_path / "data")
+    model = lm.save(tmp_path / "model")
+    out = tmp_path / "fig"
+    args = ["reproduce", "--out", str(out), "--model", str(model), "--data", str(data),
+            "--methods", "ga", "npo", "--forget-ratios", "0.1", "--max-items", "4",
+            "--no-figures", "--quiet"]  # fmt: skip
+    assert main(args) == 0
+    assert "| 0.1 | npo |" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["source"] == str(model) and manifest["data"]["source"] == str(data)
+    assert [c["method"] for c in manifest["cells"]] == ["vanilla", "ga", "npo"]
+    assert main(args) == 0  # nothing changed: every cell from the cache
+    assert "3 cells (3 from cache)" in capsys.readouterr().out
