@@ -358,15 +358,38 @@ class LiveRewardDashboard(TrainerCallback):
                 self.refresh()
 
 
-def figures_html(figures: Sequence[go.Figure], path: str | os.PathLike, title: str) -> Path:
-    """One self-contained HTML page (plotly.js inlined once, works offline), written atomically."""
+def figures_html(
+    figures: Sequence[go.Figure],
+    path: str | os.PathLike,
+    title: str,
+    *,
+    plotlyjs: str = "inline",
+) -> Path:
+    """One HTML page with every figure, written atomically; it works offline. `plotlyjs`:
+    "inline" (one self-contained file) or "directory" (a shared `plotly.min.js` beside it)."""
+    path = Path(path)
+    if plotlyjs == "directory":
+        _plotlyjs_beside(path)
+        head, first = '<script src="plotly.min.js"></script>', False
+    else:
+        head, first = "", True
     parts = [
-        fig.to_html(full_html=False, include_plotlyjs=(i == 0)) for i, fig in enumerate(figures)
+        fig.to_html(full_html=False, include_plotlyjs=first and i == 0)
+        for i, fig in enumerate(figures)
     ]
     body = "\n".join(f"<div>{p}</div>" for p in parts)
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title></head>"
-    page += f"<body><h1>{title}</h1>{body}</body></html>"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>{head}"
+    page += f"</head><body><h1>{title}</h1>{body}</body></html>"
     return write_text_atomic(path, page)
+
+
+def _plotlyjs_beside(path: Path) -> None:
+    """Write plotly.js once next to `path` (pages there load it instead of inlining 4.6 MB)."""
+    target = path.parent / "plotly.min.js"
+    if not target.is_file():
+        from plotly.offline import get_plotlyjs
+
+        write_text_atomic(target, get_plotlyjs())
 
 
 def next_token_figure(comparison) -> go.Figure:
@@ -452,11 +475,13 @@ def steering_explorer(
 
 
 def save_figure(fig: go.Figure, stem: str | os.PathLike, *, png: bool = True) -> list[str]:
-    """Write `stem.html` (self-contained, offline) and `stem.png` (kaleido with the system
-    Chromium); returns the file names written. Without a usable Chromium the PNG is skipped
-    with a warning naming the fix — the HTML is always written."""
+    """Write `stem.html` (offline, with a shared `plotly.min.js` beside it) and `stem.png`
+    (kaleido with the system Chromium); returns the file names written. Without a usable
+    Chromium the PNG is skipped with a warning naming the fix — the HTML is always written."""
     stem = Path(stem)
-    written = [write_text_atomic(stem.with_suffix(".html"), fig.to_html()).name]
+    _plotlyjs_beside(stem)
+    html_page = fig.to_html(include_plotlyjs="directory")
+    written = [write_text_atomic(stem.with_suffix(".html"), html_page).name, "plotly.min.js"]
     if not png:
         return written
     target = stem.with_suffix(".png")
@@ -587,5 +612,7 @@ def write_reproduce_figures(
     written = []
     for stem, fig in figures.items():
         written += save_figure(fig, out / stem)
-    figures_html(list(figures.values()), out / "figures.html", "asru-lab reproduce")
-    return [*written, "figures.html"]
+    figures_html(
+        list(figures.values()), out / "figures.html", "asru-lab reproduce", plotlyjs="directory"
+    )
+    return [*dict.fromkeys(written), "figures.html"]

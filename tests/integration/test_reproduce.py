@@ -123,6 +123,9 @@ def test_reproduce_writes_the_table_manifest_and_figures(first_run):
         assert (out / f"{stem}.html").stat().st_size > 1000, stem
         assert (out / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", stem
     assert (out / "figures.html").is_file() and (out / "summary.md").is_file()
+    # offline pages that share one plotly.js instead of inlining 4.6 MB each
+    assert (out / "plotly.min.js").stat().st_size > 1_000_000
+    assert 'src="plotly.min.js"' in (out / "tradeoff.html").read_text()
 
 
 def test_a_second_run_reuses_every_cell_and_recomputes_only_what_changed(lm, first_run):
