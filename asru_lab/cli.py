@@ -25,7 +25,8 @@ has memorised, while it keeps answering about everyone else.
   2. locate    find the direction that separates "knows this person" from "never seen them"
   3. redirect  write that direction into one weight matrix (ASRU stage 1)
   4. reinforce GRPO with a contextual-refusal reward (ASRU stage 2)
-  5. compare   the same forget set unlearned by gradient ascent (GA) and NPO
+  5. compare   the same forget set unlearned by gradient ascent (GA) and NPO, at the public
+               baseline code's settings (README: what they do with a larger learning rate)
 Demo sizes ({max_items} evaluation items per split and task); `asru-lab reproduce` runs the full
 protocol. Results are cached in {out}: a second run only recomputes what changed.
 """

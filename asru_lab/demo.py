@@ -24,14 +24,14 @@ DEMO_RATIO = 0.1
 def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
     """`reproduce` settings for the demo: the full method, smaller samples."""
     asru = get_method("asru").default_config()
-    asru = replace(asru, reinforce=replace(asru.reinforce, n_forget=100, n_boundary=100))
+    asru = replace(asru, reinforce=replace(asru.reinforce, n_forget=64, n_boundary=64))
     return ReproduceConfig(
         methods=DEMO_METHODS,
         forget_ratios=(DEMO_RATIO,),
         evaluate=EvalConfig(max_items=max_items),
         locate=LocateConfig(
-            layers=(3, 4, 5),
-            strengths=(1.0, 2.0, 3.0),
+            layers=(4, 5),
+            strengths=(1.0, 2.0),
             positions=("last",),
             heatmap_positions=("last", -2, "prompt"),
             max_examples=160,

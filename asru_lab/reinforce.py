@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 from datasets import Dataset
 from transformers import TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from asru_lab import viz
 from asru_lab.artifacts import write_json_atomic, write_text_atomic
@@ -299,6 +300,14 @@ def held_out_rates(
     return out
 
 
+class QuietProgress(ProgressCallback):
+    """transformers' progress bar without its print of every log dict: `metrics.jsonl` and the
+    dashboard keep the logs, and `MetricsCallback` shows the reward on the bar."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        return
+
+
 class MetricsCallback(TrainerCallback):
     """Appends every log to `metrics.jsonl`, rewrites `dashboard.html`, measures the
     held-out rates every `probe_every` steps, and shows the reward on the progress bar."""
@@ -483,9 +492,9 @@ def reinforce(
             callbacks=[metrics, *callbacks],
             peft_config=_lora(lm, config),
         )
-    for callback in trainer.callback_handler.callbacks:
-        if hasattr(callback, "training_bar"):
-            metrics.bar_owner = callback
+    if trainer.pop_callback(ProgressCallback) is not None:
+        metrics.bar_owner = QuietProgress()
+        trainer.add_callback(metrics.bar_owner)
     trainer.train(resume_from_checkpoint=checkpoint)
     model = trainer.model
     if config.lora_r:
