@@ -24,7 +24,7 @@ DEMO_RATIO = 0.1
 def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
     """`reproduce` settings for the demo: the full method, smaller samples."""
     asru = get_method("asru").default_config()
-    asru = replace(asru, reinforce=replace(asru.reinforce, n_forget=64, n_boundary=64))
+    asru = replace(asru, reinforce=replace(asru.reinforce, n_forget=100, n_boundary=100))
     return ReproduceConfig(
         methods=DEMO_METHODS,
         forget_ratios=(DEMO_RATIO,),
@@ -41,6 +41,7 @@ def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
         ),
         configs={"asru": asru},
         samples=1,
+        png=False,  # HTML figures only: PNG export starts a browser, ~10 s
         progress=progress,
     )
 

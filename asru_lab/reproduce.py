@@ -89,7 +89,8 @@ class ReproduceConfig:
     cache: bool = True  # reuse cells whose key is unchanged
     cache_dir: str | None = None  # where cells are cached (default: out_dir/cache); the keys
     # make one cache safe to share between output folders
-    figures: bool = True  # write the HTML (and PNG) figures
+    figures: bool = True  # write the HTML figures
+    png: bool = True  # and each as PNG (kaleido with the system Chromium)
     samples: int = 3  # sample answers kept per cell (forget and retain questions each)
     progress: bool = True
 
@@ -478,7 +479,7 @@ def reproduce(
         from asru_lab import viz
 
         manifest["figures"] = viz.write_reproduce_figures(
-            rows, probes, curves, out, rewards=_rewards(config)
+            rows, probes, curves, out, rewards=_rewards(config), png=config.png
         )
     write_json_atomic(out / "manifest.json", manifest)
     return ReproduceResult(rows, head, manifest, out)

@@ -594,8 +594,9 @@ def write_reproduce_figures(
     out_dir: str | os.PathLike,
     *,
     rewards: Sequence[str] = (),
+    png: bool = True,
 ) -> list[str]:
-    """The `reproduce` figures (HTML + PNG each) and `figures.html` with all of them; returns
+    """The `reproduce` figures (HTML, and PNG unless `png=False`) and `figures.html` with all of them; returns
     the file names. The layer sweep and reward curves are drawn for the middle forget ratio."""
     out = Path(out_dir)
     figures = {"tradeoff": tradeoff_scatter(rows), "quality_categories": quality_bars(rows)}
@@ -611,7 +612,7 @@ def write_reproduce_figures(
         figures["reward_curves"] = fig
     written = []
     for stem, fig in figures.items():
-        written += save_figure(fig, out / stem)
+        written += save_figure(fig, out / stem, png=png)
     figures_html(
         list(figures.values()), out / "figures.html", "asru-lab reproduce", plotlyjs="directory"
     )
