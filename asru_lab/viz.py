@@ -596,8 +596,9 @@ def write_reproduce_figures(
     rewards: Sequence[str] = (),
     png: bool = True,
 ) -> list[str]:
-    """The `reproduce` figures (HTML, and PNG unless `png=False`) and `figures.html` with all of them; returns
-    the file names. The layer sweep and reward curves are drawn for the middle forget ratio."""
+    """The `reproduce` figures (HTML, and PNG unless `png=False`) and `figures.html` with all
+    of them; returns the file names. The layer sweep and reward curves are drawn for the middle
+    forget ratio."""
     out = Path(out_dir)
     figures = {"tradeoff": tradeoff_scatter(rows), "quality_categories": quality_bars(rows)}
     ratios = sorted({*probes, *curves})
