@@ -26,7 +26,7 @@ has memorised, while it keeps answering about everyone else.
   3. redirect  write that direction into one weight matrix (ASRU stage 1)
   4. reinforce GRPO with a contextual-refusal reward (ASRU stage 2)
   5. compare   the same forget set unlearned by gradient ascent (GA) and NPO, at the public
-               baseline code's settings (README: what they do with a larger learning rate)
+               baseline code's settings (2 of 5 epochs here; README: a larger learning rate)
 Demo sizes ({max_items} evaluation items per split and task); `asru-lab reproduce` runs the full
 protocol. Results are cached in {out}: a second run only recomputes what changed.
 """

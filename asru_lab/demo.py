@@ -3,8 +3,9 @@
 vanilla model -> locate (stage 1.1) -> redirect (stage 1.2) -> reinforce (stage 2) -> evaluate,
 then the same forget set unlearned by gradient ascent and NPO for comparison. It is
 `reproduce` at one forget ratio with demo sizes (`demo_config`): fewer evaluation items, a
-smaller locate sweep and fewer GRPO steps than `asru-lab reproduce`, which runs the full
-protocol. `demo_report` turns the result into a table a newcomer can read.
+smaller locate sweep, fewer GRPO steps and 2 of the baselines' 5 epochs, against
+`asru-lab reproduce`, which runs the full protocol. `demo_report` turns the result into a
+table a newcomer can read.
 """
 
 from __future__ import annotations
@@ -39,7 +40,12 @@ def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
             sweep_forget=32,
             sweep_retain=64,
         ),
-        configs={"asru": asru},
+        # the baselines at their public settings, 2 of their 5 epochs: a demo-sized run
+        configs={
+            "asru": asru,
+            "ga": replace(get_method("ga").default_config(), epochs=2),
+            "npo": replace(get_method("npo").default_config(), epochs=2),
+        },
         samples=1,
         png=False,  # HTML figures only: PNG export starts a browser, ~10 s
         progress=progress,
