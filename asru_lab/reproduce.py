@@ -46,7 +46,7 @@ from tqdm.auto import tqdm
 
 from asru_lab.artifacts import write_json_atomic, write_text_atomic
 from asru_lab.baselines import METHODS, get_method, unlearn
-from asru_lab.baselines.registry import UnlearnError
+from asru_lab.baselines.registry import Unlearned, UnlearnError
 from asru_lab.data import load_benchmark
 from asru_lab.data.schema import EVAL_SPLITS, Benchmark
 from asru_lab.evaluate.harness import EvalConfig, evaluate
@@ -523,31 +523,24 @@ def _compute(lm, bench, method, method_config, probe, config, cell) -> dict:
     """Run `method` (or nothing, for vanilla), evaluate it and collect what the cache keeps."""
     started = time.time()
     if method == VANILLA:
-        model, record, applied = lm, {}, None
+        result = Unlearned(VANILLA, lm)
     else:
         result = unlearn(lm, bench, method, method_config, probe=probe)
-        model, record, applied = result.model, result.record, result.applied
     trained = time.time() - started
     evaluation = replace(config.evaluate, progress=config.progress)
-    with applied() if applied else _nothing():
-        report = evaluate(model, bench, evaluation, method=method)
-        samples = _samples(model, bench, config.samples)
+    with result.applied():
+        report = evaluate(result.model, bench, evaluation, method=method)
+        samples = _samples(result.model, bench, config.samples)
     return {
         "key": cell.key,
         "method": method,
         "forget_ratio": cell.ratio,
         "key_fields": cell.fields,
         "evaluation": report.to_dict(),
-        "record": _slim(record),
+        "record": _slim(result.record),
         "samples": samples,
         "seconds": {"unlearn": round(trained, 1), "evaluate": report.meta["seconds"]},
     }
-
-
-def _nothing():
-    from contextlib import nullcontext
-
-    return nullcontext()
 
 
 @dataclass
