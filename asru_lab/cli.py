@@ -75,6 +75,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--site", choices=("output", "input"), default="output", help="layer site")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
+    p = sub.add_parser(
+        "trace-causal", help="causal tracing: which layers and positions recall a person"
+    )
+    _add_common(p, out_help="output folder: trace.json, causal_heatmap.html/png, probe/")
+    p.add_argument("--split", default="forget", help="whose people are traced (forget)")
+    p.add_argument("--people", nargs="+", default=None, help="person ids (default: the split)")
+    p.add_argument("--max-people", type=int, default=None, help="trace at most N people")
+    p.add_argument("--attribute", default="name", help="the fact traced (name)")
+    p.add_argument("--question", default=None, help="ask this wording instead")
+    p.add_argument("--corruption", choices=("noise", "swap"), default="noise", help="noise")
+    p.add_argument("--noise-scale", type=float, default=3.0, help="x feature std (3)")
+    p.add_argument("--layers", type=int, nargs="+", default=None, help="default: all")
+    p.add_argument(
+        "--components", nargs="+", default=None, help="residual attention mlp (default: all)"
+    )
+    p.add_argument("--backend", choices=("transformer_lens", "nnsight"), default="transformer_lens")
+    p.add_argument("--batch-size", type=int, default=32, help="runs per forward pass")
+    p.add_argument("--probe", default=None, help="locate's probe dir to compare with")
+    p.add_argument("--no-compare", action="store_true", help="skip locate (no --probe)")
+    p.add_argument("--no-png", action="store_true", help="HTML heatmap only")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
     p = sub.add_parser("redirect", help="stage 1.2: write a probe's direction into the weights")
     _add_common(p, out_help="output model directory (+ redirect.json)")
     p.add_argument("--probe", required=True, help="steering probe dir (from `asru-lab locate`)")
@@ -258,6 +280,63 @@ def cmd_locate(args) -> int:
     print("\n".join(LocateResult(**probe.evidence).table().splitlines()[:6]))  # header + 5 best
     print(f"recommended: {probe}")
     print(f"wrote {out}/probe.json, probe.safetensors, sweep.json, locate.html")
+    return 0
+
+
+def cmd_trace_causal(args) -> int:
+    from pathlib import Path
+
+    from asru_lab import viz
+    from asru_lab.causal import COMPONENTS, CausalTraceConfig, describe_comparison, trace_causal
+    from asru_lab.locate import LocateConfig, locate
+    from asru_lab.probe import SteeringProbe
+
+    config = CausalTraceConfig(
+        split=args.split,
+        people=tuple(args.people) if args.people else None,
+        max_people=args.max_people,
+        attribute=args.attribute,
+        question=args.question,
+        corruption=args.corruption,
+        noise_scale=args.noise_scale,
+        layers=tuple(args.layers) if args.layers else None,
+        components=tuple(args.components) if args.components else COMPONENTS,
+        backend=args.backend,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    lm, bench = _load(args)
+    located = None
+    if args.probe:
+        probe = SteeringProbe.load(args.probe)
+    elif args.no_compare:
+        probe = None
+    else:
+        print("no --probe: running locate (the stage 1.1 sweep) to compare with")
+        probe = located = locate(lm, bench, LocateConfig(seed=args.seed, progress=not args.quiet))
+    trace = trace_causal(lm, bench, config, probe=probe)
+    out = trace.save(args.out)
+    if located is not None:
+        located.save(Path(out) / "probe")
+    heatmap = viz.causal_heatmap(trace)
+    written = viz.save_figure(heatmap, out / "causal_heatmap", png=not args.no_png)
+    for component in trace.components:
+        print(trace.table(component))
+    for component, peak in trace.summary()["peaks"].items():
+        if peak is not None:
+            print(
+                f"peak {component}: layer {peak['layer']}, {peak['group']}, "
+                f"recovered {peak['fraction']:.3f}"
+            )
+    if trace.comparison:
+        print(describe_comparison(trace.comparison))
+    t = trace.timing
+    print(
+        f"{t['people']} people, {t['patched_runs']} patched runs in {t['forward_passes']} "
+        f"forward passes, {t['seconds']:.1f} s"
+    )
+    print(f"wrote {out}/trace.json, " + ", ".join(written))
     return 0
 
 
@@ -474,6 +553,7 @@ COMMANDS = {
     "demo": cmd_demo,
     "evaluate": cmd_evaluate,
     "locate": cmd_locate,
+    "trace-causal": cmd_trace_causal,
     "redirect": cmd_redirect,
     "reinforce": cmd_reinforce,
     "run": cmd_run,
@@ -488,6 +568,7 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from asru_lab.baselines import UnlearnError
+    from asru_lab.causal import CausalTraceError
     from asru_lab.data.schema import BenchmarkError
     from asru_lab.models.adapters import AdapterError
     from asru_lab.models.loading import ModelLoadError
@@ -509,6 +590,7 @@ def main(argv: list[str] | None = None) -> int:
         ReinforceError,
         RewardError,
         UnlearnError,
+        CausalTraceError,
         FileExistsError,
     ) as exc:
         print(f"asru-lab {args.command}: error: {exc}", file=sys.stderr)

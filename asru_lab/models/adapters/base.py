@@ -30,6 +30,11 @@ class ArchitectureAdapter:
     embed_attr: str = "embed_tokens"
     mlp_out_attr: str = "mlp.down_proj"  # in a decoder layer: the linear whose output is added
     # to the residual stream last (nothing in the layer reads it), which stage 1.2 edits
+    attention_attr: str = "self_attn"  # in a decoder layer: the attention block; element 0 of
+    # its output is what the layer adds to the residual stream
+    mlp_attr: str = "mlp"  # in a decoder layer: the MLP block (its output is added likewise)
+    visual_projector_path: str = "model.visual.merger"  # its output: the visual tokens'
+    # embeddings as they enter the language model
     image_placeholder: str = "<|vision_start|><|image_pad|><|vision_end|>"
 
     # --- module access --------------------------------------------------------------------
@@ -73,6 +78,26 @@ class ArchitectureAdapter:
 
     def embed_tokens(self, model: nn.Module) -> nn.Module:
         return self._get(model, f"{self.language_model_path}.{self.embed_attr}")
+
+    def attention_path(self, index: int) -> str:
+        return f"{self.layer_path(index)}.{self.attention_attr}"
+
+    def mlp_path(self, index: int) -> str:
+        return f"{self.layer_path(index)}.{self.mlp_attr}"
+
+    def visual_feature_paths(self, model: nn.Module) -> list[str]:
+        """Modules whose outputs carry the image into the language model, in the order the
+        forward pass runs them (one row per visual token)."""
+        return [self.visual_projector_path]
+
+    def image_token_id(self, model: nn.Module) -> int:
+        """The placeholder token id that visual tokens occupy in `input_ids`."""
+        config = model.config
+        token = getattr(config, "image_token_id", None)
+        token = getattr(config, "image_token_index", None) if token is None else token
+        if token is None:
+            raise AdapterError(f"{self.family}: the model config names no image token id")
+        return int(token)
 
     def num_layers(self, model: nn.Module) -> int:
         return len(self.decoder_layers(model))

@@ -8,4 +8,9 @@ from asru_lab.models.adapters.base import ArchitectureAdapter
 # (`LlamaModel` for LLaVA-1.5: `embed_tokens`, `layers`, `norm`); `lm_head` sits at the top.
 # LLaVA chat templates render an `{"type": "image"}` part as `<image>`, which the processor
 # expands to one token per vision patch, so the base `user_message` (image part first) fits.
-LLAVA = ArchitectureAdapter(family="llava", model_types=("llava",), image_placeholder="<image>")
+LLAVA = ArchitectureAdapter(
+    family="llava",
+    model_types=("llava",),
+    image_placeholder="<image>",
+    visual_projector_path="model.multi_modal_projector",
+)

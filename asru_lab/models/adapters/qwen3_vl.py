@@ -12,5 +12,12 @@ class Qwen3VLAdapter(ArchitectureAdapter):
         vision = getattr(model.config, "vision_config", None)
         return range(len(getattr(vision, "deepstack_visual_indexes", ()) or ()))
 
+    def visual_feature_paths(self, model: nn.Module) -> list[str]:
+        # the DeepStack mergers run inside the vision tower's block loop, before its final merger
+        deepstack = [
+            f"model.visual.deepstack_merger_list.{k}" for k in self.deepstack_layers(model)
+        ]
+        return [*deepstack, self.visual_projector_path]
+
 
 QWEN3_VL = Qwen3VLAdapter(family="qwen3_vl", model_types=("qwen3_vl",))

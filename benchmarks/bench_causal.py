@@ -1,0 +1,107 @@
+"""Cost of causal tracing per person vs the forward passes it needs.
+
+    nice -n 10 .venv/bin/python benchmarks/bench_causal.py [--people 12] [--repeats 5]
+
+Traces the embedded model's forget people (all 6 layers x residual/attention/MLP x 5 position
+groups: 90 patched runs per person, plus the clean and the corrupted run) with the
+TransformerLens backend, and times plain bridge forward passes of the same prompts in the same
+process, interleaved with the traces (each repeat: one trace, then the plain passes):
+
+- **cost per person / (patched runs x one forward pass)**: the issue's bound, <= 1.2; one
+  forward pass = one traced prompt at batch 1. Batching makes a run far cheaper than a batch-1
+  pass, so this is well below 1;
+- **runs / the same passes done plain**: the strict check that nothing is recomputed: the
+  trace's forward passes (their row counts are in `timing["rows_per_pass"]`) against plain
+  forward passes of the same sizes; hooks, restores and bookkeeping are the difference. Setup
+  (encoding the prompts, booting the bridge: once per call) is left out of this one and
+  printed on its own; the first ratio counts it.
+
+Both are medians over repeats of per-repeat ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+import asru_lab as al
+from asru_lab.causal import (
+    CausalTraceConfig,
+    _cases,
+    _pad_batch,
+    select_items,
+    trace_causal,
+    transformer_bridge,
+)
+
+BOUND = 1.2
+
+
+def _plain(bridge, batch: dict) -> float:
+    inputs = dict(batch)
+    ids = inputs.pop("input_ids")
+    start = time.perf_counter()
+    with torch.no_grad():
+        bridge(ids, **inputs)
+    return time.perf_counter() - start
+
+
+def main(n_people: int = 12, repeats: int = 5, batch_size: int = 32) -> tuple[float, float]:
+    lm = al.load_model()
+    bench = al.load_benchmark()
+    config = CausalTraceConfig(max_people=n_people, batch_size=batch_size, progress=False)
+    cases = _cases(lm, bench, select_items(bench, config), config)
+    bridge = transformer_bridge(lm)
+    one = [c.inputs for c in cases]
+    trace_causal(lm, bench, config)  # warm-up
+    _plain(bridge, one[0])
+    issue, strict, timings, forward_ms = [], [], [], []
+    for _ in range(repeats):
+        timing = trace_causal(lm, bench, config).timing
+        t_one = statistics.median(_plain(bridge, x) for x in one)
+        plain = {}
+        for n in sorted(set(timing["rows_per_pass"])):
+            plain[n] = _plain(bridge, _pad_batch(lm, [one[k % len(one)] for k in range(n)])[0])
+        expected = sum(plain[n] for n in timing["rows_per_pass"])
+        runs = timing["patched_runs"] / timing["people"]
+        issue.append(timing["seconds"] / timing["people"] / (runs * t_one))
+        strict.append((timing["seconds"] - timing["setup_seconds"]) / expected)
+        timings.append(timing)
+        forward_ms.append(t_one * 1e3)
+    timing = timings[0]
+    ratio_issue, ratio_strict = statistics.median(issue), statistics.median(strict)
+    seconds = statistics.median(t["seconds"] for t in timings)
+    setup = statistics.median(t["setup_seconds"] for t in timings)
+    print(
+        f"people {timing['people']}, patched runs per person "
+        f"{timing['patched_runs'] // timing['people']}, batch {batch_size}, "
+        f"{timing['forward_passes']} forward passes"
+    )
+    print(
+        f"one forward pass (batch 1): {statistics.median(forward_ms):.1f} ms; trace "
+        f"{seconds:.2f} s ({setup:.2f} s setup), {seconds / timing['people'] * 1e3:.0f} ms "
+        "per person"
+    )
+    print(
+        f"cost per person / (patched runs x one forward pass) = {ratio_issue:.3f} "
+        f"(bound {BOUND}) {'OK' if ratio_issue <= BOUND else 'OVER'}"
+    )
+    print(
+        f"runs / the same forward passes done plain          = {ratio_strict:.3f} "
+        f"(bound {BOUND}) {'OK' if ratio_strict <= BOUND else 'OVER'}"
+    )
+    return ratio_issue, ratio_strict
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--people", type=int, default=12)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    main(args.people, args.repeats)
