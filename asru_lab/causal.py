@@ -603,7 +603,11 @@ def transformer_bridge(lm: LoadedModel):
         with _without_torchvision_requirement(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             bridge = TransformerBridge.boot_transformers(
-                lm.source or lm.name, hf_model=twin, tokenizer=lm.tokenizer, device=lm.device
+                lm.source or lm.name,
+                hf_model=twin,  # its config is used: nothing is read from the hub
+                tokenizer=lm.tokenizer,
+                device=lm.device,
+                dtype=next(hf.parameters()).dtype,
             )
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise CausalTraceError(
@@ -617,9 +621,12 @@ def transformer_bridge(lm: LoadedModel):
 class _LensBackend:
     name = "transformer_lens"
 
-    def __init__(self, lm: LoadedModel) -> None:
+    def __init__(self, lm: LoadedModel, visual: bool) -> None:
         self.lm = lm
         self.bridge = transformer_bridge(lm)
+        self.visual = []
+        if not visual:
+            return
         names = self.bridge.hook_dict
         visual = [n for n in names if n.startswith("vision_encoder.deepstack_mergers.")]
         self.visual = sorted(
@@ -652,8 +659,9 @@ class _LensBackend:
             hooks.append((name, read))
         inputs = dict(run.inputs)
         input_ids = inputs.pop("input_ids")
+        # only the last position's logits are used (a real model's vocabulary is ~150 k)
         logits = self.bridge.run_with_hooks(
-            input_ids, fwd_hooks=hooks, return_type="logits", **inputs
+            input_ids, fwd_hooks=hooks, return_type="logits", logits_to_keep=1, **inputs
         )
         return _RunOutput(logits[:, -1], reads, visual)
 
@@ -661,10 +669,10 @@ class _LensBackend:
 class _NnsightBackend:
     name = "nnsight"
 
-    def __init__(self, lm: LoadedModel) -> None:
+    def __init__(self, lm: LoadedModel, visual: bool) -> None:
         self.lm = lm
         self.wrapped = nnsight_model(lm)
-        self.visual_paths = lm.adapter.visual_feature_paths(lm.model)
+        self.visual_paths = lm.adapter.visual_feature_paths(lm.model) if visual else []
 
     def _tensor(self, component: str, layer: int):
         lm, wrapped = self.lm, self.wrapped
@@ -688,7 +696,7 @@ class _NnsightBackend:
         lm, wrapped = self.lm, self.wrapped
         sites = sorted({*run.patches, *run.read_sites}, key=lambda s: self._order(lm, s))
         saved, visual = {}, []
-        with wrapped.trace(**run.inputs):
+        with wrapped.trace(**run.inputs, logits_to_keep=1):
             for k, path in enumerate(self.visual_paths):
                 out = module_envoy(wrapped, path).output
                 if run.noise is not None:
@@ -706,8 +714,9 @@ class _NnsightBackend:
         return _RunOutput(logits, saved, visual)
 
 
-def _backend(lm: LoadedModel, name: str):
-    return _LensBackend(lm) if name == "transformer_lens" else _NnsightBackend(lm)
+def _backend(lm: LoadedModel, name: str, *, visual: bool):
+    """The runner for `name`; `visual`: it must reach the visual features (noise)."""
+    return (_LensBackend if name == "transformer_lens" else _NnsightBackend)(lm, visual)
 
 
 # --- the trace ------------------------------------------------------------------------------
@@ -739,7 +748,7 @@ def trace_causal(
         raise BenchmarkError("nothing to trace: the item list is empty")
     started = time.perf_counter()
     cases = _cases(lm, bench, items, config)
-    backend = _backend(lm, config.backend)
+    backend = _backend(lm, config.backend, visual=config.corruption == "noise")
     sites = [(c, layer) for c in config.components for layer in layers]
     n_jobs = sum(1 for case in cases for g in config.groups if case.groups[g].any()) * len(sites)
     counters = {"forward_rows": 0, "forward_passes": 0, "rows_per_pass": []}
@@ -829,7 +838,7 @@ def _clean_and_corrupt(lm, backend, chunk, sites, config, counters) -> None:
     """The clean run (probabilities, activations at every site, the noise drawn from the
     visual features) and the corrupted run of a chunk of people: two forward passes."""
     batch, offsets = _pad_batch(lm, [c.inputs for c in chunk])
-    out = backend.run(_Run(batch, read_sites=sites, read_visual=True))
+    out = backend.run(_Run(batch, read_sites=sites, read_visual=config.corruption == "noise"))
     targets = [c.target_id for c in chunk]
     counts = [int(c.groups["image"].sum()) for c in chunk]
     per_site = [torch.split(v, _visual_rows(v, counts, chunk)) for v in out.visual]
