@@ -200,3 +200,36 @@ def test_cli_writes_trace_and_heatmap(lm, tmp_path, capsys):
     assert "layer 7 does not exist" in capsys.readouterr().err
     assert main([*args, "--no-compare", "--people", "nobody"]) == 2
     assert "person id 'nobody' does not exist" in capsys.readouterr().err
+
+
+def test_images_of_different_sizes_in_one_batch(lm, bench):
+    """User data need not have one image size: the first person's portrait at 96x96 gives 36
+    visual tokens instead of 16, in the same batches as everyone else's (the embedded
+    processor resizes every image to 4096 pixels; this one allows up to 16384)."""
+    import copy
+
+    from PIL import Image
+
+    from asru_lab.data.schema import Benchmark
+
+    processor = copy.deepcopy(lm.processor)
+    processor.image_processor.size = {"shortest_edge": 4096, "longest_edge": 16384}
+    lm = replace(lm, processor=processor)
+    first = select_items(bench, SMALL)[0]
+
+    def load(path: str) -> Image.Image:
+        image = bench.load_image(path)
+        return image.resize((96, 96)) if path == first.image else image
+
+    mixed = Benchmark(bench.people.values(), bench.items, name="mixed sizes", image_loader=load)
+    lens = trace_causal(lm, mixed, SMALL)
+    sight = trace_causal(lm, mixed, replace(SMALL, backend="nnsight"))
+    assert [p.group_sizes["image"] for p in lens.people] == [36, 16, 16]
+    assert (_values(lens) - _values(sight)).abs().max() <= 1e-4
+    cases = _cases(lm, mixed, select_items(mixed, SMALL), SMALL)
+    with torch.no_grad():
+        logits = lm.model(**cases[0].inputs).logits[0, -1]
+    p_clean = float(torch.softmax(logits.double(), -1)[cases[0].target_id])
+    assert p_clean == pytest.approx(lens.people[0].p_clean, abs=1e-5)
+    with pytest.raises(CausalTraceError, match="swapped images must have the same size"):
+        trace_causal(lm, mixed, replace(SMALL, corruption="swap", max_people=1))
