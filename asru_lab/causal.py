@@ -142,9 +142,10 @@ class PersonTrace:
     def drop(self) -> float:
         return self.p_clean - self.p_corrupt
 
-    def fraction(self, component: str, min_drop: float = 0.0) -> list[list[float | None]] | None:
-        """Recovered fraction per layer x group; None when the corruption barely hurt."""
-        if self.drop <= max(min_drop, 1e-12):
+    def fraction(self, component: str, min_drop: float = 0.0) -> list[list[float]] | None:
+        """Recovered fraction per layer x group; None when the corruption lowered p by less
+        than `min_drop` (the fraction would divide by next to nothing)."""
+        if self.drop < max(min_drop, 1e-12):
             return None
         rows = self.p_patched[component]
         return [[(p - self.p_corrupt) / self.drop for p in row] for row in rows]
@@ -195,7 +196,7 @@ class CausalTrace:
             p = self.person(person)
             if value == "probability":
                 return p.p_patched[component]
-            frac = p.fraction(component)
+            frac = p.fraction(component, self.config["min_drop"])
             return frac if frac is not None else self._empty()
         if value == "probability":
             rows = [p.p_patched[component] for p in self.people]
@@ -808,7 +809,9 @@ def trace_causal(
     if trace.people and not trace.effective():
         warnings.warn(
             f"the corruption lowered p by less than min_drop={config.min_drop} for every "
-            "person: recovered fractions are undefined (try a larger noise_scale or 'swap')",
+            "person: recovered fractions are undefined. The model does not need the image "
+            "here: the teacher-forced answer prefix may already name the person (as before a "
+            "birthplace), or the noise is too weak (raise noise_scale, or use 'swap')",
             stacklevel=2,
         )
     if probe is not None:
