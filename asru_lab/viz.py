@@ -700,12 +700,23 @@ def causal_heatmap(trace, person: str | None = None, value: str = "fraction") ->
             }
         )
     start = next(i for i, (pid, _) in enumerate(choices) if pid == person)
+    top, bottom = 120, 60
+    height = top + bottom + 10 + 46 * len(trace.layers)
     fig.update_layout(
         title=_causal_title(trace, person, value),
-        updatemenus=[{"buttons": buttons, "active": start, "x": 1.0, "xanchor": "right", "y": 1.2}],
-        height=180 + 46 * len(trace.layers),
+        updatemenus=[
+            {
+                "buttons": buttons,
+                "active": start,
+                "x": 1.0,
+                "xanchor": "right",
+                "y": 1 + (top - 10) / (height - top - bottom),  # near the top edge, in
+                "yanchor": "top",  # the plot area's units: above the panel titles
+            }
+        ],
+        height=height,
         width=360 * len(components),
-        margin={"t": 110, "b": 60, "l": 70, "r": 20},
+        margin={"t": top, "b": bottom, "l": 70, "r": 20},
     )
     fig.update_xaxes(tickangle=-30)
     return fig
