@@ -19,7 +19,10 @@ Sites (`COMPONENTS`): the residual stream after layer i (TransformerLens `blocks
 after the DeepStack injection on the layers that have one, i.e. `blocks.{i+1}.hook_in`), the
 attention output of layer i (`blocks.{i}.hook_attn_out`) and its MLP output
 (`blocks.{i}.hook_mlp_out`). Position groups (`GROUPS`): the image tokens, the question's
-tokens, the chat-template tokens, the answer prefix and the last token.
+tokens, the chat-template tokens, the last prompt token (the one after
+`<|im_start|>assistant\n`), the teacher-forced answer prefix and the last token (where the
+fact's first token is predicted; the last prompt token itself when the prefix is empty, which
+leaves the `last_prompt` and `answer_prefix` groups empty: their cells are None).
 
 Two backends, one answer: TransformerLens's `TransformerBridge` (the default; booted on a
 module-tree twin of the HF model that shares every weight tensor, so nothing is copied and the
@@ -52,7 +55,7 @@ from asru_lab.models.loading import LoadedModel
 from asru_lab.trace import check_layers, module_envoy, nnsight_model
 
 COMPONENTS = ("residual", "attention", "mlp")
-GROUPS = ("image", "question", "template", "answer_prefix", "last")
+GROUPS = ("image", "question", "template", "last_prompt", "answer_prefix", "last")
 CORRUPTIONS = ("noise", "swap")
 BACKENDS = ("transformer_lens", "nnsight")
 FORMAT = "asru_lab.causal_trace"
@@ -119,7 +122,8 @@ class PersonTrace:
     """One person's traced question and probabilities.
 
     `p_patched[component][k][g]`: probability of the target token with that component of
-    layer `layers[k]` restored at position group `groups[g]`.
+    layer `layers[k]` restored at position group `groups[g]` (None: the group is empty for this
+    person's prompt, nothing to restore).
     """
 
     person_id: str
@@ -136,19 +140,19 @@ class PersonTrace:
     group_sizes: dict[str, int]
     p_clean: float
     p_corrupt: float
-    p_patched: dict[str, list[list[float]]]
+    p_patched: dict[str, list[list[float | None]]]
 
     @property
     def drop(self) -> float:
         return self.p_clean - self.p_corrupt
 
-    def fraction(self, component: str, min_drop: float = 0.0) -> list[list[float]] | None:
-        """Recovered fraction per layer x group; None when the corruption lowered p by less
-        than `min_drop` (the fraction would divide by next to nothing)."""
+    def fraction(self, component: str, min_drop: float = 0.0) -> list[list[float | None]] | None:
+        """Recovered fraction per layer x group (None cells: empty groups); None when the
+        corruption lowered p by less than `min_drop` (it would divide by next to nothing)."""
         if self.drop < max(min_drop, 1e-12):
             return None
         rows = self.p_patched[component]
-        return [[(p - self.p_corrupt) / self.drop for p in row] for row in rows]
+        return [[None if p is None else (p - self.p_corrupt) / self.drop for p in r] for r in rows]
 
 
 @dataclass
@@ -204,7 +208,10 @@ class CausalTrace:
             rows = [p.fraction(component) for p in self.effective()]
         if not rows:
             return self._empty()
-        return torch.tensor(rows, dtype=torch.float64).mean(0).tolist()
+        return [
+            [_mean([r[k][g] for r in rows if r[k][g] is not None]) for g in range(len(self.groups))]
+            for k in range(len(self.layers))
+        ]
 
     def _empty(self) -> list[list[None]]:
         return [[None] * len(self.groups) for _ in self.layers]
@@ -423,6 +430,8 @@ def _encode_case(lm: LoadedModel, image, question: str, prefix: str) -> tuple[di
             name = "image"
         elif start >= end_of_prompt:
             name = "answer_prefix"
+        elif end == end_of_prompt:
+            name = "last_prompt"
         elif start < q_end and end > q_start:
             name = "question"
         else:
@@ -889,12 +898,8 @@ def _patched(lm, backend, part, config, counters) -> None:
 
 
 def _person_trace(lm, case: _Case, layers, config: CausalTraceConfig) -> PersonTrace:
-    # an empty group (no answer prefix) restores nothing: its value is the corrupted run's
-    grids = {
-        c: [
-            [case.patched.get(((c, layer), g), case.p_corrupt) for g in config.groups]
-            for layer in layers
-        ]
+    grids = {  # an empty group (no answer prefix) was not run: None
+        c: [[case.patched.get(((c, layer), g)) for g in config.groups] for layer in layers]
         for c in config.components
     }
     return PersonTrace(

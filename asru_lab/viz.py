@@ -626,6 +626,7 @@ GROUP_LABELS = {
     "image": "image tokens",
     "question": "question",
     "template": "chat template",
+    "last_prompt": "last prompt token",
     "answer_prefix": "answer prefix",
     "last": "last token",
 }
@@ -715,7 +716,7 @@ def causal_heatmap(trace, person: str | None = None, value: str = "fraction") ->
             }
         ],
         height=height,
-        width=360 * len(components),
+        width=400 * len(components),
         margin={"t": top, "b": bottom, "l": 70, "r": 20},
     )
     fig.update_xaxes(tickangle=-30)

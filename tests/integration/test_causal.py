@@ -36,7 +36,9 @@ def _values(trace: CausalTrace) -> torch.Tensor:
     rows = []
     for p in trace.people:
         rows += [p.p_clean, p.p_corrupt]
-        rows += [v for c in trace.components for row in p.p_patched[c] for v in row]
+        rows += [
+            v for c in trace.components for row in p.p_patched[c] for v in row if v is not None
+        ]
     return torch.tensor(rows, dtype=torch.float64)
 
 
@@ -69,7 +71,9 @@ def test_the_numbers_mean_what_they_say(lm, bench, traced):
         # restoring the question's tokens restores nothing
         assert frac[0][groups.index("image")] > 0.99
         assert abs(frac[0][groups.index("question")]) < 0.1
-        assert p.group_sizes["image"] == 16 and p.group_sizes["last"] == 1
+        sizes = p.group_sizes
+        assert sizes["image"] == 16 and sizes["last_prompt"] == sizes["last"] == 1
+        assert sizes["answer_prefix"] == 1  # "This"; " is" is the last token
 
 
 def test_p_clean_is_a_plain_forward_pass(lm, bench, traced):
