@@ -816,11 +816,19 @@ def trace_causal(
         },
     )
     if trace.people and not trace.effective():
+        p_clean = _mean([p.p_clean for p in trace.people])
+        why = (
+            f"in the clean run the fact's first token has p {p_clean:.2f} on average: the "
+            "model does not say the fact right there (check the question and the reference "
+            "answer the prefix comes from)"
+            if p_clean < 0.5
+            else "the model does not need the image here: the teacher-forced answer prefix "
+            "may already name the person (as before a birthplace), or the noise is too weak "
+            "(raise noise_scale, or use 'swap')"
+        )
         warnings.warn(
             f"the corruption lowered p by less than min_drop={config.min_drop} for every "
-            "person: recovered fractions are undefined. The model does not need the image "
-            "here: the teacher-forced answer prefix may already name the person (as before a "
-            "birthplace), or the noise is too weak (raise noise_scale, or use 'swap')",
+            f"person, so recovered fractions are undefined; {why}",
             stacklevel=2,
         )
     if probe is not None:

@@ -118,7 +118,7 @@ def test_another_wording_and_attribute(lm, bench):
     assert trace.layers == [4, 5]
     # the answer names the person before the birthplace: teacher-forced, the name is in the
     # text and the image no longer matters, which the trace says instead of dividing by ~0
-    with pytest.warns(UserWarning, match="recovered fractions are undefined"):
+    with pytest.warns(UserWarning, match="the teacher-forced answer prefix may already name"):
         born = trace_causal(lm, bench, replace(config, attribute="birthplace", question=None))
     assert born.effective() == [] and born.peak("residual") is None
     p = born.people[0]
@@ -237,3 +237,21 @@ def test_images_of_different_sizes_in_one_batch(lm, bench):
     assert p_clean == pytest.approx(lens.people[0].p_clean, abs=1e-5)
     with pytest.raises(CausalTraceError, match="swapped images must have the same size"):
         trace_causal(lm, mixed, replace(SMALL, corruption="swap", max_people=1))
+
+
+def test_an_answer_that_starts_with_the_fact_has_no_prefix_groups(lm, bench):
+    """A user's reference answer may be the bare fact: nothing is teacher-forced, the last
+    token is the last prompt token, and the groups that do not exist stay None (not 0)."""
+    item = replace(select_items(bench, SMALL)[0], answer="Alma Aldous", value="Alma Aldous")
+    with pytest.warns(UserWarning, match="does not say the fact right there"):
+        trace = trace_causal(lm, bench, replace(SMALL, layers=(4, 5)), items=[item])
+    p = trace.people[0]  # it answers "This is ...": " Alma" is unlikely as the first token
+    assert p.answer_prefix == "" and p.target_token.strip() == "Alma"
+    assert p.group_sizes["last_prompt"] == p.group_sizes["answer_prefix"] == 0
+    empty = [trace.groups.index("last_prompt"), trace.groups.index("answer_prefix")]
+    for component in trace.components:
+        for row in p.p_patched[component]:
+            assert [row[g] for g in empty] == [None, None]
+            assert all(v is not None for g, v in enumerate(row) if g not in empty)
+    assert trace.matrix("residual", value="probability")[0][empty[0]] is None
+    assert viz.causal_heatmap(trace).data[0].text[0][empty[0]] == "–"
