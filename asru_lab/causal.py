@@ -440,7 +440,7 @@ def _encode_case(lm: LoadedModel, image, question: str, prefix: str) -> tuple[di
     return inputs, groups
 
 
-def _seeded(seed: int, person_id: str) -> int:
+def _person_seed(seed: int, person_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{person_id}".encode()).digest()[:8], "big")
 
 
@@ -490,7 +490,7 @@ def _swap_partner(bench: Benchmark, person: Person, item: QAItem, config: Causal
             f"swap: split {item.split!r} has no other person's image to swap in for {person.id}"
         )
     partners = sorted({i.person_id for i in others})
-    partner = random.Random(_seeded(config.seed, person.id)).choice(partners)
+    partner = random.Random(_person_seed(config.seed, person.id)).choice(partners)
     chosen = next(i for i in others if i.person_id == partner)
     return partner, bench.load_image(chosen.image)
 
@@ -544,10 +544,10 @@ class _RunOutput:
 
 
 def _restore(act: torch.Tensor, patch) -> torch.Tensor:
+    """Put the clean `values` back into `act` at the masked positions of `rows`, in place."""
     rows, mask, values = patch
-    out = act.clone()
-    out[rows] = torch.where(mask.unsqueeze(-1), values.to(act.dtype), act[rows])
-    return out
+    act[rows] = torch.where(mask.unsqueeze(-1), values.to(act.dtype), act[rows])
+    return act
 
 
 # --- backends -------------------------------------------------------------------------------
@@ -557,21 +557,26 @@ def _residual_reads_input(lm: LoadedModel, layer: int) -> bool:
     return layer in lm.adapter.deepstack_layers(lm.model) and layer + 1 < lm.num_layers
 
 
-def site_names(lm: LoadedModel, backend: str, component: str, layer: int) -> str:
-    """The hook name (TransformerLens) or module path + access (nnsight) of one site."""
-    if backend == "transformer_lens":
-        if component == "residual":
-            if _residual_reads_input(lm, layer):
-                return f"blocks.{layer + 1}.hook_in"
-            return f"blocks.{layer}.hook_out"
-        return f"blocks.{layer}.hook_{'attn' if component == 'attention' else 'mlp'}_out"
+def _module_site(lm: LoadedModel, component: str, layer: int) -> tuple[str, str]:
+    """(module path, "input" | "output" | "output[0]") of one site on the HF model."""
     if component == "residual":
         if _residual_reads_input(lm, layer):
-            return f"{lm.adapter.layer_path(layer + 1)}.input"
-        return f"{lm.adapter.layer_path(layer)}.output"
+            return lm.adapter.layer_path(layer + 1), "input"
+        return lm.adapter.layer_path(layer), "output"
     if component == "attention":
-        return f"{lm.adapter.attention_path(layer)}.output[0]"
-    return f"{lm.adapter.mlp_path(layer)}.output"
+        return lm.adapter.attention_path(layer), "output[0]"
+    return lm.adapter.mlp_path(layer), "output"
+
+
+def site_names(lm: LoadedModel, backend: str, component: str, layer: int) -> str:
+    """The hook name (TransformerLens) or module path + access (nnsight) of one site."""
+    if backend == "nnsight":
+        return ".".join(_module_site(lm, component, layer))
+    if component == "residual":
+        if _residual_reads_input(lm, layer):
+            return f"blocks.{layer + 1}.hook_in"
+        return f"blocks.{layer}.hook_out"
+    return f"blocks.{layer}.hook_{'attn' if component == 'attention' else 'mlp'}_out"
 
 
 @contextmanager
@@ -685,14 +690,11 @@ class _NnsightBackend:
         self.visual_paths = lm.adapter.visual_feature_paths(lm.model) if visual else []
 
     def _tensor(self, component: str, layer: int):
-        lm, wrapped = self.lm, self.wrapped
-        if component == "residual":
-            if _residual_reads_input(lm, layer):
-                return module_envoy(wrapped, lm.adapter.layer_path(layer + 1)).input
-            return module_envoy(wrapped, lm.adapter.layer_path(layer)).output
-        if component == "attention":
-            return module_envoy(wrapped, lm.adapter.attention_path(layer)).output[0]
-        return module_envoy(wrapped, lm.adapter.mlp_path(layer)).output
+        path, access = _module_site(self.lm, component, layer)
+        envoy = module_envoy(self.wrapped, path)
+        if access == "input":
+            return envoy.input
+        return envoy.output[0] if access == "output[0]" else envoy.output
 
     @staticmethod
     def _order(lm: LoadedModel, site: tuple[str, int]) -> tuple[int, int]:
@@ -716,8 +718,7 @@ class _NnsightBackend:
             for site in sites:
                 act = self._tensor(*site)
                 if site in run.patches:
-                    rows, mask, values = run.patches[site]
-                    act[rows] = torch.where(mask.unsqueeze(-1), values.to(act.dtype), act[rows])
+                    _restore(act, run.patches[site])
                 if site in run.read_sites:
                     saved[site] = act.clone().save()
             logits = wrapped.output.logits[:, -1].save()
@@ -760,7 +761,7 @@ def trace_causal(
     cases = _cases(lm, bench, items, config)
     backend = _backend(lm, config.backend, visual=config.corruption == "noise")
     sites = [(c, layer) for c in config.components for layer in layers]
-    n_jobs = sum(1 for case in cases for g in config.groups if case.groups[g].any()) * len(sites)
+    n_jobs = len(_jobs(cases, sites, config.groups))
     counters = {"forward_rows": 0, "forward_passes": 0, "rows_per_pass": []}
     setup = time.perf_counter() - started
     was_training = lm.model.training
@@ -777,13 +778,7 @@ def trace_causal(
                 chunk = cases[start : start + config.batch_size]
                 _clean_and_corrupt(lm, backend, chunk, sites, config, counters)
                 bar.update(2 * len(chunk))
-                jobs = [
-                    (case, site, group)
-                    for case in chunk
-                    for site in sites
-                    for group in config.groups
-                    if case.groups[group].any()
-                ]
+                jobs = _jobs(chunk, sites, config.groups)
                 for first in range(0, len(jobs), config.batch_size):
                     part = jobs[first : first + config.batch_size]
                     _patched(lm, backend, part, config, counters)
@@ -836,6 +831,17 @@ def trace_causal(
     return trace
 
 
+def _jobs(cases: Sequence[_Case], sites, groups) -> list[tuple[_Case, tuple[str, int], str]]:
+    """The patched runs: (case, site, group) for every group the case's prompt has."""
+    return [
+        (case, site, group)
+        for case in cases
+        for site in sites
+        for group in groups
+        if case.groups[group].any()
+    ]
+
+
 def _visual_rows(features: torch.Tensor, counts: Sequence[int], chunk) -> list[int]:
     """Rows of a visual site's output that belong to each case (dim 0 is per token or per
     image, depending on the architecture)."""
@@ -866,7 +872,7 @@ def _clean_and_corrupt(lm, backend, chunk, sites, config, counters) -> None:
         case.p_clean = p
         case.clean = {s: out.sites[s][r, offsets[r] :].clone() for s in sites}
         if config.corruption == "noise":
-            gen = torch.Generator().manual_seed(_seeded(config.seed, case.person.id))
+            gen = torch.Generator().manual_seed(_person_seed(config.seed, case.person.id))
             case.noise = []
             for feats in per_site:
                 f = feats[r]

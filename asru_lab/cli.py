@@ -284,8 +284,6 @@ def cmd_locate(args) -> int:
 
 
 def cmd_trace_causal(args) -> int:
-    from pathlib import Path
-
     from asru_lab import viz
     from asru_lab.causal import COMPONENTS, CausalTraceConfig, describe_comparison, trace_causal
     from asru_lab.locate import LocateConfig, locate
@@ -318,7 +316,7 @@ def cmd_trace_causal(args) -> int:
     trace = trace_causal(lm, bench, config, probe=probe)
     out = trace.save(args.out)
     if located is not None:
-        located.save(Path(out) / "probe")
+        located.save(out / "probe")
     heatmap = viz.causal_heatmap(trace)
     written = viz.save_figure(heatmap, out / "causal_heatmap", png=not args.no_png)
     for component in trace.components:
