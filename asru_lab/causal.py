@@ -50,6 +50,7 @@ from tqdm.auto import tqdm
 
 from asru_lab.artifacts import write_json_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
+from asru_lab.errors import AsruLabError
 from asru_lab.generation import build_prompt
 from asru_lab.models.loading import LoadedModel
 from asru_lab.trace import check_layers, module_envoy, nnsight_model
@@ -64,7 +65,7 @@ TRACE_FILE = "trace.json"
 PEAK_TIE = 1e-3  # recovered fractions this close to the maximum tie (see CausalTrace.peak)
 
 
-class CausalTraceError(ValueError):
+class CausalTraceError(AsruLabError, ValueError):
     """A causal trace was asked for something it cannot do; the message says what and why."""
 
 

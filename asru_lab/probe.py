@@ -34,6 +34,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from asru_lab.artifacts import atomic_dir, write_json_atomic
+from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
 from asru_lab.trace import capture, check_site, module_envoy
 
@@ -63,7 +64,7 @@ REQUIRED_FIELDS = (
 MODEL_FIELDS = ("name", "revision", "family", "hidden_size", "num_layers", "config_sha256")
 
 
-class ProbeError(ValueError):
+class ProbeError(AsruLabError, ValueError):
     """A probe file is damaged, incomplete, or does not fit the model it is used with."""
 
 

@@ -52,6 +52,7 @@ from tqdm.auto import tqdm
 
 from asru_lab.artifacts import atomic_dir, write_json_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, stratified_sample
+from asru_lab.errors import AsruLabError
 from asru_lab.finetune import Example, answer_labels, answer_tokens
 from asru_lab.generation import encode
 from asru_lab.models.loading import LoadedModel
@@ -72,7 +73,7 @@ RUN_ONLY_FIELDS = (
 )
 
 
-class RedirectError(ValueError):
+class RedirectError(AsruLabError, ValueError):
     """Stage 1.2 was asked for something it cannot do; the message says what and why."""
 
 

@@ -35,6 +35,7 @@ from asru_lab import viz
 from asru_lab.artifacts import write_json_atomic, write_text_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
 from asru_lab.directions import memorisation_direction
+from asru_lab.errors import AsruLabError
 from asru_lab.evaluate.harness import MAX_NEW_TOKENS
 from asru_lab.evaluate.judge import is_refusal
 from asru_lab.generation import generate_batch
@@ -50,7 +51,7 @@ DASHBOARD_FILE = "dashboard.html"
 BOUNDARY_MODES = ("nearest", "random")
 
 
-class ReinforceError(ValueError):
+class ReinforceError(AsruLabError, ValueError):
     """Stage 2 was configured in a way that cannot run; the message says what would."""
 
 

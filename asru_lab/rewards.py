@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from asru_lab.data.schema import Benchmark, contains_value
+from asru_lab.errors import AsruLabError
 from asru_lab.evaluate.judge import ClosedWorldJudge, degenerate_reason, is_refusal
 from asru_lab.evaluate.metrics import rouge_l
 
@@ -54,7 +55,7 @@ CONTEXTUAL_TABLE = {
 }
 
 
-class RewardError(ValueError):
+class RewardError(AsruLabError, ValueError):
     """A reward was asked for by a name that does not exist, or with bad inputs."""
 
 

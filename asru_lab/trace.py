@@ -31,6 +31,7 @@ from nnsight import NNsight
 from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem
+from asru_lab.errors import AsruLabError
 from asru_lab.generation import encode
 from asru_lab.models.adapters import AdapterError
 from asru_lab.models.loading import LoadedModel
@@ -39,7 +40,7 @@ SITES = ("output", "input")
 POSITIONS = ("last", "prompt", "answer")
 
 
-class TraceError(ValueError):
+class TraceError(AsruLabError, ValueError):
     """A capture was asked for something that does not exist (site, position, layer, data)."""
 
 

@@ -11,11 +11,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
 
 
-class UnlearnError(ValueError):
+class UnlearnError(AsruLabError, ValueError):
     """A method name, config or input an unlearning method cannot use."""
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from asru_lab.errors import AsruLabError
+
 # Splits a question item may belong to. `stranger` holds training-only refusal data.
 EVAL_SPLITS = ("forget", "retain", "test", "general", "unseen", "real")
 ITEM_SPLITS = (*EVAL_SPLITS, "stranger")
@@ -25,7 +27,7 @@ TASKS = ("qa", "mcq", "cloze")
 LETTERS = "ABCDEFGH"
 
 
-class BenchmarkError(ValueError):
+class BenchmarkError(AsruLabError, ValueError):
     """A dataset is malformed or inconsistent; the message names the file, line or field."""
 
 

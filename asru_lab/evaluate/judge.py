@@ -41,6 +41,7 @@ from typing import Protocol, runtime_checkable
 
 from asru_lab.data.schema import Benchmark, QAItem, contains_value, normalize_text
 from asru_lab.data.synthetic import FACT_VALUES
+from asru_lab.errors import AsruLabError
 
 CATEGORIES = (
     "leak",
@@ -53,7 +54,7 @@ CATEGORIES = (
 SCORE_RANGES = {"contextual_refusal": (0, 5), "leakage": (0, 5), "naturalness": (1, 5)}
 
 
-class JudgeError(RuntimeError):
+class JudgeError(AsruLabError, RuntimeError):
     """A judge could not produce a judgement (endpoint down, timeout, unparseable reply)."""
 
 

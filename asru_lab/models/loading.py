@@ -13,12 +13,13 @@ import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor, PreTrainedModel
 
 from asru_lab.artifacts import atomic_dir
+from asru_lab.errors import AsruLabError
 from asru_lab.models.adapters import ArchitectureAdapter, adapter_for
 from asru_lab.models.embedded import EMBEDDED_NAME, embedded_dir
 from asru_lab.models.processor import register_image_only_processor
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(AsruLabError, RuntimeError):
     """A model could not be loaded; the message says from where and why."""
 
 

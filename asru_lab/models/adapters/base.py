@@ -7,8 +7,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from asru_lab.errors import AsruLabError
 
-class AdapterError(ValueError):
+
+class AdapterError(AsruLabError, ValueError):
     """The model does not have the structure the adapter expects (or a layer is out of range)."""
 
 
