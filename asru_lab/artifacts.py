@@ -1,52 +1,287 @@
-"""Atomic writes: an artifact is either complete on disk or absent, never half-written."""
+"""Writing outputs: atomic, never destroying what asru_lab did not write.
+
+Every folder asru_lab writes holds a marker file (`MARKER`) that lists the entries asru_lab put
+there. That list is what makes a folder "asru_lab's own earlier output":
+
+- a new or empty folder, or one of asru_lab's own (marked, or holding only marked sub-folders),
+  is written without asking; asru_lab's earlier entries in it are replaced;
+- any other non-empty folder is refused unless `overwrite=True` (`--overwrite`); even then only
+  asru_lab's entries are written beside what is there, and an unrelated file that has the name of
+  one of them is never replaced (the new output is kept beside it and the error names both);
+- an existing *file* where a folder should go is always refused.
+
+What is written follows the user's umask (temporary files are private while they are written).
+"""
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from asru_lab.errors import AsruLabError
+
+MARKER = ".asru_lab_output.json"
+_SHOWN = 5  # unrelated entries named in an error
+
+
+class OutputError(AsruLabError, ValueError):
+    """An output location cannot be written without destroying something, or at all."""
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _follow_umask(path: Path, *, directory: bool) -> None:
+    """Give `path` the mode plain `mkdir`/`open` give (mkdtemp and mkstemp make it private)."""
+    path.chmod((0o777 if directory else 0o666) & ~_umask())
+
+
+def _read_marker(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        return None
+    return data
+
+
+def _listed(folder: Path) -> set[str]:
+    """The entries that the marker of `folder` lists (none without a marker)."""
+    marker = _read_marker(folder)
+    return {str(n) for n in marker["entries"]} if marker else set()
+
+
+def is_marked(folder: str | os.PathLike) -> bool:
+    """True when `folder` carries asru_lab's output marker."""
+    return _read_marker(Path(folder)) is not None
+
+
+def own_entries(folder: str | os.PathLike) -> set[str]:
+    """The names in `folder` that asru_lab wrote: those its marker lists and marked sub-folders."""
+    folder = Path(folder)
+    names = _listed(folder)
+    if folder.is_dir():
+        names |= {p.name for p in folder.iterdir() if p.is_dir() and is_marked(p)}
+    return names | {MARKER}
+
+
+def _unrelated(folder: Path) -> list[str]:
+    own = own_entries(folder)
+    return sorted(p.name for p in folder.iterdir() if p.name not in own)
+
+
+def _write_marker(folder: Path, entries: Iterable[str]) -> None:
+    from asru_lab import __version__
+
+    data = {
+        "written_by": "asru_lab",
+        "asru_lab_version": __version__,
+        "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "entries": sorted(set(entries) - {MARKER}),
+    }
+    _write_text(folder / MARKER, json.dumps(data, indent=2) + "\n")
+
+
+def _listing(names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOWN])
+    return shown + (f" and {len(names) - _SHOWN} more" if len(names) > _SHOWN else "")
+
+
+def check_output(target: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Raise `OutputError` unless asru_lab may write a folder at `target`; writes nothing.
+
+    Checks that `target` is not a file, that it (or the closest folder above it that exists) can
+    be written, and that an existing non-empty folder is asru_lab's own or `overwrite` is set.
+    Missing folders above `target` are created when the output is written. Returns the path.
+    """
+    target = Path(target).expanduser()
+    if target.exists() and not target.is_dir():
+        raise OutputError(
+            f"{target} is a file: asru_lab writes a folder there and never replaces a file; "
+            "choose another output path"
+        )
+    if target.is_dir():
+        if not os.access(target, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write to {target}: the folder is not writable")
+        unrelated = _unrelated(target)
+        if unrelated and not overwrite:
+            raise OutputError(
+                f"{target} already holds {len(unrelated)} item(s) that asru_lab did not write "
+                f"({_listing(unrelated)}); choose a new or empty "
+                "folder, or pass --overwrite (overwrite=True) to write beside them (they are kept)"
+            )
+        return target
+    _check_parent(target)
+    return target
+
+
+def _check_parent(target: Path) -> None:
+    above = target.absolute().parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise OutputError(f"cannot write {target}: {above} is a file, not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise OutputError(f"cannot write {target}: {above} is not writable")
+
+
+def check_output_file(
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    own: Callable[[Path], bool] | None = None,
+) -> Path:
+    """Raise `OutputError` unless asru_lab may write the file `path`; writes nothing.
+
+    An existing file is replaced only when `own(path)` recognises it as asru_lab's earlier
+    output of the same kind, or with `overwrite`. A folder at `path` is always refused.
+    """
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file path for this output")
+    if path.exists():
+        if not (overwrite or (own is not None and own(path))):
+            raise OutputError(
+                f"{path} exists and is not an earlier asru_lab output of this kind; choose "
+                "another path or pass --overwrite (overwrite=True) to replace it"
+            )
+        if not os.access(path.parent, os.W_OK | os.X_OK):
+            raise OutputError(f"cannot write {path}: {path.parent} is not writable")
+        return path
+    _check_parent(path)
+    return path
+
+
+def claim_output(target: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Check `target` (see `check_output`), create it and mark it as asru_lab's output folder.
+
+    For folders that a run fills piece by piece (checkpoints, logs, tables); the files written
+    into it with `write_text_atomic` are recorded as asru_lab's. Returns the path.
+    """
+    target = check_output(target, overwrite=overwrite)
+    target.mkdir(parents=True, exist_ok=True)
+    _write_marker(target, _listed(target))
+    _record(target.absolute().parent, [target.name])
+    return target
+
+
+def _record(folder: Path, names: Iterable[str]) -> None:
+    """Add `names` to the marker of `folder` if it is an asru_lab output folder."""
+    if is_marked(folder) and not set(names) <= _listed(folder):
+        _write_marker(folder, _listed(folder) | set(names))
+
 
 @contextmanager
-def atomic_dir(target: str | os.PathLike, *, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory beside `target`; on success it replaces `target`."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if target.exists() and not overwrite and any(target.iterdir()):
-        raise FileExistsError(f"{target} exists and is not empty (pass overwrite=True)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+def atomic_dir(
+    target: str | os.PathLike, *, overwrite: bool = False, keep: Iterable[str] = ()
+) -> Iterator[Path]:
+    """Yield a temporary folder beside `target`; on success its entries land in `target`.
+
+    A new `target` appears whole by one rename. Into an existing folder (see `check_output` for
+    which ones) each entry is swapped in; asru_lab's earlier entries that the new output lacks
+    are removed, except those named in `keep` (e.g. a training log folder). On an exception
+    nothing changes.
+    """
+    target = check_output(target, overwrite=overwrite)
+    target.absolute().parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.absolute().parent))
     try:
         yield tmp
-        if target.exists():
-            old = target.with_name(f".{target.name}.old-{os.getpid()}")
-            target.rename(old)
+        for path in [tmp, *tmp.rglob("*")]:  # some writers (safetensors) make private files
+            if not path.is_symlink():
+                _follow_umask(path, directory=path.is_dir())
+        entries = [p.name for p in tmp.iterdir() if p.name != MARKER]
+        if not target.exists():
+            _write_marker(tmp, entries)
             tmp.rename(target)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            tmp.rename(target)
+            _record(target.absolute().parent, [target.name])
+            return
+        _install(tmp, target, entries, set(keep))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
 
 
-def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
-    """Write `text` to `path` through a temp file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+def _install(tmp: Path, target: Path, entries: list[str], keep: set[str]) -> None:
+    own = own_entries(target)
+    clashes = sorted(n for n in entries if (target / n).exists() and n not in own)
+    if clashes:
+        kept = target.with_name(
+            f"{target.name}.new-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+        )
+        _write_marker(tmp, entries)
+        tmp.rename(kept)
+        raise OutputError(
+            f"{target} holds {_listing(clashes)}, which asru_lab did not write but would replace; "
+            f"nothing there was changed. The new output was saved to {kept}: move it into place "
+            "yourself, or write to another folder"
+        )
+    stale = sorted(n for n in _listed(target) - keep - set(entries) if (target / n).exists())
+    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    moved: list[str] = []  # entries of target moved to backup
+    placed: list[str] = []  # new entries now in target
+    try:
+        for name in entries:
+            if (target / name).exists() or (target / name).is_symlink():
+                (target / name).rename(backup / name)
+                moved.append(name)
+            (tmp / name).rename(target / name)
+            placed.append(name)
+        for name in stale:
+            (target / name).rename(backup / name)
+            moved.append(name)
+        _write_marker(target, (_listed(target) - set(stale)) | set(entries))
+    except BaseException:
+        for name in placed:
+            (target / name).rename(tmp / name)
+        for name in moved:
+            (backup / name).rename(target / name)
+        shutil.rmtree(backup, ignore_errors=True)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as fh:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
+        _follow_umask(Path(tmp), directory=False)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
+    """Write `text` to `path` through a temp file and a rename (missing folders are created).
+
+    In an asru_lab output folder the file is recorded as asru_lab's own.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(path, text)
+    _record(path.parent, [path.name])
     return path
 
 
 def write_json_atomic(path: str | os.PathLike, data) -> Path:
     return write_text_atomic(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+def record_output(path: str | os.PathLike) -> Path:
+    """Record a file or folder that another library wrote (e.g. a PNG) as asru_lab's own."""
+    path = Path(path)
+    _record(path.parent, [path.name])
+    return path
