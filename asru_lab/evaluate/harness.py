@@ -1,13 +1,17 @@
-"""`evaluate`: generate answers for every split and score them (MLLMU-Bench protocol).
+"""`evaluate`: generate answers for every split, then score them (MLLMU-Bench protocol).
 
 Per split: multiple-choice accuracy, fill-in-the-blank accuracy, ROUGE-L of generated
 answers, `leak_rate` (share of generation answers, image and text-only, that contain the
 fact's value: a leak on forget/test, plain recall elsewhere), `refusal_rate` (share judged a
 rigid or contextual refusal) and the judge's generation-quality block.
+
+All answers are generated before the judge runs, and saved first when an answers file is given,
+so a judge that is down or times out costs no generation: the rerun reuses the saved answers.
 """
 
 from __future__ import annotations
 
+import os
 import random
 import time
 from collections import defaultdict
@@ -16,11 +20,13 @@ from dataclasses import asdict, dataclass
 from tqdm.auto import tqdm
 
 from asru_lab.data.schema import EVAL_SPLITS, Benchmark, BenchmarkError, QAItem, contains_value
-from asru_lab.evaluate.judge import ClosedWorldJudge, Judge, summarize
+from asru_lab.evaluate.answers import AnswersError, load_answers, save_answers
+from asru_lab.evaluate.judge import ClosedWorldJudge, Judge, JudgeError, summarize
 from asru_lab.evaluate.metrics import cloze_correct, parse_mcq, rouge_l
 from asru_lab.evaluate.report import EvalReport
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel
+from asru_lab.validation import ConfigError, check_fields
 
 MAX_NEW_TOKENS = {"qa": 40, "mcq": 12, "cloze": 12}
 
@@ -34,6 +40,9 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 32
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, ConfigError, max_items=">= 1", batch_size=">= 1")
 
 
 def sample_items(bench: Benchmark, config: EvalConfig) -> dict[str, list[QAItem]]:
@@ -106,26 +115,52 @@ def evaluate(
     *,
     method: str = "vanilla",
     judge: Judge | None = None,
+    answers_path: str | os.PathLike | None = None,
+    reuse_answers: bool = False,
 ) -> EvalReport:
     """Evaluate `lm` on `bench`; returns an `EvalReport` (`.to_json()`, `.table()`).
 
-    The judge defaults to the closed-world judge built from the benchmark's own facts.
+    The judge defaults to the closed-world judge built from the benchmark's own facts. With
+    `answers_path`, the generated answers are written there (atomically) before judging; with
+    `reuse_answers=True` too, nothing is generated: the answers saved there are scored, after
+    checking they belong to this model, method, benchmark and item sample (AnswersError if
+    not). A failing judge raises JudgeError naming the saved answers file.
     """
+    if reuse_answers and answers_path is None:
+        raise AnswersError("reuse_answers=True needs answers_path: the file to score")
     config = config or EvalConfig()
     judge = judge or ClosedWorldJudge(bench)
     started = time.time()
     chosen = sample_items(bench, config)
+    if reuse_answers:
+        answers = load_answers(answers_path, lm, bench, chosen, method=method)
+    else:
+        was_training = lm.model.training
+        lm.model.eval()
+        try:
+            answers = {
+                split: answer_items(lm, bench, items, config, desc=f"evaluate {split}")
+                for split, items in chosen.items()
+            }
+        finally:
+            lm.model.train(was_training)
+        if answers_path is not None:
+            save_answers(answers_path, lm, bench, chosen, answers, method=method, config=config)
     report = EvalReport(model=lm.name, method=method)
-    counts = {}
-    was_training = lm.model.training
-    lm.model.eval()
     try:
         for split, items in chosen.items():
-            answers = answer_items(lm, bench, items, config, desc=f"evaluate {split}")
-            report.splits[split] = score_split(items, answers, judge)
-            counts[split] = {t: sum(i.task == t for i in items) for t in ("qa", "mcq", "cloze")}
-    finally:
-        lm.model.train(was_training)
+            report.splits[split] = score_split(items, answers[split], judge)
+    except JudgeError as exc:
+        if answers_path is None:
+            raise
+        raise JudgeError(
+            f"{exc}; the generated answers are saved in {answers_path}: score them without "
+            "generating with reuse_answers=True"
+        ) from exc
+    counts = {
+        split: {t: sum(i.task == t for i in items) for t in ("qa", "mcq", "cloze")}
+        for split, items in chosen.items()
+    }
     report.meta = {
         "benchmark": bench.name,
         "benchmark_fingerprint": bench.fingerprint(),

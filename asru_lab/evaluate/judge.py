@@ -29,11 +29,14 @@ Scores of the closed-world judge (the paper's three judge scores, computed by ru
 
 from __future__ import annotations
 
+import http.client
+import ipaddress
 import json
 import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -431,6 +434,51 @@ def parse_judgement(content: str) -> Judgement:
         raise JudgeError(f"judge reply is out of range ({exc}): {_shown(content)}") from None
 
 
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost`, 127.0.0.0/8 and ::1: hosts whose traffic never leaves the machine."""
+    host = host.lower().rstrip(".")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the default port made explicit."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
+
+
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """Raises JudgeError on every redirect, before a request (and its API key) goes anywhere.
+
+    Same-origin redirects are refused too: urllib would resend the POST as a GET without its
+    body, which no chat-completions endpoint answers.
+    """
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        fp.close()
+        suggestion = newurl.removesuffix("/chat/completions")
+        if _origin(newurl) != _origin(req.full_url):
+            raise JudgeError(
+                f"the judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; "
+                "asru_lab does not follow it, so the API key is not sent there. If that host is "
+                f"trusted, pass {suggestion} as --judge-url (base_url=)"
+            )
+        raise JudgeError(
+            f"the judge endpoint {req.full_url} redirected (HTTP {code}) to {newurl}; asru_lab "
+            "does not follow redirects (a redirected POST loses its body): pass "
+            f"{suggestion} as --judge-url (base_url=)"
+        )
+
+
 class OpenAIJudge:
     """Judges answers with a chat model behind an OpenAI-compatible `/chat/completions` endpoint.
 
@@ -438,6 +486,11 @@ class OpenAIJudge:
     Authorization header when neither is set, as local servers expect). Connection errors,
     timeouts, HTTP 429 and 5xx are retried `max_retries` times, `retry_wait` seconds apart
     (doubling); other failures and unparseable replies raise JudgeError at once.
+
+    The key goes only to the host of `base_url`: only http and https URLs are accepted, no
+    redirect is followed, and a key is not sent over plain http to a host other than loopback
+    unless `allow_insecure_http` is set. Each of these raises JudgeError (at construction for
+    the URL checks).
     """
 
     def __init__(
@@ -449,13 +502,32 @@ class OpenAIJudge:
         max_retries: int = 2,
         *,
         retry_wait: float = 1.0,
+        allow_insecure_http: bool = False,
     ) -> None:
+        parts = urllib.parse.urlsplit(base_url)
+        if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+            raise JudgeError(
+                f"judge URL {base_url!r} is not an http:// or https:// address; pass the "
+                "endpoint's base URL, e.g. https://api.openai.com/v1 or http://localhost:8000/v1"
+            )
+        if _origin(base_url)[2] is None:
+            raise JudgeError(f"judge URL {base_url!r} has an invalid port; pass a port in 1-65535")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model = model
         self.api_key = api_key if api_key is not None else os.environ.get("OPENAI_API_KEY")
+        insecure = parts.scheme.lower() == "http" and not is_loopback_host(parts.hostname)
+        if self.api_key and insecure and not allow_insecure_http:
+            source = "api_key=" if api_key is not None else "$OPENAI_API_KEY"
+            raise JudgeError(
+                f"refusing to send the API key (from {source}) over plain http to "
+                f"{parts.hostname} ({base_url}): anyone on the network path could read it. Use "
+                "https://, or on a network you trust pass --judge-allow-http "
+                "(allow_insecure_http=True); a server that needs no key: unset the key"
+            )
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_wait = retry_wait
+        self._opener = urllib.request.build_opener(_RefuseRedirects)
 
     def judge(self, items: Sequence[QAItem], answers: Sequence[str]) -> list[Judgement]:
         """One `Judgement` per (item, answer) pair, in order; JudgeError if the endpoint fails."""
@@ -489,14 +561,14 @@ class OpenAIJudge:
         for attempt in range(self.max_retries + 1):
             request = urllib.request.Request(self.url, data=body, headers=headers, method="POST")
             try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                with self._opener.open(request, timeout=self.timeout) as response:
                     raw = response.read().decode("utf-8", errors="replace")
                 break
             except urllib.error.HTTPError as exc:
                 detail = exc.read().decode("utf-8", errors="replace")
                 problem = f"HTTP {exc.code} from {self.url}: {_shown(detail)}"
                 retry = exc.code == 429 or exc.code >= 500
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
                 reason = getattr(exc, "reason", exc)
                 if isinstance(reason, TimeoutError):
                     problem = f"no reply from {self.url} within {self.timeout} s"
