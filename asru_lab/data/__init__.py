@@ -8,7 +8,7 @@ from pathlib import Path
 from asru_lab.data.mllmu import load_mllmu
 from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
 from asru_lab.data.synthetic import load_synthetic
-from asru_lab.data.user_format import export_benchmark, load_user_dataset
+from asru_lab.data.user_format import export_benchmark, fixed_split_error, load_user_dataset
 
 MLLMU_PREFIX = "mllmu:"
 
@@ -17,6 +17,7 @@ __all__ = [
     "BenchmarkError",
     "Person",
     "QAItem",
+    "benchmark_kind",
     "export_benchmark",
     "load_benchmark",
     "load_mllmu",
@@ -25,26 +26,52 @@ __all__ = [
 ]
 
 
-def load_benchmark(
-    source: str | os.PathLike | None = None, *, forget_ratio: float = 0.1, seed: int = 0
-) -> Benchmark:
-    """The benchmark named by `source`.
-
-    None or "synthetic": the embedded synthetic benchmark (`seed` chooses the forgotten
-    people); "mllmu:<dir>": a local MLLMU-Bench copy (`forget_ratio` 0.05 / 0.1 / 0.15); a
-    directory: a user dataset, whose profiles.jsonl decides the split (`forget_ratio` and
-    `seed` are ignored).
-    """
+def benchmark_kind(source: str | os.PathLike | None) -> str:
+    """Which loader `source` names: "synthetic", "mllmu" or "user" (a dataset directory)."""
     if source is None or source == "synthetic":
-        return load_synthetic(forget_ratio, split_seed=seed)
+        return "synthetic"
     text = os.fspath(source)
     if text.startswith(MLLMU_PREFIX):
-        return load_mllmu(text.removeprefix(MLLMU_PREFIX), forget_ratio=forget_ratio)
-    path = Path(text).expanduser()
-    if path.is_dir():
-        return load_user_dataset(path, forget_ratio=forget_ratio)
+        return "mllmu"
+    if Path(text).expanduser().is_dir():
+        return "user"
     raise BenchmarkError(
         f"unknown benchmark source {text!r}: give None or 'synthetic' (the embedded benchmark), "
         "'mllmu:<dir>' (MLLMU-Bench parquet) or an existing directory holding profiles.jsonl "
         "and qa.jsonl"
     )
+
+
+def load_benchmark(
+    source: str | os.PathLike | None = None,
+    *,
+    forget_ratio: float | None = None,
+    seed: int | None = None,
+) -> Benchmark:
+    """The benchmark named by `source`.
+
+    None or "synthetic": the embedded synthetic benchmark, `forget_ratio` of its people
+    forgotten (default 0.1), chosen by `seed` (default 0); "mllmu:<dir>": a local MLLMU-Bench
+    copy, `forget_ratio` 0.05 / 0.1 (default) / 0.15 picking its fixed forget_5/10/15 set
+    (`seed` is refused); a directory: a user dataset, whose profiles.jsonl decides the split
+    (`forget_ratio` and `seed` are refused).
+    """
+    kind = benchmark_kind(source)
+    # None leaves the loader's own default
+    ratio = {} if forget_ratio is None else {"forget_ratio": forget_ratio}
+    if kind == "synthetic":
+        return load_synthetic(**ratio, **({} if seed is None else {"split_seed": seed}))
+    text = os.fspath(source)
+    if kind == "mllmu":
+        if seed is not None:
+            raise BenchmarkError(
+                f"seed={seed!r} only applies to the synthetic benchmark: MLLMU-Bench's forget sets "
+                "are fixed (forget_5/10/15, chosen with forget_ratio 0.05/0.1/0.15); leave seed "
+                "out (CLI: drop --seed)"
+            )
+        return load_mllmu(text.removeprefix(MLLMU_PREFIX), **ratio)
+    root = Path(text).expanduser()
+    given = {k: v for k, v in (("forget_ratio", forget_ratio), ("seed", seed)) if v is not None}
+    if given:
+        raise fixed_split_error(root, given)
+    return load_user_dataset(root)

@@ -17,6 +17,7 @@ import os
 import re
 from collections.abc import Callable
 from pathlib import Path
+from types import NoneType
 from typing import Any
 
 import pyarrow as pa
@@ -24,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
-from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
+from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem
 from asru_lab.data.synthetic import CLOZE_PREFIX, mcq_prompt
 
 # forget_ratio -> (forget config, retain config), as released.
@@ -41,6 +42,20 @@ ATTRIBUTE = "profile"
 # Real celebrities get their own id namespace: their IDs may repeat the fictitious ones.
 REAL_PREFIX = "real-"
 BLANK_PATTERN = re.compile(r"_{2,}")
+MCQ_GROUPS = ("Image_Textual_Questions", "Pure_Text_Questions")
+IMAGE = "an image {bytes, path} or its bytes"
+OPTIONS = "an object letter -> option text, or a list of option texts"
+TEXT, OPTIONAL_TEXT = (str, "a string"), ((str, NoneType), "a string or null")
+# The fields of one task entry: (accepted types, what to say is expected).
+ENTRY_FIELDS = {
+    "Classification_Task": {
+        "Question": TEXT,
+        "Options": ((dict, list), OPTIONS),
+        "Correct_Answer": TEXT,
+    },
+    "Generation_Task": {"Question": TEXT, "Ground_Truth": TEXT, "Type": OPTIONAL_TEXT},
+    "Mask_Task": {"Question": TEXT, "Ground_Truth": TEXT, "Type": OPTIONAL_TEXT},
+}
 
 
 def load_mllmu(directory: str | os.PathLike, *, forget_ratio: float = 0.1) -> Benchmark:
@@ -139,10 +154,11 @@ def read_config(
         except (pa.ArrowException, OSError) as exc:
             raise BenchmarkError(f"{file} is not a readable parquet file ({exc})") from exc
         check_columns(table.column_names, file, image_column)
+        check_column_data(table, file)
         if keep_ids is not None:
             ids = pc.cast(table.column("ID"), pa.string())
             table = table.filter(pc.is_in(ids, value_set=pa.array(sorted(keep_ids), pa.string())))
-        rows += table.to_pylist()
+        rows += [checked_row(row, file) for row in table.to_pylist()]
     return rows
 
 
@@ -160,6 +176,79 @@ def check_columns(columns: list[str], file: Path, image_column: str) -> None:
             f"{file}: column {image_column!r} is missing (found {sorted(present)}); each row "
             "needs its person's image"
         )
+
+
+def check_column_data(table: pa.Table, file: Path) -> None:
+    """Raise naming the column if `ID` is not strings or integers, or a column's data is
+    invalid (text that is not UTF-8, say)."""
+    id_type = table.schema.field("ID").type
+    kind = pa.types
+    if not (kind.is_string(id_type) or kind.is_large_string(id_type) or kind.is_integer(id_type)):
+        raise BenchmarkError(
+            f"{file}: column 'ID' holds {id_type}, expected strings or integers; is this an "
+            "MLLMU-Bench parquet file?"
+        )
+    for name in table.column_names:
+        try:
+            table.column(name).validate(full=True)
+        except pa.ArrowInvalid as exc:
+            raise BenchmarkError(
+                f"{file}: column {name!r} holds invalid data ({exc}); re-download the file"
+            ) from exc
+
+
+def checked_row(row: dict[str, Any], file: Path) -> dict[str, Any]:
+    """`row` with JSON-text task columns decoded, once every value has the type MLLMU-Bench
+    uses; else a BenchmarkError naming the file, the column, the row's ID and the type found."""
+
+    def need(value: Any, kinds: type | tuple, column: str, expected: str, at: str = "") -> None:
+        if not isinstance(value, kinds):
+            shown = repr(value) if len(repr(value)) <= 60 else repr(value)[:57] + "..."
+            found = "null" if value is None else f"{type(value).__name__} {shown}"
+            where = f"column {column!r}" + (f" at {at}" if at else "")
+            raise BenchmarkError(
+                f"{file}: {where} of ID {row['ID']!r} holds {found}, expected {expected}; is "
+                "this an MLLMU-Bench parquet file?"
+            )
+
+    need(row["ID"], (str, int), "ID", "a string or an integer")
+    for column in ("question", "answer", "name", "Name"):
+        need(row.get(column), (str, NoneType), column, "a string or null")
+    images = row.get("images")
+    need(images, (list, NoneType), "images", f"a list of {IMAGE}s")
+    for column, entries in (("image", [row.get("image")]), ("images", images or [])):
+        for k, entry in enumerate(entries):
+            data = entry.get("bytes") if isinstance(entry, dict) else entry
+            need(data, (bytes, NoneType), column, IMAGE, f"[{k}]" if column == "images" else "")
+    row = dict(row)
+    for column in TASK_COLUMNS:
+        if isinstance(row.get(column), str):  # some mirrors store the task lists as JSON text
+            try:
+                row[column] = json.loads(row[column])
+            except json.JSONDecodeError as exc:
+                raise BenchmarkError(
+                    f"{file}: column {column!r} of ID {row['ID']!r} is text but not valid JSON "
+                    f"({exc.msg} at character {exc.pos})"
+                ) from exc
+        value = row.get(column)
+        if column == "Classification_Task":
+            need(value, (dict, NoneType), column, "an object holding question lists")
+            groups = {g: (value or {}).get(g) for g in MCQ_GROUPS}
+        else:
+            groups = {"": value}
+        for group, entries in groups.items():
+            need(entries, (list, NoneType), column, "a list of questions", group)
+            for k, entry in enumerate(entries or []):
+                at = f"{group}[{k}]"
+                need(entry, dict, column, "an object", at)
+                for key, (kinds, expected) in ENTRY_FIELDS[column].items():
+                    need(entry.get(key), kinds, column, expected, f"{at}.{key}")
+                if column == "Classification_Task":
+                    options = entry["Options"]
+                    texts = options.values() if isinstance(options, dict) else options
+                    for text in texts:
+                        need(text, (str, NoneType), column, OPTIONS, f"{at}.Options")
+    return row
 
 
 def row_person(row: dict[str, Any], split: str) -> Person:
@@ -210,16 +299,8 @@ def bytes_loader(blobs: dict[str, bytes]) -> Callable[[str], Image.Image]:
 
 
 def task_list(row: dict[str, Any], column: str) -> Any:
-    """A task column's value; JSON-string encodings (as some mirrors use) are decoded."""
-    value = row.get(column)
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError as exc:
-            raise BenchmarkError(
-                f"column {column!r} of ID {row['ID']!r} is not valid JSON"
-            ) from exc
-    return value or ([] if column != "Classification_Task" else {})
+    """A task column's value of a `checked_row` ([] or {} if null)."""
+    return row.get(column) or ([] if column != "Classification_Task" else {})
 
 
 def uses_image(entry: dict[str, Any], where: str) -> bool:
@@ -260,7 +341,7 @@ def row_items(
             )
         )
     classification = task_list(row, "Classification_Task")
-    for group, with_image in (("Image_Textual_Questions", True), ("Pure_Text_Questions", False)):
+    for group, with_image in zip(MCQ_GROUPS, (True, False), strict=True):
         for entry in classification.get(group) or []:
             options, correct = mcq_options(entry, f"{where} {group}")
             question = str(entry["Question"])
@@ -304,12 +385,17 @@ def ground_truth(entry: dict[str, Any], where: str) -> str:
 
 
 def mcq_options(entry: dict[str, Any], where: str) -> tuple[tuple[str, ...], int]:
-    """(option texts in letter order, index of `Correct_Answer`) of a Classification entry."""
-    raw = entry.get("Options")
-    if not entry.get("Question") or not isinstance(raw, dict):
-        raise BenchmarkError(f"{where}: an entry lacks 'Question' or 'Options' {{A..D}}: {entry!r}")
+    """(option texts in letter order, index of `Correct_Answer`) of a Classification entry
+    (`Options`: letter -> text, or a list of texts for A, B, ...)."""
+    raw = entry["Options"]
+    if isinstance(raw, list):
+        if len(raw) > len(LETTERS):
+            raise BenchmarkError(f"{where}: {len(raw)} options, at most {len(LETTERS)} allowed")
+        raw = dict(zip(LETTERS, raw, strict=False))
+    if not entry["Question"]:
+        raise BenchmarkError(f"{where}: an entry has an empty 'Question': {entry!r}")
     letters = sorted(k for k, v in raw.items() if v is not None)
-    options = tuple(str(raw[k]) for k in letters)
+    options = tuple(raw[k] for k in letters)
     answer = str(entry.get("Correct_Answer") or "").strip()
     if answer[:1].upper() in letters and (len(answer) == 1 or not answer[1:2].isalnum()):
         return options, letters.index(answer[:1].upper())

@@ -29,6 +29,7 @@ from asru_lab.data.portraits import (
     render_portrait,
 )
 from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem
+from asru_lab.validation import check_fields
 
 N_VIEWS = 8
 TRAIN_VIEWS = 6
@@ -330,6 +331,17 @@ class SyntheticConfig:
     # teaches the model that refusing depends on not recognising the face.
     min_trait_distance: int = 4
     stranger_distance: int = 3
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            BenchmarkError,
+            n_known=">= 1",
+            n_strangers=">= 0",
+            n_unseen=">= 0",
+            min_trait_distance=">= 0",
+            stranger_distance=">= 0",
+        )
 
 
 @dataclass(frozen=True)

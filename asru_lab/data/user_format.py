@@ -10,12 +10,11 @@ derivation would not reproduce it.
 
 from __future__ import annotations
 
+import codecs
 import json
 import math
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 from PIL import Image
 from tqdm.auto import tqdm
 
+from asru_lab.artifacts import atomic_dir
 from asru_lab.data.schema import (
     ITEM_SPLITS,
     LETTERS,
@@ -52,27 +52,14 @@ def export_benchmark(
 ) -> Path:
     """Write `bench` as a user dataset directory and return its path.
 
-    The directory is built next to `out_dir` and renamed into place, so a failed export never
-    leaves a half-written dataset. An existing non-empty `out_dir` is refused unless
-    `overwrite=True`. Every referenced image is saved as PNG under `images/`.
+    The directory is built next to `out_dir` and moved into place, so a failed export never
+    leaves a half-written dataset. An earlier export there is replaced; a folder holding other
+    files is refused unless `overwrite=True`, and even then only the dataset's files are
+    written (`artifacts.atomic_dir`). Every referenced image is saved as PNG under `images/`.
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BenchmarkError(f"cannot export to {out_dir}: it is a file, not a directory")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise BenchmarkError(
-            f"{out_dir} already exists and is not empty; choose another directory or pass "
-            "overwrite=True to replace it"
-        )
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        tmp.chmod(0o755)  # mkdtemp makes it private; the dataset is meant to be shared
+    with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         write_dataset(bench, tmp)
-        replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -152,31 +139,16 @@ def item_row(item: QAItem, person: Person | None, image_paths: dict[str, str]) -
     return row
 
 
-def replace_dir(new: Path, target: Path) -> None:
-    """Move directory `new` to `target`, replacing an existing `target` only once `new` is ready."""
-    if not target.exists():
-        new.rename(target)
-        return
-    backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-    backup.rmdir()
-    target.rename(backup)
-    try:
-        new.rename(target)
-    except BaseException:
-        backup.rename(target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
-
-
 # --- load ------------------------------------------------------------------------------------
 def load_user_dataset(path: str | os.PathLike, *, forget_ratio: float | None = None) -> Benchmark:
     """Read a user dataset directory into a validated Benchmark (images opened lazily).
 
-    `forget_ratio` is accepted for a uniform `load_benchmark` signature and ignored: the
-    `split` column of the user's `profiles.jsonl` decides who is forgotten.
+    The `split` field of `profiles.jsonl` decides who is forgotten: a `forget_ratio` other
+    than None is refused (the parameter remains so that older calls get that explanation).
     """
-    del forget_ratio  # the profiles decide the split
     root = Path(path).expanduser()
+    if forget_ratio is not None:
+        raise fixed_split_error(root, {"forget_ratio": forget_ratio})
     if not root.is_dir():
         raise BenchmarkError(
             f"dataset directory not found: {root}; give a directory holding {PROFILES} and {QA} "
@@ -217,10 +189,24 @@ def load_user_dataset(path: str | os.PathLike, *, forget_ratio: float | None = N
     return bench
 
 
+def fixed_split_error(root: Path, given: dict[str, Any]) -> BenchmarkError:
+    """The error for split options (`given`: name -> value) passed with a user dataset."""
+    options = " and ".join(f"{k}={v!r}" for k, v in given.items())
+    verb, them = ("applies", "it") if len(given) == 1 else ("apply", "them")
+    return BenchmarkError(
+        f"{options} only {verb} to the synthetic benchmark: {root} is a user dataset, whose "
+        f"{PROFILES} decides who is forgotten (each person's 'split'); leave {them} out (CLI: "
+        "drop --forget-ratio / --seed) or change the splits in the file"
+    )
+
+
 def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Yield (1-based line number, object) for each non-blank line of a JSONL file."""
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
+    """Yield (1-based line number, object) for each non-blank line of a UTF-8 JSONL file."""
+    offset = 0  # of the line's first byte in the file
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            line = decode_utf8(raw, f"{path.name} line {number}", offset, bom=number == 1)
+            offset += len(raw)
             if not line.strip():
                 continue
             try:
@@ -235,6 +221,21 @@ def read_jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                     f"{path.name} line {number}: expected a JSON object, got {type(row).__name__}"
                 )
             yield number, row
+
+
+def decode_utf8(raw: bytes, where: str, offset: int = 0, *, bom: bool = False) -> str:
+    """`raw` as UTF-8 text (a leading byte-order mark dropped if `bom`); else a BenchmarkError
+    naming `where`, the column and the file byte offset (`offset`: that of `raw[0]`)."""
+    start = len(codecs.BOM_UTF8) if bom and raw.startswith(codecs.BOM_UTF8) else 0
+    try:
+        return raw[start:].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        bad = start + exc.start
+        column = len(raw[start:bad].decode("utf-8")) + 1
+        raise BenchmarkError(
+            f"{where}, column {column} (byte {offset + bad} of the file): not valid UTF-8 "
+            f"(byte 0x{raw[bad]:02x}); save the file as UTF-8"
+        ) from exc
 
 
 def require(row: dict[str, Any], field: str, where: str, kind: type | tuple = str) -> Any:
@@ -465,7 +466,7 @@ def read_meta(root: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
+        meta = json.loads(decode_utf8(path.read_bytes(), f"{META} in {root}", bom=True))
     except json.JSONDecodeError as exc:
         raise BenchmarkError(
             f"{META} in {root} is not valid JSON (line {exc.lineno}: {exc.msg}); fix or delete it"

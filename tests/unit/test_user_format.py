@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from asru_lab.artifacts import OutputError
 from asru_lab.data import (
     Benchmark,
     BenchmarkError,
@@ -50,6 +51,7 @@ def read_lines(path: Path) -> list[dict]:
 # --- export and round trip -------------------------------------------------------------------
 def test_export_writes_the_documented_fields(exported: Path, small_bench: Benchmark) -> None:
     assert {p.name for p in exported.iterdir()} == {
+        ".asru_lab_output.json",  # the marker: an asru_lab output folder (artifacts.py)
         "profiles.jsonl",
         "qa.jsonl",
         "images",
@@ -96,7 +98,8 @@ def test_round_trip_gives_the_same_benchmark(exported: Path, small_bench: Benchm
 
 def test_load_benchmark_dispatches_on_source(exported: Path) -> None:
     assert load_benchmark(str(exported)).fingerprint() == load_user_dataset(exported).fingerprint()
-    assert load_benchmark(exported, forget_ratio=0.3).split("forget")  # ratio ignored
+    with pytest.raises(BenchmarkError, match="forget_ratio=0.3 only applies to the synthetic"):
+        load_benchmark(exported, forget_ratio=0.3)  # the profiles decide the split
     assert load_benchmark().name == "synthetic"
     assert load_benchmark("synthetic", forget_ratio=0.2, seed=1).meta["forget_ratio"] == 0.2
     with pytest.raises(BenchmarkError, match="unknown benchmark source 'nowhere/at/all'"):
@@ -108,12 +111,16 @@ def test_export_refuses_a_non_empty_directory(small_bench: Benchmark, tmp_path: 
     target = tmp_path / "out"
     target.mkdir()
     (target / "notes.txt").write_text("keep me")
-    with pytest.raises(BenchmarkError, match="not empty.*overwrite=True"):
+    with pytest.raises(OutputError, match=r"did not write \(notes\.txt\).*overwrite=True"):
         export_benchmark(bench, target)
-    assert (target / "notes.txt").read_text() == "keep me"
+    assert [p.name for p in target.iterdir()] == ["notes.txt"]
     export_benchmark(bench, target, overwrite=True)
-    assert not (target / "notes.txt").exists()
+    assert (target / "notes.txt").read_text() == "keep me"  # written beside, never over
     assert load_user_dataset(target).items == bench.items
+    smaller = bench.subset(bench.split("forget")[:1] + bench.split("retain")[:1])
+    export_benchmark(smaller, target, overwrite=True)  # again: replaces its own export only
+    assert (target / "notes.txt").read_text() == "keep me"
+    assert load_user_dataset(target).items == smaller.items
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]  # no temporary folders left
 
 
