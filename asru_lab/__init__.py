@@ -34,12 +34,14 @@ from asru_lab.probe import ProbeError, SteeringProbe, load_probe
 from asru_lab.redirect import RedirectConfig, RedirectError, redirect, save_redirected
 from asru_lab.reinforce import ReinforceConfig, ReinforceError, reinforce, save_reinforced
 from asru_lab.reproduce import ReproduceConfig, load_results, reproduce
+from asru_lab.validation import ConfigError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Benchmark",
     "BenchmarkError",
+    "ConfigError",
     "EvalConfig",
     "EvalReport",
     "LoadedModel",

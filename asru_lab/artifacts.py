@@ -70,6 +70,9 @@ def own_entries(folder: str | os.PathLike) -> set[str]:
     """The names in `folder` that asru_lab wrote: those its marker lists and marked sub-folders."""
     folder = Path(folder)
     names = _listed(folder)
+    marker = _read_marker(folder)
+    if marker is not None and marker.get("whole_folder") is True and folder.is_dir():
+        names |= {p.name for p in folder.iterdir()}
     if folder.is_dir():
         names |= {p.name for p in folder.iterdir() if p.is_dir() and is_marked(p)}
     return names | {MARKER}
@@ -80,14 +83,19 @@ def _unrelated(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in own)
 
 
-def _write_marker(folder: Path, entries: Iterable[str]) -> None:
+def _write_marker(folder: Path, entries: Iterable[str], *, whole: bool | None = None) -> None:
+    """Write the marker of `folder`; `whole`: everything in it is asru_lab's (a training run's
+    working folder), None keeps what the marker said."""
     from asru_lab import __version__
 
+    if whole is None:
+        whole = bool((_read_marker(folder) or {}).get("whole_folder"))
     data = {
         "written_by": "asru_lab",
         "asru_lab_version": __version__,
         "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "entries": sorted(set(entries) - {MARKER}),
+        "whole_folder": whole,
     }
     _write_text(folder / MARKER, json.dumps(data, indent=2) + "\n")
 
@@ -162,17 +170,35 @@ def check_output_file(
     return path
 
 
-def claim_output(target: str | os.PathLike, *, overwrite: bool = False) -> Path:
+def claim_output(
+    target: str | os.PathLike, *, overwrite: bool = False, whole: bool = False
+) -> Path:
     """Check `target` (see `check_output`), create it and mark it as asru_lab's output folder.
 
-    For folders that a run fills piece by piece (checkpoints, logs, tables); the files written
-    into it with `write_text_atomic` are recorded as asru_lab's. Returns the path.
+    For folders that a run fills piece by piece (tables, results); the files written into it
+    with `write_text_atomic` are recorded as asru_lab's. `whole`: every entry that later
+    appears in it is asru_lab's (a training run's checkpoints and logs, written by TRL).
+    Returns the path.
     """
     target = check_output(target, overwrite=overwrite)
-    target.mkdir(parents=True, exist_ok=True)
-    _write_marker(target, _listed(target))
+    _make_folder(target)
+    _write_marker(target, _listed(target), whole=whole or None)
     _record(target.absolute().parent, [target.name])
     return target
+
+
+def _make_folder(folder: Path) -> None:
+    """`mkdir -p folder`; folders it creates inside an asru_lab output folder are marked as
+    asru_lab's too (so a rerun recognises a cache or results sub-folder as its own)."""
+    missing, above = [], folder.absolute()
+    while not above.exists():
+        missing.append(above)
+        above = above.parent
+    folder.mkdir(parents=True, exist_ok=True)
+    if missing and is_marked(above):
+        for created in reversed(missing):
+            _write_marker(created, [])
+            _record(created.parent, [created.name])
 
 
 def _record(folder: Path, names: Iterable[str]) -> None:
@@ -193,7 +219,7 @@ def atomic_dir(
     nothing changes.
     """
     target = check_output(target, overwrite=overwrite)
-    target.absolute().parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(target.absolute().parent)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.absolute().parent))
     try:
         yield tmp
@@ -270,7 +296,7 @@ def write_text_atomic(path: str | os.PathLike, text: str) -> Path:
     In an asru_lab output folder the file is recorded as asru_lab's own.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    _make_folder(path.parent)
     _write_text(path, text)
     _record(path.parent, [path.name])
     return path

@@ -48,12 +48,13 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from asru_lab.artifacts import write_json_atomic
+from asru_lab.artifacts import claim_output, write_json_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
 from asru_lab.errors import AsruLabError
 from asru_lab.generation import build_prompt
 from asru_lab.models.loading import LoadedModel
 from asru_lab.trace import check_layers, module_envoy, nnsight_model
+from asru_lab.validation import check_fields
 
 COMPONENTS = ("residual", "attention", "mlp")
 GROUPS = ("image", "question", "template", "last_prompt", "answer_prefix", "last")
@@ -91,6 +92,14 @@ class CausalTraceConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(
+            self,
+            CausalTraceError,
+            max_people=">= 1",
+            noise_scale="> 0",
+            min_drop="[0, 1]",
+            batch_size=">= 1",
+        )
         for name, value, allowed in (
             ("corruption", self.corruption, CORRUPTIONS),
             ("backend", self.backend, BACKENDS),
@@ -108,13 +117,6 @@ class CausalTraceConfig:
                 )
         if self.people is not None and not self.people:
             raise CausalTraceError("people is empty: give person ids, or None for the split")
-        if self.noise_scale <= 0 or self.batch_size < 1:
-            raise CausalTraceError(
-                f"noise_scale must be > 0 and batch_size >= 1 "
-                f"(got {self.noise_scale}, {self.batch_size})"
-            )
-        if self.max_people is not None and self.max_people < 1:
-            raise CausalTraceError(f"max_people must be >= 1, got {self.max_people}")
 
 
 # --- results --------------------------------------------------------------------------------
@@ -275,9 +277,10 @@ class CausalTrace:
         data["summary"] = self.summary()
         return data
 
-    def save(self, out_dir: str | Path) -> Path:
-        """Write `out_dir/trace.json` atomically (other files in `out_dir` are kept)."""
-        out = Path(out_dir)
+    def save(self, out_dir: str | Path, *, overwrite: bool = False) -> Path:
+        """Write `out_dir/trace.json` atomically (other files in `out_dir` are kept; a folder
+        that is not asru_lab's output needs `overwrite`, see `artifacts.check_output`)."""
+        out = claim_output(out_dir, overwrite=overwrite)
         write_json_atomic(out / TRACE_FILE, self.to_json())
         return out
 

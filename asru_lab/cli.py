@@ -6,6 +6,9 @@ import argparse
 import json
 import sys
 import time
+from pathlib import Path
+
+from asru_lab.errors import AsruLabError
 
 METHOD_NAMES = (  # asru_lab.baselines.METHODS, without importing torch to print --help
     "ga",
@@ -37,8 +40,15 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str | None = None) -> N
     p.add_argument(
         "--data", default=None, help="dataset dir, 'mllmu:<dir>' (default: embedded benchmark)"
     )
-    p.add_argument("--forget-ratio", type=float, default=0.1, help="0.05, 0.1 (default) or 0.15")
-    p.add_argument("--seed", type=int, default=0, help="chooses the forgotten people (synthetic)")
+    p.add_argument(
+        "--forget-ratio",
+        type=float,
+        default=None,
+        help="synthetic or MLLMU-Bench: 0.05, 0.1 (default) or 0.15",
+    )
+    p.add_argument(
+        "--seed", type=int, default=None, help="seeds the run; synthetic: the forgotten people (0)"
+    )
     if out_help:
         p.add_argument("--out", required=True, help=out_help)
 
@@ -64,6 +74,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--full", action="store_true", help="evaluate every item")
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for the judge")
     p.add_argument("--judge-model", default=None, help="model name at --judge-url")
+    p.add_argument(
+        "--judge-allow-http",
+        action="store_true",
+        help="send the API key over plain http to a non-loopback --judge-url (trusted network)",
+    )
+    p.add_argument(
+        "--answers",
+        default=None,
+        metavar="FILE",
+        help="score the answers saved in FILE (OUT.answers.json) without generating",
+    )
     p.add_argument("--probe", default=None, help="steering probe dir: evaluate with it applied")
     p.add_argument("--alpha", type=float, default=None, help="override the probe's strength")
     p.add_argument("--no-gate", action="store_true", help="steer every prompt (ignore the gate)")
@@ -179,7 +200,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
     _add_common(p, out_help="output directory")
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
 
     p = sub.add_parser("build-embedded", help="train the embedded tiny Qwen3-VL from scratch")
     p.add_argument("--out", default=None, help="output dir (default: the package's embedded/)")
@@ -191,14 +211,89 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="default 5 (DESIGN §1)")
     p.add_argument("--lr", type=float, default=None, help="default 5e-4")
     p.add_argument("--no-merge", action="store_true", help="keep LoRA weights unmerged")
+
+    for name, command in sub.choices.items():
+        if name in OUTPUT_FILE_COMMANDS:
+            what = "replace an existing --out file that is not an earlier asru_lab result"
+        else:
+            what = "write into an --out folder that holds other files (they are kept)"
+        command.add_argument("--overwrite", action="store_true", help=what)
+        command.add_argument("--debug", action="store_true", help="show tracebacks of errors")
     return parser
+
+
+OUTPUT_FILE_COMMANDS = ("evaluate",)  # --out is a file; every other command writes a folder
+
+
+class UsageError(AsruLabError):
+    """Command-line options that do not go together."""
+
+
+def check_out(args) -> None:
+    """Refuse an unusable --out before any model is loaded (`artifacts.check_output`)."""
+    from asru_lab.artifacts import check_output, check_output_file
+    from asru_lab.evaluate.report import is_report_file
+
+    out = getattr(args, "out", None)
+    if args.command == "build-embedded" and out is None:
+        from asru_lab.models.embedded import embedded_dir
+
+        out = embedded_dir()
+    if out is None:
+        return
+    if args.command == "evaluate":
+        from asru_lab.evaluate.answers import is_answers_file
+
+        check_output_file(out, overwrite=args.overwrite, own=is_report_file)
+        if not args.answers:
+            check_output_file(answers_path(args), overwrite=args.overwrite, own=is_answers_file)
+    else:
+        check_output(out, overwrite=args.overwrite)
+
+
+def answers_path(args) -> Path:
+    """Where `evaluate` saves the generated answers: --answers, or beside --out."""
+    if args.answers:
+        return Path(args.answers)
+    out = Path(args.out)
+    return out.with_name(out.name.removesuffix(".json") + ".answers.json")
+
+
+def seed(args) -> int:
+    """The run's seed: --seed, or 0."""
+    return 0 if args.seed is None else args.seed
+
+
+def _benchmark(args):
+    """--data with --forget-ratio / --seed where they choose the forgotten people."""
+    import asru_lab as al
+    from asru_lab.data import MLLMU_PREFIX
+
+    source = args.data
+    if source is None or source == "synthetic":
+        return al.load_benchmark(source, forget_ratio=args.forget_ratio, seed=args.seed)
+    if str(source).startswith(MLLMU_PREFIX):
+        # MLLMU-Bench's forget sets are fixed folders: --seed only seeds the run
+        return al.load_benchmark(source, forget_ratio=args.forget_ratio)
+    if args.forget_ratio is not None:
+        raise UsageError(
+            f"--forget-ratio only applies to the synthetic benchmark and MLLMU-Bench; the "
+            f"'split' column of {source}/profiles.jsonl decides who is forgotten"
+        )
+    if args.seed is not None:
+        print(
+            f"note: --seed does not choose the forgotten people of {source} (its profiles.jsonl "
+            "does); it seeds this run only",
+            file=sys.stderr,
+        )
+    return al.load_benchmark(source)
 
 
 def _load(args):
     import asru_lab as al
 
+    bench = _benchmark(args)
     lm = al.load_model(args.model)
-    bench = al.load_benchmark(args.data, forget_ratio=args.forget_ratio, seed=args.seed)
     return lm, bench
 
 
@@ -220,7 +315,7 @@ def cmd_demo(args) -> int:
         )
     )
     config = replace(demo_config(args.max_items, progress=not args.quiet), cache=not args.no_cache)
-    result = run_demo(args.out, config)
+    result = run_demo(args.out, config, overwrite=args.overwrite)
     print(demo_report(result))
     print(f"\nFigures: {args.out}/figures.html; tables: {args.out}/main_table.csv, summary.md")
     print(f"Done in {time.time() - started:.0f} s.")
@@ -228,27 +323,43 @@ def cmd_demo(args) -> int:
 
 
 def cmd_evaluate(args) -> int:
-    import asru_lab as al
-    from asru_lab.evaluate.judge import OpenAIJudge
 
-    lm, bench = _load(args)
+    import asru_lab as al
+    from asru_lab.evaluate.judge import JudgeError, OpenAIJudge
+
     judge = None
     if args.judge_url:
         if not args.judge_model:
-            raise SystemExit("--judge-url needs --judge-model")
-        judge = OpenAIJudge(args.judge_url, args.judge_model)
+            raise UsageError("--judge-url needs --judge-model")
+        judge = OpenAIJudge(
+            args.judge_url, args.judge_model, allow_insecure_http=args.judge_allow_http
+        )
+    lm, bench = _load(args)
     config = al.EvalConfig(
         splits=tuple(args.splits) if args.splits else None,
         max_items=None if args.full else args.max_items,
     )
-    if args.probe:
-        from asru_lab.probe import SteeringProbe
+    answers = answers_path(args)
+    scoring = {"judge": judge, "answers_path": answers, "reuse_answers": bool(args.answers)}
+    try:
+        if args.probe:
+            from asru_lab.probe import SteeringProbe
 
-        probe = SteeringProbe.load(args.probe)
-        gated = False if args.no_gate else None
-        with probe.apply(lm, alpha=args.alpha, gated=gated):
-            method = "steer_only" if args.method == "vanilla" else args.method
-            report = al.evaluate(lm, bench, config, method=method, judge=judge)
+            probe = SteeringProbe.load(args.probe)
+            gated = False if args.no_gate else None
+            with probe.apply(lm, alpha=args.alpha, gated=gated):
+                method = "steer_only" if args.method == "vanilla" else args.method
+                report = al.evaluate(lm, bench, config, method=method, **scoring)
+        else:
+            report = al.evaluate(lm, bench, config, method=args.method, **scoring)
+    except JudgeError as exc:
+        # evaluate() names the library call to reuse the answers; say the command-line flag
+        problem = exc.__cause__ if isinstance(exc.__cause__, JudgeError) else exc
+        raise JudgeError(
+            f"{problem}; the generated answers are saved in {answers}: once the judge works, "
+            f"rerun this command with --answers {answers} to score them without generating"
+        ) from exc
+    if args.probe:
         report.meta["probe"] = {
             "path": str(args.probe),
             "layer": probe.layer,
@@ -256,11 +367,10 @@ def cmd_evaluate(args) -> int:
             "positions": probe.positions,
             "gated": probe.gate is not None and probe.gated and not args.no_gate,
         }
-    else:
-        report = al.evaluate(lm, bench, config, method=args.method, judge=judge)
     report.to_json(args.out)
     print(report.table())
-    print(f"\nwrote {args.out} ({report.meta['seconds']} s)")
+    saved = "scored the answers in" if args.answers else "answers in"
+    print(f"\nwrote {args.out} ({report.meta['seconds']} s; {saved} {answers})")
     return 0
 
 
@@ -269,13 +379,13 @@ def cmd_locate(args) -> int:
     from asru_lab.locate import LocateConfig, LocateResult, locate
 
     lm, bench = _load(args)
-    config = LocateConfig(site=args.site, seed=args.seed, progress=not args.quiet)
+    config = LocateConfig(site=args.site, seed=seed(args), progress=not args.quiet)
     if args.layers:
         config.layers = tuple(args.layers)
     if args.strengths:
         config.strengths = tuple(args.strengths)
     probe = locate(lm, bench, config)
-    out = probe.save(args.out)
+    out = probe.save(args.out, overwrite=args.overwrite)
     viz.write_locate_page(probe.evidence, out / "locate.html", lm.name)
     print("\n".join(LocateResult(**probe.evidence).table().splitlines()[:6]))  # header + 5 best
     print(f"recommended: {probe}")
@@ -301,7 +411,7 @@ def cmd_trace_causal(args) -> int:
         components=tuple(args.components) if args.components else COMPONENTS,
         backend=args.backend,
         batch_size=args.batch_size,
-        seed=args.seed,
+        seed=seed(args),
         progress=not args.quiet,
     )
     lm, bench = _load(args)
@@ -312,9 +422,9 @@ def cmd_trace_causal(args) -> int:
         probe = None
     else:
         print("no --probe: running locate (the stage 1.1 sweep) to compare with")
-        probe = located = locate(lm, bench, LocateConfig(seed=args.seed, progress=not args.quiet))
+        probe = located = locate(lm, bench, LocateConfig(seed=seed(args), progress=not args.quiet))
     trace = trace_causal(lm, bench, config, probe=probe)
-    out = trace.save(args.out)
+    out = trace.save(args.out, overwrite=args.overwrite)
     if located is not None:
         located.save(out / "probe")
     heatmap = viz.causal_heatmap(trace)
@@ -339,8 +449,6 @@ def cmd_trace_causal(args) -> int:
 
 
 def cmd_redirect(args) -> int:
-    from pathlib import Path
-
     from asru_lab.probe import SteeringProbe
     from asru_lab.redirect import RedirectConfig, redirect, save_redirected
 
@@ -364,7 +472,7 @@ def cmd_redirect(args) -> int:
     }
     options = {k: v for k, v in options.items() if v is not None}
     options.update(
-        seed=args.seed,
+        seed=seed(args),
         resume=args.resume,
         early_exit=not args.no_early_exit,
         progress=not args.quiet,
@@ -372,7 +480,7 @@ def cmd_redirect(args) -> int:
     )
     config = RedirectConfig.paper(**options) if args.paper else RedirectConfig(**options)
     model, record = redirect(lm, probe, bench, config)
-    save_redirected(model, record, out)
+    save_redirected(model, record, out, overwrite=args.overwrite)
     objective = record["objective"]
     print(
         f"{record['solver']}: objective {objective['initial']:.4g} -> {objective['final']:.4g} "
@@ -384,8 +492,6 @@ def cmd_redirect(args) -> int:
 
 
 def cmd_reinforce(args) -> int:
-    from pathlib import Path
-
     from asru_lab.probe import SteeringProbe
     from asru_lab.reinforce import TRAINING_DIR, ReinforceConfig, reinforce, save_reinforced
 
@@ -408,12 +514,12 @@ def cmd_reinforce(args) -> int:
         "save_steps": args.save_steps,
     }
     options = {k: v for k, v in options.items() if v is not None}
-    options.update(seed=args.seed, resume=args.resume, progress=not args.quiet)
+    options.update(seed=seed(args), resume=args.resume, progress=not args.quiet)
     config = ReinforceConfig.paper(**options) if args.paper else ReinforceConfig(**options)
     model, record = reinforce(lm, bench, config, output_dir=out / TRAINING_DIR, probe=probe)
     if not record["main_process"]:  # `accelerate launch`: the main process saves
         return 0
-    save_reinforced(model, record, out)
+    save_reinforced(model, record, out, overwrite=args.overwrite)
     last = next((r for r in reversed(record["log_history"]) if "reward" in r), {})
     reward = last.get("reward")
     print(
@@ -432,10 +538,10 @@ def cmd_run(args) -> int:
     config = PipelineConfig(resume=args.resume)
     config.evaluate = al.EvalConfig(max_items=args.max_items, progress=not args.quiet)
     for stage in (config.locate, config.redirect, config.reinforce):
-        stage.seed, stage.progress = args.seed, not args.quiet
+        stage.seed, stage.progress = seed(args), not args.quiet
     if args.steps is not None:
         config.reinforce.max_steps = args.steps
-    results = run_pipeline(lm, bench, args.out, config)
+    results = run_pipeline(lm, bench, args.out, config, overwrite=args.overwrite)
     print(comparison_table(results))
     print(f"wrote {args.out}/: probe/, stage1/, final/, results/{{vanilla,stage1,final}}.json")
     return 0
@@ -444,7 +550,7 @@ def cmd_run(args) -> int:
 def cmd_export(args) -> int:
     import asru_lab as al
 
-    bench = al.load_benchmark(args.data, forget_ratio=args.forget_ratio, seed=args.seed)
+    bench = _benchmark(args)
     out = al.export_benchmark(bench, args.out, overwrite=args.overwrite)
     print(f"wrote {len(bench.people)} profiles and {len(bench.items)} questions to {out}")
     return 0
@@ -458,7 +564,7 @@ def cmd_build(args) -> int:
         cfg.steps = args.steps
     if args.seed is not None:
         cfg.seed = args.seed
-    lm = build_embedded(args.out, cfg)
+    lm = build_embedded(args.out, cfg, overwrite=args.overwrite)
     print(json.dumps(lm.info["build"]["progress"][-1]))
     return 0
 
@@ -473,7 +579,7 @@ def cmd_finetune(args) -> int:
     if args.lr is not None:
         cfg.lr = args.lr
     tuned, record = finetune(lm, bench, cfg)
-    save_finetuned(tuned, record, args.out)
+    save_finetuned(tuned, record, args.out, overwrite=args.overwrite)
     print(f"wrote {args.out}")
     return 0
 
@@ -488,7 +594,7 @@ def cmd_unlearn(args) -> int:
     method = get_method(args.method)
     lm, bench = _load(args)
     make = method.paper_config if args.paper and method.paper_config else method.default_config
-    config = _seeded(make(), args.seed, not args.quiet)
+    config = _seeded(make(), seed(args), not args.quiet)
     options = {
         "lr": args.lr,
         "epochs": args.epochs,
@@ -498,13 +604,13 @@ def cmd_unlearn(args) -> int:
     options = {k: v for k, v in options.items() if v is not None}
     if options:
         if not isinstance(config, UnlearnConfig):
-            raise SystemExit(
+            raise UsageError(
                 f"--lr/--epochs/--lora-r apply to the gradient baselines, not {args.method}"
             )
         config = replace(config, **options)
     probe = SteeringProbe.load(args.probe) if args.probe else None
     result = unlearn(lm, bench, args.method, config, probe=probe)
-    out = save_unlearned(result, args.out)
+    out = save_unlearned(result, args.out, overwrite=args.overwrite)
     probe_hint = f" --probe {out}/probe" if result.probe is not None else ""
     print(f"{args.method}: done in {result.record['wall_seconds']:.0f} s; wrote {out}")
     print(f"next: asru-lab evaluate --model {out}{probe_hint} --method {args.method} --out R.json")
@@ -529,14 +635,14 @@ def cmd_reproduce(args) -> int:
         configs=configs,
         cache_dir=args.cache_dir,
         forget_ratios=tuple(args.forget_ratios or FORGET_RATIOS),
-        seed=args.seed,
+        seed=seed(args),
         evaluate=al.EvalConfig(max_items=args.max_items),
         paper=args.paper,
         cache=not args.no_cache,
         figures=not args.no_figures,
         progress=not args.quiet,
     )
-    result = reproduce(args.out, config, model=args.model, data=args.data)
+    result = reproduce(args.out, config, model=args.model, data=args.data, overwrite=args.overwrite)
     print(result.summary())
     cached = sum(c["cached"] for c in result.manifest["cells"])
     print(
@@ -564,35 +670,36 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Errors a person can fix print one line and exit 2; tracebacks only
+    with --debug. Any other exception is a bug: one line naming it, exit 1."""
     args = build_parser().parse_args(argv)
-    from asru_lab.baselines import UnlearnError
-    from asru_lab.causal import CausalTraceError
-    from asru_lab.data.schema import BenchmarkError
-    from asru_lab.models.adapters import AdapterError
-    from asru_lab.models.loading import ModelLoadError
-    from asru_lab.probe import ProbeError
-    from asru_lab.redirect import RedirectError
-    from asru_lab.reinforce import ReinforceError
-    from asru_lab.rewards import RewardError
-    from asru_lab.trace import TraceError
-
     try:
+        check_out(args)
         return COMMANDS[args.command](args)
-    except (
-        BenchmarkError,
-        ModelLoadError,
-        AdapterError,
-        ProbeError,
-        TraceError,
-        RedirectError,
-        ReinforceError,
-        RewardError,
-        UnlearnError,
-        CausalTraceError,
-        FileExistsError,
-    ) as exc:
-        print(f"asru-lab {args.command}: error: {exc}", file=sys.stderr)
+    except (AsruLabError, OSError) as exc:
+        if args.debug:
+            raise
+        print(f"asru-lab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(f"asru-lab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(
+            f"asru-lab {args.command}: internal error ({type(exc).__name__}: {_one_line(exc)}); "
+            "this is a bug in asru_lab: rerun with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 if __name__ == "__main__":

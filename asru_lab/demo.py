@@ -52,9 +52,11 @@ def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
     )
 
 
-def run_demo(out_dir: str | Path, config: ReproduceConfig | None = None) -> ReproduceResult:
+def run_demo(
+    out_dir: str | Path, config: ReproduceConfig | None = None, *, overwrite: bool = False
+) -> ReproduceResult:
     """Run the demo into `out_dir` (tables, figures, manifest, cache as `reproduce` writes)."""
-    return reproduce(out_dir, config or demo_config())
+    return reproduce(out_dir, config or demo_config(), overwrite=overwrite)
 
 
 LABELS = {

@@ -127,7 +127,10 @@ def threshold_at_fpr(p_pos: torch.Tensor, p_neg: torch.Tensor, max_fpr: float) -
     candidates = torch.unique(torch.cat([p_pos, p_neg]).double())
     fpr = (p_neg.double().view(1, -1) >= candidates.view(-1, 1)).double().mean(1)
     allowed = candidates[fpr <= max_fpr]
-    return float(allowed.min()) if len(allowed) else float(candidates.max()) + 1e-6
+    if len(allowed):
+        return float(allowed.min())
+    # fire on none (a probability of exactly 1 aside: a threshold must stay in [0, 1])
+    return min(float(candidates.max()) + 1e-6, 1.0)
 
 
 def fit_gate(

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -19,14 +19,20 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
 from tqdm.auto import tqdm
 
-from asru_lab.artifacts import atomic_dir, write_json_atomic
+from asru_lab.artifacts import atomic_dir
 from asru_lab.data.schema import ITEM_SPLITS, TASKS, Benchmark, BenchmarkError, QAItem
+from asru_lab.errors import AsruLabError
 from asru_lab.generation import build_prompt, encode
 from asru_lab.models.loading import LoadedModel
+from asru_lab.validation import check_fields, nonfinite_tensor
 
 FINETUNE_FILE = "finetune.json"
 ADAPTER_DIR = "lora_adapter"
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding)
+
+
+class FinetuneError(AsruLabError, ValueError):
+    """Stage 0 was configured in a way that cannot run, or its training diverged."""
 
 
 @dataclass
@@ -45,6 +51,19 @@ class FinetuneConfig:
     tasks: tuple[str, ...] = ("qa", "mcq", "cloze")  # item tasks to learn
     max_grad_norm: float = 1.0  # gradient clipping norm over the trainable parameters
     progress: bool = True  # show a tqdm bar with the running loss
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            FinetuneError,
+            r=">= 1",
+            alpha="> 0",
+            dropout="[0, 1)",
+            lr="> 0",
+            epochs=">= 1",
+            batch_size=">= 1",
+            max_grad_norm="> 0",
+        )
 
 
 @dataclass(frozen=True)
@@ -163,16 +182,12 @@ def finetune(
     `lm.model.save_pretrained(dir)` writes the adapter only (reattach it with
     `peft.PeftModel.from_pretrained(base.model, dir)`).
     """
-    config = config or FinetuneConfig()
+    # a copy runs __post_init__ again: fields set after construction are checked too
+    config = replace(config) if config is not None else FinetuneConfig()
     if isinstance(lm.model, PeftModel):
         raise ValueError(
             "this model already carries a LoRA adapter; merge it first "
             "(lm.model = lm.model.merge_and_unload()) or fine-tune from the merged model"
-        )
-    if config.epochs < 1 or config.batch_size < 1:
-        raise ValueError(
-            f"epochs and batch_size must be at least 1, got epochs={config.epochs}, "
-            f"batch_size={config.batch_size}"
         )
     examples = training_examples(bench, config)
     tails, merged_boundaries = answer_tokens(lm, examples)
@@ -229,6 +244,11 @@ def finetune(
                     )
                     labels = answer_labels(batch, [tails[k] for k in chunk])
                     loss = model(**batch, labels=labels).loss
+                    if not torch.isfinite(loss):
+                        raise FinetuneError(
+                            f"the loss became {float(loss)} at step {len(losses) + 1} of {total}; "
+                            f"nothing was saved: lower FinetuneConfig.lr (now {config.lr:g})"
+                        )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
                     torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
@@ -239,6 +259,12 @@ def finetune(
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
         finally:
             bar.close()
+    bad = nonfinite_tensor((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    if bad:
+        raise FinetuneError(
+            f"training left NaN or infinite weights in {bad}; nothing was returned or saved: "
+            f"lower FinetuneConfig.lr (now {config.lr:g})"
+        )
     model.eval()
     if config.merge:
         out.model = model.merge_and_unload()
@@ -276,21 +302,22 @@ def finetune(
     return out, record
 
 
-def save_finetuned(lm: LoadedModel, record: dict, out_dir: str | Path) -> Path:
+def save_finetuned(
+    lm: LoadedModel, record: dict, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
     """Save a fine-tuned model where `load_model(out_dir)` reads it, with `finetune.json`.
 
     A model with an unmerged adapter (`merge=False`) is saved merged (a copy; `lm` keeps its
-    adapter) and its adapter alone is written to `out_dir/lora_adapter/`.
-    Returns `out_dir`.
+    adapter) and its adapter alone is written to `out_dir/lora_adapter/` (`overwrite`: see
+    `LoadedModel.save`). Returns `out_dir`.
     """
     out_dir = Path(out_dir)
     if isinstance(lm.model, PeftModel):
         merged = lm.clone()
         merged.model = merged.model.merge_and_unload()
-        merged.save(out_dir)
+        merged.save(out_dir, records={FINETUNE_FILE: record}, overwrite=overwrite)
         with atomic_dir(out_dir / ADAPTER_DIR) as tmp:
             lm.model.save_pretrained(tmp)
     else:
-        lm.save(out_dir)
-    write_json_atomic(out_dir / FINETUNE_FILE, record)
+        lm.save(out_dir, records={FINETUNE_FILE: record}, overwrite=overwrite)
     return out_dir

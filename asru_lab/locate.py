@@ -22,7 +22,7 @@ import random
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -49,6 +49,7 @@ from asru_lab.generation import as_image, encode, generate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import STEER_POSITIONS, MemorisationGate, SteeringProbe
 from asru_lab.trace import capture, check_layers, check_position, check_site, deepstack_relation
+from asru_lab.validation import ConfigError, check_fields
 
 
 @dataclass
@@ -78,19 +79,32 @@ class LocateConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(
+            self,
+            ConfigError,
+            n_candidates=">= 1",
+            strengths="> 0",
+            max_examples=">= 1",
+            retain_examples=">= 1",
+            gate_tokens=">= 1",
+            gate_max_fpr="[0, 1]",
+            holdout="(0, 1)",
+            sweep_forget=">= 1",
+            sweep_retain=">= 1",
+            max_new_tokens=">= 1",
+            max_retain_drop="[0, 1]",
+            batch_size=">= 1",
+        )
         check_site(self.site)
         for p in self.heatmap_positions:
             check_position(p)
         for p in self.positions:
             if p not in STEER_POSITIONS:
-                raise ValueError(f"unknown steering position {p!r}; expected {STEER_POSITIONS}")
+                raise ConfigError(f"unknown steering position {p!r}; expected {STEER_POSITIONS}")
         if not self.strengths:
-            raise ValueError("strengths must hold at least one value")
-        if self.gate_tokens < 1:
-            raise ValueError(f"gate_tokens must be >= 1, got {self.gate_tokens}")
-        if not 0 < self.holdout < 1:
-            raise ValueError(f"holdout must be in (0, 1), got {self.holdout}")
-        if self.sweep_retain * self.max_retain_drop < 1:
+            raise ConfigError("strengths must hold at least one value")
+        # with no drop allowed, accepting no retain change is what was asked
+        if 0 < self.max_retain_drop and self.sweep_retain * self.max_retain_drop < 1:
             warnings.warn(
                 f"sweep_retain={self.sweep_retain} with max_retain_drop={self.max_retain_drop}: "
                 "a single retain miss already exceeds the allowed drop, so the sweep will only "
@@ -309,7 +323,8 @@ def locate(
     The probe's `evidence` holds the full `LocateResult` as JSON (saved as `sweep.json`);
     `LocateResult(**probe.evidence)` rebuilds it.
     """
-    config = config or LocateConfig()
+    # a copy runs __post_init__ again: fields set after construction are checked too
+    config = replace(config) if config is not None else LocateConfig()
     judge = judge or ClosedWorldJudge(bench)
     started = time.time()
     all_layers = check_layers(lm, None)

@@ -18,6 +18,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from asru_lab.artifacts import claim_output
 from asru_lab.data.schema import Benchmark
 from asru_lab.evaluate.harness import EvalConfig, evaluate
 from asru_lab.locate import LocateConfig, locate
@@ -25,6 +26,7 @@ from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 from asru_lab.redirect import RedirectConfig, redirect, save_redirected
 from asru_lab.reinforce import TRAINING_DIR, ReinforceConfig, reinforce, save_reinforced
+from asru_lab.validation import check_fields
 
 STAGES = ("vanilla", "stage1", "final")
 METHODS = {"vanilla": "vanilla", "stage1": "asru_stage1", "final": "asru"}
@@ -42,6 +44,9 @@ class PipelineConfig:
     evaluate: EvalConfig = field(default_factory=EvalConfig)
     resume: bool = False  # reuse complete stage outputs found in out_dir
 
+    def __post_init__(self) -> None:
+        check_fields(self)  # the stages' configs check their own fields
+
 
 def _evaluated(lm: LoadedModel, bench: Benchmark, config: PipelineConfig, stage: str, out: Path):
     path = out / "results" / f"{stage}.json"
@@ -57,12 +62,15 @@ def run_pipeline(
     bench: Benchmark,
     out_dir: str | Path,
     config: PipelineConfig | None = None,
+    *,
+    overwrite: bool = False,
 ) -> dict[str, dict]:
     """Run every stage on `lm` and `bench` into `out_dir` (layout in the module docstring);
-    returns the three evaluation results by stage name."""
+    returns the three evaluation results by stage name. An `out_dir` holding files asru_lab
+    did not write needs `overwrite` (they are kept; see `artifacts.check_output`)."""
     config = config or PipelineConfig()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_output(out_dir, overwrite=overwrite)
+    claim_output(out / "results")
     results = {"vanilla": _evaluated(lm, bench, config, "vanilla", out)}
 
     probe_dir = out / "probe"

@@ -37,6 +37,7 @@ from asru_lab.artifacts import atomic_dir, write_json_atomic
 from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
 from asru_lab.trace import capture, check_site, module_envoy
+from asru_lab.validation import check_fields, check_value
 
 FORMAT = "asru_lab.steering_probe"
 FORMAT_VERSION = 1
@@ -83,6 +84,7 @@ class MemorisationGate:
     method: str = "logistic regression, forget (1) vs retain (0), last prompt tokens"
 
     def __post_init__(self) -> None:
+        check_fields(self, ProbeError, threshold="[0, 1]")
         if self.weight.ndim == 1:
             self.weight = self.weight.unsqueeze(0)
         self.weight = self.weight.detach().to(torch.float32).cpu().contiguous()
@@ -133,6 +135,7 @@ class SteeringProbe:
     layer_directions: torch.Tensor | None = None  # float32 [num_layers, hidden], every layer's v
 
     def __post_init__(self) -> None:
+        check_fields(self, ProbeError, layer=">= 0")
         if not self.version:
             from asru_lab import __version__
 
@@ -188,14 +191,16 @@ class SteeringProbe:
         }
 
     # --- persistence --------------------------------------------------------------------------
-    def save(self, out_dir: str | os.PathLike) -> Path:
-        """Write the probe directory atomically (replacing an existing one); returns its path."""
+    def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the probe directory atomically; returns its path. An earlier probe (or other
+        asru_lab output) there is replaced; a folder holding other files needs `overwrite`,
+        and even then only asru_lab's files are written (`artifacts.atomic_dir`)."""
         tensors = {"direction": self.direction}
         if self.gate is not None:
             tensors["gate.weight"] = self.gate.weight.detach().to(torch.float32).cpu().contiguous()
         if self.layer_directions is not None:
             tensors["layer_directions"] = self.layer_directions.contiguous()
-        with atomic_dir(out_dir) as tmp:
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
             save_file(tensors, str(tmp / "probe.safetensors"), metadata={"format": FORMAT})
             write_json_atomic(tmp / "probe.json", self.metadata())
             if self.evidence is not None:
@@ -258,16 +263,17 @@ class SteeringProbe:
                 f"{tensor_path}: layer_directions has shape "
                 f"{list(tensors['layer_directions'].shape)}, expected [{n_layers}, {hidden}]"
             )
-        gate = None
-        if meta["gate"] is not None:
-            if "gate.weight" not in tensors:
-                raise ProbeError(f"{tensor_path} lacks tensor 'gate.weight' for the gate")
-            g = meta["gate"]
-            gate = MemorisationGate(tensors["gate.weight"], g["bias"], g["threshold"], g["method"])
+        if meta["gate"] is not None and "gate.weight" not in tensors:
+            raise ProbeError(f"{tensor_path} lacks tensor 'gate.weight' for the gate")
         evidence = None
         if (path / "sweep.json").is_file():
             evidence = json.loads((path / "sweep.json").read_text())
         try:
+            gate = None
+            if meta["gate"] is not None:
+                g = meta["gate"]
+                weight = tensors["gate.weight"]
+                gate = MemorisationGate(weight, g["bias"], g["threshold"], g["method"])
             return cls(
                 direction=tensors["direction"],
                 layer=meta["layer"],
@@ -335,6 +341,13 @@ class SteeringProbe:
         )
 
     # --- steering -----------------------------------------------------------------------------
+    def _strength(self, alpha: float | None = None) -> float:
+        """The steering strength to use: `alpha` (checked finite), or the probe's own."""
+        if alpha is None:
+            return self.alpha
+        check_value(alpha, float, "alpha", ProbeError)
+        return float(alpha)
+
     def steer(
         self,
         hidden: torch.Tensor,
@@ -384,7 +397,7 @@ class SteeringProbe:
         the end of that whole sequence.)
         """
         self.validate(lm)
-        alpha = self.alpha if alpha is None else float(alpha)
+        alpha = self._strength(alpha)
         positions = check_steer_positions(positions or self.positions)
         use_gate = (self.gated if gated is None else gated) and self.gate is not None
         if gated and self.gate is None:
@@ -439,7 +452,7 @@ class SteeringProbe:
         `with wrapped.trace(...)` block, then read any module after the probe's layer.
         """
         self.validate(lm)
-        alpha = self.alpha if alpha is None else float(alpha)
+        alpha = self._strength(alpha)
         positions = check_steer_positions(positions or self.positions)
         use_gate = (self.gated if gated is None else gated) and self.gate is not None
         envoy = module_envoy(wrapped, lm.adapter.layer_path(self.layer))
@@ -505,7 +518,7 @@ class SteeringProbe:
         writer = gguf.GGUFWriter(str(tmp), "controlvector")
         writer.add_string("controlvector.model_hint", self.model.get("family", ""))
         writer.add_uint32("controlvector.layer_count", 1)
-        scale = self.alpha if alpha is None else float(alpha)
+        scale = self._strength(alpha)
         writer.add_tensor(f"direction.{n}", (scale * self.direction).numpy())
         writer.write_header_to_file()
         writer.write_kv_data_to_file()

@@ -39,24 +39,26 @@ import random
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from asru_lab.artifacts import atomic_dir, write_json_atomic
+from asru_lab.artifacts import atomic_dir, claim_output, is_marked, write_json_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, stratified_sample
 from asru_lab.errors import AsruLabError
 from asru_lab.finetune import Example, answer_labels, answer_tokens
 from asru_lab.generation import encode
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import ProbeError, SteeringProbe
+from asru_lab.validation import check_fields, check_value, nonfinite_entry, nonfinite_tensor
 
 REDIRECT_FILE = "redirect.json"
 CHECKPOINT_PREFIX = "step-"
@@ -118,6 +120,26 @@ class RedirectConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(
+            self,
+            RedirectError,
+            lam=">= 0",
+            alpha=">= 0",
+            preserve_weight=">= 0",
+            ridge=">= 0",
+            singular_ridge="> 0",
+            lr="> 0",
+            batch_size=">= 1",
+            epochs=">= 1",
+            weight_decay=">= 0",
+            lora_r=">= 0",
+            lora_alpha="> 0",
+            max_forget=">= 1",
+            max_retain=">= 1",
+            checkpoint_every=">= 1",
+            keep_checkpoints=">= 1",
+            capture_batch_size=">= 1",
+        )
         if self.solver not in SOLVERS:
             raise RedirectError(f"unknown solver {self.solver!r}; expected one of {SOLVERS}")
         if self.positions not in LOSS_POSITIONS:
@@ -129,14 +151,6 @@ class RedirectConfig:
         self.modules = tuple(self.modules)
         if self.forget_people is not None:
             self.forget_people = tuple(self.forget_people)
-        for name in ("alpha", "preserve_weight", "ridge", "singular_ridge", "weight_decay"):
-            if getattr(self, name) < 0:
-                raise RedirectError(f"{name} must be >= 0, got {getattr(self, name)}")
-        for name in ("batch_size", "epochs", "checkpoint_every", "keep_checkpoints"):
-            if getattr(self, name) < 1:
-                raise RedirectError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.lora_r < 0:
-            raise RedirectError(f"lora_r must be >= 0, got {self.lora_r}")
 
     @classmethod
     def paper(cls, **overrides) -> RedirectConfig:
@@ -520,7 +534,8 @@ def _closed_form(
     mu = f.total / f.count
     w, solve_info = _solve(A, mu, config)
     v = probe.direction.to(device=lm.device, dtype=acc)
-    scale = config.lam**2 * float(v @ v) / lm.hidden_size
+    # lam * lam overflows to inf (refused after the solve) where lam**2 would raise
+    scale = config.lam * config.lam * float(v @ v) / lm.hidden_size
     terms = {
         "forget": scale * float(w @ f.mean_gram() @ w - 2 * w @ mu + 1),
         "retain": scale * float(w @ r.mean_gram() @ w) if r.count else 0.0,
@@ -573,7 +588,9 @@ def _signature(
 
 
 def _checkpoints(directory: Path) -> list[Path]:
+    """The checkpoint folders (`step-<digits>`) in `directory`, oldest first."""
     found = [p for p in directory.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
+    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
     return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
 
 
@@ -591,6 +608,8 @@ def _save_checkpoint(
     for index, slots in opt["state"].items():
         for key, value in slots.items():
             tensors[f"optimizer.{names[index]}.{key}"] = torch.as_tensor(value).cpu().contiguous()
+    if not is_marked(directory):
+        claim_output(directory, whole=True)
     with atomic_dir(directory / f"{CHECKPOINT_PREFIX}{step:07d}") as tmp:
         save_file(tensors, str(tmp / "trainable.safetensors"))
         write_json_atomic(
@@ -601,11 +620,54 @@ def _save_checkpoint(
         shutil.rmtree(old, ignore_errors=True)
 
 
+class _DamagedCheckpoint(Exception):
+    """A checkpoint that cannot be read back; the message says which part and why."""
+
+
+def _read_checkpoint(path: Path, params: dict[str, nn.Parameter]) -> tuple[dict, dict]:
+    """(state.json, tensors) of checkpoint `path`, every tensor `params` needs present and of
+    the right shape; else `_DamagedCheckpoint`. Reads only: nothing is loaded into the run."""
+    try:
+        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise _DamagedCheckpoint("state.json is missing") from exc
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _DamagedCheckpoint(f"state.json does not parse ({exc})") from exc
+    fields = ("step", "params", "param_groups", "signature", "losses")
+    if not isinstance(state, dict) or not all(k in state for k in fields):
+        raise _DamagedCheckpoint(f"state.json lacks some of {', '.join(fields)}")
+    check_value(state["step"], int, "state.json: step", _DamagedCheckpoint, ">= 1")
+    check_value(
+        state["losses"], dict[str, tuple[float, ...]], "state.json: losses", _DamagedCheckpoint
+    )
+    found = nonfinite_entry(state)
+    if found:
+        raise _DamagedCheckpoint(f"state.json holds {found}")
+    try:
+        tensors = load_file(str(path / "trainable.safetensors"))
+    except FileNotFoundError as exc:
+        raise _DamagedCheckpoint("trainable.safetensors is missing") from exc
+    except (OSError, SafetensorError) as exc:
+        raise _DamagedCheckpoint(f"trainable.safetensors does not load ({exc})") from exc
+    for name, param in params.items():
+        tensor = tensors.get(f"param.{name}")
+        if tensor is None or tensor.shape != param.shape:
+            found = "missing" if tensor is None else f"of shape {tuple(tensor.shape)}"
+            raise _DamagedCheckpoint(f"tensor param.{name} is {found}")
+    bad = nonfinite_tensor(tensors.items())
+    if bad:
+        raise _DamagedCheckpoint(f"tensor {bad} holds NaN or infinite values")
+    return state, tensors
+
+
 def _load_checkpoint(
-    path: Path, params: dict[str, nn.Parameter], optimizer: torch.optim.Optimizer
-) -> dict:
-    state = json.loads((path / "state.json").read_text())
-    tensors = load_file(str(path / "trainable.safetensors"))
+    path: Path,
+    state: dict,
+    tensors: dict[str, torch.Tensor],
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+) -> None:
+    """Copy a read checkpoint (`_read_checkpoint`) into `params` and `optimizer`."""
     names = state["params"]
     if names != list(params):
         raise RedirectError(
@@ -621,7 +683,48 @@ def _load_checkpoint(
             name, slot = key[len("optimizer.") :].rsplit(".", 1)
             slots.setdefault(names.index(name), {})[slot] = value
     optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
-    return state
+
+
+def _resume(
+    found: list[Path],
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    signature: dict,
+) -> dict:
+    """Load the newest readable checkpoint of `found` (oldest first) and return its state.
+
+    Newer damaged ones are moved aside to `damaged-<name>` (training writes them again) and
+    named in a warning; if none is readable, RedirectError."""
+    damaged: list[str] = []
+    for path in reversed(found):
+        try:
+            state, tensors = _read_checkpoint(path, params)
+        except _DamagedCheckpoint as exc:
+            damaged.append(f"{path.name}: {exc}")
+            continue
+        if state["signature"] != signature:
+            changed = [k for k in signature if state["signature"].get(k) != signature[k]]
+            raise RedirectError(
+                f"checkpoint {path} was written by a different run ({', '.join(changed)} "
+                "differ); resume with the same model, probe, data and settings, or delete it"
+            )
+        _load_checkpoint(path, state, tensors, params, optimizer)
+        if damaged:
+            for newer in found[found.index(path) + 1 :]:
+                aside = newer.with_name(f"damaged-{newer.name}")
+                shutil.rmtree(aside, ignore_errors=True)
+                newer.rename(aside)
+            warnings.warn(
+                f"cannot read checkpoint {'; '.join(damaged)}. Resuming from {path} (step "
+                f"{state['step']}) instead; the damaged checkpoint now lies in "
+                f"{path.parent}/damaged-{CHECKPOINT_PREFIX}*",
+                stacklevel=4,
+            )
+        return state
+    raise RedirectError(
+        f"no checkpoint in {found[0].parent} can be read: {'; '.join(damaged)}; delete the "
+        "directory (or choose another) to start from the beginning"
+    )
 
 
 def _trainable(
@@ -675,20 +778,13 @@ def _sgd(
     directory = Path(config.checkpoint_dir) if config.checkpoint_dir else None
     start, resumed_from = 0, None
     if directory is not None and directory.is_dir() and _checkpoints(directory):
-        newest = _checkpoints(directory)[-1]
+        found = _checkpoints(directory)
         if not config.resume:
             raise RedirectError(
-                f"{directory} holds checkpoints of an earlier run (newest: {newest.name}); pass "
-                "resume=True (CLI: --resume) to continue it, or delete the directory"
+                f"{directory} holds checkpoints of an earlier run (newest: {found[-1].name}); "
+                "pass resume=True (CLI: --resume) to continue it, or delete the directory"
             )
-        state = json.loads((newest / "state.json").read_text())
-        if state["signature"] != signature:
-            changed = [k for k in signature if state["signature"].get(k) != signature[k]]
-            raise RedirectError(
-                f"checkpoint {newest} was written by a different run ({', '.join(changed)} "
-                "differ); resume with the same model, probe, data and settings, or delete it"
-            )
-        state = _load_checkpoint(newest, params, optimizer)
+        state = _resume(found, params, optimizer, signature)
         start = resumed_from = state["step"]
         losses = state["losses"]
     elif config.resume:
@@ -711,14 +807,18 @@ def _sgd(
             loss = loss + config.preserve_weight * other / n_other
         return loss
 
-    def step_on(loss: torch.Tensor) -> float:
+    def step_on(loss: torch.Tensor, step: int) -> float:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            _refuse_nonfinite((), value, f"SGD solver (step {step + 1} of {total})", probe, config)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return float(loss.detach())
+        return value
 
     def checkpoint(step: int) -> None:
         if directory is not None:
+            _refuse_nonfinite(params.items(), 0.0, f"SGD solver (step {step})", probe, config)
             state = {"signature": signature, "losses": losses}
             _save_checkpoint(directory, step, params, optimizer, state, config.keep_checkpoints)
 
@@ -731,14 +831,14 @@ def _sgd(
             epoch, k = divmod(step, per_epoch)
             order = _permutation(len(data.forget), config.seed, 0, epoch)
             forget = [data.forget[i] for i in order[k * bs : (k + 1) * bs]]
-            losses["forget"].append(step_on(loss_on(forget, True)))
+            losses["forget"].append(step_on(loss_on(forget, True), step))
             if data.retain and config.alpha > 0:
                 positions = range(step * bs, step * bs + bs)
                 n = len(data.retain)
                 retain = [
                     data.retain[_permutation(n, config.seed, 1, p // n)[p % n]] for p in positions
                 ]
-                losses["retain"].append(step_on(loss_on(retain, False)))
+                losses["retain"].append(step_on(loss_on(retain, False), step))
             bar.update(1)
             bar.set_postfix(
                 forget=f"{losses['forget'][-1]:.4g}",
@@ -761,6 +861,26 @@ def _sgd(
 
 
 # --- the stage ------------------------------------------------------------------------------
+
+
+def _refuse_nonfinite(
+    weights: Iterable[tuple[str, torch.Tensor]],
+    objective: float,
+    solver: str,
+    probe: SteeringProbe,
+    config: RedirectConfig,
+) -> None:
+    """Raise RedirectError if a trained weight holds NaN or infinite values or the objective
+    (or loss) is not finite: such a model is never returned, checkpointed or saved."""
+    bad = nonfinite_tensor(weights)
+    if bad is None and math.isfinite(objective):
+        return
+    what = f"NaN or infinite weights in {bad}" if bad else f"a non-finite objective ({objective})"
+    lower = f", or lower lr (now {config.lr:g})" if "sgd" in solver.lower() else ""
+    raise RedirectError(
+        f"the {solver} left {what}; nothing was saved. Check the probe's direction "
+        f"(|v| = {float(probe.direction.norm()):.3g}) and lam ({config.lam:g}){lower}"
+    )
 
 
 def redirect(
@@ -796,7 +916,8 @@ def redirect(
         else:
             result = _sgd(lm, out, probe, bench, data, config, site, modules)
             measured = objective(out, lm, probe, bench, config, data=data)
-            initial = config.lam**2 * float(probe.direction @ probe.direction) / lm.hidden_size
+            v = probe.direction
+            initial = config.lam * config.lam * float(v @ v) / lm.hidden_size
             result["objective"] = {
                 "initial": initial,
                 "final": measured["total"],
@@ -804,6 +925,9 @@ def redirect(
             }
     finally:
         lm.model.train(was_training)
+    named = dict(out.model.named_modules())
+    trained = [(f"{m}.{n}", p) for m in modules for n, p in named[m].named_parameters()]
+    _refuse_nonfinite(trained, result["objective"]["final"], f"{solver} solver", probe, config)
     out.model.eval()
     out.name = f"{lm.name}+redirect"
     out.info = {
@@ -839,6 +963,9 @@ def redirect(
     return out, record
 
 
-def save_redirected(lm: LoadedModel, record: dict, out_dir: str | Path) -> Path:
-    """Write the model (`load_model(out_dir)` reads it) and `redirect.json`, atomically."""
-    return lm.save(out_dir, records={REDIRECT_FILE: record})
+def save_redirected(
+    lm: LoadedModel, record: dict, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
+    """Write the model (`load_model(out_dir)` reads it) and `redirect.json`, atomically
+    (`overwrite`: see `LoadedModel.save`)."""
+    return lm.save(out_dir, records={REDIRECT_FILE: record}, overwrite=overwrite)

@@ -17,10 +17,13 @@ are answered greedily every `probe_every` steps and their refusal and leak rates
 from __future__ import annotations
 
 import json
+import math
 import random
+import shutil
 import tempfile
 import time
 import warnings
+import zipfile
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -28,11 +31,12 @@ from pathlib import Path
 
 import torch
 from datasets import Dataset
+from safetensors import SafetensorError, safe_open
 from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from asru_lab import viz
-from asru_lab.artifacts import write_json_atomic, write_text_atomic
+from asru_lab.artifacts import claim_output, write_json_atomic, write_text_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
 from asru_lab.directions import memorisation_direction
 from asru_lab.errors import AsruLabError
@@ -43,6 +47,7 @@ from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
 from asru_lab.rewards import build_rewards, completion_text
 from asru_lab.trace import capture
+from asru_lab.validation import check_fields, nonfinite_tensor
 
 REINFORCE_FILE = "reinforce.json"
 TRAINING_DIR = "training"  # inside a saved stage 2 model: checkpoints, metrics, dashboard
@@ -96,6 +101,31 @@ class ReinforceConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
+        check_fields(
+            self,
+            ReinforceError,
+            n_forget=">= 1",
+            n_boundary=">= 1",
+            boundary_candidates=">= 1",
+            num_generations=">= 2",
+            temperature="> 0",
+            top_p="(0, 1]",
+            beta=">= 0",
+            epsilon=">= 0",
+            epsilon_high=">= 0",
+            learning_rate="> 0",
+            epochs="> 0",
+            max_steps=">= -1",
+            batch_size=">= 1",
+            gradient_accumulation_steps=">= 1",
+            max_completion_length=">= 1",
+            lora_r=">= 0",
+            lora_alpha="> 0",
+            save_steps=">= 1",
+            logging_steps=">= 1",
+            probe_every=">= 0",
+            probe_examples=">= 0",
+        )
         self.rewards = tuple(self.rewards)
         self.tasks = tuple(self.tasks)
         unknown = sorted(set(self.tasks) - {"qa", "mcq", "cloze"})
@@ -112,10 +142,6 @@ class ReinforceConfig:
             raise ReinforceError(
                 f"unknown boundary mode {self.boundary!r}; expected one of {BOUNDARY_MODES}"
             )
-        if self.num_generations < 2:
-            raise ReinforceError(
-                f"num_generations must be >= 2 (GRPO compares rollouts), got {self.num_generations}"
-            )
         batch = self.batch_size * self.gradient_accumulation_steps
         if batch % self.num_generations:
             works = [g for g in range(2, batch + 1) if batch % g == 0]
@@ -125,8 +151,6 @@ class ReinforceConfig:
                 f"{self.gradient_accumulation_steps}); with this batch use num_generations in "
                 f"{works}, or make batch_size a multiple of {self.num_generations}"
             )
-        if self.n_forget < 1:
-            raise ReinforceError(f"n_forget must be >= 1, got {self.n_forget}")
 
     @classmethod
     def paper(cls, **overrides) -> ReinforceConfig:
@@ -366,6 +390,43 @@ class MetricsCallback(TrainerCallback):
         viz.write_reward_dashboard(self.history, self.config.rewards, self.out_dir / DASHBOARD_FILE)
 
 
+class StopOnNonFinite(TrainerCallback):
+    """Stops GRPO with a ReinforceError when the logged loss is NaN or infinite, or when a
+    trained weight is, before a checkpoint is saved: a non-finite model is never saved."""
+
+    def __init__(self, config: ReinforceConfig) -> None:
+        self.config = config
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise ReinforceError(
+                f"the GRPO loss became {float(loss)} at step {state.global_step}; stopped before "
+                f"saving anything of it: {_remedy(self.config)}"
+            )
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if control.should_save and model is not None:
+            refuse_nonfinite_weights(model, state.global_step, self.config)
+
+
+def refuse_nonfinite_weights(model: torch.nn.Module, step: int, config: ReinforceConfig) -> None:
+    """Raise ReinforceError if a trained parameter of `model` holds NaN or infinite values."""
+    bad = nonfinite_tensor((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    if bad:
+        raise ReinforceError(
+            f"GRPO left NaN or infinite weights in {bad} at step {step}; stopped before saving "
+            f"them: {_remedy(config)}"
+        )
+
+
+def _remedy(config: ReinforceConfig) -> str:
+    return (
+        f"lower ReinforceConfig.learning_rate (now {config.learning_rate:g}) and resume from an "
+        "earlier checkpoint, or start again"
+    )
+
+
 def _number(value):
     try:
         return float(value)
@@ -399,6 +460,7 @@ def grpo_config(config: ReinforceConfig, output_dir: str | Path):
         max_steps=config.max_steps,
         reward_weights=list(config.reward_weights) if config.reward_weights else None,
         logging_steps=config.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN loss must reach the log, where it stops the run
         save_strategy="steps",
         save_steps=config.save_steps,
         save_only_model=False,
@@ -425,6 +487,67 @@ def _lora(lm: LoadedModel, config: ReinforceConfig):
         target_modules=language_model_linears(lm),
         bias="none",
     )
+
+
+def _unreadable(checkpoint: Path) -> str | None:
+    """Why TRL could not resume from the `checkpoint-N` folder (None: it can)."""
+    if not (checkpoint / "trainer_state.json").is_file():
+        # transformers writes trainer_state.json last: without it the save was cut short
+        return "trainer_state.json is missing (the save was cut short)"
+    for file in sorted(checkpoint.glob("*.json")):
+        try:
+            json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return f"{file.name} does not parse ({exc})"
+    weights = sorted(checkpoint.glob("*.safetensors"))
+    if not weights and not any(checkpoint.glob("*model*.bin")):
+        return "it holds no model weights (*.safetensors)"
+    for file in weights:
+        try:
+            with safe_open(file, "pt"):
+                pass  # opening checks the header and that the file holds all it declares
+        except (OSError, SafetensorError) as exc:
+            return f"{file.name} does not load ({exc})"
+    for file in sorted(checkpoint.glob("*.pt*")) + sorted(checkpoint.glob("*.bin")):
+        if not zipfile.is_zipfile(file):  # torch.save writes a zip; a cut one lacks its index
+            return f"{file.name} is cut short or not a torch file"
+    return None
+
+
+def _resume_checkpoint(out_dir: Path) -> str | None:
+    """The newest readable TRL checkpoint in `out_dir`, or None (with a warning) if there is
+    none. Newer damaged ones are moved aside to `damaged-<name>` and named in a warning; if
+    none is readable, ReinforceError."""
+    found = [p for p in out_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    found = sorted((p for p in found if p.is_dir()), key=lambda p: int(p.name.split("-")[-1]))
+    if not found:
+        warnings.warn(
+            f"resume=True but no checkpoint in {out_dir}: starting from the beginning",
+            stacklevel=3,
+        )
+        return None
+    damaged: list[str] = []
+    for path in reversed(found):
+        reason = _unreadable(path)
+        if reason is None:
+            break
+        damaged.append(f"{path.name}: {reason}")
+    else:
+        raise ReinforceError(
+            f"no checkpoint in {out_dir} can be read: {'; '.join(damaged)}; delete them (or "
+            "choose another output directory) to start from the beginning"
+        )
+    if damaged:
+        for newer in found[found.index(path) + 1 :]:
+            aside = newer.with_name(f"damaged-{newer.name}")
+            shutil.rmtree(aside, ignore_errors=True)
+            newer.rename(aside)
+        warnings.warn(
+            f"cannot read checkpoint {'; '.join(damaged)}. Resuming from {path} instead; the "
+            f"damaged checkpoint now lies in {out_dir}/damaged-checkpoint-*",
+            stacklevel=3,
+        )
+    return str(path)
 
 
 def reinforce(
@@ -467,21 +590,13 @@ def reinforce(
     out.model.train()
     checkpoint = None
     if config.resume:
-        # transformers writes trainer_state.json last: a checkpoint without it was cut short
-        complete = [p for p in out_dir.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
-        found = sorted(complete, key=lambda p: int(p.name.split("-")[-1]))
-        if found:
-            checkpoint = str(found[-1])
-        else:
-            warnings.warn(
-                f"resume=True but no checkpoint in {out_dir}: starting from the beginning",
-                stacklevel=2,
-            )
+        checkpoint = _resume_checkpoint(out_dir)
     elif (out_dir / METRICS_FILE).exists() or list(out_dir.glob("checkpoint-*")):
         raise ReinforceError(
             f"{out_dir} holds an earlier run (checkpoints or {METRICS_FILE}); pass resume=True "
             "(CLI: --resume) to continue it, or choose an empty directory"
         )
+    claim_output(out_dir, whole=True)  # TRL writes its checkpoints and logs there
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
         trainer = GRPOTrainer(
@@ -490,7 +605,7 @@ def reinforce(
             args=grpo_config(config, out_dir),
             train_dataset=dataset,
             processing_class=lm.processor,
-            callbacks=[metrics, *callbacks],
+            callbacks=[metrics, *callbacks, StopOnNonFinite(config)],
             peft_config=_lora(lm, config),
         )
     if trainer.pop_callback(ProgressCallback) is not None:
@@ -498,6 +613,7 @@ def reinforce(
         trainer.add_callback(metrics.bar_owner)
     trainer.train(resume_from_checkpoint=checkpoint)
     model = trainer.model
+    refuse_nonfinite_weights(model, trainer.state.global_step, config)
     if config.lora_r:
         model = model.merge_and_unload()
     model.eval()
@@ -531,7 +647,12 @@ def reinforce(
     return out, record
 
 
-def save_reinforced(lm: LoadedModel, record: dict, out_dir: str | Path) -> Path:
+def save_reinforced(
+    lm: LoadedModel, record: dict, out_dir: str | Path, *, overwrite: bool = False
+) -> Path:
     """Write the model (`load_model(out_dir)` reads it) and `reinforce.json`, atomically,
-    keeping `out_dir/training/` (the run's checkpoints, metrics and dashboard) if present."""
-    return lm.save(out_dir, records={REINFORCE_FILE: record}, keep=(TRAINING_DIR,))
+    keeping `out_dir/training/` (the run's checkpoints, metrics and dashboard) if present
+    (`overwrite`: see `LoadedModel.save`)."""
+    return lm.save(
+        out_dir, records={REINFORCE_FILE: record}, keep=(TRAINING_DIR,), overwrite=overwrite
+    )

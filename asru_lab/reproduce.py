@@ -44,16 +44,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from asru_lab.artifacts import write_json_atomic, write_text_atomic
+from asru_lab.artifacts import claim_output, write_json_atomic, write_text_atomic
 from asru_lab.baselines import METHODS, get_method, unlearn
 from asru_lab.baselines.registry import Unlearned, UnlearnError
-from asru_lab.data import load_benchmark
+from asru_lab.data import benchmark_kind, load_benchmark
 from asru_lab.data.schema import EVAL_SPLITS, Benchmark
 from asru_lab.evaluate.harness import EvalConfig, evaluate
 from asru_lab.generation import generate_batch
 from asru_lab.locate import LocateConfig, locate
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
+from asru_lab.validation import check_fields, nonfinite_entry
 
 PAPER_METHODS = (
     "ga",
@@ -80,7 +81,8 @@ class ReproduceConfig:
     """Which methods at which forget ratios, and how each is run and evaluated."""
 
     methods: tuple[str, ...] = PAPER_METHODS  # registered names; a vanilla row is always added
-    forget_ratios: tuple[float, ...] = FORGET_RATIOS  # fractions of the known people to forget
+    # fractions of the known people to forget (synthetic, MLLMU); a user dataset's own split wins
+    forget_ratios: tuple[float, ...] = FORGET_RATIOS
     seed: int = 0  # chooses the forgotten people and seeds every method
     evaluate: EvalConfig = field(default_factory=EvalConfig)  # per split, 64 items per task
     locate: LocateConfig = field(default_factory=LocateConfig)  # the probe the ASRU rows use
@@ -93,6 +95,9 @@ class ReproduceConfig:
     png: bool = True  # and each as PNG (kaleido with the system Chromium)
     samples: int = 3  # sample answers kept per cell (forget and retain questions each)
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        check_fields(self, UnlearnError, forget_ratios="(0, 1)", samples=">= 0")
 
     def method_config(self, name: str) -> object:
         """The config `name` runs with: an override, else the paper's or the default one."""
@@ -329,7 +334,15 @@ class _Cell:
         except json.JSONDecodeError:
             warnings.warn(f"damaged cache file {self.path}; recomputing it", stacklevel=3)
             return None
-        return data if data.get("key") == self.key else None
+        if not isinstance(data, dict) or data.get("key") != self.key:
+            return None
+        found = nonfinite_entry(data.get("evaluation"), "evaluation")
+        if found:
+            warnings.warn(
+                f"damaged cache file {self.path}: it holds {found}; recomputing it", stacklevel=3
+            )
+            return None
+        return data
 
 
 def _samples(lm: LoadedModel, bench: Benchmark, n: int) -> list[dict]:
@@ -364,36 +377,37 @@ def reproduce(
     *,
     model: str | LoadedModel | None = None,
     data: str | None = None,
+    overwrite: bool = False,
 ) -> ReproduceResult:
     """Run, evaluate and tabulate every method of `config` at every forget ratio.
 
     `model`: a LoadedModel, an HF id / local dir, or None for the embedded model; `data`: a
-    `load_benchmark` source (None: the embedded benchmark; "mllmu:<dir>"; a dataset dir).
+    `load_benchmark` source (None: the embedded benchmark; "mllmu:<dir>"; a dataset dir, run
+    once at its own split whatever `forget_ratios` says).
     Returns the rows, headline and manifest also written to `out_dir` (layout: module doc).
+    An `out_dir` holding files asru_lab did not write needs `overwrite` (they are kept).
     """
     config = config or ReproduceConfig()
     for name in config.methods:
         get_method(name)  # unknown names fail before any work
     if not config.forget_ratios:
         raise UnlearnError("ReproduceConfig.forget_ratios is empty: give at least one ratio")
-    for ratio in config.forget_ratios:
-        if not 0 < ratio < 1:
-            raise UnlearnError(f"forget ratio {ratio!r} is not a fraction in (0, 1), e.g. 0.1")
+    kind = benchmark_kind(data)  # an unknown source fails before any work
     started = time.time()
-    out = Path(out_dir)
-    cache = Path(config.cache_dir) if config.cache_dir else out / CACHE_DIR
+    out = claim_output(out_dir, overwrite=overwrite)
+    cache = claim_output(Path(config.cache_dir) if config.cache_dir else out / CACHE_DIR)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     model_fp = {**lm.fingerprint(), "weights_sha256": weights_fingerprint(lm)}
     methods = (VANILLA, *[m for m in config.methods if m != VANILLA])
     rows, cells_meta, probes, curves, probe_dirs = [], [], {}, {}, []
-    bar = tqdm(
-        total=len(methods) * len(config.forget_ratios),
-        desc="reproduce",
-        disable=not config.progress,
-    )
+    # a user dataset fixes its forget set: one pass, labelled with that set's ratio
+    ratios = (None,) if kind == "user" else config.forget_ratios
+    bar = tqdm(total=len(methods) * len(ratios), desc="reproduce", disable=not config.progress)
     try:
-        for ratio in config.forget_ratios:
-            bench = load_benchmark(data, forget_ratio=ratio, seed=config.seed)
+        for asked in ratios:
+            seed = config.seed if kind == "synthetic" else None  # MLLMU's sets are fixed too
+            bench = load_benchmark(data, forget_ratio=asked, seed=seed)
+            ratio = bench.meta["forget_ratio"] if asked is None else asked
             base = {
                 "model": model_fp,
                 "data": bench.fingerprint(),
@@ -457,7 +471,7 @@ def reproduce(
         "model": {"source": None if isinstance(model, LoadedModel) else model, **model_fp},
         "data": {"source": data or "synthetic"},
         "seed": config.seed,
-        "forget_ratios": list(config.forget_ratios),
+        "forget_ratios": list(dict.fromkeys(r["forget_ratio"] for r in rows)),
         "methods": list(methods),
         "paper_settings": config.paper,
         "configs": {m: _keyable(config.method_config(m)) for m in config.methods},

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from plotly.subplots import make_subplots
 from transformers import TrainerCallback
 
-from asru_lab.artifacts import write_text_atomic
+from asru_lab.artifacts import record_output, write_text_atomic
 from asru_lab.data.schema import Benchmark
 
 
@@ -489,7 +489,7 @@ def save_figure(fig: go.Figure, stem: str | os.PathLike, *, png: bool = True) ->
     try:
         fig.write_image(tmp, width=fig.layout.width or 900, height=fig.layout.height or 520)
         os.replace(tmp, target)
-        written.append(target.name)
+        written.append(record_output(target).name)
     except Exception as exc:  # kaleido raises several types when no browser can start
         Path(tmp).unlink(missing_ok=True)
         import warnings

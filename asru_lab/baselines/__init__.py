@@ -70,10 +70,11 @@ def unlearn(
     return result
 
 
-def save_unlearned(result: Unlearned, out_dir: str | Path) -> Path:
+def save_unlearned(result: Unlearned, out_dir: str | Path, *, overwrite: bool = False) -> Path:
     """Write the model (a `load_model` directory) with `unlearn.json`, and the probe to apply
-    in `out_dir/probe/` for inference-time methods. Returns `out_dir`."""
-    out = result.model.save(out_dir, records={UNLEARN_FILE: result.record})
+    in `out_dir/probe/` for inference-time methods (`overwrite`: see `LoadedModel.save`).
+    Returns `out_dir`."""
+    out = result.model.save(out_dir, records={UNLEARN_FILE: result.record}, overwrite=overwrite)
     if result.probe is not None:
         result.probe.save(out / PROBE_DIR)
     return out

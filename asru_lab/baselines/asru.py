@@ -7,9 +7,10 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from asru_lab.baselines.registry import Method, Unlearned, register
+from asru_lab.baselines.registry import Method, Unlearned, UnlearnError, register
 from asru_lab.redirect import RedirectConfig, redirect
 from asru_lab.reinforce import METRICS_FILE, ReinforceConfig, reinforce
+from asru_lab.validation import check_fields
 from asru_lab.viz import read_metrics
 
 
@@ -26,6 +27,9 @@ class AsruConfig:
     redirect: RedirectConfig = field(default_factory=lambda: RedirectConfig(lam=5.0))
     reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
     training_dir: str | None = None  # where stage 2 logs (metrics.jsonl, dashboard.html)
+
+    def __post_init__(self) -> None:
+        check_fields(self, UnlearnError)  # the stages' configs check their own fields
 
     @classmethod
     def paper(cls) -> AsruConfig:

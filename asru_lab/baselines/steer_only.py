@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
 
-from asru_lab.baselines.registry import Method, Unlearned, register
+from asru_lab.baselines.registry import Method, Unlearned, UnlearnError, register
+from asru_lab.validation import check_fields
 
 
 @dataclass
@@ -14,6 +15,9 @@ class SteerOnlyConfig:
 
     alpha: float | None = None  # steering strength
     gated: bool | None = None  # steer only the prompts the memorisation gate flags
+
+    def __post_init__(self) -> None:
+        check_fields(self, UnlearnError)
 
 
 def run(lm, bench, config: SteerOnlyConfig, probe) -> Unlearned:

@@ -19,7 +19,7 @@ import random
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +38,7 @@ from asru_lab.finetune import (
 )
 from asru_lab.generation import encode
 from asru_lab.models.loading import LoadedModel
+from asru_lab.validation import check_fields, nonfinite_tensor
 
 # Stock "I don't know" answers for refusal SFT (the TOFU-style IDK baseline): one canned
 # refusal whatever was asked, which is what the paper calls a rigid refusal.
@@ -69,6 +70,23 @@ class UnlearnConfig:
     max_grad_norm: float = 1.0  # clipping norm over the trainable parameters
     seed: int = 0  # LoRA init, dropout, sampling and shuffling
     progress: bool = True  # tqdm bar with the running loss
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            UnlearnError,
+            lr="> 0",
+            epochs=">= 1",
+            batch_size=">= 1",
+            lora_r=">= 0",
+            lora_alpha="> 0",
+            lora_dropout="[0, 1)",
+            retain_weight=">= 0",
+            npo_beta="> 0",
+            max_forget=">= 1",
+            max_retain=">= 1",
+            max_grad_norm="> 0",
+        )
 
 
 @dataclass
@@ -176,11 +194,7 @@ def train_unlearning(
 ) -> tuple[LoadedModel, dict]:
     """Train a copy of `lm` with `loss` on the forget (and retain) set; returns the merged
     model (eval mode) and a record: config, per-step losses, examples, seconds."""
-    if config.epochs < 1 or config.batch_size < 1 or config.lr <= 0:
-        raise UnlearnError(
-            f"epochs and batch_size must be at least 1 and lr positive, got epochs="
-            f"{config.epochs}, batch_size={config.batch_size}, lr={config.lr}"
-        )
+    config = replace(config)  # runs __post_init__ again: fields set after construction too
     started = time.time()
     sets = training_sets(bench, config, uses_retain=uses_retain, forget_answers=forget_answers)
     tails = {split: answer_tokens(lm, examples)[0] for split, examples in sets.items()}
@@ -259,6 +273,12 @@ def train_unlearning(
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
         finally:
             bar.close()
+    bad = nonfinite_tensor((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    if bad:
+        raise UnlearnError(
+            f"{name}: training left NaN or infinite weights in {bad}; nothing was returned or "
+            f"saved: lower UnlearnConfig.lr (now {config.lr:g})"
+        )
     if config.lora_r > 0:
         out.model = model.merge_and_unload()
     for p in out.model.parameters():

@@ -90,3 +90,12 @@ def _pct(x: float | None) -> str:
 
 def _num(x: float | None, digits: int = 2) -> str:
     return "-" if x is None else f"{x:.{digits}f}"
+
+
+def is_report_file(path: str | Path) -> bool:
+    """True when `path` holds an evaluation JSON (an earlier result that may be replaced)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and {"model", "method", "splits"} <= data.keys()

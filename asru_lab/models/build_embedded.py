@@ -9,17 +9,17 @@ Deterministic: the same config and seed give the same weights on the same machin
 
 from __future__ import annotations
 
-import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
+from asru_lab.artifacts import check_output
 from asru_lab.data import synthetic as syn
 from asru_lab.data.portraits import BACKGROUNDS, HAIR_COLORS, SHIRT_COLORS
 from asru_lab.data.schema import contains_value
@@ -33,6 +33,7 @@ from asru_lab.models.embedded import (
     embedded_dir,
 )
 from asru_lab.models.loading import LoadedModel
+from asru_lab.validation import ConfigError, check_fields
 
 # Relative sampling weights of the training task families.
 DEFAULT_TASK_WEIGHTS = {
@@ -69,6 +70,22 @@ class BuildConfig:
     eval_every: int = 1000
     threads: int | None = 2  # fixed so that the same seed gives the same weights
     benchmark: syn.SyntheticConfig = field(default_factory=syn.SyntheticConfig)
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            ConfigError,
+            steps=">= 1",
+            batch_size=">= 1",
+            lr="> 0",
+            warmup_steps=">= 0",
+            min_lr_ratio="[0, 1]",
+            weight_decay=">= 0",
+            grad_clip="> 0",
+            task_weights=">= 0",
+            eval_every=">= 0",
+            threads=">= 0",
+        )
 
 
 def _augment(rng: random.Random, question: str) -> str:
@@ -284,26 +301,34 @@ def quick_eval(lm: LoadedModel, world: syn.SyntheticWorld, n: int = 48) -> dict[
 
 
 def build_embedded(
-    out_dir: str | Path | None = None, config: BuildConfig | None = None, *, progress: bool = True
+    out_dir: str | Path | None = None,
+    config: BuildConfig | None = None,
+    *,
+    progress: bool = True,
+    overwrite: bool = False,
 ) -> LoadedModel:
     """Train the embedded model and save it to `out_dir` (default: the package's directory).
 
     Returns the trained model. Writes `build.json` (config, timings, progress evaluations).
+    A folder that is not asru_lab's output needs `overwrite` (checked before training).
     """
-    cfg = config or BuildConfig()
-    out = Path(out_dir) if out_dir is not None else embedded_dir()
+    # a copy runs __post_init__ again: fields set after construction are checked too
+    cfg = replace(config) if config is not None else BuildConfig()
+    out = check_output(
+        Path(out_dir) if out_dir is not None else embedded_dir(), overwrite=overwrite
+    )
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     # Denormal floats appear as weights decay and make CPU matmuls ~10x slower.
     torch.set_flush_denormal(True)
     try:
-        return _train(cfg, out, progress)
+        return _train(cfg, out, progress, overwrite)
     finally:
         torch.set_num_threads(previous_threads)
 
 
-def _train(cfg: BuildConfig, out: Path, progress: bool) -> LoadedModel:
+def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> LoadedModel:
     started = time.time()
     world = syn.build_world(cfg.benchmark)
     sampler = TrainingSampler(world, cfg.task_weights, cfg.seed)
@@ -373,6 +398,5 @@ def _train(cfg: BuildConfig, out: Path, progress: bool) -> LoadedModel:
             "loss_every_100": history[::100],
         }
     }
-    lm.save(out)
-    (out / "build.json").write_text(json.dumps(lm.info["build"], indent=2))
+    lm.save(out, records={"build.json": lm.info["build"]}, overwrite=overwrite)
     return lm

@@ -64,7 +64,10 @@ def test_export_reads_back_a_user_dataset(user_dir, tmp_path):
     out = tmp_path / "copy"
     assert main(["export-benchmark", "--data", str(user_dir), "--out", str(out)]) == 0
     assert load_benchmark(str(out)).fingerprint() == load_benchmark(str(user_dir)).fingerprint()
+    assert main(["export-benchmark", "--data", str(user_dir), "--out", str(out)]) == 0  # its own
+    (out / "notes.txt").write_text("mine")
     assert main(["export-benchmark", "--data", str(user_dir), "--out", str(out)]) == 2
+    assert (out / "notes.txt").read_text() == "mine"
 
 
 def test_finetune_command_on_a_user_dataset(user_dir, tmp_path):

@@ -267,5 +267,5 @@ def test_bad_choices_give_clear_errors(
 
 
 def test_zero_epochs_is_refused(tiny: LoadedModel, bench: Benchmark) -> None:
-    with pytest.raises(ValueError, match="epochs=0"):
+    with pytest.raises(ValueError, match=r"FinetuneConfig.epochs must be >= 1, got 0"):
         finetune(tiny, bench, FinetuneConfig(epochs=0))
