@@ -267,7 +267,14 @@ class SteeringProbe:
             raise ProbeError(f"{tensor_path} lacks tensor 'gate.weight' for the gate")
         evidence = None
         if (path / "sweep.json").is_file():
-            evidence = json.loads((path / "sweep.json").read_text())
+            try:  # the sweep is evidence to read, not needed to steer: a damaged one is skipped
+                evidence = json.loads((path / "sweep.json").read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                warnings.warn(
+                    f"{path / 'sweep.json'} is damaged ({exc}); the probe loads without "
+                    "locate's sweep evidence (rerun `asru-lab locate` to get it back)",
+                    stacklevel=2,
+                )
         try:
             gate = None
             if meta["gate"] is not None:

@@ -322,3 +322,12 @@ def test_cli_reports_a_damaged_probe_without_a_traceback(lm, tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "damaged or truncated" in err and "Traceback" not in err
+
+
+def test_a_damaged_sweep_json_does_not_stop_a_probe_from_loading(lm, tmp_path):
+    probe = make_probe(lm)
+    out = probe.save(tmp_path / "p")
+    (out / "sweep.json").write_text('{"sweep": [{"layer": 5, "al')  # cut short
+    with pytest.warns(UserWarning, match=r"sweep\.json is damaged.*without locate's sweep"):
+        loaded = SteeringProbe.load(out)
+    assert loaded.evidence is None and torch.equal(loaded.direction, probe.direction)
