@@ -367,7 +367,7 @@ def cmd_evaluate(args) -> int:
             "positions": probe.positions,
             "gated": probe.gate is not None and probe.gated and not args.no_gate,
         }
-    report.to_json(args.out)
+    report.to_json(args.out, overwrite=args.overwrite)
     print(report.table())
     saved = "scored the answers in" if args.answers else "answers in"
     print(f"\nwrote {args.out} ({report.meta['seconds']} s; {saved} {answers})")

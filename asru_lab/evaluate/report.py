@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asru_lab.artifacts import write_json_atomic
+from asru_lab.artifacts import check_output_file, write_json_atomic
 
 
 @dataclass
@@ -30,10 +30,12 @@ class EvalReport:
             "meta": self.meta,
         }
 
-    def to_json(self, path: str | Path | None = None) -> str:
-        """The JSON text; also written atomically to `path` when given."""
+    def to_json(self, path: str | Path | None = None, *, overwrite: bool = False) -> str:
+        """The JSON text; also written atomically to `path` when given. An existing file there
+        is replaced only when it is an earlier evaluation JSON, or with `overwrite`."""
         data = self.to_dict()
         if path is not None:
+            check_output_file(path, overwrite=overwrite, own=is_report_file)
             write_json_atomic(path, data)
         return json.dumps(data, indent=2)
 

@@ -183,3 +183,19 @@ def test_file_outputs_replace_only_their_own_kind(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(OutputError, match="is a file, not a folder"):
         check_output_file(tmp_path / "f" / "r.json")
+
+
+def test_an_evaluation_json_replaces_only_an_earlier_one(tmp_path):
+    from asru_lab.evaluate.report import EvalReport
+
+    report = EvalReport(model="m", method="vanilla", splits={"forget": {"mcq_acc": 1.0}})
+    path = tmp_path / "results.json"
+    report.to_json(path)
+    report.to_json(path)  # its own earlier result
+    mine = tmp_path / "mine.json"
+    mine.write_text('{"my": "numbers"}')
+    with pytest.raises(OutputError, match="not an earlier asru_lab output"):
+        report.to_json(mine)
+    assert mine.read_text() == '{"my": "numbers"}'
+    report.to_json(mine, overwrite=True)
+    assert EvalReport.from_json(mine).splits == report.splits
