@@ -311,3 +311,12 @@ def record_output(path: str | os.PathLike) -> Path:
     path = Path(path)
     _record(path.parent, [path.name])
     return path
+
+
+def set_aside(damaged: Iterable[Path]) -> None:
+    """Rename each damaged checkpoint folder to `damaged-<name>` beside it: kept for a look,
+    never read again, and out of the way of the step that training writes anew."""
+    for path in damaged:
+        aside = path.with_name(f"damaged-{path.name}")
+        shutil.rmtree(aside, ignore_errors=True)
+        path.rename(aside)

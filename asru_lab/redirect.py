@@ -51,7 +51,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from asru_lab.artifacts import atomic_dir, claim_output, is_marked, write_json_atomic
+from asru_lab.artifacts import (
+    atomic_dir,
+    claim_output,
+    is_marked,
+    set_aside,
+    write_json_atomic,
+)
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, stratified_sample
 from asru_lab.errors import AsruLabError
 from asru_lab.finetune import Example, answer_labels, answer_tokens
@@ -710,10 +716,7 @@ def _resume(
             )
         _load_checkpoint(path, state, tensors, params, optimizer)
         if damaged:
-            for newer in found[found.index(path) + 1 :]:
-                aside = newer.with_name(f"damaged-{newer.name}")
-                shutil.rmtree(aside, ignore_errors=True)
-                newer.rename(aside)
+            set_aside(found[found.index(path) + 1 :])
             warnings.warn(
                 f"cannot read checkpoint {'; '.join(damaged)}. Resuming from {path} (step "
                 f"{state['step']}) instead; the damaged checkpoint now lies in "

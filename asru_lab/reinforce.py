@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import random
-import shutil
 import tempfile
 import time
 import warnings
@@ -36,7 +35,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
 from asru_lab import viz
-from asru_lab.artifacts import claim_output, write_json_atomic, write_text_atomic
+from asru_lab.artifacts import claim_output, set_aside, write_json_atomic, write_text_atomic
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
 from asru_lab.directions import memorisation_direction
 from asru_lab.errors import AsruLabError
@@ -538,10 +537,7 @@ def _resume_checkpoint(out_dir: Path) -> str | None:
             "choose another output directory) to start from the beginning"
         )
     if damaged:
-        for newer in found[found.index(path) + 1 :]:
-            aside = newer.with_name(f"damaged-{newer.name}")
-            shutil.rmtree(aside, ignore_errors=True)
-            newer.rename(aside)
+        set_aside(found[found.index(path) + 1 :])
         warnings.warn(
             f"cannot read checkpoint {'; '.join(damaged)}. Resuming from {path} instead; the "
             f"damaged checkpoint now lies in {out_dir}/damaged-checkpoint-*",

@@ -140,17 +140,23 @@ def test_cli_redirect_that_diverges_saves_nothing(probe_dir, tmp_path, capsys):
     assert not list(out.glob("**/*.safetensors"))
 
 
-def test_resume_refuses_a_checkpoint_holding_nan(lm, bench, probe, tmp_path):
+def checkpointed_run(lm, bench, probe, checkpoints) -> RedirectConfig:
+    """One SGD epoch that keeps its last checkpoint in `checkpoints`; returns its config."""
     config = RedirectConfig(
         solver="sgd",
         epochs=1,
         batch_size=2,
-        checkpoint_dir=str(tmp_path),
+        checkpoint_dir=str(checkpoints),
         checkpoint_every=1,
         keep_checkpoints=1,
         **TINY,
     )
     redirect(lm, probe, bench, config)
+    return config
+
+
+def test_resume_refuses_a_checkpoint_holding_nan(lm, bench, probe, tmp_path):
+    config = checkpointed_run(lm, bench, probe, tmp_path)
     (checkpoint,) = tmp_path.glob("step-*")
     tensors_file = checkpoint / "trainable.safetensors"
     tensors = load_file(str(tensors_file))
@@ -162,16 +168,7 @@ def test_resume_refuses_a_checkpoint_holding_nan(lm, bench, probe, tmp_path):
 
 
 def test_resume_refuses_a_state_with_a_nan_loss_or_a_bool_step(lm, bench, probe, tmp_path):
-    config = RedirectConfig(
-        solver="sgd",
-        epochs=1,
-        batch_size=2,
-        checkpoint_dir=str(tmp_path),
-        checkpoint_every=1,
-        keep_checkpoints=1,
-        **TINY,
-    )
-    redirect(lm, probe, bench, config)
+    config = checkpointed_run(lm, bench, probe, tmp_path)
     resumed = dataclasses.replace(config, resume=True)
     (checkpoint,) = tmp_path.glob("step-*")
     state_file = checkpoint / "state.json"
