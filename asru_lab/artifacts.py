@@ -182,7 +182,9 @@ def claim_output(
     """
     target = check_output(target, overwrite=overwrite)
     _make_folder(target)
-    _write_marker(target, _listed(target), whole=whole or None)
+    marker = _read_marker(target)
+    if marker is None or (whole and not marker.get("whole_folder")):  # a rerun changes nothing
+        _write_marker(target, _listed(target), whole=whole or None)
     _record(target.absolute().parent, [target.name])
     return target
 

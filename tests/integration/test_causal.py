@@ -191,6 +191,7 @@ def test_cli_writes_trace_and_heatmap(lm, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "locate's recommended probe: layer 5" in printed
     assert sorted(p.name for p in out.iterdir()) == [
+        ".asru_lab_output.json",  # the output-folder marker (asru_lab.artifacts)
         "causal_heatmap.html",
         "plotly.min.js",
         "probe",
