@@ -16,6 +16,8 @@ al.reproduce("figures/")          # every method x forget ratio: tables, figures
 ```
 """
 
+from importlib import metadata
+
 from asru_lab.baselines import METHODS, UnlearnConfig, UnlearnError, save_unlearned, unlearn
 from asru_lab.data import (
     Benchmark,
@@ -36,7 +38,10 @@ from asru_lab.reinforce import ReinforceConfig, ReinforceError, reinforce, save_
 from asru_lab.reproduce import ReproduceConfig, load_results, reproduce
 from asru_lab.validation import ConfigError
 
-__version__ = "0.1.0"
+try:  # one definition: pyproject.toml's, through the installed package's metadata
+    __version__ = metadata.version("asru-lab")
+except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "Benchmark",

@@ -15,7 +15,7 @@ from its last checkpoint).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from asru_lab.artifacts import claim_output
@@ -95,9 +95,9 @@ def run_pipeline(
     if config.resume and (final_dir / "reinforce.json").is_file():
         final = load_model(final_dir)
     else:
-        settings = config.reinforce
+        settings = config.reinforce  # the caller's config is never changed
         if config.resume and (final_dir / TRAINING_DIR).is_dir():
-            settings.resume = True
+            settings = replace(settings, resume=True)
         final, record = reinforce(
             stage1, bench, settings, output_dir=final_dir / TRAINING_DIR, probe=probe
         )

@@ -73,7 +73,7 @@ MCQ_CHANCE = 0.25
 GQ_FLOOR = 0.1
 CACHE_DIR = "cache"
 # config fields that change how a run is shown or stored, not what it computes
-NOT_IN_KEY = {"progress", "training_dir", "checkpoint_dir", "resume", "batch_size_eval"}
+NOT_IN_KEY = {"progress", "training_dir", "checkpoint_dir", "resume"}
 
 
 @dataclass

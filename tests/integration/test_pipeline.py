@@ -58,3 +58,29 @@ def test_run_pipeline_writes_every_stage_and_resumes(lm, bench, tmp_path):
     config.resume = True
     assert run_pipeline(lm, bench, tmp_path, config) == results
     assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*.json")} == stamps
+
+
+def test_resuming_stage_2_leaves_the_callers_config_unchanged(lm, bench, tmp_path, monkeypatch):
+    import asru_lab.pipeline as pipeline
+    from asru_lab.artifacts import claim_output, write_text_atomic
+
+    seen = {}
+
+    def stop_in_stage_2(model, bench_, settings, **kwargs):
+        seen["resume"] = settings.resume
+        raise KeyboardInterrupt
+
+    # an earlier run that finished stages 0-1 and was interrupted in stage 2
+    claim_output(tmp_path)
+    for done in ("probe/probe.json", "stage1/redirect.json", "results/vanilla.json"):
+        claim_output((tmp_path / done).parent)
+        write_text_atomic(tmp_path / done, "{}")
+    claim_output(tmp_path / "final" / "training", whole=True)
+    monkeypatch.setattr(pipeline.SteeringProbe, "load", lambda path: "the probe")
+    monkeypatch.setattr(pipeline, "load_model", lambda path: lm)
+    monkeypatch.setattr(pipeline, "_evaluated", lambda *args: {})
+    monkeypatch.setattr(pipeline, "reinforce", stop_in_stage_2)
+    config = PipelineConfig(resume=True)
+    with pytest.raises(KeyboardInterrupt):
+        run_pipeline(lm, bench, tmp_path, config)
+    assert seen["resume"] is True and config.reinforce.resume is False
