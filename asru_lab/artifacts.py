@@ -45,14 +45,19 @@ def _follow_umask(path: Path, *, directory: bool) -> None:
     path.chmod((0o777 if directory else 0o666) & ~_umask())
 
 
-def _read_marker(folder: Path) -> dict | None:
+def read_json_object(path: str | os.PathLike) -> dict | None:
+    """The JSON object in `path`, or None when it is missing, unreadable or not an object
+    (for recognising asru_lab's own earlier outputs)."""
     try:
-        data = json.loads((folder / MARKER).read_text())
+        data = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
-        return None
-    return data
+    return data if isinstance(data, dict) else None
+
+
+def _read_marker(folder: Path) -> dict | None:
+    data = read_json_object(folder / MARKER)
+    return data if data is not None and isinstance(data.get("entries"), list) else None
 
 
 def _listed(folder: Path) -> set[str]:

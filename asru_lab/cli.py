@@ -267,13 +267,13 @@ def seed(args) -> int:
 def _benchmark(args):
     """--data with --forget-ratio / --seed where they choose the forgotten people."""
     import asru_lab as al
-    from asru_lab.data import MLLMU_PREFIX
+    from asru_lab.data import benchmark_kind
 
     source = args.data
-    if source is None or source == "synthetic":
+    kind = benchmark_kind(source)
+    if kind == "synthetic":
         return al.load_benchmark(source, forget_ratio=args.forget_ratio, seed=args.seed)
-    if str(source).startswith(MLLMU_PREFIX):
-        # MLLMU-Bench's forget sets are fixed folders: --seed only seeds the run
+    if kind == "mllmu":  # MLLMU-Bench's forget sets are fixed folders: --seed seeds the run
         return al.load_benchmark(source, forget_ratio=args.forget_ratio)
     if args.forget_ratio is not None:
         raise UsageError(

@@ -24,7 +24,7 @@ from asru_lab.data.schema import ITEM_SPLITS, TASKS, Benchmark, BenchmarkError, 
 from asru_lab.errors import AsruLabError
 from asru_lab.generation import build_prompt, encode
 from asru_lab.models.loading import LoadedModel
-from asru_lab.validation import check_fields, nonfinite_tensor
+from asru_lab.validation import check_fields, nonfinite_trained
 
 FINETUNE_FILE = "finetune.json"
 ADAPTER_DIR = "lora_adapter"
@@ -259,7 +259,7 @@ def finetune(
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
         finally:
             bar.close()
-    bad = nonfinite_tensor((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    bad = nonfinite_trained(model)
     if bad:
         raise FinetuneError(
             f"training left NaN or infinite weights in {bad}; nothing was returned or saved: "

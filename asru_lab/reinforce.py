@@ -46,7 +46,7 @@ from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
 from asru_lab.rewards import build_rewards, completion_text
 from asru_lab.trace import capture
-from asru_lab.validation import check_fields, nonfinite_tensor
+from asru_lab.validation import check_fields, nonfinite_trained
 
 REINFORCE_FILE = "reinforce.json"
 TRAINING_DIR = "training"  # inside a saved stage 2 model: checkpoints, metrics, dashboard
@@ -411,7 +411,7 @@ class StopOnNonFinite(TrainerCallback):
 
 def refuse_nonfinite_weights(model: torch.nn.Module, step: int, config: ReinforceConfig) -> None:
     """Raise ReinforceError if a trained parameter of `model` holds NaN or infinite values."""
-    bad = nonfinite_tensor((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    bad = nonfinite_trained(model)
     if bad:
         raise ReinforceError(
             f"GRPO left NaN or infinite weights in {bad} at step {step}; stopped before saving "

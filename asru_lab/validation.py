@@ -100,6 +100,11 @@ def nonfinite_tensor(tensors: Iterable[tuple[str, torch.Tensor]]) -> str | None:
     return None
 
 
+def nonfinite_trained(model: torch.nn.Module) -> str | None:
+    """`nonfinite_tensor` over the parameters of `model` that train (`requires_grad`)."""
+    return nonfinite_tensor((n, p) for n, p in model.named_parameters() if p.requires_grad)
+
+
 def nonfinite_entry(data, where: str = "") -> str | None:
     """Where the JSON-like `data` holds a NaN or infinite number (e.g. "losses.forget[3] = nan");
     None when it holds none."""

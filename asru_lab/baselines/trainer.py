@@ -38,7 +38,7 @@ from asru_lab.finetune import (
 )
 from asru_lab.generation import encode
 from asru_lab.models.loading import LoadedModel
-from asru_lab.validation import check_fields, nonfinite_tensor
+from asru_lab.validation import check_fields, nonfinite_trained
 
 # Stock "I don't know" answers for refusal SFT (the TOFU-style IDK baseline): one canned
 # refusal whatever was asked, which is what the paper calls a rigid refusal.
@@ -273,7 +273,7 @@ def train_unlearning(
                     bar.set_postfix(loss=f"{losses[-1]:.4f}")
         finally:
             bar.close()
-    bad = nonfinite_tensor((n, p) for n, p in model.named_parameters() if p.requires_grad)
+    bad = nonfinite_trained(model)
     if bad:
         raise UnlearnError(
             f"{name}: training left NaN or infinite weights in {bad}; nothing was returned or "

@@ -14,7 +14,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from asru_lab.artifacts import write_json_atomic
+from asru_lab.artifacts import read_json_object, write_json_atomic
 from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.errors import AsruLabError
 
@@ -133,8 +133,5 @@ def load_answers(
 
 def is_answers_file(path: str | os.PathLike) -> bool:
     """True when `path` holds an answers file (an earlier one, which may be replaced)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == ANSWERS_FORMAT
+    data = read_json_object(path)
+    return data is not None and data.get("format") == ANSWERS_FORMAT

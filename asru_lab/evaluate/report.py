@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from asru_lab.artifacts import check_output_file, write_json_atomic
+from asru_lab.artifacts import check_output_file, read_json_object, write_json_atomic
 
 
 @dataclass
@@ -96,8 +96,5 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 def is_report_file(path: str | Path) -> bool:
     """True when `path` holds an evaluation JSON (an earlier result that may be replaced)."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and {"model", "method", "splits"} <= data.keys()
+    data = read_json_object(path)
+    return data is not None and {"model", "method", "splits"} <= data.keys()
