@@ -27,15 +27,15 @@ from asru_lab.data import (
     export_benchmark,
     load_benchmark,
 )
-from asru_lab.evaluate.harness import EvalConfig, evaluate
-from asru_lab.evaluate.report import EvalReport
+from asru_lab.evaluation.harness import EvalConfig, evaluate
+from asru_lab.evaluation.report import EvalReport
 from asru_lab.generation import generate
-from asru_lab.locate import LocateConfig, locate
 from asru_lab.models.loading import LoadedModel, ModelLoadError, load_model
 from asru_lab.probe import ProbeError, SteeringProbe, load_probe
-from asru_lab.redirect import RedirectConfig, RedirectError, redirect, save_redirected
-from asru_lab.reinforce import ReinforceConfig, ReinforceError, reinforce, save_reinforced
-from asru_lab.reproduce import ReproduceConfig, load_results, reproduce
+from asru_lab.runs.reproduce import ReproduceConfig, load_results, reproduce
+from asru_lab.stages.locate import LocateConfig, locate
+from asru_lab.stages.redirect import RedirectConfig, RedirectError, redirect, save_redirected
+from asru_lab.stages.reinforce import ReinforceConfig, ReinforceError, reinforce, save_reinforced
 from asru_lab.validation import ConfigError
 
 try:  # one definition: pyproject.toml's, through the installed package's metadata

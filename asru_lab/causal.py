@@ -49,11 +49,11 @@ import torch
 from tqdm.auto import tqdm
 
 from asru_lab.artifacts import claim_output, write_json_atomic
+from asru_lab.capture import check_layers, module_envoy, nnsight_model
 from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
 from asru_lab.errors import AsruLabError
 from asru_lab.generation import build_prompt
 from asru_lab.models.loading import LoadedModel
-from asru_lab.trace import check_layers, module_envoy, nnsight_model
 from asru_lab.validation import check_fields
 
 COMPONENTS = ("residual", "attention", "mlp")

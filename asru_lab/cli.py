@@ -232,7 +232,7 @@ class UsageError(AsruLabError):
 def check_out(args) -> None:
     """Refuse an unusable --out before any model is loaded (`artifacts.check_output`)."""
     from asru_lab.artifacts import check_output, check_output_file
-    from asru_lab.evaluate.report import is_report_file
+    from asru_lab.evaluation.report import is_report_file
 
     out = getattr(args, "out", None)
     if args.command == "build-embedded" and out is None:
@@ -242,7 +242,7 @@ def check_out(args) -> None:
     if out is None:
         return
     if args.command == "evaluate":
-        from asru_lab.evaluate.answers import is_answers_file
+        from asru_lab.evaluation.answers import is_answers_file
 
         check_output_file(out, overwrite=args.overwrite, own=is_report_file)
         if not args.answers:
@@ -301,7 +301,7 @@ def cmd_demo(args) -> int:
     from dataclasses import replace
 
     import asru_lab as al
-    from asru_lab.demo import DEMO_RATIO, demo_config, demo_report, run_demo
+    from asru_lab.runs.demo import DEMO_RATIO, demo_config, demo_report, run_demo
 
     started = time.time()
     bench = al.load_benchmark(forget_ratio=DEMO_RATIO)
@@ -325,7 +325,7 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
 
     import asru_lab as al
-    from asru_lab.evaluate.judge import JudgeError, OpenAIJudge
+    from asru_lab.evaluation.judge import JudgeError, OpenAIJudge
 
     judge = None
     if args.judge_url:
@@ -376,7 +376,7 @@ def cmd_evaluate(args) -> int:
 
 def cmd_locate(args) -> int:
     from asru_lab import viz
-    from asru_lab.locate import LocateConfig, LocateResult, locate
+    from asru_lab.stages.locate import LocateConfig, LocateResult, locate
 
     lm, bench = _load(args)
     config = LocateConfig(site=args.site, seed=seed(args), progress=not args.quiet)
@@ -396,8 +396,8 @@ def cmd_locate(args) -> int:
 def cmd_trace_causal(args) -> int:
     from asru_lab import viz
     from asru_lab.causal import COMPONENTS, CausalTraceConfig, describe_comparison, trace_causal
-    from asru_lab.locate import LocateConfig, locate
     from asru_lab.probe import SteeringProbe
+    from asru_lab.stages.locate import LocateConfig, locate
 
     config = CausalTraceConfig(
         split=args.split,
@@ -450,7 +450,7 @@ def cmd_trace_causal(args) -> int:
 
 def cmd_redirect(args) -> int:
     from asru_lab.probe import SteeringProbe
-    from asru_lab.redirect import RedirectConfig, redirect, save_redirected
+    from asru_lab.stages.redirect import RedirectConfig, redirect, save_redirected
 
     lm, bench = _load(args)
     probe = SteeringProbe.load(args.probe)
@@ -493,7 +493,7 @@ def cmd_redirect(args) -> int:
 
 def cmd_reinforce(args) -> int:
     from asru_lab.probe import SteeringProbe
-    from asru_lab.reinforce import TRAINING_DIR, ReinforceConfig, reinforce, save_reinforced
+    from asru_lab.stages.reinforce import TRAINING_DIR, ReinforceConfig, reinforce, save_reinforced
 
     lm, bench = _load(args)
     probe = SteeringProbe.load(args.probe) if args.probe else None
@@ -532,7 +532,7 @@ def cmd_reinforce(args) -> int:
 
 def cmd_run(args) -> int:
     import asru_lab as al
-    from asru_lab.pipeline import PipelineConfig, comparison_table, run_pipeline
+    from asru_lab.runs.pipeline import PipelineConfig, comparison_table, run_pipeline
 
     lm, bench = _load(args)
     config = PipelineConfig(resume=args.resume)
@@ -557,7 +557,7 @@ def cmd_export(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from asru_lab.models.build_embedded import BuildConfig, build_embedded
+    from asru_lab.runs.build_embedded import BuildConfig, build_embedded
 
     cfg = BuildConfig()
     if args.steps is not None:
@@ -570,7 +570,7 @@ def cmd_build(args) -> int:
 
 
 def cmd_finetune(args) -> int:
-    from asru_lab.finetune import FinetuneConfig, finetune, save_finetuned
+    from asru_lab.stages.finetune import FinetuneConfig, finetune, save_finetuned
 
     lm, bench = _load(args)
     cfg = FinetuneConfig(merge=not args.no_merge)
@@ -589,7 +589,7 @@ def cmd_unlearn(args) -> int:
 
     from asru_lab.baselines import UnlearnConfig, get_method, save_unlearned, unlearn
     from asru_lab.probe import SteeringProbe
-    from asru_lab.reproduce import _seeded
+    from asru_lab.runs.reproduce import _seeded
 
     method = get_method(args.method)
     lm, bench = _load(args)
@@ -619,14 +619,14 @@ def cmd_unlearn(args) -> int:
 
 def cmd_reproduce(args) -> int:
     import asru_lab as al
-    from asru_lab.reproduce import FORGET_RATIOS, PAPER_METHODS, ReproduceConfig, reproduce
+    from asru_lab.runs.reproduce import FORGET_RATIOS, PAPER_METHODS, ReproduceConfig, reproduce
 
     configs = {}
     if args.baseline_lr is not None:
         from dataclasses import replace
 
         from asru_lab.baselines import get_method
-        from asru_lab.reproduce import HEADLINE_BASELINES
+        from asru_lab.runs.reproduce import HEADLINE_BASELINES
 
         for name in HEADLINE_BASELINES:
             configs[name] = replace(get_method(name).default_config(), lr=args.baseline_lr)

@@ -15,12 +15,12 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from asru_lab.capture import Capture
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem
-from asru_lab.evaluate.harness import EvalConfig, answer_items
-from asru_lab.evaluate.judge import ClosedWorldJudge, Judge
+from asru_lab.evaluation.harness import EvalConfig, answer_items
+from asru_lab.evaluation.judge import ClosedWorldJudge, Judge
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import MemorisationGate
-from asru_lab.trace import Capture
 
 REFUSALS = ("rigid_refusal", "contextual_refusal")
 

@@ -34,9 +34,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from asru_lab.artifacts import atomic_dir, write_json_atomic
+from asru_lab.capture import capture, check_site, module_envoy
 from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
-from asru_lab.trace import capture, check_site, module_envoy
 from asru_lab.validation import check_fields, check_value
 
 FORMAT = "asru_lab.steering_probe"

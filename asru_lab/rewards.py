@@ -2,7 +2,7 @@
 
 A reward is built for a benchmark (`build_rewards(names, bench)`) and called by TRL as
 `f(completions, **columns) -> list[float]`, one float per completion. The columns come from
-the stage 2 dataset (`asru_lab.reinforce.boundary_dataset`): `split` ("forget" or "retain"),
+the stage 2 dataset (`asru_lab.stages.reinforce.boundary_dataset`): `split` ("forget" or "retain"),
 `item` (the index of the question in `bench.items`), `value` (the true fact) and `answer`
 (the reference answer). A completion is TRL's message list or a plain string.
 
@@ -11,7 +11,7 @@ Registered rewards:
 - `asru_rule`: the public code's rule table (DESIGN §1), checked in column order:
   forget: true value in the answer 0.0, refusal 1.0, 0 < ROUGE-L < 0.4 0.5, otherwise 0.1;
   retain: true value 1.0, refusal 0.0, ROUGE-L > 0.6 0.5, otherwise 0.1.
-- `contextual` (ours): the closed-world judge's category (`asru_lab.evaluate.judge`) scored by
+- `contextual` (ours): the closed-world judge's category (`asru_lab.evaluation.judge`) scored by
   `CONTEXTUAL_TABLE`: on forget, contextual refusal > rigid refusal > hallucination > leak; on
   retain, correct answer > refusal > unverifiable answer > hallucination; degenerate text is
   penalised on both.
@@ -27,8 +27,8 @@ from collections.abc import Callable, Sequence
 
 from asru_lab.data.schema import Benchmark, contains_value
 from asru_lab.errors import AsruLabError
-from asru_lab.evaluate.judge import ClosedWorldJudge, degenerate_reason, is_refusal
-from asru_lab.evaluate.metrics import rouge_l
+from asru_lab.evaluation.judge import ClosedWorldJudge, degenerate_reason, is_refusal
+from asru_lab.evaluation.metrics import rouge_l
 
 RewardFunction = Callable[..., list[float]]
 RewardFactory = Callable[[Benchmark], RewardFunction]

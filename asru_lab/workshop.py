@@ -28,13 +28,13 @@ from dataclasses import dataclass
 
 import torch
 
+from asru_lab.capture import Capture, capture
 from asru_lab.data.schema import Benchmark, QAItem, contains_value, stratified_sample
 from asru_lab.directions import auroc, knowledge_absence_direction
-from asru_lab.evaluate.judge import is_refusal
+from asru_lab.evaluation.judge import is_refusal
 from asru_lab.generation import generate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
-from asru_lab.trace import Capture, capture
 
 SET_NAMES = ("forget", "retain", "target")
 REWARD_ATTRIBUTES = ("name", "birthplace", "occupation")

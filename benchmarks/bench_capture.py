@@ -29,8 +29,8 @@ from collections.abc import Callable
 import torch
 
 import asru_lab as al
+from asru_lab.capture import capture
 from asru_lab.generation import encode
-from asru_lab.trace import capture
 
 # wall time; `--cpu-time` switches to this process's CPU time (all threads), steadier than
 # wall time when other jobs share the cores, if torch runs one thread (`--threads 1`)

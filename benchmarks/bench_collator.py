@@ -15,8 +15,8 @@ import torch
 
 from asru_lab.data.synthetic import build_world
 from asru_lab.generation import encode
-from asru_lab.models.build_embedded import DEFAULT_TASK_WEIGHTS, Collator, TrainingSampler
 from asru_lab.models.loading import load_model
+from asru_lab.runs.build_embedded import DEFAULT_TASK_WEIGHTS, Collator, TrainingSampler
 
 
 def main(batch_size: int = 32, repeats: int = 10) -> float:

@@ -28,8 +28,8 @@ import time
 import torch
 
 import asru_lab as al
-from asru_lab.locate import quick_probe
-from asru_lab.redirect import (
+from asru_lab.stages.locate import quick_probe
+from asru_lab.stages.redirect import (
     RedirectConfig,
     _encode,
     _run,

@@ -10,15 +10,12 @@ timer, and prints the rewards' total time / the training loop's time. Bound: <= 
 from __future__ import annotations
 
 import argparse
-import importlib
 import tempfile
 import time
 
 import asru_lab as al
+import asru_lab.stages.reinforce as stage2
 from asru_lab.rewards import build_rewards
-
-# the module, not the function `asru_lab.reinforce` that shadows it as an attribute
-stage2 = importlib.import_module("asru_lab.reinforce")
 
 BOUND = 0.05
 

@@ -31,9 +31,9 @@ from asru_lab.baselines import asru, ga, grad_diff, kl_min, npo, refusal_sft, st
 from asru_lab.baselines.registry import METHODS, Method, Unlearned, UnlearnError, get_method
 from asru_lab.baselines.trainer import UnlearnConfig
 from asru_lab.data.schema import Benchmark
-from asru_lab.locate import LocateConfig, locate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
+from asru_lab.stages.locate import LocateConfig, locate
 
 UNLEARN_FILE = "unlearn.json"
 PROBE_DIR = "probe"

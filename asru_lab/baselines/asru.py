@@ -8,8 +8,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from asru_lab.baselines.registry import Method, Unlearned, UnlearnError, register
-from asru_lab.redirect import RedirectConfig, redirect
-from asru_lab.reinforce import METRICS_FILE, ReinforceConfig, reinforce
+from asru_lab.stages.redirect import RedirectConfig, redirect
+from asru_lab.stages.reinforce import METRICS_FILE, ReinforceConfig, reinforce
 from asru_lab.validation import check_fields
 from asru_lab.viz import read_metrics
 

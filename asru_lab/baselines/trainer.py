@@ -28,7 +28,9 @@ from tqdm.auto import tqdm
 
 from asru_lab.baselines.registry import UnlearnError
 from asru_lab.data.schema import Benchmark, QAItem
-from asru_lab.finetune import (
+from asru_lab.generation import encode
+from asru_lab.models.loading import LoadedModel
+from asru_lab.stages.finetune import (
     IGNORE_INDEX,
     Example,
     answer_labels,
@@ -36,8 +38,6 @@ from asru_lab.finetune import (
     language_model_linears,
     lr_factor,
 )
-from asru_lab.generation import encode
-from asru_lab.models.loading import LoadedModel
 from asru_lab.validation import check_fields, nonfinite_trained
 
 # Stock "I don't know" answers for refusal SFT (the TOFU-style IDK baseline): one canned

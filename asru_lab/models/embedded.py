@@ -1,7 +1,7 @@
 """The embedded default: a tiny Qwen3-VL built offline, shipped inside the package.
 
 This module knows how to make its parts from nothing (tokenizer, processor, config) and
-where the shipped result lives. Training it is `asru_lab.models.build_embedded`.
+where the shipped result lives. Training it is `asru_lab.runs.build_embedded`.
 """
 
 from __future__ import annotations

@@ -13,7 +13,7 @@ import pytest
 import asru_lab as al
 from asru_lab.cli import main
 from asru_lab.data.schema import contains_value
-from asru_lab.evaluate.judge import CATEGORIES
+from asru_lab.evaluation.judge import CATEGORIES
 from asru_lab.models.embedded import embedded_dir
 
 pytestmark = pytest.mark.skipif(

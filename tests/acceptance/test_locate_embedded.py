@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from asru_lab.cli import main
-from asru_lab.locate import LocateConfig
 from asru_lab.models.embedded import embedded_dir
 from asru_lab.probe import SteeringProbe
+from asru_lab.stages.locate import LocateConfig
 
 pytestmark = pytest.mark.skipif(
     not (embedded_dir() / "config.json").is_file(), reason="embedded model not built"
@@ -77,7 +77,7 @@ def test_without_the_gate_everyone_is_refused(runs):
 
 def test_same_seed_gives_bit_identical_probe_tensors(runs, tmp_path):
     from asru_lab import load_benchmark, load_model
-    from asru_lab.locate import locate
+    from asru_lab.stages.locate import locate
 
     probe = SteeringProbe.load(runs["probe"])
     # Re-run only the recommended layer and strength, and no heatmap columns: the directions

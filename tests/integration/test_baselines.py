@@ -20,9 +20,9 @@ from asru_lab.baselines import (
 from asru_lab.baselines.trainer import Step, _batch, training_sets
 from asru_lab.cli import METHOD_NAMES, main
 from asru_lab.data.schema import Benchmark
-from asru_lab.evaluate.judge import ClosedWorldJudge
-from asru_lab.finetune import answer_tokens
-from asru_lab.locate import quick_probe
+from asru_lab.evaluation.judge import ClosedWorldJudge
+from asru_lab.stages.finetune import answer_tokens
+from asru_lab.stages.locate import quick_probe
 
 TINY = {"max_forget": 8, "epochs": 1, "batch_size": 4, "progress": False}
 

@@ -12,10 +12,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from asru_lab.locate import quick_probe
 from asru_lab.probe import SteeringProbe
-from asru_lab.redirect import RedirectConfig, RedirectError, redirect
-from asru_lab.reinforce import ReinforceError, _resume_checkpoint
+from asru_lab.stages.locate import quick_probe
+from asru_lab.stages.redirect import RedirectConfig, RedirectError, redirect
+from asru_lab.stages.reinforce import ReinforceError, _resume_checkpoint
 
 # 4 SGD steps, a checkpoint after each of the first 3; the last 2 are kept (step 2 and 3).
 TINY = {

@@ -8,9 +8,9 @@ from safetensors.torch import load_file
 
 from asru_lab.data.synthetic import SyntheticConfig, build_world
 from asru_lab.generation import encode
-from asru_lab.models.build_embedded import BuildConfig, Collator, TrainingSampler, build_embedded
 from asru_lab.models.embedded import TinyDims
 from asru_lab.models.loading import load_model
+from asru_lab.runs.build_embedded import BuildConfig, Collator, TrainingSampler, build_embedded
 
 SMALL = BuildConfig(
     steps=4,

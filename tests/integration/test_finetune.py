@@ -12,15 +12,6 @@ from PIL import Image, ImageDraw
 from transformers import Qwen3VLForConditionalGeneration
 
 from asru_lab.data import Benchmark, BenchmarkError, load_benchmark
-from asru_lab.finetune import (
-    Example,
-    FinetuneConfig,
-    answer_labels,
-    answer_tokens,
-    finetune,
-    language_model_linears,
-    save_finetuned,
-)
 from asru_lab.generation import encode, generate
 from asru_lab.models.adapters import QWEN3_VL
 from asru_lab.models.embedded import (
@@ -31,6 +22,15 @@ from asru_lab.models.embedded import (
     build_tokenizer,
 )
 from asru_lab.models.loading import LoadedModel, load_model
+from asru_lab.stages.finetune import (
+    Example,
+    FinetuneConfig,
+    answer_labels,
+    answer_tokens,
+    finetune,
+    language_model_linears,
+    save_finetuned,
+)
 
 PEOPLE = [
     {"id": "p1", "name": "Alice Moreau", "split": "forget", "facts": {"birthplace": "Lisbon"}},

@@ -7,6 +7,7 @@ import random
 import pytest
 import torch
 
+from asru_lab.capture import capture, deepstack_relation
 from asru_lab.directions import (
     auroc,
     fit_gate,
@@ -15,9 +16,9 @@ from asru_lab.directions import (
     refused_items,
     threshold_at_fpr,
 )
-from asru_lab.evaluate.judge import ClosedWorldJudge
+from asru_lab.evaluation.judge import ClosedWorldJudge
 from asru_lab.generation import encode
-from asru_lab.locate import (
+from asru_lab.stages.locate import (
     LocateConfig,
     LocateResult,
     compare_answers,
@@ -25,7 +26,6 @@ from asru_lab.locate import (
     locate,
     quick_probe,
 )
-from asru_lab.trace import capture, deepstack_relation
 
 SMALL = LocateConfig(
     layers=(4, 5),

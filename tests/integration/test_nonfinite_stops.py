@@ -15,11 +15,11 @@ from transformers import TrainerCallback
 from asru_lab.baselines import METHODS, UnlearnError, unlearn
 from asru_lab.cli import main
 from asru_lab.data.schema import Benchmark
-from asru_lab.finetune import FinetuneConfig, FinetuneError, finetune
-from asru_lab.locate import LocateConfig, locate, quick_probe
 from asru_lab.probe import ProbeError
-from asru_lab.redirect import RedirectConfig, RedirectError, redirect
-from asru_lab.reinforce import REINFORCE_FILE, ReinforceConfig, ReinforceError, reinforce
+from asru_lab.stages.finetune import FinetuneConfig, FinetuneError, finetune
+from asru_lab.stages.locate import LocateConfig, locate, quick_probe
+from asru_lab.stages.redirect import RedirectConfig, RedirectError, redirect
+from asru_lab.stages.reinforce import REINFORCE_FILE, ReinforceConfig, ReinforceError, reinforce
 from asru_lab.validation import ConfigError
 
 TINY = {"max_forget": 4, "max_retain": 4, "progress": False}

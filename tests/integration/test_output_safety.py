@@ -4,7 +4,6 @@ command that writes, with and without --overwrite. Nothing unrelated is ever los
 from __future__ import annotations
 
 import functools
-import importlib
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import pytest
 import asru_lab as al
 from asru_lab.artifacts import MARKER
 from asru_lab.cli import build_parser, main
-from asru_lab.locate import LocateConfig
+from asru_lab.stages.locate import LocateConfig
 
 TINY_LOCATE = {
     "layers": (5,),
@@ -89,15 +88,13 @@ def small_data(bench, tmp_path_factory) -> Path:
 @pytest.fixture
 def small_settings(monkeypatch):
     """The commands' heavier defaults, shrunk: the same code paths in seconds."""
-    from asru_lab import demo, pipeline
-    from asru_lab.models import build_embedded
-    from asru_lab.redirect import RedirectConfig
-    from asru_lab.reinforce import ReinforceConfig
-    from asru_lab.reproduce import ReproduceConfig
+    import asru_lab.runs.reproduce as reproduce
+    import asru_lab.stages.locate as locate_module
+    from asru_lab.runs import build_embedded, demo, pipeline
+    from asru_lab.runs.reproduce import ReproduceConfig
+    from asru_lab.stages.redirect import RedirectConfig
+    from asru_lab.stages.reinforce import ReinforceConfig
 
-    # `asru_lab.locate` and `asru_lab.reproduce` are the functions; these are their modules
-    locate_module = importlib.import_module("asru_lab.locate")
-    reproduce = importlib.import_module("asru_lab.reproduce")
     monkeypatch.setattr(
         locate_module, "LocateConfig", functools.partial(LocateConfig, **TINY_LOCATE)
     )

@@ -7,10 +7,10 @@ import json
 import pytest
 
 import asru_lab as al
-from asru_lab.locate import LocateConfig
-from asru_lab.pipeline import PipelineConfig, comparison_table, run_pipeline
-from asru_lab.redirect import RedirectConfig
-from asru_lab.reinforce import ReinforceConfig
+from asru_lab.runs.pipeline import PipelineConfig, comparison_table, run_pipeline
+from asru_lab.stages.locate import LocateConfig
+from asru_lab.stages.redirect import RedirectConfig
+from asru_lab.stages.reinforce import ReinforceConfig
 
 
 @pytest.mark.slow
@@ -61,7 +61,7 @@ def test_run_pipeline_writes_every_stage_and_resumes(lm, bench, tmp_path):
 
 
 def test_resuming_stage_2_leaves_the_callers_config_unchanged(lm, bench, tmp_path, monkeypatch):
-    import asru_lab.pipeline as pipeline
+    import asru_lab.runs.pipeline as pipeline
     from asru_lab.artifacts import claim_output, write_text_atomic
 
     seen = {}

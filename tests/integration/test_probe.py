@@ -9,12 +9,12 @@ import pytest
 import torch
 
 import asru_lab as al
+from asru_lab.capture import TraceError, capture, nnsight_model
 from asru_lab.cli import main
 from asru_lab.data.schema import BenchmarkError
 from asru_lab.generation import encode, generate_batch
 from asru_lab.models.adapters import AdapterError
 from asru_lab.probe import MemorisationGate, ProbeError, SteeringProbe
-from asru_lab.trace import TraceError, capture, nnsight_model
 from tests.tiny_models import make_tiny_qwen3_vl
 
 LAYER = 4
@@ -308,7 +308,7 @@ def test_unknown_site_position_or_operation_is_refused(lm, bench, items):
 def test_empty_sets_are_refused(lm, bench):
     with pytest.raises(BenchmarkError, match="empty"):
         capture(lm, bench, [], progress=False)
-    from asru_lab.locate import LocateConfig, locate
+    from asru_lab.stages.locate import LocateConfig, locate
 
     no_forget = bench.subset([i for i in bench.items if i.split != "forget"])
     with pytest.raises(BenchmarkError, match="no forget generation questions"):

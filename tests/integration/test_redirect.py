@@ -18,9 +18,9 @@ import torch
 import asru_lab as al
 from asru_lab.cli import main
 from asru_lab.data.schema import BenchmarkError
-from asru_lab.locate import quick_probe
 from asru_lab.probe import ProbeError, SteeringProbe
-from asru_lab.redirect import (
+from asru_lab.stages.locate import quick_probe
+from asru_lab.stages.redirect import (
     RedirectConfig,
     RedirectError,
     objective,

@@ -12,7 +12,8 @@ import torch
 import asru_lab as al
 from asru_lab.cli import main
 from asru_lab.data.schema import BenchmarkError
-from asru_lab.reinforce import (
+from asru_lab.rewards import RewardError
+from asru_lab.stages.reinforce import (
     ReinforceConfig,
     ReinforceError,
     boundary_dataset,
@@ -20,7 +21,6 @@ from asru_lab.reinforce import (
     reinforce,
     save_reinforced,
 )
-from asru_lab.rewards import RewardError
 
 SHORT = {
     "n_forget": 8,

@@ -13,9 +13,8 @@ import pytest
 import asru_lab as al
 from asru_lab.baselines import UnlearnConfig, UnlearnError
 from asru_lab.cli import main
-from asru_lab.demo import demo_config, demo_report
-from asru_lab.locate import LocateConfig
-from asru_lab.reproduce import (
+from asru_lab.runs.demo import demo_config, demo_report
+from asru_lab.runs.reproduce import (
     GQ_FLOOR,
     ReproduceConfig,
     flatten,
@@ -24,6 +23,7 @@ from asru_lab.reproduce import (
     reproduce,
     unlearning_effectiveness,
 )
+from asru_lab.stages.locate import LocateConfig
 
 TINY_LOCATE = LocateConfig(
     layers=(5,),

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from asru_lab import workshop
+from asru_lab.capture import capture
 from asru_lab.data.schema import contains_value
 from asru_lab.directions import auroc
-from asru_lab.evaluate.judge import is_refusal
+from asru_lab.evaluation.judge import is_refusal
 from asru_lab.generation import generate
 from asru_lab.probe import SteeringProbe
-from asru_lab.trace import capture
 
 LAYER = 5
 

@@ -186,7 +186,7 @@ def test_file_outputs_replace_only_their_own_kind(tmp_path):
 
 
 def test_an_evaluation_json_replaces_only_an_earlier_one(tmp_path):
-    from asru_lab.evaluate.report import EvalReport
+    from asru_lab.evaluation.report import EvalReport
 
     report = EvalReport(model="m", method="vanilla", splits={"forget": {"mcq_acc": 1.0}})
     path = tmp_path / "results.json"

@@ -23,15 +23,15 @@ from asru_lab.causal import CausalTraceConfig, CausalTraceError
 from asru_lab.data.schema import BenchmarkError
 from asru_lab.data.synthetic import SyntheticConfig
 from asru_lab.directions import threshold_at_fpr
-from asru_lab.evaluate.harness import EvalConfig
-from asru_lab.finetune import FinetuneConfig, FinetuneError
-from asru_lab.locate import LocateConfig
-from asru_lab.models.build_embedded import BuildConfig
-from asru_lab.pipeline import PipelineConfig
+from asru_lab.evaluation.harness import EvalConfig
 from asru_lab.probe import MemorisationGate, ProbeError, SteeringProbe
-from asru_lab.redirect import RedirectConfig, RedirectError
-from asru_lab.reinforce import ReinforceConfig, ReinforceError
-from asru_lab.reproduce import ReproduceConfig
+from asru_lab.runs.build_embedded import BuildConfig
+from asru_lab.runs.pipeline import PipelineConfig
+from asru_lab.runs.reproduce import ReproduceConfig
+from asru_lab.stages.finetune import FinetuneConfig, FinetuneError
+from asru_lab.stages.locate import LocateConfig
+from asru_lab.stages.redirect import RedirectConfig, RedirectError
+from asru_lab.stages.reinforce import ReinforceConfig, ReinforceError
 from asru_lab.validation import ConfigError
 
 CONFIGS = {

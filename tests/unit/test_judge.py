@@ -7,7 +7,7 @@ from dataclasses import replace
 import pytest
 
 from asru_lab.data.synthetic import REFUSALS_IMAGE, REFUSALS_TEXT, load_synthetic
-from asru_lab.evaluate.judge import (
+from asru_lab.evaluation.judge import (
     CATEGORIES,
     ClosedWorldJudge,
     Judge,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from asru_lab.evaluate.metrics import cloze_correct, parse_mcq, rouge_l
+from asru_lab.evaluation.metrics import cloze_correct, parse_mcq, rouge_l
 
 OPTIONS = ("Lisbon", "Oslo", "Krakow", "Nairobi")
 

@@ -11,7 +11,7 @@ import torch
 
 from asru_lab import workshop
 from asru_lab.data.schema import contains_value
-from asru_lab.evaluate.judge import degenerate_reason, is_refusal
+from asru_lab.evaluation.judge import degenerate_reason, is_refusal
 from asru_lab.rewards import build_rewards, completion_text
 
 WORKSHOP = Path(__file__).resolve().parents[2] / "notebooks" / "workshop"

@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
+from asru_lab.capture import capture, check_layers, check_position, check_site, deepstack_relation
 from asru_lab.data.schema import (
     Benchmark,
     BenchmarkError,
@@ -44,11 +45,10 @@ from asru_lab.directions import (
     memorisation_direction,
     refused_items,
 )
-from asru_lab.evaluate.judge import ClosedWorldJudge, Judge
+from asru_lab.evaluation.judge import ClosedWorldJudge, Judge
 from asru_lab.generation import as_image, encode, generate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import STEER_POSITIONS, MemorisationGate, SteeringProbe
-from asru_lab.trace import capture, check_layers, check_position, check_site, deepstack_relation
 from asru_lab.validation import ConfigError, check_fields
 
 
@@ -59,7 +59,7 @@ class LocateConfig:
     layers: tuple[int, ...] | None = None  # candidate layers to sweep; None: all (<= 8) or the
     # `n_candidates` most separable ones
     n_candidates: int = 4
-    site: str = "output"  # "output" or "input" of the layer (see asru_lab.trace)
+    site: str = "output"  # "output" or "input" of the layer (see asru_lab.capture)
     strengths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # alpha in h + alpha * v
     positions: tuple[str, ...] = ("last", "all")  # where the sweep steers (probe.STEER_POSITIONS)
     heatmap_positions: tuple[str | int, ...] = ("last", -2, -3, -4, -5, "prompt")

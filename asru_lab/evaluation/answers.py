@@ -19,7 +19,7 @@ from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.errors import AsruLabError
 
 if TYPE_CHECKING:
-    from asru_lab.evaluate.harness import EvalConfig
+    from asru_lab.evaluation.harness import EvalConfig
     from asru_lab.models.loading import LoadedModel
 
 ANSWERS_FORMAT = "asru_lab.answers/1"

@@ -256,8 +256,8 @@ def _lr_factor(step: int, cfg: BuildConfig) -> float:
 def quick_eval(lm: LoadedModel, world: syn.SyntheticWorld, n: int = 48) -> dict[str, float]:
     """Fast progress numbers on fixed samples: recall on trained and held-out views, MCQ
     accuracy, refusal of never-seen faces, and reading the background colour."""
-    from asru_lab.evaluate.judge import is_refusal
-    from asru_lab.evaluate.metrics import parse_mcq
+    from asru_lab.evaluation.judge import is_refusal
+    from asru_lab.evaluation.metrics import parse_mcq
     from asru_lab.generation import generate
 
     rng = random.Random(0)

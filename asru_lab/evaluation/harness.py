@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass
 from tqdm.auto import tqdm
 
 from asru_lab.data.schema import EVAL_SPLITS, Benchmark, BenchmarkError, QAItem, contains_value
-from asru_lab.evaluate.answers import AnswersError, load_answers, save_answers
-from asru_lab.evaluate.judge import ClosedWorldJudge, Judge, JudgeError, summarize
-from asru_lab.evaluate.metrics import cloze_correct, parse_mcq, rouge_l
-from asru_lab.evaluate.report import EvalReport
+from asru_lab.evaluation.answers import AnswersError, load_answers, save_answers
+from asru_lab.evaluation.judge import ClosedWorldJudge, Judge, JudgeError, summarize
+from asru_lab.evaluation.metrics import cloze_correct, parse_mcq, rouge_l
+from asru_lab.evaluation.report import EvalReport
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel
 from asru_lab.validation import ConfigError, check_fields

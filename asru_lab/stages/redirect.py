@@ -60,10 +60,10 @@ from asru_lab.artifacts import (
 )
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, stratified_sample
 from asru_lab.errors import AsruLabError
-from asru_lab.finetune import Example, answer_labels, answer_tokens
 from asru_lab.generation import encode
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import ProbeError, SteeringProbe
+from asru_lab.stages.finetune import Example, answer_labels, answer_tokens
 from asru_lab.validation import check_fields, check_value, nonfinite_entry, nonfinite_tensor
 
 REDIRECT_FILE = "redirect.json"

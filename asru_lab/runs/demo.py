@@ -14,9 +14,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from asru_lab.baselines import get_method
-from asru_lab.evaluate.harness import EvalConfig
-from asru_lab.locate import LocateConfig
-from asru_lab.reproduce import ReproduceConfig, ReproduceResult, reproduce
+from asru_lab.evaluation.harness import EvalConfig
+from asru_lab.runs.reproduce import ReproduceConfig, ReproduceResult, reproduce
+from asru_lab.stages.locate import LocateConfig
 
 DEMO_METHODS = ("asru_stage1", "asru", "ga", "npo")
 DEMO_RATIO = 0.1

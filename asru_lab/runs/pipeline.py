@@ -20,12 +20,12 @@ from pathlib import Path
 
 from asru_lab.artifacts import claim_output
 from asru_lab.data.schema import Benchmark
-from asru_lab.evaluate.harness import EvalConfig, evaluate
-from asru_lab.locate import LocateConfig, locate
+from asru_lab.evaluation.harness import EvalConfig, evaluate
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
-from asru_lab.redirect import RedirectConfig, redirect, save_redirected
-from asru_lab.reinforce import TRAINING_DIR, ReinforceConfig, reinforce, save_reinforced
+from asru_lab.stages.locate import LocateConfig, locate
+from asru_lab.stages.redirect import RedirectConfig, redirect, save_redirected
+from asru_lab.stages.reinforce import TRAINING_DIR, ReinforceConfig, reinforce, save_reinforced
 from asru_lab.validation import check_fields
 
 STAGES = ("vanilla", "stage1", "final")

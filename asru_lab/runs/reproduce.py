@@ -49,11 +49,11 @@ from asru_lab.baselines import METHODS, get_method, unlearn
 from asru_lab.baselines.registry import Unlearned, UnlearnError
 from asru_lab.data import benchmark_kind, load_benchmark
 from asru_lab.data.schema import EVAL_SPLITS, Benchmark
-from asru_lab.evaluate.harness import EvalConfig, evaluate
+from asru_lab.evaluation.harness import EvalConfig, evaluate
 from asru_lab.generation import generate_batch
-from asru_lab.locate import LocateConfig, locate
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
+from asru_lab.stages.locate import LocateConfig, locate
 from asru_lab.validation import check_fields, nonfinite_entry
 
 PAPER_METHODS = (
@@ -301,7 +301,7 @@ def write_tables(rows: list[dict], head: list[dict], out: Path) -> None:
 
 def _commit() -> dict:
     """The git commit of the asru_lab checkout, and whether it had uncommitted changes."""
-    root = Path(__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True

@@ -36,16 +36,16 @@ from transformers.trainer_callback import ProgressCallback
 
 from asru_lab import viz
 from asru_lab.artifacts import claim_output, set_aside, write_json_atomic, write_text_atomic
+from asru_lab.capture import capture
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
 from asru_lab.directions import memorisation_direction
 from asru_lab.errors import AsruLabError
-from asru_lab.evaluate.harness import MAX_NEW_TOKENS
-from asru_lab.evaluate.judge import is_refusal
+from asru_lab.evaluation.harness import MAX_NEW_TOKENS
+from asru_lab.evaluation.judge import is_refusal
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
 from asru_lab.rewards import build_rewards, completion_text
-from asru_lab.trace import capture
 from asru_lab.validation import check_fields, nonfinite_trained
 
 REINFORCE_FILE = "reinforce.json"
@@ -477,7 +477,7 @@ def _lora(lm: LoadedModel, config: ReinforceConfig):
         return None
     from peft import LoraConfig
 
-    from asru_lab.finetune import language_model_linears
+    from asru_lab.stages.finetune import language_model_linears
 
     return LoraConfig(
         r=config.lora_r,
