@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from asru_lab.data.schema import open_image
+from asru_lab.data.schema import Benchmark, QAItem, open_image
 from asru_lab.models.loading import LoadedModel
 
 ImageLike = Image.Image | str | os.PathLike | None
@@ -52,6 +52,17 @@ def encode(
     present = [img for img in images if img is not None]
     batch = lm.processor(text=texts, images=present or None, return_tensors="pt", padding=True)
     return {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+
+
+def encode_items(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    answers: Sequence[str] | None = None,
+) -> dict[str, torch.Tensor]:
+    """`encode` for benchmark items: each item's image (opened by `bench`) and question, with
+    `answers` appended when given (one per item)."""
+    return encode(lm, bench.images(items), [i.question for i in items], answers)
 
 
 @torch.no_grad()

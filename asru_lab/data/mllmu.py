@@ -25,8 +25,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from PIL import Image
 
+from asru_lab.data.prompts import CLOZE_PREFIX, mcq_prompt
 from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem
-from asru_lab.data.synthetic import CLOZE_PREFIX, mcq_prompt
 
 # forget_ratio -> (forget config, retain config), as released.
 CONFIGS = {

@@ -10,7 +10,7 @@ import hashlib
 import json
 import random
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -106,6 +106,7 @@ class Benchmark:
         root: Path | None = None,
         image_loader: ImageLoader | None = None,
         meta: dict | None = None,
+        value_pools: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
         self.people: dict[str, Person] = {}
         for person in people:
@@ -117,6 +118,9 @@ class Benchmark:
         self.root = Path(root) if root is not None else None
         self._image_loader = image_loader
         self.meta = dict(meta or {})
+        # values an attribute can take beyond those in people and items (the synthetic world's
+        # whole vocabulary): a judge counts any of them in an answer as a hallucination
+        self.declared_pools = {a: tuple(v) for a, v in (value_pools or {}).items()}
         self._image_cache: dict[str, Image.Image] = {}
         self._fingerprint: tuple | None = None
 
@@ -131,6 +135,42 @@ class Benchmark:
         """The evaluation splits that hold at least one item, in the canonical order."""
         present = {i.split for i in self.items}
         return [s for s in EVAL_SPLITS if s in present]
+
+    def questions(
+        self,
+        split: str,
+        tasks: str | Sequence[str] | None = None,
+        *,
+        image_only: bool = False,
+    ) -> list[QAItem]:
+        """Items of `split` whose task is one of `tasks` (a task, a sequence, or None for all),
+        in a stable order; `image_only`: only items asked about an image."""
+        if isinstance(tasks, str):
+            tasks = (tasks,)
+        for task in tasks or ():
+            if task not in TASKS:
+                raise BenchmarkError(f"unknown task {task!r}; expected some of {', '.join(TASKS)}")
+        return [
+            i
+            for i in self.split(split)
+            if (tasks is None or i.task in tasks) and (i.image or not image_only)
+        ]
+
+    def images(self, items: Iterable[QAItem]) -> list[Image.Image | None]:
+        """Each item's image (None for a text-only item), opened as `load_image` opens it."""
+        return [self.load_image(i.image) if i.image else None for i in items]
+
+    def value_pools(self) -> dict[str, set[str]]:
+        """Per attribute ("name", "birthplace", ...), every value it takes in this benchmark:
+        the declared pools, people's names and facts, and items' values."""
+        pools: dict[str, set[str]] = {a: set(v) for a, v in self.declared_pools.items()}
+        for person in self.people.values():
+            pools.setdefault("name", set()).add(person.name)
+            for attribute, value in person.facts.items():
+                pools.setdefault(attribute, set()).add(value)
+        for item in self.items:
+            pools.setdefault(item.attribute, set()).add(item.value)
+        return pools
 
     def people_in(self, split: str) -> list[Person]:
         return [p for p in self.people.values() if p.split == split]
@@ -157,6 +197,7 @@ class Benchmark:
             root=self.root,
             image_loader=self._image_loader,
             meta=self.meta,
+            value_pools=self.declared_pools,
         )
 
     def fingerprint(self) -> str:

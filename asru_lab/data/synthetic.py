@@ -28,7 +28,8 @@ from asru_lab.data.portraits import (
     draw_view,
     render_portrait,
 )
-from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem
+from asru_lab.data.prompts import CLOZE_PREFIX, mcq_prompt
+from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
 from asru_lab.validation import check_fields
 
 N_VIEWS = 8
@@ -245,8 +246,6 @@ PICTURE_QUESTIONS_TEST = {
     "shirt": ("Tell me the color of the shirt this person wears.",),
     "hair": ("Tell me the color of this person's hair.",),
 }
-MCQ_SUFFIX = "Answer with the correct option."
-CLOZE_PREFIX = "Fill in the blank: "
 
 
 def answer_sentence(attribute: str, name: str, value: str) -> str:
@@ -414,17 +413,14 @@ def choose_forget(known: list[Person], forget_ratio: float, split_seed: int) -> 
     return set(random.Random(split_seed).sample(ids, n))
 
 
-def _mcq(rng: random.Random, question: str, value: str, pool: list[str]) -> tuple[str, tuple, int]:
+def mcq_item(
+    rng: random.Random, question: str, value: str, pool: list[str]
+) -> tuple[str, tuple, int]:
+    """(prompt, options, index of `value`): `value` and three distractors from `pool`, shuffled."""
     distractors = rng.sample([v for v in pool if v != value], 3)
     options = [value, *distractors]
     rng.shuffle(options)
     return mcq_prompt(question, options), tuple(options), options.index(value)
-
-
-def mcq_prompt(question: str, options) -> str:
-    """A multiple-choice prompt: the question, lettered options, then the instruction."""
-    lines = "\n".join(f"{LETTERS[i]}. {o}" for i, o in enumerate(options))
-    return f"{question}\n{lines}\n{MCQ_SUFFIX}"
 
 
 def attribute_pool(attribute: str, people: list[Person]) -> list[str]:
@@ -459,7 +455,7 @@ def person_items(
             items.append(QAItem(split, "qa", person.id, image, question, answer, attr, value))
         if "mcq" in tasks:
             stem = rng.choice(questions[attr]).format(subj=subj)
-            text, options, correct = _mcq(rng, stem, value, pool)
+            text, options, correct = mcq_item(rng, stem, value, pool)
             # The open question's sentence ("<name> was born in <option>."): naming the person
             # first lets a tiny model recall the fact through the name, which it learns far
             # faster than mapping a recalled value to its letter.
@@ -597,6 +593,7 @@ def load_synthetic(
         name="synthetic",
         image_loader=world.render,
         meta={"forget_ratio": forget_ratio, "split_seed": split_seed, "seed": config.seed},
+        value_pools=FACT_VALUES,
     )
     bench.validate()
     return bench

@@ -24,6 +24,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from asru_lab.artifacts import atomic_dir
+from asru_lab.data.prompts import CLOZE_PREFIX
 from asru_lab.data.schema import (
     ITEM_SPLITS,
     LETTERS,
@@ -33,7 +34,6 @@ from asru_lab.data.schema import (
     Person,
     QAItem,
 )
-from asru_lab.data.synthetic import CLOZE_PREFIX
 
 PROFILES = "profiles.jsonl"
 QA = "qa.jsonl"
@@ -85,6 +85,8 @@ def write_dataset(bench: Benchmark, directory: Path) -> None:
     meta: dict[str, Any] = {"name": bench.name, "fingerprint": bench.fingerprint()}
     if "forget_ratio" in bench.meta:
         meta["forget_ratio"] = bench.meta["forget_ratio"]
+    if bench.declared_pools:
+        meta["value_pools"] = {a: list(v) for a, v in bench.declared_pools.items()}
     (directory / META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
@@ -181,6 +183,7 @@ def load_user_dataset(path: str | os.PathLike, *, forget_ratio: float | None = N
             "source": str(root),
             "forget_ratio": meta.get("forget_ratio", n_forget / len(known) if known else 0.0),
         },
+        value_pools=meta.get("value_pools"),
     )
     try:
         bench.validate()
@@ -461,7 +464,7 @@ def check_splits(people: dict[str, Person], items: list[QAItem], root: Path) -> 
 
 
 def read_meta(root: Path) -> dict[str, Any]:
-    """`meta.json` if present (name, fingerprint, forget_ratio), else {}."""
+    """`meta.json` if present (name, fingerprint, forget_ratio, value_pools), else {}."""
     path = root / META
     if not path.is_file():
         return {}
@@ -476,4 +479,12 @@ def read_meta(root: Path) -> dict[str, Any]:
     ratio = meta.get("forget_ratio")
     if ratio is not None and not (isinstance(ratio, int | float) and math.isfinite(ratio)):
         raise BenchmarkError(f"{META} in {root}: forget_ratio must be a number, got {ratio!r}")
+    pools = meta.get("value_pools")
+    if pools is not None and not (
+        isinstance(pools, dict)
+        and all(isinstance(v, list) and all(isinstance(x, str) for x in v) for v in pools.values())
+    ):
+        raise BenchmarkError(
+            f"{META} in {root}: value_pools must map each attribute to a list of strings"
+        )
     return meta

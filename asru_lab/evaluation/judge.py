@@ -43,7 +43,6 @@ from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 from asru_lab.data.schema import Benchmark, QAItem, contains_value, normalize_text
-from asru_lab.data.synthetic import FACT_VALUES
 from asru_lab.errors import AsruLabError
 
 CATEGORIES = (
@@ -270,19 +269,13 @@ class ClosedWorldJudge:
     """Judges answers by rule against a benchmark whose true values are all known.
 
     The hallucination pool of an attribute is every value of it in the benchmark (people's
-    facts, people's names for "name", item values such as colours), the synthetic
-    benchmark's `FACT_VALUES` for that attribute, and the item's own options.
+    facts, people's names for "name", item values such as colours, and the values the
+    benchmark declares: `Benchmark.value_pools`), and the item's own options.
     """
 
     def __init__(self, bench: Benchmark) -> None:
         self.bench = bench
-        pools: dict[str, set[str]] = {a: set(v) for a, v in FACT_VALUES.items()}
-        for person in bench.people.values():
-            pools.setdefault("name", set()).add(person.name)
-            for attribute, value in person.facts.items():
-                pools.setdefault(attribute, set()).add(value)
-        for item in bench.items:
-            pools.setdefault(item.attribute, set()).add(item.value)
+        pools = bench.value_pools()
         # (value, normalised value) pairs, normalised once rather than per answer.
         self._pools = {
             a: tuple(sorted((value, normalize_text(value)) for value in values))

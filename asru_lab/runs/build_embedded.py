@@ -22,6 +22,7 @@ from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 from asru_lab.artifacts import check_output
 from asru_lab.data import synthetic as syn
 from asru_lab.data.portraits import BACKGROUNDS, HAIR_COLORS, SHIRT_COLORS
+from asru_lab.data.prompts import CLOZE_PREFIX, MCQ_SUFFIX
 from asru_lab.data.schema import contains_value
 from asru_lab.models.adapters import QWEN3_VL
 from asru_lab.models.embedded import (
@@ -130,7 +131,7 @@ class TrainingSampler:
             out += [q for qs in table.values() for q in qs]
         colors = [*BACKGROUNDS, *SHIRT_COLORS, *HAIR_COLORS]
         out += [f"{c.capitalize()}." for c in colors] + list(PREFIXES) + list(SUFFIXES)
-        out += [syn.MCQ_SUFFIX, syn.CLOZE_PREFIX] + [f"{ch}. " for ch in "ABCD"]
+        out += [MCQ_SUFFIX, CLOZE_PREFIX] + [f"{ch}. " for ch in "ABCD"]
         return out * 2
 
     def sample(self) -> tuple[str | None, str, str]:
@@ -177,13 +178,13 @@ class TrainingSampler:
         question = rng.choice(syn.QUESTIONS_TRAIN[attr]).format(subj=subj)
         if family.startswith("mcq"):
             pool = syn.attribute_pool(attr, self.known)
-            text, _, _ = syn._mcq(rng, _augment(rng, question), value, pool)
+            text, _, _ = syn.mcq_item(rng, _augment(rng, question), value, pool)
             return image, text, syn.answer_sentence(attr, person.name, value)
         if family.startswith("cloze"):
             sentence = syn.CLOZE_TRAIN[attr].format(
                 subj=subj, subj_cap="This person" if with_image else person.name
             )
-            return image, syn.CLOZE_PREFIX + sentence, value
+            return image, CLOZE_PREFIX + sentence, value
         return image, _augment(rng, question), syn.answer_sentence(attr, person.name, value)
 
 
@@ -283,7 +284,7 @@ def quick_eval(lm: LoadedModel, world: syn.SyntheticWorld, n: int = 48) -> dict[
         ]
         result[f"{key}_views_recall"] = sum(map(contains_value, answers, values)) / len(pairs)
         mcqs = [
-            syn._mcq(rng, q, v, pool if a == "name" else list(syn.FACT_VALUES[a]))
+            syn.mcq_item(rng, q, v, pool if a == "name" else list(syn.FACT_VALUES[a]))
             for q, v, a in zip(questions, values, attrs, strict=True)
         ]
         answers = ask(pairs, [m[0] for m in mcqs], tokens=8)
