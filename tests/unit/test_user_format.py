@@ -80,6 +80,7 @@ def test_export_writes_the_documented_fields(exported: Path, small_bench: Benchm
         "name": "synthetic",
         "fingerprint": small_bench.fingerprint(),
         "forget_ratio": 0.1,
+        "value_pools": {a: list(v) for a, v in small_bench.declared_pools.items()},
     }
 
 
@@ -89,6 +90,8 @@ def test_round_trip_gives_the_same_benchmark(exported: Path, small_bench: Benchm
     assert loaded.items == small_bench.items
     assert loaded.fingerprint() == small_bench.fingerprint()
     assert loaded.name == "synthetic" and loaded.meta["forget_ratio"] == 0.1
+    # the judge sees the same hallucination pools in the export as in the original
+    assert loaded.value_pools() == small_bench.value_pools()
     images = [i.image for i in small_bench.items if i.image is not None]
     for path in images[:: max(1, len(images) // 4)]:
         a = np.asarray(loaded.load_image(path))
