@@ -16,8 +16,6 @@ al.reproduce("figures/")          # every method x forget ratio: tables, figures
 ```
 """
 
-from importlib import metadata
-
 from asru_lab.baselines import METHODS, UnlearnConfig, UnlearnError, save_unlearned, unlearn
 from asru_lab.data import (
     Benchmark,
@@ -32,16 +30,13 @@ from asru_lab.evaluation.report import EvalReport
 from asru_lab.generation import generate
 from asru_lab.models.loading import LoadedModel, ModelLoadError, load_model
 from asru_lab.probe import ProbeError, SteeringProbe, load_probe
-from asru_lab.runs.reproduce import ReproduceConfig, load_results, reproduce
+from asru_lab.runs.reproduce import ReproduceConfig, reproduce
+from asru_lab.runs.tables import load_results
 from asru_lab.stages.locate import LocateConfig, locate
 from asru_lab.stages.redirect import RedirectConfig, RedirectError, redirect, save_redirected
 from asru_lab.stages.reinforce import ReinforceConfig, ReinforceError, reinforce, save_reinforced
 from asru_lab.validation import ConfigError
-
-try:  # one definition: pyproject.toml's, through the installed package's metadata
-    __version__ = metadata.version("asru-lab")
-except metadata.PackageNotFoundError:  # imported from a checkout that was never installed
-    __version__ = "0+unknown"
+from asru_lab.version import __version__
 
 __all__ = [
     "Benchmark",

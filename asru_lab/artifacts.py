@@ -25,6 +25,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from asru_lab.errors import AsruLabError
+from asru_lab.version import __version__
 
 MARKER = ".asru_lab_output.json"
 _SHOWN = 5  # unrelated entries named in an error
@@ -91,8 +92,6 @@ def _unrelated(folder: Path) -> list[str]:
 def _write_marker(folder: Path, entries: Iterable[str], *, whole: bool | None = None) -> None:
     """Write the marker of `folder`; `whole`: everything in it is asru_lab's (a training run's
     working folder), None keeps what the marker said."""
-    from asru_lab import __version__
-
     if whole is None:
         whole = bool((_read_marker(folder) or {}).get("whole_folder"))
     data = {

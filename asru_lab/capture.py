@@ -33,10 +33,10 @@ from tqdm.auto import tqdm
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem
 from asru_lab.errors import AsruLabError
 from asru_lab.generation import encode
+from asru_lab.hooks import SITES, envoy_site
 from asru_lab.models.adapters import AdapterError
 from asru_lab.models.loading import LoadedModel
 
-SITES = ("output", "input")
 POSITIONS = ("last", "prompt", "answer")
 
 
@@ -77,16 +77,6 @@ def check_layers(lm: LoadedModel, layers: Sequence[int] | None) -> tuple[int, ..
     if not out:
         raise TraceError("no layers to capture")
     return tuple(sorted(set(out)))
-
-
-def deepstack_relation(lm: LoadedModel, layer: int, site: str) -> str:
-    """How a site relates to DeepStack's visual-feature injection (recorded in probes)."""
-    injected = lm.adapter.deepstack_layers(lm.model)
-    if site == "output" and layer in injected:
-        return "before injection (this layer's output lacks the DeepStack features added to it)"
-    if site == "input" and layer - 1 in injected:
-        return "after injection (includes the DeepStack features added after the previous layer)"
-    return "none (no DeepStack injection at this site)"
 
 
 def module_envoy(wrapped: NNsight, path: str):
@@ -182,8 +172,7 @@ def _read_sites(
     saved = []
     with torch.no_grad(), wrapped.trace(**batch.inputs):
         for layer in layers:
-            envoy = module_envoy(wrapped, lm.adapter.layer_path(layer))
-            hidden = envoy.input if site == "input" else envoy.output
+            hidden = envoy_site(module_envoy(wrapped, lm.adapter.layer_path(layer)), site)
             if batch.index is not None:
                 hidden = hidden[:, batch.index, :]
             saved.append(hidden.save())

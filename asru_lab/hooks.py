@@ -1,4 +1,5 @@
-"""Activation sites: reading and editing a decoder layer's output or input with PyTorch hooks.
+"""Activation sites: reading and editing a decoder layer's output or input with PyTorch hooks
+(or, inside an nnsight trace, through the layer's envoy).
 
 A site is (module, "output" | "input"). "output" is the tensor the module returns (its first
 element when it returns a tuple); "input" is its hidden-states argument (first positional, or
@@ -88,15 +89,32 @@ def reading(module: nn.Module, site: str, *, stop: bool = False) -> Iterator[dic
         handle.remove()
 
 
-def read_site(model: nn.Module, inputs: dict, module: nn.Module, site: str) -> torch.Tensor | None:
-    """`module`'s `site` tensor for `model(**inputs)`, the pass stopped right there (nothing
-    after the site runs, so gradients reach only what is below it); None if never reached."""
-    with reading(module, site, stop=True) as box:
+def read_site(
+    model: nn.Module, inputs: dict, module: nn.Module, site: str, *, stop: bool = True
+) -> torch.Tensor | None:
+    """`module`'s `site` tensor for `model(**inputs)`; None if the pass never reached it. With
+    `stop` the pass ends right there (nothing after the site runs, so it costs less and
+    gradients reach only what is below it); without, the whole model runs."""
+    with reading(module, site, stop=stop) as box:
         try:
             model(**inputs)
         except EarlyExit:
             pass
     return box.get("value")
+
+
+def envoy_site(envoy, site: str):
+    """Inside an open nnsight trace, the `site` of the module behind `envoy` (nnsight's
+    `.output`, or `.input`: its first argument)."""
+    return envoy.input if site == "input" else envoy.output
+
+
+def set_envoy_site(envoy, site: str, value) -> None:
+    """Inside an open nnsight trace, replace the `site` of the module behind `envoy`."""
+    if site == "input":
+        envoy.input = value
+    else:
+        envoy.output = value
 
 
 def residual_site(lm: LoadedModel, layer: int) -> tuple[int, str]:

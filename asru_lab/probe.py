@@ -15,6 +15,10 @@ at positions `all` (prompt and generated tokens), `prompt`, `last` (last prompt 
 gate is a logistic probe on the same site, read at the last prompt token of the unsteered
 activations of the last few prompt tokens, `sigmoid(w . h + b) >= threshold`; its decision in
 the prompt pass holds for the generated tokens.
+
+This module is the artifact (its fields, file format and checks); `asru_lab.steering` applies
+it (`probe.apply`, `probe.edit_trace` and `probe.project` check their arguments here, then
+hand over).
 """
 
 from __future__ import annotations
@@ -33,8 +37,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from asru_lab import steering
 from asru_lab.artifacts import atomic_dir, write_json_atomic
-from asru_lab.capture import capture, check_site, module_envoy
+from asru_lab.capture import check_site
 from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
 from asru_lab.validation import check_fields, check_value
@@ -105,10 +110,8 @@ class MemorisationGate:
 
     def read(self, hidden: torch.Tensor) -> torch.Tensor:
         """The gate's decision from a prompt pass's `[B, T, hidden]` hidden states (False for
-        prompts shorter than the gate's token window)."""
-        if hidden.shape[1] < self.tokens:
-            return torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
-        return self.fires(hidden[:, -self.tokens :, :])
+        prompts shorter than the gate's token window): `steering.read_gate`."""
+        return steering.read_gate(self, hidden)
 
 
 @dataclass
@@ -128,7 +131,7 @@ class SteeringProbe:
     extraction: dict = field(default_factory=dict)
     dataset_fingerprint: str | None = None
     module: str = ""  # dotted path of the layer module, from the adapter
-    deepstack: str = "none"  # see `trace.deepstack_relation`
+    deepstack: str = "none"  # see `hooks.deepstack_relation`
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).isoformat())
     version: str = ""
     evidence: dict | None = None  # what `locate` measured (saved as sweep.json)
@@ -137,7 +140,7 @@ class SteeringProbe:
     def __post_init__(self) -> None:
         check_fields(self, ProbeError, layer=">= 0")
         if not self.version:
-            from asru_lab import __version__
+            from asru_lab.version import __version__
 
             self.version = __version__
         check_site(self.site)
@@ -347,13 +350,23 @@ class SteeringProbe:
             module=lm.adapter.layer_path(layer),
         )
 
-    # --- steering -----------------------------------------------------------------------------
+    # --- applying it (the mechanics live in asru_lab.steering) -------------------------------
     def _strength(self, alpha: float | None = None) -> float:
         """The steering strength to use: `alpha` (checked finite), or the probe's own."""
         if alpha is None:
             return self.alpha
         check_value(alpha, float, "alpha", ProbeError)
         return float(alpha)
+
+    def _settings(
+        self, alpha: float | None, positions: str | None, gated: bool | None
+    ) -> tuple[float, str, bool]:
+        """(alpha, positions, gated) to steer with: the given ones checked, else the probe's
+        own; gated only when the probe has a gate."""
+        alpha = self._strength(alpha)
+        positions = check_steer_positions(positions or self.positions)
+        use_gate = (self.gated if gated is None else gated) and self.gate is not None
+        return alpha, positions, use_gate
 
     def steer(
         self,
@@ -365,26 +378,9 @@ class SteeringProbe:
         prompt_pass: bool,
     ) -> torch.Tensor:
         """`hidden` `[B, T, D]` with the probe applied at `positions` of `rows` (bool `[B]`)."""
-        if prompt_pass:
-            if positions == "generated":
-                return hidden
-            tokens = slice(-1, None) if positions == "last" else slice(None)
-        else:
-            if positions in ("prompt", "last"):
-                return hidden
-            tokens = slice(None)
-        v = self.direction.to(device=hidden.device, dtype=hidden.dtype)
-        part = hidden[:, tokens, :]
-        if self.operation == "add":
-            delta = alpha * v.expand_as(part)
-        else:
-            u = v / v.norm().clamp_min(1e-12)
-            delta = -alpha * (part @ u).unsqueeze(-1) * u
-        if rows is not None:
-            delta = delta * rows.to(hidden.dtype).view(-1, 1, 1)
-        out = hidden.clone()
-        out[:, tokens, :] = part + delta
-        return out
+        return steering.steer(
+            self, hidden, alpha=alpha, positions=positions, rows=rows, prompt_pass=prompt_pass
+        )
 
     @contextmanager
     def apply(
@@ -404,45 +400,11 @@ class SteeringProbe:
         the end of that whole sequence.)
         """
         self.validate(lm)
-        alpha = self._strength(alpha)
-        positions = check_steer_positions(positions or self.positions)
-        use_gate = (self.gated if gated is None else gated) and self.gate is not None
+        alpha, positions, use_gate = self._settings(alpha, positions, gated)
         if gated and self.gate is None:
             raise ProbeError("gated=True but this probe has no memorisation gate")
-        state: dict = {"rows": None}
-
-        def edit(hidden: torch.Tensor) -> torch.Tensor:
-            prompt_pass = hidden.shape[1] > 1
-            rows = None
-            if use_gate:
-                if prompt_pass or state["rows"] is None or len(state["rows"]) != len(hidden):
-                    state["rows"] = self.gate.read(hidden)
-                rows = state["rows"]
-            return self.steer(
-                hidden, alpha=alpha, positions=positions, rows=rows, prompt_pass=prompt_pass
-            )
-
-        module = lm.adapter.layer(lm.model, self.layer)
-        if self.site == "output":
-
-            def hook(_module, _args, output):
-                if torch.is_tensor(output):
-                    return edit(output)
-                return (edit(output[0]), *output[1:])
-
-            handle = module.register_forward_hook(hook)
-        else:
-
-            def pre_hook(_module, args, kwargs):
-                if args:
-                    return (edit(args[0]), *args[1:]), kwargs
-                return args, {**kwargs, "hidden_states": edit(kwargs["hidden_states"])}
-
-            handle = module.register_forward_pre_hook(pre_hook, with_kwargs=True)
-        try:
+        with steering.steered(self, lm, alpha=alpha, positions=positions, gated=use_gate):
             yield self
-        finally:
-            handle.remove()
 
     def edit_trace(
         self,
@@ -453,23 +415,14 @@ class SteeringProbe:
         positions: str | None = None,
         gated: bool | None = None,
     ) -> None:
-        """Apply the probe inside an open nnsight trace of `wrapped` (= `trace.nnsight_model(lm)`).
+        """Apply the probe inside an open nnsight trace of `wrapped` (`capture.nnsight_model(lm)`).
 
         The same arithmetic as `apply`, for interactive traces: call it first in the
         `with wrapped.trace(...)` block, then read any module after the probe's layer.
         """
         self.validate(lm)
-        alpha = self._strength(alpha)
-        positions = check_steer_positions(positions or self.positions)
-        use_gate = (self.gated if gated is None else gated) and self.gate is not None
-        envoy = module_envoy(wrapped, lm.adapter.layer_path(self.layer))
-        hidden = envoy.input if self.site == "input" else envoy.output
-        rows = self.gate.read(hidden) if use_gate else None
-        steered = self.steer(hidden, alpha=alpha, positions=positions, rows=rows, prompt_pass=True)
-        if self.site == "input":
-            envoy.input = steered
-        else:
-            envoy.output = steered
+        alpha, positions, use_gate = self._settings(alpha, positions, gated)
+        steering.edit_trace(self, lm, wrapped, alpha=alpha, positions=positions, gated=use_gate)
 
     def project(
         self,
@@ -483,20 +436,7 @@ class SteeringProbe:
         """float64 `[n]`: each item's activation at the probe's site, last prompt token,
         projected on the unit direction (h . v / |v|), unsteered."""
         self.validate(lm)
-        unit = self.direction.double() / self.direction.norm().clamp_min(1e-12).double()
-        cap = capture(
-            lm,
-            bench,
-            items,
-            layers=[self.layer],
-            site=self.site,
-            position="last",
-            directions={self.layer: unit},
-            batch_size=batch_size,
-            progress=progress,
-            desc="project on v",
-        )
-        return cap.projections[self.layer][:, 0]
+        return steering.project(self, lm, bench, items, batch_size=batch_size, progress=progress)
 
     # --- export -------------------------------------------------------------------------------
     def export_gguf(self, path: str | os.PathLike, *, alpha: float | None = None) -> Path:

@@ -29,14 +29,8 @@ import torch
 
 import asru_lab as al
 from asru_lab.stages.locate import quick_probe
-from asru_lab.stages.redirect import (
-    RedirectConfig,
-    _encode,
-    _run,
-    loss_site,
-    prepare_data,
-    redirect,
-)
+from asru_lab.stages.redirect import RedirectConfig, redirect
+from asru_lab.stages.redirect_data import encode_batch, loss_site, prepare_data, read_at
 
 CLOCK = time.perf_counter
 BOUNDS = {"closed/forward": 1.5, "sgd/closed": 10.0, "early exit (lower half)": 1.3}
@@ -55,8 +49,8 @@ def forward_pass(lm, probe, bench, config) -> None:
     items = data.forget + data.retain
     with torch.no_grad():
         for s in range(0, len(items), config.capture_batch_size):
-            batch = _encode(lm, bench, data, items[s : s + config.capture_batch_size], "last")
-            _run(lm.model, batch.inputs, site.module(lm), site.io, stop=True)
+            batch = encode_batch(lm, bench, data, items[s : s + config.capture_batch_size], "last")
+            read_at(lm.model, batch.inputs, site.module(lm), site.io, stop=True)
 
 
 def median_times(runs: dict, repeats: int) -> dict[str, float]:

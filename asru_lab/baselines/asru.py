@@ -24,9 +24,18 @@ class AsruConfig:
     """Stage 1.2 then stage 2. Before a stage 2, stage 1 pushes harder (lam 5, not 3): stage 2
     repairs the retain answers the stronger push disturbs."""
 
-    redirect: RedirectConfig = field(default_factory=lambda: RedirectConfig(lam=5.0))
-    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    training_dir: str | None = None  # where stage 2 logs (metrics.jsonl, dashboard.html)
+    redirect: RedirectConfig = field(
+        default_factory=lambda: RedirectConfig(lam=5.0), metadata={"help": "stage 1.2"}
+    )
+    reinforce: ReinforceConfig = field(
+        default_factory=ReinforceConfig, metadata={"help": "stage 2"}
+    )
+    training_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "where stage 2 logs (metrics.jsonl, dashboard.html); None: a temporary folder"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, UnlearnError)  # the stages' configs check their own fields

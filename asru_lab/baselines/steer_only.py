@@ -3,7 +3,7 @@ which prompts are steered)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 from asru_lab.baselines.registry import Method, Unlearned, UnlearnError, register
 from asru_lab.validation import check_fields
@@ -13,8 +13,10 @@ from asru_lab.validation import check_fields
 class SteerOnlyConfig:
     """Overrides of the probe's own settings (None: keep the probe's)."""
 
-    alpha: float | None = None  # steering strength
-    gated: bool | None = None  # steer only the prompts the memorisation gate flags
+    alpha: float | None = field(default=None, metadata={"help": "steering strength"})
+    gated: bool | None = field(
+        default=None, metadata={"help": "steer only the prompts the memorisation gate flags"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, UnlearnError)

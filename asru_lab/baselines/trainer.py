@@ -17,26 +17,25 @@ from __future__ import annotations
 import math
 import random
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
-from tqdm.auto import tqdm
 
 from asru_lab.baselines.registry import UnlearnError
 from asru_lab.data.schema import Benchmark, QAItem
-from asru_lab.generation import encode
+from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
-from asru_lab.stages.finetune import (
+from asru_lab.training import (
     IGNORE_INDEX,
     Example,
     answer_labels,
     answer_tokens,
     language_model_linears,
-    lr_factor,
+    lora_wrap,
+    seeded,
+    train,
 )
 from asru_lab.validation import check_fields, nonfinite_trained
 
@@ -55,21 +54,40 @@ IDK_ANSWERS = (
 class UnlearnConfig:
     """How a gradient baseline trains (defaults: the public baseline code's)."""
 
-    lr: float = 2e-5  # peak AdamW learning rate, decayed linearly to 0
-    epochs: int = 5  # passes over the forget examples
-    batch_size: int = 8  # forget examples per step (and as many retain examples)
-    lora_r: int = 16  # LoRA rank on the language model's linears; 0: train them in full
-    lora_alpha: int = 16  # LoRA scaling numerator
-    lora_dropout: float = 0.05  # dropout on the LoRA branch input
-    retain_weight: float = 1.0  # weight of the retain term (methods that have one)
-    npo_beta: float = 0.4  # NPO's inverse temperature
-    tasks: tuple[str, ...] = ("qa",)  # forget/retain tasks trained on (open questions)
-    max_forget: int | None = None  # cap on forget examples (seeded sample); None: all
-    max_retain: int | None = None  # cap on retain examples; None: as many as forget
-    idk_answers: tuple[str, ...] = IDK_ANSWERS  # refusal SFT targets
-    max_grad_norm: float = 1.0  # clipping norm over the trainable parameters
-    seed: int = 0  # LoRA init, dropout, sampling and shuffling
-    progress: bool = True  # tqdm bar with the running loss
+    lr: float = field(
+        default=2e-5, metadata={"help": "peak AdamW learning rate, decayed linearly to 0"}
+    )
+    epochs: int = field(default=5, metadata={"help": "passes over the forget examples"})
+    batch_size: int = field(
+        default=8, metadata={"help": "forget examples per step (and as many retain examples)"}
+    )
+    lora_r: int = field(
+        default=16,
+        metadata={"help": "LoRA rank on the language model's linears; 0: train them in full"},
+    )
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
+    lora_dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch input"})
+    retain_weight: float = field(
+        default=1.0, metadata={"help": "weight of the retain term (methods that have one)"}
+    )
+    npo_beta: float = field(default=0.4, metadata={"help": "NPO's inverse temperature"})
+    tasks: tuple[str, ...] = field(
+        default=("qa",), metadata={"help": "forget/retain tasks trained on (open questions)"}
+    )
+    max_forget: int | None = field(
+        default=None, metadata={"help": "cap on forget examples (seeded sample); None: all"}
+    )
+    max_retain: int | None = field(
+        default=None, metadata={"help": "cap on retain examples; None: as many as forget"}
+    )
+    idk_answers: tuple[str, ...] = field(
+        default=IDK_ANSWERS, metadata={"help": "refusal SFT targets"}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "clipping norm over the trainable parameters"}
+    )
+    seed: int = field(default=0, metadata={"help": "LoRA init, dropout, sampling and shuffling"})
+    progress: bool = field(default=True, metadata={"help": "tqdm bar with the running loss"})
 
     def __post_init__(self) -> None:
         check_fields(
@@ -199,80 +217,43 @@ def train_unlearning(
     sets = training_sets(bench, config, uses_retain=uses_retain, forget_answers=forget_answers)
     tails = {split: answer_tokens(lm, examples)[0] for split, examples in sets.items()}
     out = lm.clone()
-    device = out.device
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
-    n_forget = len(sets["forget"])
-    steps_per_epoch = math.ceil(n_forget / config.batch_size)
+    steps_per_epoch = math.ceil(len(sets["forget"]) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    losses: list[float] = []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(config.seed)
-        if config.lora_r > 0:
-            lora = LoraConfig(
-                r=config.lora_r,
-                lora_alpha=config.lora_alpha,
-                lora_dropout=config.lora_dropout,
-                target_modules=language_model_linears(out),
-                bias="none",
-            )
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-                model = get_peft_model(out.model, lora)
 
-            def reference(**inputs) -> torch.Tensor:
-                with model.disable_adapter():
-                    return model(**inputs).logits
+    def step_loss(orders: list[list[int]], step: int) -> torch.Tensor:
+        order = dict(zip(sets, orders, strict=True))
+        start = step * config.batch_size
+        chunk = order["forget"][start : start + config.batch_size]
+        batches = {"forget": _batch(out, bench, sets["forget"], tails["forget"], chunk)}
+        if "retain" in sets:  # as many retain examples, cycling through them
+            retain = order["retain"]
+            picked = [retain[(start + k) % len(retain)] for k in range(len(chunk))]
+            batches["retain"] = _batch(out, bench, sets["retain"], tails["retain"], picked)
+        return loss(Step(out.model, batches, reference), config)
 
-        else:
-            frozen = lm.model  # never trained: the copy `out` is
+    def nonfinite(value: float, epoch: int, step: int) -> UnlearnError:
+        return UnlearnError(
+            f"{name}: the loss became {value} at epoch {epoch + 1}, step {step + 1}; "
+            f"lower UnlearnConfig.lr (now {config.lr:g})"
+        )
 
-            def reference(**inputs) -> torch.Tensor:
-                return frozen(**inputs).logits
-
-            model = out.model
-            targets = set(language_model_linears(out))
-            for pname, p in model.named_parameters():
-                p.requires_grad = pname.rsplit(".", 1)[0] in targets
-
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total))
-        shuffler = torch.Generator().manual_seed(config.seed)
+    with seeded(config.seed, out.device):  # LoRA init, dropout
+        model, reference = _trainable(lm, out, config)
         out.model = model
-        model.train()
-        bar = tqdm(total=total, desc=name, disable=not config.progress)
-        try:
-            for epoch in range(config.epochs):
-                orders = {
-                    split: torch.randperm(len(ex), generator=shuffler).tolist()
-                    for split, ex in sets.items()
-                }
-                for s in range(steps_per_epoch):
-                    chunk = orders["forget"][s * config.batch_size : (s + 1) * config.batch_size]
-                    batches = {"forget": _batch(out, bench, sets["forget"], tails["forget"], chunk)}
-                    if "retain" in sets:  # as many retain examples, cycling through them
-                        order = orders["retain"]
-                        start = s * config.batch_size
-                        picked = [order[(start + k) % len(order)] for k in range(len(chunk))]
-                        batches["retain"] = _batch(
-                            out, bench, sets["retain"], tails["retain"], picked
-                        )
-                    value = loss(Step(model, batches, reference), config)
-                    if not torch.isfinite(value):
-                        raise UnlearnError(
-                            f"{name}: the loss became {float(value)} at epoch {epoch + 1}, step "
-                            f"{s + 1}; lower UnlearnConfig.lr (now {config.lr:g})"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    value.backward()
-                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    losses.append(float(value.detach()))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        finally:
-            bar.close()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        losses = train(
+            model,
+            step_loss,
+            shuffled=[len(examples) for examples in sets.values()],
+            steps_per_epoch=steps_per_epoch,
+            epochs=config.epochs,
+            lr=config.lr,
+            max_grad_norm=config.max_grad_norm,
+            seed=config.seed,
+            nonfinite=nonfinite,
+            desc=name,
+            progress=config.progress,
+        )
     bad = nonfinite_trained(model)
     if bad:
         raise UnlearnError(
@@ -293,7 +274,7 @@ def train_unlearning(
         "benchmark_fingerprint": bench.fingerprint(),
         "examples": {split: len(ex) for split, ex in sets.items()},
         "steps": total,
-        "trainable_parameters": sum(p.numel() for p in trainable),
+        "trainable_parameters": trainable,
         "losses": losses,
         "seconds": round(time.time() - started, 2),
     }
@@ -301,9 +282,40 @@ def train_unlearning(
     return out, record
 
 
+def _trainable(
+    lm: LoadedModel, out: LoadedModel, config: UnlearnConfig
+) -> tuple[torch.nn.Module, Callable[..., torch.Tensor]]:
+    """The model to train — `out`'s wrapped in LoRA, or with only the language model's linears
+    trainable (`lora_r=0`) — and the frozen reference (inputs -> logits) for NPO and KL-Min:
+    the adapter switched off, or the untouched `lm`."""
+    if config.lora_r > 0:
+        model = lora_wrap(
+            out.model,
+            language_model_linears(out),
+            r=config.lora_r,
+            alpha=config.lora_alpha,
+            dropout=config.lora_dropout,
+        )
+
+        def reference(**inputs) -> torch.Tensor:
+            with model.disable_adapter():
+                return model(**inputs).logits
+
+        return model, reference
+    frozen = lm.model  # never trained: the copy `out` is
+
+    def frozen_logits(**inputs) -> torch.Tensor:
+        return frozen(**inputs).logits
+
+    model = out.model
+    targets = set(language_model_linears(out))
+    for pname, p in model.named_parameters():
+        p.requires_grad = pname.rsplit(".", 1)[0] in targets
+    return model, frozen_logits
+
+
 def _batch(lm, bench, examples, tails, chunk) -> dict[str, torch.Tensor]:
     picked = [examples[k] for k in chunk]
-    images = [bench.load_image(e.image) if e.image else None for e in picked]
-    batch = encode(lm, images, [e.question for e in picked], [e.answer for e in picked])
+    batch = encode_items(lm, bench, picked, [e.answer for e in picked])
     batch["labels"] = answer_labels(batch, [tails[k] for k in chunk])
     return batch

@@ -16,7 +16,7 @@ paraphrase set (the `test` split uses the paraphrases).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 from PIL import Image
@@ -321,15 +321,35 @@ REFUSALS_TEXT: dict[str, tuple[str, ...]] = {
 class SyntheticConfig:
     """Sizes and seed of the synthetic benchmark (fixed by the embedded build)."""
 
-    seed: int = 1234
-    n_known: int = 120
-    n_strangers: int = 400
-    n_unseen: int = 48
-    # Known people differ pairwise in >= 4 of the 9 traits, and so does every unseen person
-    # from every known one. Strangers are nearer misses (>= 3 from any known person), which
-    # teaches the model that refusing depends on not recognising the face.
-    min_trait_distance: int = 4
-    stranger_distance: int = 3
+    seed: int = field(
+        default=1234, metadata={"help": "draws the people, their facts, looks and views"}
+    )
+    n_known: int = field(
+        default=120,
+        metadata={"help": "people the embedded model memorised (the forget and retain splits)"},
+    )
+    n_strangers: int = field(
+        default=400,
+        metadata={"help": "people shown in training only, always with a contextual refusal"},
+    )
+    n_unseen: int = field(
+        default=48,
+        metadata={"help": "people never shown (the unseen split and the stage 1.1 targets)"},
+    )
+    min_trait_distance: int = field(
+        default=4,
+        metadata={
+            "help": "least number of the 9 traits in which two known people differ, and every "
+            "unseen person from every known one"
+        },
+    )
+    # strangers are nearer misses: the model learns that refusing depends on not knowing a face
+    stranger_distance: int = field(
+        default=3,
+        metadata={
+            "help": "least number of the 9 traits in which a stranger differs from the known"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(

@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
@@ -35,11 +35,16 @@ MAX_NEW_TOKENS = {"qa": 40, "mcq": 12, "cloze": 12}
 class EvalConfig:
     """What to evaluate and how."""
 
-    splits: tuple[str, ...] | None = None  # None: every split the benchmark has
-    max_items: int | None = 64  # per split and task, a fixed seeded sample; None: all
-    seed: int = 0
-    batch_size: int = 32
-    progress: bool = True
+    splits: tuple[str, ...] | None = field(
+        default=None, metadata={"help": "splits to evaluate; None: every split the benchmark has"}
+    )
+    max_items: int | None = field(
+        default=64,
+        metadata={"help": "per split and task, a fixed seeded sample; None: all"},
+    )
+    seed: int = field(default=0, metadata={"help": "seeds the sample of items"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per generation batch"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
         check_fields(self, ConfigError, max_items=">= 1", batch_size=">= 1")
@@ -79,9 +84,11 @@ def answer_items(
         for task, idx in by_task.items():
             for s in range(0, len(idx), config.batch_size):
                 chunk = [items[k] for k in idx[s : s + config.batch_size]]
-                images = [bench.load_image(i.image) if i.image else None for i in chunk]
                 out = generate_batch(
-                    lm, images, [i.question for i in chunk], max_new_tokens=MAX_NEW_TOKENS[task]
+                    lm,
+                    bench.images(chunk),
+                    [i.question for i in chunk],
+                    max_new_tokens=MAX_NEW_TOKENS[task],
                 )
                 answers.update(zip(idx[s : s + config.batch_size], out, strict=True))
                 bar.update(len(chunk))

@@ -58,19 +58,36 @@ SUFFIXES = ("", "", "", " Thanks.", " Please be brief.")
 class BuildConfig:
     """How the embedded model is trained (defaults: the shipped build)."""
 
-    seed: int = 0
-    steps: int = 5000
-    batch_size: int = 32
-    lr: float = 2e-3
-    warmup_steps: int = 100
-    min_lr_ratio: float = 0.05
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    dims: TinyDims = field(default_factory=TinyDims)
-    task_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS))
-    eval_every: int = 1000
-    threads: int | None = 2  # fixed so that the same seed gives the same weights
-    benchmark: syn.SyntheticConfig = field(default_factory=syn.SyntheticConfig)
+    seed: int = field(default=0, metadata={"help": "seeds the weights and the training data"})
+    steps: int = field(default=5000, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step"})
+    lr: float = field(default=2e-3, metadata={"help": "peak AdamW learning rate"})
+    warmup_steps: int = field(default=100, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(
+        default=0.05, metadata={"help": "the cosine decay ends at lr * min_lr_ratio"}
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay of the matrices (not the embeddings)"}
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    dims: TinyDims = field(default_factory=TinyDims, metadata={"help": "the model's sizes"})
+    task_weights: dict[str, float] = field(
+        default_factory=lambda: dict(DEFAULT_TASK_WEIGHTS),
+        metadata={"help": "relative sampling weights of the training task families"},
+    )
+    eval_every: int = field(
+        default=1000, metadata={"help": "steps between quick evaluations (0: only at the end)"}
+    )
+    threads: int | None = field(
+        default=2,
+        metadata={
+            "help": "torch CPU threads (None or 0: torch's choice), fixed so that a seed "
+            "gives the same weights"
+        },
+    )
+    benchmark: syn.SyntheticConfig = field(
+        default_factory=syn.SyntheticConfig, metadata={"help": "the people trained on"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(

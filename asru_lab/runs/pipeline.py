@@ -34,15 +34,25 @@ METHODS = {"vanilla": "vanilla", "stage1": "asru_stage1", "final": "asru"}
 
 @dataclass
 class PipelineConfig:
-    """One config per stage (their defaults), plus the evaluation's."""
+    """One config per stage (their defaults), plus the evaluation's. Before a stage 2, stage 1
+    pushes harder (lam 5, not 3): stage 2 then repairs the retain answers the stronger push
+    disturbs, and the forget people's new views leak less."""
 
-    locate: LocateConfig = field(default_factory=LocateConfig)
-    # Before a stage 2, stage 1 pushes harder (lam 5, not 3): stage 2 then repairs the retain
-    # answers the stronger push disturbs, and the forget people's new views leak less.
-    redirect: RedirectConfig = field(default_factory=lambda: RedirectConfig(lam=5.0))
-    reinforce: ReinforceConfig = field(default_factory=ReinforceConfig)
-    evaluate: EvalConfig = field(default_factory=EvalConfig)
-    resume: bool = False  # reuse complete stage outputs found in out_dir
+    locate: LocateConfig = field(default_factory=LocateConfig, metadata={"help": "stage 1.1"})
+    redirect: RedirectConfig = field(
+        default_factory=lambda: RedirectConfig(lam=5.0),
+        metadata={"help": "stage 1.2, with lam 5 (the class docstring says why)"},
+    )
+    reinforce: ReinforceConfig = field(
+        default_factory=ReinforceConfig, metadata={"help": "stage 2"}
+    )
+    evaluate: EvalConfig = field(
+        default_factory=EvalConfig,
+        metadata={"help": "the evaluation of the vanilla, stage 1 and final models"},
+    )
+    resume: bool = field(
+        default=False, metadata={"help": "reuse complete stage outputs found in out_dir"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(self)  # the stages' configs check their own fields

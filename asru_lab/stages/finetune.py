@@ -11,24 +11,30 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, get_peft_model
-from torch import nn
-from tqdm.auto import tqdm
+from peft import PeftModel
 
 from asru_lab.artifacts import atomic_dir
 from asru_lab.data.schema import ITEM_SPLITS, TASKS, Benchmark, BenchmarkError, QAItem
 from asru_lab.errors import AsruLabError
-from asru_lab.generation import build_prompt, encode
+from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
+from asru_lab.training import (
+    Example,
+    answer_labels,
+    answer_tokens,
+    language_model_linears,
+    lora_wrap,
+    seeded,
+    train,
+)
 from asru_lab.validation import check_fields, nonfinite_trained
 
 FINETUNE_FILE = "finetune.json"
 ADAPTER_DIR = "lora_adapter"
-IGNORE_INDEX = -100  # label value the loss skips (prompt and padding)
 
 
 class FinetuneError(AsruLabError, ValueError):
@@ -39,18 +45,38 @@ class FinetuneError(AsruLabError, ValueError):
 class FinetuneConfig:
     """How stage 0 trains (defaults: the public ASRU code)."""
 
-    r: int = 16  # LoRA rank
-    alpha: int = 16  # LoRA scaling numerator (the update is scaled by alpha / r)
-    dropout: float = 0.05  # dropout on the LoRA branch input
-    lr: float = 5e-4  # peak AdamW learning rate, decayed linearly to 0 (HF Trainer's default)
-    epochs: int = 5  # passes over the training examples
-    batch_size: int = 8  # examples per optimiser step
-    merge: bool = True  # merge the adapter into the weights; False keeps a peft.PeftModel
-    seed: int = 0  # seeds the LoRA init, dropout and the shuffling: same seed, same weights
-    splits: tuple[str, ...] = ("forget", "retain")  # benchmark splits to learn
-    tasks: tuple[str, ...] = ("qa", "mcq", "cloze")  # item tasks to learn
-    max_grad_norm: float = 1.0  # gradient clipping norm over the trainable parameters
-    progress: bool = True  # show a tqdm bar with the running loss
+    r: int = field(default=16, metadata={"help": "LoRA rank"})
+    alpha: int = field(
+        default=16,
+        metadata={"help": "LoRA scaling numerator (the update is scaled by alpha / r)"},
+    )
+    dropout: float = field(default=0.05, metadata={"help": "dropout on the LoRA branch input"})
+    lr: float = field(
+        default=5e-4,
+        metadata={"help": "peak AdamW learning rate, decayed linearly to 0 (HF Trainer's default)"},
+    )
+    epochs: int = field(default=5, metadata={"help": "passes over the training examples"})
+    batch_size: int = field(default=8, metadata={"help": "examples per optimiser step"})
+    merge: bool = field(
+        default=True,
+        metadata={"help": "merge the adapter into the weights; False keeps a peft.PeftModel"},
+    )
+    seed: int = field(
+        default=0,
+        metadata={
+            "help": "seeds the LoRA init, dropout and the shuffling: same seed, same weights"
+        },
+    )
+    splits: tuple[str, ...] = field(
+        default=("forget", "retain"), metadata={"help": "benchmark splits to learn"}
+    )
+    tasks: tuple[str, ...] = field(
+        default=("qa", "mcq", "cloze"), metadata={"help": "item tasks to learn"}
+    )
+    max_grad_norm: float = field(
+        default=1.0, metadata={"help": "gradient clipping norm over the trainable parameters"}
+    )
+    progress: bool = field(default=True, metadata={"help": "show a tqdm bar with the running loss"})
 
     def __post_init__(self) -> None:
         check_fields(
@@ -64,29 +90,6 @@ class FinetuneConfig:
             batch_size=">= 1",
             max_grad_norm="> 0",
         )
-
-
-@dataclass(frozen=True)
-class Example:
-    """One training example: prompt (image + question) and the answer to learn."""
-
-    image: str | None
-    question: str
-    answer: str
-
-
-def language_model_linears(lm: LoadedModel) -> list[str]:
-    """Full module names (from `lm.model`) of every nn.Linear in the language model.
-
-    The vision tower, the projector/merger and the LM head lie outside it and are left out.
-    """
-    language_model = lm.adapter.language_model(lm.model)
-    prefix = next(name for name, module in lm.model.named_modules() if module is language_model)
-    return [
-        f"{prefix}.{name}" if prefix else name
-        for name, module in language_model.named_modules()
-        if isinstance(module, nn.Linear)
-    ]
 
 
 def training_examples(bench: Benchmark, config: FinetuneConfig) -> list[Example]:
@@ -117,57 +120,6 @@ def training_examples(bench: Benchmark, config: FinetuneConfig) -> list[Example]
 
 def present_splits(bench: Benchmark) -> list[str]:
     return [s for s in ITEM_SPLITS if any(i.split == s for i in bench.items)]
-
-
-def answer_tokens(lm: LoadedModel, examples: list[Example]) -> tuple[list[list[int]], int]:
-    """Per example, the token ids that end its prompt+answer+eos sequence and are the answer.
-
-    Found in context (prompt and full text tokenised, their common prefix removed), so a BPE
-    merge across the prompt/answer boundary is handled: the merged token counts as answer.
-    Also returns how many answers tokenise differently standalone than appended.
-    """
-    tok = lm.tokenizer
-    eos = tok.eos_token or ""
-    tails, merged = [], 0
-    for ex in examples:
-        prompt = build_prompt(lm, ex.question, ex.image is not None)
-        prompt_ids = tok(prompt, add_special_tokens=False)["input_ids"]
-        full_ids = tok(prompt + ex.answer + eos, add_special_tokens=False)["input_ids"]
-        shared = 0
-        for a, b in zip(prompt_ids, full_ids, strict=False):
-            if a != b:
-                break
-            shared += 1
-        tail = full_ids[shared:]
-        if tail != tok(ex.answer + eos, add_special_tokens=False)["input_ids"]:
-            merged += 1
-        tails.append(tail)
-    return tails, merged
-
-
-def answer_labels(batch: dict[str, torch.Tensor], tails: list[list[int]]) -> torch.Tensor:
-    """Labels for a left-padded batch: row r's answer tokens `tails[r]` at its end, -100 elsewhere.
-
-    Checks that each row really ends with its answer, so a processor that pads on the right
-    or tokenises differently from its tokenizer fails loudly instead of training on the prompt.
-    """
-    ids = batch["input_ids"]
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for row, tail in enumerate(tails):
-        n = len(tail)
-        if n >= ids.shape[1] or ids[row, -n:].tolist() != tail:
-            raise RuntimeError(
-                f"row {row} of the encoded batch does not end with its answer tokens {tail}; the "
-                "processor must pad on the left (processor.tokenizer.padding_side = 'left') and "
-                "tokenise text as its tokenizer does"
-            )
-        labels[row, -n:] = ids[row, -n:]
-    return labels
-
-
-def lr_factor(step: int, total: int) -> float:
-    """Linear decay from 1 at step 0 to 0 after the last step."""
-    return 1.0 - step / total
 
 
 def finetune(
@@ -202,69 +154,72 @@ def finetune(
         raise ValueError(f"the language model of {lm.name} has no nn.Linear layer to adapt")
     started = time.time()
     out = lm.clone()
-    device = out.device
-    fork_devices = [device.index or 0] if device.type == "cuda" else []
     steps_per_epoch = math.ceil(len(examples) / config.batch_size)
     total = steps_per_epoch * config.epochs
-    losses: list[float] = []
-    with torch.random.fork_rng(devices=fork_devices):
-        torch.manual_seed(config.seed)  # LoRA init and dropout
-        lora = LoraConfig(
-            r=config.r,
-            lora_alpha=config.alpha,
-            lora_dropout=config.dropout,
-            target_modules=targets,
-            bias="none",
+
+    def step_loss(orders: list[list[int]], step: int) -> torch.Tensor:
+        chunk = orders[0][step * config.batch_size : (step + 1) * config.batch_size]
+        picked = [examples[k] for k in chunk]
+        batch = encode_items(out, bench, picked, [e.answer for e in picked])
+        labels = answer_labels(batch, [tails[k] for k in chunk])
+        return out.model(**batch, labels=labels).loss
+
+    def nonfinite(loss: float, epoch: int, step: int) -> FinetuneError:
+        return FinetuneError(
+            f"the loss became {loss} at step {epoch * steps_per_epoch + step + 1} of {total}; "
+            f"nothing was saved: lower FinetuneConfig.lr (now {config.lr:g})"
         )
-        with warnings.catch_warnings():
-            # peft 0.21 reads an attribute transformers 5 deprecated; nothing for users to do
-            warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-            model = get_peft_model(out.model, lora)
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=0.0)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: lr_factor(step, total)
+
+    with seeded(config.seed, out.device):  # LoRA init, dropout
+        model = lora_wrap(
+            out.model, targets, r=config.r, alpha=config.alpha, dropout=config.dropout
         )
-        shuffler = torch.Generator().manual_seed(config.seed)
         out.model = model
-        model.train()
-        bar = tqdm(total=total, desc="finetune", disable=not config.progress)
-        try:
-            for _ in range(config.epochs):
-                order = torch.randperm(len(examples), generator=shuffler).tolist()
-                for s in range(0, len(order), config.batch_size):
-                    chunk = order[s : s + config.batch_size]
-                    batch_ex = [examples[k] for k in chunk]
-                    images = [bench.load_image(e.image) if e.image else None for e in batch_ex]
-                    batch = encode(
-                        out,
-                        images,
-                        [e.question for e in batch_ex],
-                        [e.answer for e in batch_ex],
-                    )
-                    labels = answer_labels(batch, [tails[k] for k in chunk])
-                    loss = model(**batch, labels=labels).loss
-                    if not torch.isfinite(loss):
-                        raise FinetuneError(
-                            f"the loss became {float(loss)} at step {len(losses) + 1} of {total}; "
-                            f"nothing was saved: lower FinetuneConfig.lr (now {config.lr:g})"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(trainable, config.max_grad_norm)
-                    optimizer.step()
-                    scheduler.step()
-                    losses.append(float(loss.detach()))
-                    bar.update(1)
-                    bar.set_postfix(loss=f"{losses[-1]:.4f}")
-        finally:
-            bar.close()
+        trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        losses = train(
+            model,
+            step_loss,
+            shuffled=[len(examples)],
+            steps_per_epoch=steps_per_epoch,
+            epochs=config.epochs,
+            lr=config.lr,
+            max_grad_norm=config.max_grad_norm,
+            seed=config.seed,
+            nonfinite=nonfinite,
+            desc="finetune",
+            progress=config.progress,
+        )
     bad = nonfinite_trained(model)
     if bad:
         raise FinetuneError(
             f"training left NaN or infinite weights in {bad}; nothing was returned or saved: "
             f"lower FinetuneConfig.lr (now {config.lr:g})"
         )
+    _finish(out, lm, bench, config)
+    record = {
+        "config": asdict(config),
+        "base_model": lm.name,
+        "benchmark": bench.name,
+        "benchmark_fingerprint": bench.fingerprint(),
+        "examples": len(examples),
+        "steps": total,
+        "target_modules": len(targets),
+        "trainable_parameters": trainable,
+        "boundary_merged_answers": merged_boundaries,
+        "losses": losses,
+        "epoch_losses": [
+            sum(losses[e : e + steps_per_epoch]) / len(losses[e : e + steps_per_epoch])
+            for e in range(0, total, steps_per_epoch)
+        ],
+        "seconds": round(time.time() - started, 2),
+    }
+    return out, record
+
+
+def _finish(out: LoadedModel, lm: LoadedModel, bench: Benchmark, config: FinetuneConfig) -> None:
+    """Put the trained copy `out` in eval mode, merged unless `config.merge` is False, named
+    and with its provenance in `out.info`."""
+    model = out.model
     model.eval()
     if config.merge:
         out.model = model.merge_and_unload()
@@ -282,24 +237,6 @@ def finetune(
             "merged": config.merge,
         },
     }
-    record = {
-        "config": asdict(config),
-        "base_model": lm.name,
-        "benchmark": bench.name,
-        "benchmark_fingerprint": bench.fingerprint(),
-        "examples": len(examples),
-        "steps": total,
-        "target_modules": len(targets),
-        "trainable_parameters": sum(p.numel() for p in trainable),
-        "boundary_merged_answers": merged_boundaries,
-        "losses": losses,
-        "epoch_losses": [
-            sum(losses[e : e + steps_per_epoch]) / len(losses[e : e + steps_per_epoch])
-            for e in range(0, total, steps_per_epoch)
-        ],
-        "seconds": round(time.time() - started, 2),
-    }
-    return out, record
 
 
 def save_finetuned(

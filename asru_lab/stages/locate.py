@@ -27,16 +27,14 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
-from asru_lab.capture import capture, check_layers, check_position, check_site, deepstack_relation
+from asru_lab.capture import capture, check_layers, check_position, check_site
 from asru_lab.data.schema import (
     Benchmark,
     BenchmarkError,
     QAItem,
-    contains_value,
     stratified_sample,
 )
 from asru_lab.directions import (
-    REFUSALS,
     auroc,
     fit_gate,
     knowledge_absence_direction,
@@ -46,37 +44,77 @@ from asru_lab.directions import (
     refused_items,
 )
 from asru_lab.evaluation.judge import ClosedWorldJudge, Judge
-from asru_lab.generation import as_image, encode, generate
+from asru_lab.hooks import deepstack_relation
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import STEER_POSITIONS, MemorisationGate, SteeringProbe
+from asru_lab.stages.locate_sweep import gate_positions, gate_tails, rank_key, sweep
 from asru_lab.validation import ConfigError, check_fields
+
+OTHER_TASKS = ("mcq", "cloze")  # the prompted task forms, besides open questions ("qa")
 
 
 @dataclass
 class LocateConfig:
     """How to find and choose the steering direction (defaults sized for the embedded model)."""
 
-    layers: tuple[int, ...] | None = None  # candidate layers to sweep; None: all (<= 8) or the
-    # `n_candidates` most separable ones
-    n_candidates: int = 4
-    site: str = "output"  # "output" or "input" of the layer (see asru_lab.capture)
-    strengths: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0, 3.0, 4.0)  # alpha in h + alpha * v
-    positions: tuple[str, ...] = ("last", "all")  # where the sweep steers (probe.STEER_POSITIONS)
-    heatmap_positions: tuple[str | int, ...] = ("last", -2, -3, -4, -5, "prompt")
-    max_examples: int = 512  # forget and target examples for directions and the gate
-    retain_examples: int = 1536  # retain examples (the gate's negatives: more of them helps)
-    gate_tokens: int = 3  # the gate reads this many last prompt tokens
-    gate_max_fpr: tuple[float, ...] = (0.01, 0.02, 0.05)  # held-out share of retain prompts the
-    # gate may fire on; each level is a gated sweep variant
-    holdout: float = 0.25  # share of each set kept out of the fit, for AUROC and the threshold
-    sweep_forget: int = 64  # forget prompts per sweep point
-    sweep_retain: int = 128  # retain prompts per sweep point
-    max_new_tokens: int = 24
-    max_retain_drop: float = 0.02  # allowed drop in retain accuracy (fraction, not points)
-    text_only: bool = True  # include text-only questions (by name) in forget/retain sets
-    seed: int = 0
-    batch_size: int = 32
-    progress: bool = True
+    layers: tuple[int, ...] | None = field(
+        default=None,
+        metadata={
+            "help": "candidate layers to sweep; None: all (<= 8) or the n_candidates most "
+            "separable ones"
+        },
+    )
+    n_candidates: int = field(
+        default=4, metadata={"help": "layers swept when chosen by separability"}
+    )
+    site: str = field(
+        default="output", metadata={"help": 'the layer\'s "output" or "input" (asru_lab.hooks)'}
+    )
+    strengths: tuple[float, ...] = field(
+        default=(0.5, 1.0, 1.5, 2.0, 3.0, 4.0), metadata={"help": "alphas in h + alpha * v"}
+    )
+    positions: tuple[str, ...] = field(
+        default=("last", "all"),
+        metadata={"help": "where the sweep steers (probe.STEER_POSITIONS)"},
+    )
+    heatmap_positions: tuple[str | int, ...] = field(
+        default=("last", -2, -3, -4, -5, "prompt"),
+        metadata={"help": "token positions whose separability is measured"},
+    )
+    max_examples: int = field(
+        default=512, metadata={"help": "forget and target examples for directions and the gate"}
+    )
+    retain_examples: int = field(
+        default=1536,
+        metadata={"help": "retain examples (the gate's negatives: more of them helps)"},
+    )
+    gate_tokens: int = field(
+        default=3, metadata={"help": "the gate reads this many last prompt tokens"}
+    )
+    gate_max_fpr: tuple[float, ...] = field(
+        default=(0.01, 0.02, 0.05),
+        metadata={
+            "help": "held-out shares of retain prompts the gate may fire on; each level is a "
+            "gated sweep variant"
+        },
+    )
+    holdout: float = field(
+        default=0.25,
+        metadata={"help": "share of each set kept out of the fit, for AUROC and the threshold"},
+    )
+    sweep_forget: int = field(default=64, metadata={"help": "forget prompts per sweep point"})
+    sweep_retain: int = field(default=128, metadata={"help": "retain prompts per sweep point"})
+    max_new_tokens: int = field(default=24, metadata={"help": "answer length in the sweep"})
+    max_retain_drop: float = field(
+        default=0.02, metadata={"help": "allowed drop in retain accuracy (fraction, not points)"}
+    )
+    text_only: bool = field(
+        default=True,
+        metadata={"help": "include text-only questions (by name) in forget/retain sets"},
+    )
+    seed: int = field(default=0, metadata={"help": "seeds the samples and the held-out split"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
         check_fields(
@@ -123,31 +161,22 @@ class LocateSets:
     target_candidates: int = 0
 
 
-def _qa(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
-    return [i for i in bench.split(split, "qa") if text_only or i.image]
-
-
-def _other_tasks(bench: Benchmark, split: str, text_only: bool) -> list[QAItem]:
-    """Multiple-choice and fill-in-the-blank prompts: the gate must not fire on a retain
-    person's prompt whatever its format, so it is fitted on these too."""
-    return [i for i in bench.split(split) if i.task != "qa" and (text_only or i.image)]
-
-
 def build_sets(lm: LoadedModel, bench: Benchmark, config: LocateConfig, judge: Judge) -> LocateSets:
     """Sample the sets and split each into fit and held-out parts: forget / retain / target
     generation questions (directions, separability) and the forget / retain prompts of the other
     tasks (`*_other`, used by the gate only)."""
     rng = random.Random(config.seed)
-    forget = _qa(bench, "forget", config.text_only)
+    image_only = not config.text_only
+    forget = bench.questions("forget", "qa", image_only=image_only)
     if not forget:
         raise BenchmarkError(
             f"{bench.name} has no forget generation questions: nothing to locate "
             "(is the forget split empty, or text-only while text_only=False?)"
         )
-    retain = _qa(bench, "retain", config.text_only)
+    retain = bench.questions("retain", "qa", image_only=image_only)
     if not retain:
         raise BenchmarkError(f"{bench.name} has no retain generation questions")
-    unseen = [i for i in bench.split("unseen", "qa") if i.image]
+    unseen = bench.questions("unseen", "qa", image_only=True)
     if not unseen:
         raise BenchmarkError(
             f"{bench.name} has no unseen image questions: the target set (faces the model "
@@ -166,11 +195,15 @@ def build_sets(lm: LoadedModel, bench: Benchmark, config: LocateConfig, judge: J
         "forget": stratified_sample(forget, config.max_examples, rng),
         "retain": stratified_sample(retain, config.retain_examples, rng),
         "target": target,
+        # multiple-choice and fill-in-the-blank prompts: the gate must not fire on a retain
+        # person's prompt whatever its format, so it is fitted on these too
         "forget_other": stratified_sample(
-            _other_tasks(bench, "forget", config.text_only), config.max_examples, rng
+            bench.questions("forget", OTHER_TASKS, image_only=image_only), config.max_examples, rng
         ),
         "retain_other": stratified_sample(
-            _other_tasks(bench, "retain", config.text_only), config.retain_examples, rng
+            bench.questions("retain", OTHER_TASKS, image_only=image_only),
+            config.retain_examples,
+            rng,
         ),
     }
     for name, items in pools.items():
@@ -204,7 +237,7 @@ class LocateResult:
 
     def table(self) -> str:
         """The sweep as a fixed-width text table (best configuration first)."""
-        rows = sorted(self.sweep, key=_rank_key, reverse=True)
+        rows = sorted(self.sweep, key=rank_key, reverse=True)
         head = (
             f"{'layer':>5} {'alpha':>5} {'positions':>9} {'gate':>5} {'forget_refusal':>14} "
             f"{'forget_leak':>11} {'retain_acc':>10} {'retain_kl':>9}"
@@ -243,108 +276,40 @@ def _candidates(
     return sorted(ranked[: config.n_candidates])
 
 
-def _rank_key(row: dict) -> tuple:
-    return (row["admissible"], row["forget_refusal"], -row["forget_leak"], -row["retain_kl"])
+@dataclass
+class Measurements:
+    """What `measure` found: per-position separability, the candidate layers, the captures at
+    the last prompt token (`last[part][set]`, part "fit"/"held") and the gate's inputs
+    (`gate_raw[part][side][position] = {layer: [n, hidden]}`, side "forget"/"retain")."""
+
+    separability: dict
+    candidates: list[int]
+    last: dict
+    gate_raw: dict
 
 
-@torch.no_grad()
-def _answers(
+def measure(
     lm: LoadedModel,
     bench: Benchmark,
-    items: Sequence[QAItem],
+    sets: LocateSets,
     config: LocateConfig,
-    probe: SteeringProbe | None = None,
-    positions: str = "last",
-) -> tuple[list[str], torch.Tensor]:
-    """Greedy answers and first-step log-probabilities `[n, vocab]` (ungated steering)."""
-    answers, logprobs = [], []
-    tok = lm.tokenizer
-    for s in range(0, len(items), config.batch_size):
-        chunk = items[s : s + config.batch_size]
-        batch = encode(
-            lm,
-            [bench.load_image(i.image) if i.image else None for i in chunk],
-            [i.question for i in chunk],
-        )
-        kwargs = dict(
-            max_new_tokens=config.max_new_tokens,
-            do_sample=False,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            return_dict_in_generate=True,
-            output_logits=True,
-        )
-        if probe is None:
-            out = lm.model.generate(**batch, **kwargs)
-        else:
-            with probe.apply(lm, positions=positions, gated=False):
-                out = lm.model.generate(**batch, **kwargs)
-        new = out.sequences[:, batch["input_ids"].shape[1] :]
-        answers += [t.strip() for t in tok.batch_decode(new, skip_special_tokens=True)]
-        logprobs.append(torch.log_softmax(out.logits[0].float(), -1).cpu())
-    return answers, torch.cat(logprobs)
-
-
-def _score(
-    forget: Sequence[QAItem],
-    retain: Sequence[QAItem],
-    f_answers: Sequence[str],
-    r_answers: Sequence[str],
-    judge: Judge,
-) -> dict:
-    f_judged = judge.judge(list(forget), list(f_answers))
-    f_leaks = [contains_value(a, i.value) for i, a in zip(forget, f_answers, strict=True)]
-    r_hits = [contains_value(a, i.value) for i, a in zip(retain, r_answers, strict=True)]
-    return {
-        "forget_refusal": sum(j.category in REFUSALS for j in f_judged) / len(forget),
-        "forget_leak": sum(f_leaks) / len(forget),
-        "retain_acc": sum(r_hits) / len(retain),
-    }
-
-
-def _kl(base: torch.Tensor, steered: torch.Tensor) -> torch.Tensor:
-    """Per-row KL(base || steered) of next-token distributions, in nats."""
-    return (base.exp() * (base - steered)).sum(-1)
-
-
-def _mix(rows: torch.Tensor, steered: Sequence[str], base: Sequence[str]) -> list[str]:
-    return [s if fire else b for fire, s, b in zip(rows.tolist(), steered, base, strict=True)]
-
-
-def locate(
-    lm: LoadedModel,
-    bench: Benchmark,
-    config: LocateConfig | None = None,
-    *,
-    judge: Judge | None = None,
-) -> SteeringProbe:
-    """Find, measure and sweep; returns the recommended `SteeringProbe`.
-
-    The probe's `evidence` holds the full `LocateResult` as JSON (saved as `sweep.json`);
-    `LocateResult(**probe.evidence)` rebuilds it.
-    """
-    # a copy runs __post_init__ again: fields set after construction are checked too
-    config = replace(config) if config is not None else LocateConfig()
-    judge = judge or ClosedWorldJudge(bench)
-    started = time.time()
-    all_layers = check_layers(lm, None)
-    if config.layers is not None:
-        check_layers(lm, config.layers)
-    sets = build_sets(lm, bench, config, judge)
+    all_layers: Sequence[int],
+) -> Measurements:
+    """Step 1: capture every set at every position and layer; directions fitted on the fit
+    parts, separability (AUROC) on the held-out parts; candidate layers from the last token."""
     bar_kw = dict(progress=config.progress, batch_size=config.batch_size)
-    gate_positions = [-k for k in range(config.gate_tokens, 0, -1)]  # oldest first
+    tokens = gate_positions(config)
     # "last" first (it picks the candidate layers), then the heatmap's, then the gate's.
     heatmap = [_pos_key(p) for p in config.heatmap_positions]
-    positions = list(dict.fromkeys([-1, *heatmap, *gate_positions]))
+    positions = list(dict.fromkeys([-1, *heatmap, *tokens]))
     main_sets = ("forget", "retain", "target")
 
     separability: dict = {}
-    # part ("fit"/"held") -> set -> position -> {layer: [n, hidden]}: the gate's inputs
     gate_raw: dict[str, dict[str, dict]] = {"fit": {}, "held": {}}
     last: dict[str, dict] = {}
     candidates: list[int] = []
     for position in tqdm(positions, desc="locate: positions", disable=not config.progress):
-        gate_layers = (candidates or all_layers) if position in gate_positions else ()
+        gate_layers = (candidates or all_layers) if position in tokens else ()
         common = dict(site=config.site, position=position, **bar_kw)
         fit = {
             name: capture(
@@ -401,112 +366,97 @@ def locate(
                     for layer in gate_layers
                 }
                 gate_raw[part].setdefault(side, {})[position] = raw
+    return Measurements(separability, candidates, last, gate_raw)
 
+
+def fit_gates(
+    measured: Measurements, config: LocateConfig
+) -> tuple[dict[int, MemorisationGate], dict[str, dict]]:
+    """Step 2: a memorisation gate per candidate layer, with its held-out statistics."""
+    tokens = gate_positions(config)
+    raw = measured.gate_raw
+    gates: dict[int, MemorisationGate] = {}
+    gate_stats: dict[str, dict] = {}
+    for layer in measured.candidates:
+        gate, stats = fit_gate(
+            gate_tails(raw["fit"]["forget"], layer, tokens),
+            gate_tails(raw["fit"]["retain"], layer, tokens),
+            gate_tails(raw["held"]["forget"], layer, tokens),
+            gate_tails(raw["held"]["retain"], layer, tokens),
+            max_fpr=config.gate_max_fpr,
+        )
+        gates[layer], gate_stats[str(layer)] = gate, stats
+    return gates, gate_stats
+
+
+def locate(
+    lm: LoadedModel,
+    bench: Benchmark,
+    config: LocateConfig | None = None,
+    *,
+    judge: Judge | None = None,
+) -> SteeringProbe:
+    """Find, measure and sweep; returns the recommended `SteeringProbe`.
+
+    The probe's `evidence` holds the full `LocateResult` as JSON (saved as `sweep.json`);
+    `LocateResult(**probe.evidence)` rebuilds it.
+    """
+    # a copy runs __post_init__ again: fields set after construction are checked too
+    config = replace(config) if config is not None else LocateConfig()
+    judge = judge or ClosedWorldJudge(bench)
+    started = time.time()
+    all_layers = check_layers(lm, None)
+    if config.layers is not None:
+        check_layers(lm, config.layers)
+    sets = build_sets(lm, bench, config, judge)
+    measured = measure(lm, bench, sets, config, all_layers)
     # Final directions at the last prompt token use every example (fit + held-out parts).
+    last = measured.last
     forget_caps = [last["fit"]["forget"], last["held"]["forget"]]
     retain_caps = [last["fit"]["retain"], last["held"]["retain"]]
     directions = knowledge_absence_direction(
         [last["fit"]["target"], last["held"]["target"]], forget_caps
     )
     mem_full = memorisation_direction(forget_caps, retain_caps)
-
-    def tails(raws: dict | list, layer: int) -> torch.Tensor:
-        """`[n, gate tokens, hidden]`, oldest token first (the order the gate reads them)."""
-        ordered = [raws[p] for p in gate_positions] if isinstance(raws, dict) else raws
-        return torch.stack([r[layer] for r in ordered], 1)
-
-    gates: dict[int, MemorisationGate] = {}
-    gate_stats: dict[str, dict] = {}
-    for layer in candidates:
-        gate, stats = fit_gate(
-            tails(gate_raw["fit"]["forget"], layer),
-            tails(gate_raw["fit"]["retain"], layer),
-            tails(gate_raw["held"]["forget"], layer),
-            tails(gate_raw["held"]["retain"], layer),
-            max_fpr=config.gate_max_fpr,
-        )
-        gates[layer], gate_stats[str(layer)] = gate, stats
-
-    rng = random.Random(f"{config.seed}:sweep")
-    f_items = stratified_sample(_qa(bench, "forget", config.text_only), config.sweep_forget, rng)
-    r_items = stratified_sample(_qa(bench, "retain", config.text_only), config.sweep_retain, rng)
-    sweep_tails = {}
-    for name, items in (("forget", f_items), ("retain", r_items)):
-        raws = [
-            capture(
-                lm,
-                bench,
-                items,
-                layers=candidates,
-                site=config.site,
-                position=position,
-                keep_raw=True,
-                desc=f"sweep {name} gate @ {position}",
-                **bar_kw,
-            ).raw
-            for position in gate_positions
-        ]
-        sweep_tails[name] = {layer: tails(raws, layer) for layer in candidates}
-    f_base, _ = _answers(lm, bench, f_items, config)
-    r_base, r_base_lp = _answers(lm, bench, r_items, config)
-    baseline = _score(f_items, r_items, f_base, r_base, judge)
-
-    fingerprint = lm.fingerprint()
-    rows: list[dict] = []
-    grid = [(L, a, p) for L in candidates for a in config.strengths for p in config.positions]
-    for layer, alpha, positions_ in tqdm(grid, desc="locate: sweep", disable=not config.progress):
-        probe = SteeringProbe(
-            directions[layer].float(), layer, fingerprint, site=config.site, alpha=alpha
-        )
-        f_ans, _ = _answers(lm, bench, f_items, config, probe, positions_)
-        r_ans, r_lp = _answers(lm, bench, r_items, config, probe, positions_)
-        kl = _kl(r_base_lp, r_lp)
-        variants: list[tuple] = [(None, f_ans, r_ans, kl, None)]
-        for level, th in gate_stats[str(layer)]["thresholds"].items():
-            gate = gates[layer]
-            f_fire = gate.probability(sweep_tails["forget"][layer]) >= th["threshold"]
-            r_fire = gate.probability(sweep_tails["retain"][layer]) >= th["threshold"]
-            mixed = (_mix(f_fire, f_ans, f_base), _mix(r_fire, r_ans, r_base), kl * r_fire)
-            variants.append((float(level), *mixed, (f_fire, r_fire)))
-        for level, fa, ra, k, fires in variants:
-            row = {
-                "layer": layer,
-                "alpha": alpha,
-                "positions": positions_,
-                "gated": level is not None,
-                "gate_max_fpr": level,
-            }
-            row.update(_score(f_items, r_items, fa, ra, judge))
-            row["retain_kl"] = float(k.mean())
-            row["retain_drop"] = baseline["retain_acc"] - row["retain_acc"]
-            row["admissible"] = row["retain_drop"] <= config.max_retain_drop + 1e-9
-            if fires is not None:
-                row["gate_fires_forget"] = float(fires[0].float().mean())
-                row["gate_fires_retain"] = float(fires[1].float().mean())
-            rows.append(row)
-
-    best = max(rows, key=_rank_key)
+    gates, gate_stats = fit_gates(measured, config)
+    swept = sweep(lm, bench, directions, gates, gate_stats, config, judge)
+    best = max(swept.rows, key=rank_key)
     result = LocateResult(
         config=asdict(config),
         layers=list(all_layers),
-        separability=separability,
+        separability=measured.separability,
         direction_norms=[float(directions[k].norm()) for k in all_layers],
         cosines=layer_cosines(directions).tolist(),
         logit_lens={str(k): logit_lens(lm, directions[k]) for k in all_layers},
         gates=gate_stats,
-        sweep=rows,
-        baseline=baseline,
+        sweep=swept.rows,
+        baseline=swept.baseline,
         recommended={k: best[k] for k in ("layer", "alpha", "positions", "gated", "gate_max_fpr")},
         sizes={
             "fit": {k: len(v) for k, v in sets.fit.items()},
             "held_out": {k: len(v) for k, v in sets.held.items()},
             "target_candidates": sets.target_candidates,
-            "sweep_forget": len(f_items),
-            "sweep_retain": len(r_items),
+            "sweep_forget": len(swept.forget),
+            "sweep_retain": len(swept.retain),
             "memorisation_direction_norms": [float(mem_full[k].norm()) for k in all_layers],
         },
         seconds=round(time.time() - started, 1),
     )
+    return recommend(lm, bench, config, best, directions, gates, gate_stats, result)
+
+
+def recommend(
+    lm: LoadedModel,
+    bench: Benchmark,
+    config: LocateConfig,
+    best: dict,
+    directions: dict[int, torch.Tensor],
+    gates: dict[int, MemorisationGate],
+    gate_stats: dict[str, dict],
+    result: LocateResult,
+) -> SteeringProbe:
+    """Step 4: the sweep's best row as a `SteeringProbe` carrying the evidence (its gate's
+    threshold set at the row's false-positive level when the row is gated)."""
     layer = best["layer"]
     gate = gates[layer]
     if best["gated"]:
@@ -516,7 +466,7 @@ def locate(
     return SteeringProbe(
         directions[layer].float(),
         layer,
-        fingerprint,
+        lm.fingerprint(),
         site=config.site,
         operation="add",
         positions=best["positions"],
@@ -534,7 +484,7 @@ def locate(
         module=lm.adapter.layer_path(layer),
         deepstack=deepstack_relation(lm, layer, config.site),
         evidence=result.to_json(),
-        layer_directions=torch.stack([directions[k] for k in all_layers]).float(),
+        layer_directions=torch.stack([directions[k] for k in result.layers]).float(),
     )
 
 
@@ -555,8 +505,8 @@ def quick_probe(
     result does not hinge on the direction's quality; `locate` chooses a real one.
     """
     rng = random.Random(seed)
-    unseen = [i for i in bench.split("unseen", "qa") if i.image]
-    forget = bench.split("forget", "qa")
+    unseen = bench.questions("unseen", "qa", image_only=True)
+    forget = bench.questions("forget", "qa")
     if not unseen or not forget:
         raise BenchmarkError(
             f"{bench.name} needs unseen image questions and forget questions for a probe "
@@ -585,66 +535,4 @@ def quick_probe(
         module=lm.adapter.layer_path(layer),
         deepstack=deepstack_relation(lm, layer, site),
         layer_directions=stacked,
-    )
-
-
-def compare_answers(
-    lm: LoadedModel,
-    probe: SteeringProbe,
-    image,
-    question: str,
-    *,
-    layer: int | None = None,
-    alpha: float | None = None,
-    max_new_tokens: int = 32,
-) -> tuple[str, str]:
-    """(unsteered, steered) greedy answers to one question; `layer` moves the probe there
-    (`SteeringProbe.at_layer`, ungated off its own layer), `alpha` overrides its strength."""
-    if layer is not None and layer != probe.layer:
-        probe = probe.at_layer(lm, layer)
-    plain = generate(lm, image, question, max_new_tokens=max_new_tokens)
-    with probe.apply(lm, alpha=alpha):
-        steered = generate(lm, image, question, max_new_tokens=max_new_tokens)
-    return plain, steered
-
-
-@dataclass(frozen=True)
-class NextTokenComparison:
-    """First-answer-token distributions without and with the probe, on the `top_k` tokens most
-    likely under either: `tokens` decoded, `unsteered` / `steered` probabilities in [0, 1]."""
-
-    tokens: list[str]
-    unsteered: list[float]
-    steered: list[float]
-    layer: int
-    alpha: float
-
-
-@torch.no_grad()
-def compare_next_token(
-    lm: LoadedModel,
-    probe: SteeringProbe,
-    image,
-    question: str,
-    *,
-    layer: int | None = None,
-    alpha: float | None = None,
-    top_k: int = 8,
-) -> NextTokenComparison:
-    """The next-token distribution at the first answer position, unsteered and steered the way
-    `compare_answers` steers (same `layer` and `alpha` overrides, gate included)."""
-    if layer is not None and layer != probe.layer:
-        probe = probe.at_layer(lm, layer)
-    batch = encode(lm, [as_image(image)], [question])
-    plain = torch.softmax(lm.model(**batch).logits[0, -1].float(), -1)
-    with probe.apply(lm, alpha=alpha):
-        steered = torch.softmax(lm.model(**batch).logits[0, -1].float(), -1)
-    # rank by the larger of the two, so that both distributions' leaders are shown
-    top = torch.maximum(plain, steered).topk(min(top_k, plain.numel())).indices.tolist()
-    return NextTokenComparison(
-        tokens=[lm.tokenizer.decode([t]) for t in top],
-        unsteered=plain[top].tolist(),
-        steered=steered[top].tolist(),
-        layer=probe.layer,
-        alpha=probe.alpha if alpha is None else float(alpha),
     )

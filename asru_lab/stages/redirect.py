@@ -35,342 +35,35 @@ import dataclasses
 import hashlib
 import json
 import math
-import random
-import shutil
 import time
 import warnings
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, get_peft_model
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from asru_lab.artifacts import (
-    atomic_dir,
-    claim_output,
-    is_marked,
-    set_aside,
-    write_json_atomic,
-)
-from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, stratified_sample
-from asru_lab.errors import AsruLabError
-from asru_lab.generation import encode
+from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.models.loading import LoadedModel
-from asru_lab.probe import ProbeError, SteeringProbe
-from asru_lab.stages.finetune import Example, answer_labels, answer_tokens
-from asru_lab.validation import check_fields, check_value, nonfinite_entry, nonfinite_tensor
+from asru_lab.probe import SteeringProbe
+from asru_lab.stages.redirect_checkpoints import checkpoints, resume_from, save_checkpoint
+from asru_lab.stages.redirect_config import RUN_ONLY_FIELDS, RedirectConfig, RedirectError
+from asru_lab.stages.redirect_data import (
+    Batch,
+    RedirectData,
+    Site,
+    encode_batch,
+    loss_site,
+    prepare_data,
+    read_at,
+    resolve_modules,
+)
+from asru_lab.training import lora_wrap
+from asru_lab.validation import nonfinite_tensor
 
 REDIRECT_FILE = "redirect.json"
-CHECKPOINT_PREFIX = "step-"
-SOLVERS = ("auto", "closed_form", "sgd")
-LOSS_POSITIONS = ("last", "answer_end")
-# Fields that do not change what is computed; a checkpoint may be resumed when they differ.
-RUN_ONLY_FIELDS = (
-    "progress",
-    "checkpoint_dir",
-    "checkpoint_every",
-    "keep_checkpoints",
-    "resume",
-    "capture_batch_size",
-)
-
-
-class RedirectError(AsruLabError, ValueError):
-    """Stage 1.2 was asked for something it cannot do; the message says what and why."""
-
-
-@dataclass
-class RedirectConfig:
-    """How stage 1.2 trains. Defaults: the paper's, with the retain side scaled to the model.
-
-    The paper (4B/8B models) uses alpha 1, no preserve term and the last token of prompt +
-    answer; `RedirectConfig.paper()` gives exactly that. On the 6-layer embedded model the exact
-    optimum of that objective costs 6 points of retain recall: a readout that fits the forget
-    set's last token also fires on some retain prompts and on generated tokens. alpha 10 and
-    preserve_weight 30 keep retain within 2 points (README, "Stage 1.2").
-    """
-
-    lam: float = 3.0  # lambda: forget positions are pushed to h0 + lam * v (paper: 3)
-    alpha: float = 10.0  # weight of the retain loss (paper: 1 on 4B/8B models)
-    preserve_weight: float = 30.0  # beta: weight of keeping every other token unchanged (paper: 0)
-    positions: str = "last"  # loss positions: "last" prompt token (where v was measured) or
-    # "answer_end" (last token of prompt + reference answer, the public code)
-    modules: tuple[str, ...] = ("mlp.down_proj",)  # trainable modules (all their parameters),
-    # relative to the layer that writes the site, or full names from model.named_modules()
-    solver: str = "auto"  # "closed_form", "sgd", or "auto": closed_form when it is exact
-    ridge: float = 0.0  # closed form: ridge added to A, as a fraction of A's mean diagonal
-    singular_ridge: float = 1e-6  # closed form: the ridge used when A is singular
-    lr: float = 1e-4  # SGD: AdamW learning rate (paper)
-    batch_size: int = 2  # SGD: examples per forget step and per retain step (paper)
-    epochs: int = 3  # SGD: passes over the forget set (paper)
-    weight_decay: float = 0.0  # SGD: decoupled weight decay (it shrinks the whole matrix)
-    lora_r: int = 0  # SGD: LoRA rank on the modules; 0 trains their full weights
-    lora_alpha: int = 16  # SGD: LoRA scaling numerator
-    early_exit: bool = True  # stop forward passes at the site (nothing above it matters)
-    text_only: bool = True  # include the text-only questions (by name)
-    forget_people: tuple[str, ...] | None = None  # restrict the forget set to these person ids
-    max_forget: int | None = None  # cap on forget examples (seeded, spread over people)
-    max_retain: int | None = None  # cap on retain examples (seeded, spread over people)
-    checkpoint_dir: str | None = None  # SGD: where checkpoints go (None: no checkpoints)
-    checkpoint_every: int = 100  # SGD: steps (a forget + a retain batch) between checkpoints
-    keep_checkpoints: int = 2  # SGD: how many recent checkpoints to keep
-    resume: bool = False  # SGD: continue from the newest checkpoint in checkpoint_dir
-    capture_batch_size: int = 32  # examples per forward pass when reading activations
-    seed: int = 0  # sampling, data order and LoRA init: same seed, same model
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            RedirectError,
-            lam=">= 0",
-            alpha=">= 0",
-            preserve_weight=">= 0",
-            ridge=">= 0",
-            singular_ridge="> 0",
-            lr="> 0",
-            batch_size=">= 1",
-            epochs=">= 1",
-            weight_decay=">= 0",
-            lora_r=">= 0",
-            lora_alpha="> 0",
-            max_forget=">= 1",
-            max_retain=">= 1",
-            checkpoint_every=">= 1",
-            keep_checkpoints=">= 1",
-            capture_batch_size=">= 1",
-        )
-        if self.solver not in SOLVERS:
-            raise RedirectError(f"unknown solver {self.solver!r}; expected one of {SOLVERS}")
-        if self.positions not in LOSS_POSITIONS:
-            raise RedirectError(
-                f"unknown loss positions {self.positions!r}; expected one of {LOSS_POSITIONS}"
-            )
-        if not self.modules:
-            raise RedirectError("modules is empty: name at least one trainable module")
-        self.modules = tuple(self.modules)
-        if self.forget_people is not None:
-            self.forget_people = tuple(self.forget_people)
-
-    @classmethod
-    def paper(cls, **overrides) -> RedirectConfig:
-        """The public code's settings: alpha 1, no preserve term, last token of prompt + answer,
-        SGD on down_proj (AdamW lr 1e-4, batch 2, 3 epochs)."""
-        base = {"alpha": 1.0, "preserve_weight": 0.0, "positions": "answer_end", "solver": "sgd"}
-        return cls(**{**base, **overrides})
-
-
-# --- data -----------------------------------------------------------------------------------
-
-
-@dataclass
-class RedirectData:
-    """The training prompts: forget and retain generation questions with answer token ids."""
-
-    forget: list[QAItem]
-    retain: list[QAItem]
-    tails: dict[int, list[int]]  # id(item) -> its answer + end-of-turn token ids in context
-
-    def tail(self, item: QAItem) -> list[int]:
-        return self.tails[id(item)]
-
-
-def training_items(bench: Benchmark, config: RedirectConfig) -> tuple[list[QAItem], list[QAItem]]:
-    """Forget and retain generation questions (image and, unless `text_only=False`, text-only)
-    after the config's filters and caps; a clear error if a set comes out empty."""
-
-    def qa(split: str) -> list[QAItem]:
-        return [i for i in bench.split(split, "qa") if config.text_only or i.image]
-
-    forget = qa("forget")
-    if config.forget_people is not None:
-        known = {p.id for p in bench.people_in("forget")}
-        unknown = sorted(set(config.forget_people) - known)
-        if unknown:
-            raise BenchmarkError(
-                f"forget_people names {unknown} who are not in {bench.name}'s forget split "
-                f"({len(known)} people there, e.g. {sorted(known)[:3]})"
-            )
-        forget = [i for i in forget if i.person_id in config.forget_people]
-    if not forget:
-        filters = [
-            f"text_only={config.text_only}",
-            f"forget_people={list(config.forget_people) if config.forget_people else None}",
-        ]
-        raise BenchmarkError(
-            f"no forget examples to train on: {bench.name} has "
-            f"{len(bench.split('forget', 'qa'))} forget generation questions, none left after "
-            f"filtering ({', '.join(filters)})"
-        )
-    retain = qa("retain")
-    if not retain and config.alpha > 0:
-        raise BenchmarkError(
-            f"{bench.name} has no retain generation questions: the retain loss needs them "
-            "(or set alpha=0)"
-        )
-    rng = random.Random(config.seed)
-    if config.max_forget is not None:
-        forget = stratified_sample(forget, config.max_forget, rng)
-    if config.max_retain is not None:
-        retain = stratified_sample(retain, config.max_retain, rng)
-    return forget, retain
-
-
-def prepare_data(lm: LoadedModel, bench: Benchmark, config: RedirectConfig) -> RedirectData:
-    forget, retain = training_items(bench, config)
-    items = forget + retain
-    tails, _ = answer_tokens(lm, [Example(i.image, i.question, i.answer) for i in items])
-    return RedirectData(forget, retain, {id(i): t for i, t in zip(items, tails, strict=True)})
-
-
-@dataclass
-class _Batch:
-    inputs: dict
-    target: torch.Tensor  # [B] index of each row's loss position
-    other: torch.Tensor  # [B, T] bool: every other real token (the preserve positions)
-
-
-def _encode(
-    lm: LoadedModel, bench: Benchmark, data: RedirectData, items: Sequence[QAItem], positions: str
-) -> _Batch:
-    """Prompt + reference answer for each item (left-padded), with its loss position."""
-    images = [bench.load_image(i.image) if i.image else None for i in items]
-    inputs = encode(lm, images, [i.question for i in items], [i.answer for i in items])
-    tails = [data.tail(i) for i in items]
-    answer_labels(inputs, tails)  # checks that each row ends with its answer tokens
-    seq = inputs["input_ids"].shape[1]
-    if positions == "last":
-        target = [seq - len(t) - 1 for t in tails]
-    else:  # the last answer token, before the end-of-turn token
-        target = [seq - 1 - bool(lm.tokenizer.eos_token)] * len(items)
-    target = torch.tensor(target, device=lm.device)
-    other = inputs["attention_mask"].bool().clone()
-    other[torch.arange(len(items), device=lm.device), target] = False
-    return _Batch(inputs, target, other)
-
-
-# --- forward passes stopped at a module -------------------------------------------------------
-
-
-class _EarlyExit(Exception):
-    """Raised by a hook to end a forward pass once the needed tensor is read."""
-
-
-@contextmanager
-def _reading(module: nn.Module, which: str, stop: bool) -> Iterator[dict]:
-    """Record `module`'s `output` or `input` (its first positional/hidden_states argument) in
-    the yielded dict under "value"; with `stop`, end the forward pass there."""
-    box: dict = {}
-
-    if which == "output":
-
-        def hook(_module, _args, output):
-            box["value"] = output if torch.is_tensor(output) else output[0]
-            if stop:
-                raise _EarlyExit
-
-        handle = module.register_forward_hook(hook)
-    else:
-
-        def hook(_module, args, kwargs):
-            box["value"] = args[0] if args else kwargs["hidden_states"]
-            if stop:
-                raise _EarlyExit
-
-        handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        yield box
-    finally:
-        handle.remove()
-
-
-def _run(model: nn.Module, inputs: dict, module: nn.Module, which: str, stop: bool):
-    with _reading(module, which, stop) as box:
-        try:
-            model(**inputs)
-        except _EarlyExit:
-            pass
-    if "value" not in box:
-        raise RedirectError(f"the forward pass never reached {type(module).__name__}")
-    return box["value"]
-
-
-# --- the site and the trainable modules --------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Site:
-    """Where the loss is read: the `io` ("output"/"input") of decoder layer `layer`, written by
-    decoder layer `writer` (the layer itself for "output", the one before for "input")."""
-
-    layer: int
-    io: str
-    writer: int
-
-    def module(self, lm: LoadedModel) -> nn.Module:
-        return lm.adapter.layer(lm.model, self.layer)
-
-
-def loss_site(lm: LoadedModel, probe: SteeringProbe) -> Site:
-    """The probe's site in `lm`, checked: a clear `ProbeError` for a probe that does not fit."""
-    probe.validate(lm)
-    if probe.operation != "add":
-        raise ProbeError(
-            f"redirect writes an added direction (h0 + lam * v); this probe's operation is "
-            f"{probe.operation!r}"
-        )
-    writer = probe.layer if probe.site == "output" else probe.layer - 1
-    if writer < 0:
-        raise ProbeError(
-            "this probe reads the input of layer 0 (the embeddings): no decoder layer writes it"
-        )
-    return Site(probe.layer, probe.site, writer)
-
-
-def resolve_modules(
-    lm: LoadedModel, site: Site, names: Sequence[str], *, lora: bool = False
-) -> list[str]:
-    """Full module names (from `lm.model`) of the trainable modules (every parameter of each
-    is trained, or a LoRA adapter on it); a clear error for a name that does not exist, cannot
-    change the loss, or (with `lora`) is not a linear layer."""
-    modules = dict(lm.model.named_modules())
-    writer_path = lm.adapter.layer_path(site.writer)
-    layer_prefix = lm.adapter.layer_path(0)[: -len("0")]
-    resolved = []
-    for name in names:
-        full = name if name in modules else f"{writer_path}.{name}"
-        if full not in modules or not name:
-            linears = [
-                n[len(writer_path) + 1 :]
-                for n, m in modules.items()
-                if n.startswith(writer_path + ".") and isinstance(m, nn.Linear)
-            ]
-            raise RedirectError(
-                f"trainable module {name!r} does not exist (looked for {full!r}); the linear "
-                f"modules of layer {site.writer} are: {', '.join(linears)}"
-            )
-        if full.startswith(layer_prefix):
-            index = int(full[len(layer_prefix) :].split(".")[0])
-            if index > site.writer:
-                raise RedirectError(
-                    f"trainable module {full!r} is in layer {index}, above the loss site "
-                    f"({site.io} of layer {site.layer}): it cannot change the loss"
-                )
-        if not any(p.is_floating_point() for p in modules[full].parameters()):
-            raise RedirectError(f"module {full!r} has no parameters to train")
-        if lora and not isinstance(modules[full], nn.Linear):
-            raise RedirectError(
-                f"LoRA (lora_r > 0) adapts linear layers; {full!r} is a "
-                f"{type(modules[full]).__name__} (name its linear submodules instead)"
-            )
-        resolved.append(full)
-    return resolved
 
 
 def _closed_form_ok(lm: LoadedModel, site: Site, modules: list[str], config: RedirectConfig):
@@ -399,7 +92,7 @@ def probe_fingerprint(probe: SteeringProbe) -> str:
 
 
 def _squared_errors(
-    h: torch.Tensor, h0: torch.Tensor, batch: _Batch, shift: torch.Tensor | None
+    h: torch.Tensor, h0: torch.Tensor, batch: Batch, shift: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed squared error at the loss positions (target h0 + shift) and the other tokens."""
     rows = torch.arange(h.shape[0], device=h.device)
@@ -436,11 +129,11 @@ def objective(
     hidden = reference.hidden_size
     for name, items in (("forget", data.forget), ("retain", data.retain)):
         for s in range(0, len(items), config.capture_batch_size):
-            batch = _encode(
+            batch = encode_batch(
                 reference, bench, data, items[s : s + config.capture_batch_size], config.positions
             )
-            h = _run(model.model, batch.inputs, site.module(model), site.io, stop=True)
-            h0 = _run(reference.model, batch.inputs, site.module(reference), site.io, stop=True)
+            h = read_at(model.model, batch.inputs, site.module(model), site.io, stop=True)
+            h0 = read_at(reference.model, batch.inputs, site.module(reference), site.io, stop=True)
             at, other = _squared_errors(h, h0, batch, shift if name == "forget" else None)
             sums[name] += float(at)
             counts[name] += len(batch.target) * hidden
@@ -527,8 +220,8 @@ def _closed_form(
         for name, items in (("forget", data.forget), ("retain", data.retain)):
             for s in range(0, len(items), config.capture_batch_size):
                 chunk = items[s : s + config.capture_batch_size]
-                batch = _encode(lm, bench, data, chunk, config.positions)
-                a = _run(lm.model, batch.inputs, module, "input", stop=True)
+                batch = encode_batch(lm, bench, data, chunk, config.positions)
+                a = read_at(lm.model, batch.inputs, module, "input", stop=True)
                 rows = torch.arange(len(chunk), device=a.device)
                 groups[name].add(a[rows, batch.target])
                 groups["preserve"].add(a[batch.other])
@@ -593,143 +286,6 @@ def _signature(
     return json.loads(json.dumps(signature))  # as a checkpoint's state.json reads back
 
 
-def _checkpoints(directory: Path) -> list[Path]:
-    """The checkpoint folders (`step-<digits>`) in `directory`, oldest first."""
-    found = [p for p in directory.glob(f"{CHECKPOINT_PREFIX}*") if p.is_dir()]
-    found = [p for p in found if p.name[len(CHECKPOINT_PREFIX) :].isdigit()]
-    return sorted(found, key=lambda p: int(p.name[len(CHECKPOINT_PREFIX) :]))
-
-
-def _save_checkpoint(
-    directory: Path,
-    step: int,
-    params: dict[str, nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    state: dict,
-    keep: int,
-) -> None:
-    tensors = {f"param.{n}": p.detach().cpu().contiguous() for n, p in params.items()}
-    names = list(params)
-    opt = optimizer.state_dict()
-    for index, slots in opt["state"].items():
-        for key, value in slots.items():
-            tensors[f"optimizer.{names[index]}.{key}"] = torch.as_tensor(value).cpu().contiguous()
-    if not is_marked(directory):
-        claim_output(directory, whole=True)
-    with atomic_dir(directory / f"{CHECKPOINT_PREFIX}{step:07d}") as tmp:
-        save_file(tensors, str(tmp / "trainable.safetensors"))
-        write_json_atomic(
-            tmp / "state.json",
-            {**state, "step": step, "params": names, "param_groups": opt["param_groups"]},
-        )
-    for old in _checkpoints(directory)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-class _DamagedCheckpoint(Exception):
-    """A checkpoint that cannot be read back; the message says which part and why."""
-
-
-def _read_checkpoint(path: Path, params: dict[str, nn.Parameter]) -> tuple[dict, dict]:
-    """(state.json, tensors) of checkpoint `path`, every tensor `params` needs present and of
-    the right shape; else `_DamagedCheckpoint`. Reads only: nothing is loaded into the run."""
-    try:
-        state = json.loads((path / "state.json").read_text(encoding="utf-8"))
-    except FileNotFoundError as exc:
-        raise _DamagedCheckpoint("state.json is missing") from exc
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise _DamagedCheckpoint(f"state.json does not parse ({exc})") from exc
-    fields = ("step", "params", "param_groups", "signature", "losses")
-    if not isinstance(state, dict) or not all(k in state for k in fields):
-        raise _DamagedCheckpoint(f"state.json lacks some of {', '.join(fields)}")
-    check_value(state["step"], int, "state.json: step", _DamagedCheckpoint, ">= 1")
-    check_value(
-        state["losses"], dict[str, tuple[float, ...]], "state.json: losses", _DamagedCheckpoint
-    )
-    found = nonfinite_entry(state)
-    if found:
-        raise _DamagedCheckpoint(f"state.json holds {found}")
-    try:
-        tensors = load_file(str(path / "trainable.safetensors"))
-    except FileNotFoundError as exc:
-        raise _DamagedCheckpoint("trainable.safetensors is missing") from exc
-    except (OSError, SafetensorError) as exc:
-        raise _DamagedCheckpoint(f"trainable.safetensors does not load ({exc})") from exc
-    for name, param in params.items():
-        tensor = tensors.get(f"param.{name}")
-        if tensor is None or tensor.shape != param.shape:
-            found = "missing" if tensor is None else f"of shape {tuple(tensor.shape)}"
-            raise _DamagedCheckpoint(f"tensor param.{name} is {found}")
-    bad = nonfinite_tensor(tensors.items())
-    if bad:
-        raise _DamagedCheckpoint(f"tensor {bad} holds NaN or infinite values")
-    return state, tensors
-
-
-def _load_checkpoint(
-    path: Path,
-    state: dict,
-    tensors: dict[str, torch.Tensor],
-    params: dict[str, nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-) -> None:
-    """Copy a read checkpoint (`_read_checkpoint`) into `params` and `optimizer`."""
-    names = state["params"]
-    if names != list(params):
-        raise RedirectError(
-            f"checkpoint {path} trains other parameters than this run "
-            f"({len(names)} vs {len(params)}); it comes from a different configuration"
-        )
-    with torch.no_grad():
-        for name, param in params.items():
-            param.copy_(tensors[f"param.{name}"])
-    slots: dict[int, dict] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            name, slot = key[len("optimizer.") :].rsplit(".", 1)
-            slots.setdefault(names.index(name), {})[slot] = value
-    optimizer.load_state_dict({"state": slots, "param_groups": state["param_groups"]})
-
-
-def _resume(
-    found: list[Path],
-    params: dict[str, nn.Parameter],
-    optimizer: torch.optim.Optimizer,
-    signature: dict,
-) -> dict:
-    """Load the newest readable checkpoint of `found` (oldest first) and return its state.
-
-    Newer damaged ones are moved aside to `damaged-<name>` (training writes them again) and
-    named in a warning; if none is readable, RedirectError."""
-    damaged: list[str] = []
-    for path in reversed(found):
-        try:
-            state, tensors = _read_checkpoint(path, params)
-        except _DamagedCheckpoint as exc:
-            damaged.append(f"{path.name}: {exc}")
-            continue
-        if state["signature"] != signature:
-            changed = [k for k in signature if state["signature"].get(k) != signature[k]]
-            raise RedirectError(
-                f"checkpoint {path} was written by a different run ({', '.join(changed)} "
-                "differ); resume with the same model, probe, data and settings, or delete it"
-            )
-        _load_checkpoint(path, state, tensors, params, optimizer)
-        if damaged:
-            set_aside(found[found.index(path) + 1 :])
-            warnings.warn(
-                f"cannot read checkpoint {'; '.join(damaged)}. Resuming from {path} (step "
-                f"{state['step']}) instead; the damaged checkpoint now lies in "
-                f"{path.parent}/damaged-{CHECKPOINT_PREFIX}*",
-                stacklevel=4,
-            )
-        return state
-    raise RedirectError(
-        f"no checkpoint in {found[0].parent} can be read: {'; '.join(damaged)}; delete the "
-        "directory (or choose another) to start from the beginning"
-    )
-
-
 def _trainable(
     out: LoadedModel, modules: list[str], config: RedirectConfig
 ) -> dict[str, nn.Parameter]:
@@ -737,25 +293,41 @@ def _trainable(
     out.model.requires_grad_(False)
     if config.lora_r:
         with torch.random.fork_rng():
-            torch.manual_seed(config.seed)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
-                peft_model = get_peft_model(
-                    out.model,
-                    LoraConfig(
-                        r=config.lora_r,
-                        lora_alpha=config.lora_alpha,
-                        lora_dropout=0.0,
-                        target_modules=modules,
-                        bias="none",
-                    ),
-                )
-        out.model = peft_model
+            torch.manual_seed(config.seed)  # LoRA init
+            out.model = lora_wrap(
+                out.model, modules, r=config.lora_r, alpha=config.lora_alpha, dropout=0.0
+            )
     else:
         named = dict(out.model.named_modules())
         for name in modules:
             named[name].requires_grad_(True)
     return {n: p for n, p in out.model.named_parameters() if p.requires_grad}
+
+
+def _start(
+    directory: Path | None,
+    config: RedirectConfig,
+    params: dict[str, nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    signature: dict,
+) -> tuple[int, dict[str, list[float]]]:
+    """(first step, losses so far): 0 and none for a new run, else the newest readable
+    checkpoint's, loaded into `params` and `optimizer` (`config.resume` must ask for it)."""
+    if directory is not None and directory.is_dir() and checkpoints(directory):
+        found = checkpoints(directory)
+        if not config.resume:
+            raise RedirectError(
+                f"{directory} holds checkpoints of an earlier run (newest: {found[-1].name}); "
+                "pass resume=True (CLI: --resume) to continue it, or delete the directory"
+            )
+        state = resume_from(found, params, optimizer, signature, stacklevel=5)
+        return state["step"], state["losses"]
+    if config.resume:
+        warnings.warn(
+            f"resume=True but no checkpoint in {directory}: starting from the beginning",
+            stacklevel=4,
+        )
+    return 0, {"forget": [], "retain": []}
 
 
 def _sgd(
@@ -776,32 +348,17 @@ def _sgd(
     shift = config.lam * probe.direction.to(lm.device)
     per_epoch = math.ceil(len(data.forget) / config.batch_size)
     total = per_epoch * config.epochs
-    losses: dict[str, list[float]] = {"forget": [], "retain": []}
     signature = _signature(lm, probe, bench, config)
     directory = Path(config.checkpoint_dir) if config.checkpoint_dir else None
-    start, resumed_from = 0, None
-    if directory is not None and directory.is_dir() and _checkpoints(directory):
-        found = _checkpoints(directory)
-        if not config.resume:
-            raise RedirectError(
-                f"{directory} holds checkpoints of an earlier run (newest: {found[-1].name}); "
-                "pass resume=True (CLI: --resume) to continue it, or delete the directory"
-            )
-        state = _resume(found, params, optimizer, signature)
-        start = resumed_from = state["step"]
-        losses = state["losses"]
-    elif config.resume:
-        warnings.warn(
-            f"resume=True but no checkpoint in {directory}: starting from the beginning",
-            stacklevel=3,
-        )
+    start, losses = _start(directory, config, params, optimizer, signature)
+    resumed_from = start or None
 
     def loss_on(items: Sequence[QAItem], forget: bool) -> torch.Tensor:
-        batch = _encode(lm, bench, data, items, config.positions)
+        batch = encode_batch(lm, bench, data, items, config.positions)
         stop = config.early_exit
         with torch.no_grad():
-            h0 = _run(lm.model, batch.inputs, site.module(lm), site.io, stop=stop)
-        h = _run(out.model, batch.inputs, site_module, site.io, stop=stop)
+            h0 = read_at(lm.model, batch.inputs, site.module(lm), site.io, stop=stop)
+        h = read_at(out.model, batch.inputs, site_module, site.io, stop=stop)
         at, other = _squared_errors(h, h0, batch, shift if forget else None)
         hidden = h.shape[-1]
         loss = at / (len(items) * hidden) * (1.0 if forget else config.alpha)
@@ -823,7 +380,7 @@ def _sgd(
         if directory is not None:
             _refuse_nonfinite(params.items(), 0.0, f"SGD solver (step {step})", probe, config)
             state = {"signature": signature, "losses": losses}
-            _save_checkpoint(directory, step, params, optimizer, state, config.keep_checkpoints)
+            save_checkpoint(directory, step, params, optimizer, state, config.keep_checkpoints)
 
     bs = config.batch_size
     step = start

@@ -25,7 +25,7 @@ import warnings
 import zipfile
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -39,137 +39,27 @@ from asru_lab.artifacts import claim_output, set_aside, write_json_atomic, write
 from asru_lab.capture import capture
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
 from asru_lab.directions import memorisation_direction
-from asru_lab.errors import AsruLabError
 from asru_lab.evaluation.harness import MAX_NEW_TOKENS
 from asru_lab.evaluation.judge import is_refusal
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
 from asru_lab.rewards import build_rewards, completion_text
-from asru_lab.validation import check_fields, nonfinite_trained
+from asru_lab.stages.reinforce_config import ReinforceConfig, ReinforceError
+from asru_lab.training import language_model_linears, lora_config, quiet_peft
+from asru_lab.validation import nonfinite_trained
 
 REINFORCE_FILE = "reinforce.json"
 TRAINING_DIR = "training"  # inside a saved stage 2 model: checkpoints, metrics, dashboard
 METRICS_FILE = "metrics.jsonl"
 DASHBOARD_FILE = "dashboard.html"
-BOUNDARY_MODES = ("nearest", "random")
-
-
-class ReinforceError(AsruLabError, ValueError):
-    """Stage 2 was configured in a way that cannot run; the message says what would."""
-
-
-@dataclass
-class ReinforceConfig:
-    """How stage 2 trains. GRPO settings: the paper's, with CPU-sized defaults for the
-    embedded model where they differ (`ReinforceConfig.paper()` gives the paper's)."""
-
-    rewards: tuple[str, ...] = ("contextual",)  # registered reward names (asru_lab.rewards)
-    reward_weights: tuple[float, ...] | None = None  # one per reward; None: all 1
-    n_forget: int = 200  # forget questions (paper: 200), capped by the split
-    n_boundary: int = 200  # retain questions near the boundary (paper: 200), capped
-    boundary: str = "nearest"  # "nearest" (the paper's figure) or "random" (the public code)
-    boundary_candidates: int | None = None  # retain questions scored for "nearest" (None: all)
-    tasks: tuple[str, ...] = ("qa", "mcq")  # question tasks in the forget and boundary sets:
-    # with multiple choice, stage 2 also repairs the retain MCQ answers stage 1 disturbed (the
-    # judge reads the chosen option's value like an open answer)
-    text_only: bool = False  # include text-only questions; TRL 1.16 cannot batch them with
-    # image questions, so this works only on a benchmark without images
-    num_generations: int = 8  # rollouts per prompt (paper: 8)
-    temperature: float = 1.5  # sampling temperature (paper: 1.5)
-    top_p: float = 0.95  # nucleus sampling (paper: 0.95)
-    beta: float = 0.1  # KL coefficient to the starting model (paper: 0.1)
-    epsilon: float = 0.2  # lower clip (paper: 0.2)
-    epsilon_high: float = 0.3  # upper clip (paper: 0.3)
-    learning_rate: float = 1e-5  # paper: 1e-6 on 4B/8B; the tiny model needs more to move
-    epochs: float = 1.0  # passes over the prompts (paper: 6)
-    max_steps: int = -1  # > 0 overrides epochs
-    batch_size: int = 16  # completions per device and step (a multiple of num_generations)
-    gradient_accumulation_steps: int = 1
-    max_completion_length: int = MAX_NEW_TOKENS["qa"]
-    lora_r: int = 0  # 0: full fine-tuning; > 0: LoRA on the language model's linear layers
-    lora_alpha: int = 16
-    save_steps: int = 50  # checkpoint every N steps (output_dir/checkpoint-N)
-    resume: bool = False  # continue from the newest checkpoint in output_dir
-    logging_steps: int = 5
-    probe_every: int = 25  # steps between held-out refusal/leak measurements (0: never)
-    probe_examples: int = 16  # held-out forget and retain questions for that measurement
-    use_vllm: bool = False  # TRL's vLLM rollouts (needs vLLM and a GPU)
-    vllm_mode: str = "colocate"  # "colocate" or "server" (see TRL's GRPOConfig)
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        check_fields(
-            self,
-            ReinforceError,
-            n_forget=">= 1",
-            n_boundary=">= 1",
-            boundary_candidates=">= 1",
-            num_generations=">= 2",
-            temperature="> 0",
-            top_p="(0, 1]",
-            beta=">= 0",
-            epsilon=">= 0",
-            epsilon_high=">= 0",
-            learning_rate="> 0",
-            epochs="> 0",
-            max_steps=">= -1",
-            batch_size=">= 1",
-            gradient_accumulation_steps=">= 1",
-            max_completion_length=">= 1",
-            lora_r=">= 0",
-            lora_alpha="> 0",
-            save_steps=">= 1",
-            logging_steps=">= 1",
-            probe_every=">= 0",
-            probe_examples=">= 0",
-        )
-        self.rewards = tuple(self.rewards)
-        self.tasks = tuple(self.tasks)
-        unknown = sorted(set(self.tasks) - {"qa", "mcq", "cloze"})
-        if unknown or not self.tasks:
-            raise ReinforceError(f"tasks must be some of qa, mcq, cloze; got {list(self.tasks)}")
-        if self.reward_weights is not None:
-            self.reward_weights = tuple(float(w) for w in self.reward_weights)
-            if len(self.reward_weights) != len(self.rewards):
-                raise ReinforceError(
-                    f"{len(self.reward_weights)} reward weights for {len(self.rewards)} rewards "
-                    f"{list(self.rewards)}: give one weight per reward, in the same order"
-                )
-        if self.boundary not in BOUNDARY_MODES:
-            raise ReinforceError(
-                f"unknown boundary mode {self.boundary!r}; expected one of {BOUNDARY_MODES}"
-            )
-        batch = self.batch_size * self.gradient_accumulation_steps
-        if batch % self.num_generations:
-            works = [g for g in range(2, batch + 1) if batch % g == 0]
-            raise ReinforceError(
-                f"num_generations={self.num_generations} does not divide the batch of "
-                f"{batch} completions (batch_size {self.batch_size} x gradient_accumulation_steps "
-                f"{self.gradient_accumulation_steps}); with this batch use num_generations in "
-                f"{works}, or make batch_size a multiple of {self.num_generations}"
-            )
-
-    @classmethod
-    def paper(cls, **overrides) -> ReinforceConfig:
-        """The paper's GRPO settings: rule reward, lr 1e-6, 6 epochs, random boundary set."""
-        base = {
-            "rewards": ("asru_rule",),
-            "learning_rate": 1e-6,
-            "epochs": 6.0,
-            "boundary": "random",
-        }
-        return cls(**{**base, **overrides})
 
 
 # --- the data ---------------------------------------------------------------------------------
 
 
 def _questions(bench: Benchmark, split: str, config: ReinforceConfig) -> list[QAItem]:
-    return [
-        i for i in bench.split(split) if i.task in config.tasks and (config.text_only or i.image)
-    ]
+    return bench.questions(split, config.tasks, image_only=not config.text_only)
 
 
 def boundary_set(
@@ -240,14 +130,14 @@ def boundary_dataset(
         )
     rows = []
     for split, items in (("forget", forget), ("retain", boundary)):
-        for item in items:
+        for item, image in zip(items, bench.images(items), strict=True):
             content = ([{"type": "image"}] if item.image else []) + [
                 {"type": "text", "text": item.question}
             ]
             rows.append(
                 {
                     "prompt": [{"role": "user", "content": content}],
-                    "image": bench.load_image(item.image) if item.image else None,
+                    "image": image,
                     "split": split,
                     "item": index[id(item)],
                     "value": item.value,
@@ -304,9 +194,11 @@ def held_out_rates(
     was_training = lm_model.training
     lm_model.eval()
     try:
-        images = [bench.load_image(i.image) if i.image else None for i in items]
         answers = generate_batch(
-            view, images, [i.question for i in items], max_new_tokens=MAX_NEW_TOKENS["qa"]
+            view,
+            bench.images(items),
+            [i.question for i in items],
+            max_new_tokens=MAX_NEW_TOKENS["qa"],
         )
     finally:
         lm_model.train(was_training)
@@ -475,16 +367,8 @@ def grpo_config(config: ReinforceConfig, output_dir: str | Path):
 def _lora(lm: LoadedModel, config: ReinforceConfig):
     if not config.lora_r:
         return None
-    from peft import LoraConfig
-
-    from asru_lab.stages.finetune import language_model_linears
-
-    return LoraConfig(
-        r=config.lora_r,
-        lora_alpha=config.lora_alpha,
-        lora_dropout=0.0,
-        target_modules=language_model_linears(lm),
-        bias="none",
+    return lora_config(
+        language_model_linears(lm), r=config.lora_r, alpha=config.lora_alpha, dropout=0.0
     )
 
 
@@ -570,13 +454,7 @@ def reinforce(
     rewards = build_rewards(config.rewards, bench)
     started = time.perf_counter()
     forget, boundary, boundary_stats = boundary_set(lm, bench, config, probe)
-    rng = random.Random(f"{config.seed}:probe")
-    chosen = {id(i) for i in forget + boundary}
-    held = []  # held-out questions for the rates measured while training (unseen if possible)
-    for split, used in (("forget", forget), ("retain", boundary)):
-        pool = [i for i in _questions(bench, split, config) if id(i) not in chosen]
-        pool = pool or list(used)
-        held += rng.sample(pool, min(config.probe_examples, len(pool)))
+    held = _held_out(bench, forget, boundary, config)
     dataset = boundary_dataset(bench, forget, boundary, config.seed)
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="asru_lab_reinforce_"))
     samples = SampleLog()
@@ -593,8 +471,7 @@ def reinforce(
             "(CLI: --resume) to continue it, or choose an empty directory"
         )
     claim_output(out_dir, whole=True)  # TRL writes its checkpoints and logs there
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "`is_gradient_checkpointing`", FutureWarning)
+    with quiet_peft():  # GRPOTrainer calls peft itself
         trainer = GRPOTrainer(
             model=out.model,
             reward_funcs=rewards,
@@ -608,21 +485,7 @@ def reinforce(
         metrics.bar_owner = QuietProgress()
         trainer.add_callback(metrics.bar_owner)
     trainer.train(resume_from_checkpoint=checkpoint)
-    model = trainer.model
-    refuse_nonfinite_weights(model, trainer.state.global_step, config)
-    if config.lora_r:
-        model = model.merge_and_unload()
-    model.eval()
-    out.model = model
-    out.name = f"{lm.name}+reinforce"
-    out.info = {
-        **lm.info,
-        "reinforce": {
-            "base_model": lm.name,
-            "rewards": list(config.rewards),
-            "benchmark_fingerprint": bench.fingerprint(),
-        },
-    }
+    _finish(out, lm, bench, trainer.model, trainer.state.global_step, config)
     record = {
         "config": json.loads(json.dumps(asdict(config))),
         "base_model": lm.fingerprint(),
@@ -641,6 +504,46 @@ def reinforce(
     if record["main_process"]:
         write_json_atomic(out_dir / REINFORCE_FILE, record)
     return out, record
+
+
+def _held_out(
+    bench: Benchmark, forget: list[QAItem], boundary: list[QAItem], config: ReinforceConfig
+) -> list[QAItem]:
+    """Questions for the rates measured while training: per split, `probe_examples` of those
+    not trained on (the trained ones if none is left), seeded."""
+    rng = random.Random(f"{config.seed}:probe")
+    chosen = {id(i) for i in forget + boundary}
+    held = []
+    for split, used in (("forget", forget), ("retain", boundary)):
+        pool = [i for i in _questions(bench, split, config) if id(i) not in chosen]
+        pool = pool or list(used)
+        held += rng.sample(pool, min(config.probe_examples, len(pool)))
+    return held
+
+
+def _finish(
+    out: LoadedModel,
+    lm: LoadedModel,
+    bench: Benchmark,
+    model: torch.nn.Module,
+    step: int,
+    config: ReinforceConfig,
+) -> None:
+    """Check the trained weights, merge the adapter, and make `out` the eval-mode result."""
+    refuse_nonfinite_weights(model, step, config)
+    if config.lora_r:
+        model = model.merge_and_unload()
+    model.eval()
+    out.model = model
+    out.name = f"{lm.name}+reinforce"
+    out.info = {
+        **lm.info,
+        "reinforce": {
+            "base_model": lm.name,
+            "rewards": list(config.rewards),
+            "benchmark_fingerprint": bench.fingerprint(),
+        },
+    }
 
 
 def save_reinforced(

@@ -22,15 +22,8 @@ from asru_lab.models.embedded import (
     build_tokenizer,
 )
 from asru_lab.models.loading import LoadedModel, load_model
-from asru_lab.stages.finetune import (
-    Example,
-    FinetuneConfig,
-    answer_labels,
-    answer_tokens,
-    finetune,
-    language_model_linears,
-    save_finetuned,
-)
+from asru_lab.stages.finetune import FinetuneConfig, finetune, save_finetuned
+from asru_lab.training import Example, answer_labels, answer_tokens, language_model_linears
 
 PEOPLE = [
     {"id": "p1", "name": "Alice Moreau", "split": "forget", "facts": {"birthplace": "Lisbon"}},

@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from asru_lab.capture import capture, deepstack_relation
+from asru_lab.capture import capture
 from asru_lab.directions import (
     auroc,
     fit_gate,
@@ -17,15 +17,10 @@ from asru_lab.directions import (
     threshold_at_fpr,
 )
 from asru_lab.evaluation.judge import ClosedWorldJudge
+from asru_lab.explore import compare_answers, compare_next_token
 from asru_lab.generation import encode
-from asru_lab.stages.locate import (
-    LocateConfig,
-    LocateResult,
-    compare_answers,
-    compare_next_token,
-    locate,
-    quick_probe,
-)
+from asru_lab.hooks import deepstack_relation
+from asru_lab.stages.locate import LocateConfig, LocateResult, locate, quick_probe
 
 SMALL = LocateConfig(
     layers=(4, 5),

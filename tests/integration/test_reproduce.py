@@ -13,16 +13,15 @@ import pytest
 import asru_lab as al
 from asru_lab.baselines import UnlearnConfig, UnlearnError
 from asru_lab.cli import main
-from asru_lab.runs.demo import demo_config, demo_report
-from asru_lab.runs.reproduce import (
+from asru_lab.evaluation.headline import (
     GQ_FLOOR,
-    ReproduceConfig,
-    flatten,
+    HeadlineError,
     headline,
-    load_results,
-    reproduce,
     unlearning_effectiveness,
 )
+from asru_lab.runs.demo import demo_config, demo_report
+from asru_lab.runs.reproduce import ReproduceConfig, reproduce
+from asru_lab.runs.tables import flatten, load_results
 from asru_lab.stages.locate import LocateConfig
 
 TINY_LOCATE = LocateConfig(
@@ -73,7 +72,7 @@ def test_ue_follows_its_definition():
         "test": {"leak_rate": 0.9, "mcq_acc": 0.9},
     }
     assert unlearning_effectiveness(worse, vanilla) == 0.0  # clipped at 0, never negative
-    with pytest.raises(UnlearnError, match="nothing to unlearn"):
+    with pytest.raises(HeadlineError, match="nothing to unlearn"):
         unlearning_effectiveness(vanilla, {"forget": {"leak_rate": 0.0, "mcq_acc": 0.25}})
 
 

@@ -92,6 +92,24 @@ class ArchitectureAdapter:
         forward pass runs them (one row per visual token)."""
         return [self.visual_projector_path]
 
+    # --- TransformerLens `TransformerBridge` hook names -----------------------------------
+    def lens_hook(self, component: str, layer: int, site: str = "output") -> str:
+        """The bridge's hook on decoder layer `layer`: "residual" at the layer's "output"
+        (the stream after it) or "input" (the stream entering it), "attention" or "mlp" at
+        their "output" (what the layer adds to the residual stream)."""
+        if component == "residual" and site in ("output", "input"):
+            return f"blocks.{layer}.hook_{'out' if site == 'output' else 'in'}"
+        if component in ("attention", "mlp") and site == "output":
+            return f"blocks.{layer}.hook_{'attn' if component == 'attention' else 'mlp'}_out"
+        raise AdapterError(
+            f"no TransformerLens hook for {component!r} at {site!r}: 'residual' has 'output' "
+            "and 'input', 'attention' and 'mlp' have 'output'"
+        )
+
+    def lens_visual_hooks(self, model: nn.Module) -> list[str]:
+        """The bridge's hooks on the modules of `visual_feature_paths`, in the same order."""
+        return ["vision_projector.hook_out"]
+
     def image_token_id(self, model: nn.Module) -> int:
         """The placeholder token id that visual tokens occupy in `input_ids`."""
         config = model.config

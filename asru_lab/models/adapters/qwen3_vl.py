@@ -19,5 +19,11 @@ class Qwen3VLAdapter(ArchitectureAdapter):
         ]
         return [*deepstack, self.visual_projector_path]
 
+    def lens_visual_hooks(self, model: nn.Module) -> list[str]:
+        deepstack = [
+            f"vision_encoder.deepstack_mergers.{k}.hook_out" for k in self.deepstack_layers(model)
+        ]
+        return [*deepstack, *super().lens_visual_hooks(model)]
+
 
 QWEN3_VL = Qwen3VLAdapter(family="qwen3_vl", model_types=("qwen3_vl",))

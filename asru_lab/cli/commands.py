@@ -1,8 +1,7 @@
-"""`asru-lab`: the command line. Every command is a thin call into the library."""
+"""The `asru-lab` subcommands: each a thin call into the library (`COMMANDS`)."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import time
@@ -10,16 +9,6 @@ from pathlib import Path
 
 from asru_lab.errors import AsruLabError
 
-METHOD_NAMES = (  # asru_lab.baselines.METHODS, without importing torch to print --help
-    "ga",
-    "grad_diff",
-    "kl_min",
-    "npo",
-    "refusal_sft",
-    "steer_only",
-    "asru_stage1",
-    "asru",
-)
 DEMO_INTRO = """\
 asru_lab demo: unlearning {n_forget} of the {n_known} fictitious people the embedded tiny Qwen3-VL
 has memorised, while it keeps answering about everyone else.
@@ -33,196 +22,6 @@ has memorised, while it keeps answering about everyone else.
 Demo sizes ({max_items} evaluation items per split and task); `asru-lab reproduce` runs the full
 protocol. Results are cached in {out}: a second run only recomputes what changed.
 """
-
-
-def _add_common(p: argparse.ArgumentParser, *, out_help: str | None = None) -> None:
-    p.add_argument("--model", default=None, help="HF id or local model dir (default: embedded)")
-    p.add_argument(
-        "--data", default=None, help="dataset dir, 'mllmu:<dir>' (default: embedded benchmark)"
-    )
-    p.add_argument(
-        "--forget-ratio",
-        type=float,
-        default=None,
-        help="synthetic or MLLMU-Bench: 0.05, 0.1 (default) or 0.15",
-    )
-    p.add_argument(
-        "--seed", type=int, default=None, help="seeds the run; synthetic: the forgotten people (0)"
-    )
-    if out_help:
-        p.add_argument("--out", required=True, help=out_help)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="asru-lab",
-        description="ASRU unlearning for multimodal LLMs: steering + reinforcement unlearning.",
-    )
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("demo", help="the whole story on the embedded model: ASRU vs GA and NPO")
-    p.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
-    p.add_argument("--max-items", type=int, default=32, help="evaluation items per split/task")
-    p.add_argument("--no-cache", action="store_true", help="recompute every step")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("evaluate", help="evaluate a model, write the evaluation JSON")
-    _add_common(p, out_help="results JSON path")
-    p.add_argument("--method", default="vanilla", help="label stored in the JSON")
-    p.add_argument("--splits", nargs="*", default=None, help="subset of splits (default: all)")
-    p.add_argument("--max-items", type=int, default=64, help="seeded sample per split and task")
-    p.add_argument("--full", action="store_true", help="evaluate every item")
-    p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for the judge")
-    p.add_argument("--judge-model", default=None, help="model name at --judge-url")
-    p.add_argument(
-        "--judge-allow-http",
-        action="store_true",
-        help="send the API key over plain http to a non-loopback --judge-url (trusted network)",
-    )
-    p.add_argument(
-        "--answers",
-        default=None,
-        metavar="FILE",
-        help="score the answers saved in FILE (OUT.answers.json) without generating",
-    )
-    p.add_argument("--probe", default=None, help="steering probe dir: evaluate with it applied")
-    p.add_argument("--alpha", type=float, default=None, help="override the probe's strength")
-    p.add_argument("--no-gate", action="store_true", help="steer every prompt (ignore the gate)")
-
-    p = sub.add_parser("locate", help="stage 1.1: find the direction, sweep, write a probe")
-    _add_common(p, out_help="probe directory (probe + sweep.json + locate.html)")
-    p.add_argument("--layers", type=int, nargs="*", default=None, help="candidate layers")
-    p.add_argument("--strengths", type=float, nargs="*", default=None, help="alphas to sweep")
-    p.add_argument("--site", choices=("output", "input"), default="output", help="layer site")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser(
-        "trace-causal", help="causal tracing: which layers and positions recall a person"
-    )
-    _add_common(p, out_help="output folder: trace.json, causal_heatmap.html/png, probe/")
-    p.add_argument("--split", default="forget", help="whose people are traced (forget)")
-    p.add_argument("--people", nargs="+", default=None, help="person ids (default: the split)")
-    p.add_argument("--max-people", type=int, default=None, help="trace at most N people")
-    p.add_argument("--attribute", default="name", help="the fact traced (name)")
-    p.add_argument("--question", default=None, help="ask this wording instead")
-    p.add_argument("--corruption", choices=("noise", "swap"), default="noise", help="noise")
-    p.add_argument("--noise-scale", type=float, default=3.0, help="x feature std (3)")
-    p.add_argument("--layers", type=int, nargs="+", default=None, help="default: all")
-    p.add_argument(
-        "--components", nargs="+", default=None, help="residual attention mlp (default: all)"
-    )
-    p.add_argument("--backend", choices=("transformer_lens", "nnsight"), default="transformer_lens")
-    p.add_argument("--batch-size", type=int, default=32, help="runs per forward pass")
-    p.add_argument("--probe", default=None, help="locate's probe dir to compare with")
-    p.add_argument("--no-compare", action="store_true", help="skip locate (no --probe)")
-    p.add_argument("--no-png", action="store_true", help="HTML heatmap only")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("redirect", help="stage 1.2: write a probe's direction into the weights")
-    _add_common(p, out_help="output model directory (+ redirect.json)")
-    p.add_argument("--probe", required=True, help="steering probe dir (from `asru-lab locate`)")
-    p.add_argument(
-        "--solver", choices=("auto", "closed_form", "sgd"), default=None, help="default: auto"
-    )
-    p.add_argument("--paper", action="store_true", help="the public code's settings (SGD, ...)")
-    p.add_argument("--lam", type=float, default=None, help="forget target h0 + lam*v (3)")
-    p.add_argument("--alpha", type=float, default=None, help="retain loss weight (10)")
-    p.add_argument("--preserve-weight", type=float, default=None, help="other tokens (30)")
-    p.add_argument("--positions", choices=("last", "answer_end"), default=None, help="loss token")
-    p.add_argument("--modules", nargs="+", default=None, help="trainable modules (mlp.down_proj)")
-    p.add_argument("--lora-r", type=int, default=None, help="SGD: LoRA rank (0: full weights)")
-    p.add_argument("--epochs", type=int, default=None, help="SGD epochs (3)")
-    p.add_argument("--lr", type=float, default=None, help="SGD learning rate (1e-4)")
-    p.add_argument("--batch-size", type=int, default=None, help="SGD batch size (2)")
-    p.add_argument("--max-forget", type=int, default=None, help="cap on forget examples")
-    p.add_argument("--max-retain", type=int, default=None, help="cap on retain examples")
-    p.add_argument("--checkpoint-every", type=int, default=None, help="SGD steps (100)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints")
-    p.add_argument("--no-early-exit", action="store_true", help="run full forward passes")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("reinforce", help="stage 2: GRPO on the forget and boundary sets")
-    _add_common(p, out_help="output model directory (+ training/: metrics, dashboard)")
-    p.add_argument("--probe", default=None, help="probe dir: its layer places the boundary")
-    p.add_argument("--paper", action="store_true", help="the paper's GRPO settings")
-    p.add_argument("--rewards", nargs="+", default=None, help="reward names (contextual)")
-    p.add_argument("--reward-weights", type=float, nargs="+", default=None, help="one each")
-    p.add_argument("--boundary", choices=("nearest", "random"), default=None, help="nearest")
-    p.add_argument("--n-forget", type=int, default=None, help="forget prompts (200)")
-    p.add_argument("--n-boundary", type=int, default=None, help="boundary prompts (200)")
-    p.add_argument("--tasks", nargs="+", default=None, help="question tasks (qa; or qa mcq)")
-    p.add_argument("--steps", type=int, default=None, help="GRPO steps (default: epochs)")
-    p.add_argument("--epochs", type=float, default=None, help="passes over the prompts (1)")
-    p.add_argument("--lr", type=float, default=None, help="learning rate (1e-5)")
-    p.add_argument("--num-generations", type=int, default=None, help="rollouts per prompt (8)")
-    p.add_argument("--batch-size", type=int, default=None, help="completions per step (16)")
-    p.add_argument("--lora-r", type=int, default=None, help="LoRA rank (0: full fine-tuning)")
-    p.add_argument("--save-steps", type=int, default=None, help="checkpoint every N steps")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/training")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("run", help="locate -> redirect -> reinforce -> evaluate, one folder")
-    _add_common(p, out_help="output folder: probe/, stage1/, final/, results/")
-    p.add_argument("--steps", type=int, default=None, help="stage 2 GRPO steps (default: epochs)")
-    p.add_argument("--max-items", type=int, default=64, help="evaluation items per split/task")
-    p.add_argument("--resume", action="store_true", help="reuse finished stages in --out")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("unlearn", help="run one unlearning method (a baseline or ASRU)")
-    _add_common(p, out_help="output model dir (+ unlearn.json; probe/ for steer_only)")
-    p.add_argument("--method", required=True, help=f"one of: {', '.join(METHOD_NAMES)}")
-    p.add_argument("--paper", action="store_true", help="the public code's settings")
-    p.add_argument("--probe", default=None, help="probe dir for steer_only / asru* (else located)")
-    p.add_argument("--lr", type=float, default=None, help="gradient baselines: learning rate")
-    p.add_argument("--epochs", type=int, default=None, help="gradient baselines: epochs (5)")
-    p.add_argument("--lora-r", type=int, default=None, help="gradient baselines: LoRA rank (16)")
-    p.add_argument("--max-forget", type=int, default=None, help="gradient baselines: cap")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("reproduce", help="every method x forget ratio: tables, figures, manifest")
-    p.add_argument("--out", required=True, help="output folder (e.g. figures/)")
-    p.add_argument("--model", default=None, help="HF id or local model dir (default: embedded)")
-    p.add_argument("--data", default=None, help="dataset dir or 'mllmu:<dir>' (default: embedded)")
-    p.add_argument("--methods", nargs="+", default=None, help="subset (default: all)")
-    p.add_argument(
-        "--forget-ratios", type=float, nargs="+", default=None, help="default 0.05 0.1 0.15"
-    )
-    p.add_argument("--seed", type=int, default=0, help="forgotten people and method seeds")
-    p.add_argument("--max-items", type=int, default=64, help="evaluation items per split/task")
-    p.add_argument("--paper", action="store_true", help="the public code's settings")
-    p.add_argument("--no-cache", action="store_true", help="recompute every cell")
-    p.add_argument("--cache-dir", default=None, help="share a cache (default: OUT/cache)")
-    p.add_argument(
-        "--baseline-lr", type=float, default=None, help="lr of GA/GradDiff/KL-Min/NPO (2e-5/1e-5)"
-    )
-    p.add_argument("--no-figures", action="store_true", help="tables and manifest only")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-
-    p = sub.add_parser("export-benchmark", help="write the benchmark as a user dataset dir")
-    _add_common(p, out_help="output directory")
-
-    p = sub.add_parser("build-embedded", help="train the embedded tiny Qwen3-VL from scratch")
-    p.add_argument("--out", default=None, help="output dir (default: the package's embedded/)")
-    p.add_argument("--steps", type=int, default=None, help="training steps (default: shipped)")
-    p.add_argument("--seed", type=int, default=None, help="training seed (default: shipped)")
-
-    p = sub.add_parser("finetune", help="stage 0: LoRA fine-tune a model on a dataset")
-    _add_common(p, out_help="output model directory")
-    p.add_argument("--epochs", type=int, default=None, help="default 5 (DESIGN §1)")
-    p.add_argument("--lr", type=float, default=None, help="default 5e-4")
-    p.add_argument("--no-merge", action="store_true", help="keep LoRA weights unmerged")
-
-    for name, command in sub.choices.items():
-        if name in OUTPUT_FILE_COMMANDS:
-            what = "replace an existing --out file that is not an earlier asru_lab result"
-        else:
-            what = "write into an --out folder that holds other files (they are kept)"
-        command.add_argument("--overwrite", action="store_true", help=what)
-        command.add_argument("--debug", action="store_true", help="show tracebacks of errors")
-    return parser
-
-
-OUTPUT_FILE_COMMANDS = ("evaluate",)  # --out is a file; every other command writes a folder
 
 
 class UsageError(AsruLabError):
@@ -589,12 +388,12 @@ def cmd_unlearn(args) -> int:
 
     from asru_lab.baselines import UnlearnConfig, get_method, save_unlearned, unlearn
     from asru_lab.probe import SteeringProbe
-    from asru_lab.runs.reproduce import _seeded
+    from asru_lab.runs.reproduce import seeded_config
 
     method = get_method(args.method)
     lm, bench = _load(args)
     make = method.paper_config if args.paper and method.paper_config else method.default_config
-    config = _seeded(make(), seed(args), not args.quiet)
+    config = seeded_config(make(), seed(args), not args.quiet)
     options = {
         "lr": args.lr,
         "epochs": args.epochs,
@@ -626,7 +425,7 @@ def cmd_reproduce(args) -> int:
         from dataclasses import replace
 
         from asru_lab.baselines import get_method
-        from asru_lab.runs.reproduce import HEADLINE_BASELINES
+        from asru_lab.evaluation.headline import HEADLINE_BASELINES
 
         for name in HEADLINE_BASELINES:
             configs[name] = replace(get_method(name).default_config(), lr=args.baseline_lr)
@@ -667,40 +466,3 @@ COMMANDS = {
     "unlearn": cmd_unlearn,
     "reproduce": cmd_reproduce,
 }
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Run one command. Errors a person can fix print one line and exit 2; tracebacks only
-    with --debug. Any other exception is a bug: one line naming it, exit 1."""
-    args = build_parser().parse_args(argv)
-    try:
-        check_out(args)
-        return COMMANDS[args.command](args)
-    except (AsruLabError, OSError) as exc:
-        if args.debug:
-            raise
-        print(f"asru-lab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if args.debug:
-            raise
-        print(f"asru-lab {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(
-            f"asru-lab {args.command}: internal error ({type(exc).__name__}: {_one_line(exc)}); "
-            "this is a bug in asru_lab: rerun with --debug for the traceback and report it",
-            file=sys.stderr,
-        )
-        return 1
-
-
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
-
-
-if __name__ == "__main__":
-    sys.exit(main())

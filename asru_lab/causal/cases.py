@@ -1,0 +1,269 @@
+"""The traced cases: one image question per person (`select_items`), its teacher-forced target,
+its encoding with each token's position group, the swap partner or the noise that corrupts
+it, and the left-padding that packs cases into batches."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from asru_lab.causal.config import GROUPS, CausalTraceConfig, CausalTraceError
+from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
+from asru_lab.generation import build_prompt
+from asru_lab.models.loading import LoadedModel
+
+
+@dataclass
+class _Case:
+    person: Person
+    item: QAItem
+    question: str
+    prefix: str
+    target_id: int
+    inputs: dict  # clean encoding, batch of one, no padding
+    corrupt_inputs: dict  # the swap image's encoding, or `inputs` (noise)
+    groups: dict[str, torch.Tensor]  # group -> bool [T]
+    swap_with: str | None = None
+    noise: list[torch.Tensor] = field(default_factory=list)  # per visual site, like its output
+    clean: dict[tuple[str, int], torch.Tensor] = field(default_factory=dict)  # site -> [T, D]
+    patched: dict[tuple, float] = field(default_factory=dict)  # (site, group) -> p
+    p_clean: float = math.nan
+    p_corrupt: float = math.nan
+
+
+def _items_for(bench: Benchmark, person: Person, config: CausalTraceConfig) -> list[QAItem]:
+    """The person's generation questions about `attribute`, the wanted split first."""
+    items = [
+        i
+        for i in bench.items
+        if i.person_id == person.id and i.task == "qa" and i.attribute == config.attribute
+    ]
+    return sorted(items, key=lambda i: (i.split != config.split, i.image is None))
+
+
+def select_items(bench: Benchmark, config: CausalTraceConfig) -> list[QAItem]:
+    """One image question per traced person (the first about `attribute`).
+
+    Unknown person ids, and people without an image question about the attribute, are
+    refused with the list of what exists.
+    """
+    if config.people is None:
+        people = bench.people_in(config.split)
+        if not people:
+            raise BenchmarkError(
+                f"split {config.split!r} of {bench.name} has no people to trace "
+                f"(splits with people: {sorted({p.split for p in bench.people.values()})})"
+            )
+    else:
+        missing = [pid for pid in config.people if pid not in bench.people]
+        if missing:
+            known = [p.id for p in bench.people_in(config.split)]
+            shown = ", ".join(known[:8]) + (", ..." if len(known) > 8 else "")
+            raise CausalTraceError(
+                f"person id {missing[0]!r} does not exist in {bench.name} "
+                f"({len(bench.people)} people; {config.split} people: {shown})"
+            )
+        people = [bench.people[pid] for pid in config.people]
+    items = []
+    for person in people:
+        found = _items_for(bench, person, config)
+        if not found:
+            raise CausalTraceError(
+                f"person {person.id} ({person.name}) has no question about "
+                f"{config.attribute!r} (their facts: {sorted(person.facts)})"
+            )
+        if found[0].image is None and config.people is not None:
+            raise CausalTraceError(
+                f"person {person.id} ({person.name}) has only text-only questions about "
+                f"{config.attribute!r}, but corruption {config.corruption!r} corrupts the image"
+            )
+        if found[0].image is not None:
+            items.append(found[0])
+    if not items:
+        raise CausalTraceError(
+            f"no {config.split} person has an image question about {config.attribute!r}"
+        )
+    return items[: config.max_people] if config.max_people else items
+
+
+def _target(lm: LoadedModel, prompt: str, item: QAItem) -> tuple[str, int]:
+    """The answer prefix before the fact, and the fact's first token id after it."""
+    at = item.answer.lower().find(item.value.lower())
+    prefix = item.answer[:at].rstrip() if at > 0 else ""
+    value = item.answer[at : at + len(item.value)] if at >= 0 else item.value
+    joint = f"{prefix} {value}" if prefix else value
+    tok = lm.tokenizer
+    before = tok(prompt + prefix, add_special_tokens=False)["input_ids"]
+    after = tok(prompt + joint, add_special_tokens=False)["input_ids"]
+    if after[: len(before)] != before or len(after) == len(before):
+        raise CausalTraceError(
+            f"cannot place the fact {item.value!r} after {prefix!r}: the tokenizer merges them"
+        )
+    return prefix, after[len(before)]
+
+
+def _encode_case(lm: LoadedModel, image, question: str, prefix: str) -> tuple[dict, dict]:
+    """Batch-of-one processor outputs for prompt + prefix, and each token's group."""
+    prompt = build_prompt(lm, question, True)
+    text = prompt + prefix
+    enc = lm.processor(
+        text=[text], images=[image], return_tensors="pt", return_offsets_mapping=True
+    )
+    offsets = enc.pop("offset_mapping")[0].tolist()
+    inputs = {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in enc.items()}
+    ids = inputs["input_ids"][0]
+    image_mask = (ids == lm.adapter.image_token_id(lm.model)).cpu()
+    n_images = text.count(lm.adapter.image_placeholder)
+    # the processor expands each image placeholder's pad token into one per visual token;
+    # offsets refer to that expanded text
+    pad = lm.tokenizer.convert_ids_to_tokens(lm.adapter.image_token_id(lm.model))
+    per_image = int(image_mask.sum()) // max(n_images, 1)
+    expanded = text.replace(pad, pad * per_image) if n_images else text
+    end_of_prompt = len(expanded) - len(prefix)
+    q_start = expanded.rfind(question, 0, end_of_prompt)
+    if q_start < 0 or offsets[-1][1] != len(expanded):
+        raise CausalTraceError("could not align the question's tokens with the prompt text")
+    q_end = q_start + len(question)
+    groups = {g: torch.zeros(len(ids), dtype=torch.bool) for g in GROUPS}
+    for t, (start, end) in enumerate(offsets):
+        if t == len(ids) - 1:
+            name = "last"
+        elif image_mask[t]:
+            name = "image"
+        elif start >= end_of_prompt:
+            name = "answer_prefix"
+        elif end == end_of_prompt:
+            name = "last_prompt"
+        elif start < q_end and end > q_start:
+            name = "question"
+        else:
+            name = "template"
+        groups[name][t] = True
+    return inputs, groups
+
+
+def _person_seed(seed: int, person_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{seed}:{person_id}".encode()).digest()[:8], "big")
+
+
+def _cases(
+    lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem], config: CausalTraceConfig
+) -> list[_Case]:
+    """Each item encoded for tracing: its clean inputs and, for "swap", the corrupted ones."""
+    for item in items:
+        if item.image is None:
+            raise CausalTraceError(
+                f"the question {item.question!r} about {item.person_id} has no image, but "
+                f"corruption {config.corruption!r} corrupts the image: trace image questions"
+            )
+        if item.person_id not in bench.people:
+            raise CausalTraceError(f"item's person id {item.person_id!r} does not exist")
+    images = bench.images(items)
+    return [
+        _case(lm, bench, item, image, config) for item, image in zip(items, images, strict=True)
+    ]
+
+
+def _case(
+    lm: LoadedModel, bench: Benchmark, item: QAItem, image, config: CausalTraceConfig
+) -> _Case:
+    person = bench.people[item.person_id]
+    question = config.question or item.question
+    prompt = build_prompt(lm, question, True)
+    prefix, target = _target(lm, prompt, item)
+    inputs, groups = _encode_case(lm, image, question, prefix)
+    case = _Case(person, item, question, prefix, target, inputs, inputs, groups)
+    if config.corruption == "swap":
+        case.swap_with, image = _swap_partner(bench, person, item, config)
+        case.corrupt_inputs, _ = _encode_case(lm, image, question, prefix)
+        if case.corrupt_inputs["input_ids"].shape != inputs["input_ids"].shape:
+            raise CausalTraceError(
+                f"swap: {case.swap_with}'s image gives "
+                f"{case.corrupt_inputs['input_ids'].shape[1]} tokens, {person.id}'s "
+                f"{inputs['input_ids'].shape[1]}; swapped images must have the same size"
+            )
+    return case
+
+
+def _swap_partner(bench: Benchmark, person: Person, item: QAItem, config: CausalTraceConfig):
+    """Another person of the same split (seeded choice) and their image for the question."""
+    others = [
+        i
+        for i in bench.questions(item.split, "qa", image_only=True)
+        if i.person_id not in (None, person.id)
+    ]
+    if not others:
+        raise CausalTraceError(
+            f"swap: split {item.split!r} has no other person's image to swap in for {person.id}"
+        )
+    partners = sorted({i.person_id for i in others})
+    partner = random.Random(_person_seed(config.seed, person.id)).choice(partners)
+    chosen = next(i for i in others if i.person_id == partner)
+    return partner, bench.load_image(chosen.image)
+
+
+def _visual_rows(features: torch.Tensor, counts: Sequence[int], chunk) -> list[int]:
+    """Rows of a visual site's output that belong to each case (dim 0 is per token or per
+    image, depending on the architecture)."""
+    if features.shape[0] == sum(counts):
+        return list(counts)
+    if features.shape[0] == len(chunk):
+        return [1] * len(chunk)
+    raise CausalTraceError(
+        f"cannot split visual features of shape {tuple(features.shape)} over {len(chunk)} images"
+    )
+
+
+def _draw_noise(
+    chunk: Sequence[_Case], visual: Sequence[torch.Tensor], config: CausalTraceConfig
+) -> None:
+    """Set each case's noise: per visual site, Gaussian noise shaped like the case's clean
+    features there, std `noise_scale` x their std, seeded by `seed` and the person id."""
+    counts = [int(c.groups["image"].sum()) for c in chunk]
+    per_site = [torch.split(v, _visual_rows(v, counts, chunk)) for v in visual]
+    for r, case in enumerate(chunk):
+        gen = torch.Generator().manual_seed(_person_seed(config.seed, case.person.id))
+        case.noise = []
+        for feats in per_site:
+            f = feats[r]
+            noise = torch.randn(f.shape, generator=gen, dtype=torch.float32)
+            noise *= config.noise_scale * float(f.float().std())
+            case.noise.append(noise.to(device=f.device, dtype=f.dtype))
+
+
+def _noise(cases: Sequence[_Case], config: CausalTraceConfig) -> list[torch.Tensor] | None:
+    if config.corruption != "noise":
+        return None
+    return [torch.cat(parts) for parts in zip(*(c.noise for c in cases), strict=True)]
+
+
+def _pad_batch(lm: LoadedModel, encodings: Sequence[dict]) -> tuple[dict, list[int]]:
+    """Left-pad batch-of-one encodings into one batch; returns it and each row's offset."""
+    length = max(e["input_ids"].shape[1] for e in encodings)
+    offsets = [length - e["input_ids"].shape[1] for e in encodings]
+    pad_id = lm.tokenizer.pad_token_id or 0
+    batch = {}
+    for key in encodings[0]:
+        values = [e[key] for e in encodings]
+        if not torch.is_tensor(values[0]):
+            batch[key] = values[0]
+            continue
+        if values[0].ndim == 2 and values[0].shape == encodings[0]["input_ids"].shape:
+            fill = pad_id if key == "input_ids" else 0
+            values = [
+                torch.nn.functional.pad(v, (off, 0), value=fill)
+                for v, off in zip(values, offsets, strict=True)
+            ]
+        batch[key] = torch.cat(values)
+    return batch, offsets
+
+
+def _left_pad(t: torch.Tensor, length: int) -> torch.Tensor:
+    """`t` ([T] or [T, D]) left-padded with zeros / False to `length` rows."""
+    pad = (0, 0, length - t.shape[0], 0) if t.ndim == 2 else (length - t.shape[0], 0)
+    return torch.nn.functional.pad(t, pad)

@@ -1,0 +1,74 @@
+"""What a notebook explorer asks of a probe: one question's answers and next-token
+distribution without and with it (steered the way `SteeringProbe.apply` steers)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from asru_lab.generation import as_image, encode, generate
+from asru_lab.models.loading import LoadedModel
+from asru_lab.probe import SteeringProbe
+
+
+def compare_answers(
+    lm: LoadedModel,
+    probe: SteeringProbe,
+    image,
+    question: str,
+    *,
+    layer: int | None = None,
+    alpha: float | None = None,
+    max_new_tokens: int = 32,
+) -> tuple[str, str]:
+    """(unsteered, steered) greedy answers to one question; `layer` moves the probe there
+    (`SteeringProbe.at_layer`, ungated off its own layer), `alpha` overrides its strength."""
+    if layer is not None and layer != probe.layer:
+        probe = probe.at_layer(lm, layer)
+    plain = generate(lm, image, question, max_new_tokens=max_new_tokens)
+    with probe.apply(lm, alpha=alpha):
+        steered = generate(lm, image, question, max_new_tokens=max_new_tokens)
+    return plain, steered
+
+
+@dataclass(frozen=True)
+class NextTokenComparison:
+    """First-answer-token distributions without and with the probe, on the `top_k` tokens most
+    likely under either: `tokens` decoded, `unsteered` / `steered` probabilities in [0, 1]."""
+
+    tokens: list[str]
+    unsteered: list[float]
+    steered: list[float]
+    layer: int
+    alpha: float
+
+
+@torch.no_grad()
+def compare_next_token(
+    lm: LoadedModel,
+    probe: SteeringProbe,
+    image,
+    question: str,
+    *,
+    layer: int | None = None,
+    alpha: float | None = None,
+    top_k: int = 8,
+) -> NextTokenComparison:
+    """The next-token distribution at the first answer position, unsteered and steered the way
+    `compare_answers` steers (same `layer` and `alpha` overrides, gate included)."""
+    if layer is not None and layer != probe.layer:
+        probe = probe.at_layer(lm, layer)
+    batch = encode(lm, [as_image(image)], [question])
+    plain = torch.softmax(lm.model(**batch).logits[0, -1].float(), -1)
+    with probe.apply(lm, alpha=alpha):
+        steered = torch.softmax(lm.model(**batch).logits[0, -1].float(), -1)
+    # rank by the larger of the two, so that both distributions' leaders are shown
+    top = torch.maximum(plain, steered).topk(min(top_k, plain.numel())).indices.tolist()
+    return NextTokenComparison(
+        tokens=[lm.tokenizer.decode([t]) for t in top],
+        unsteered=plain[top].tolist(),
+        steered=steered[top].tolist(),
+        layer=probe.layer,
+        alpha=probe.alpha if alpha is None else float(alpha),
+    )

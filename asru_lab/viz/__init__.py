@@ -1,0 +1,61 @@
+"""Figures. Visualisation only: everything shown here was computed elsewhere.
+
+One module per part of the method: `locate` (stage 1.1), `training` (stage 1.2's losses and
+stage 2's reward dashboard), `explorer` (the notebook's steering explorer), `reproduce` (the
+paper's comparison), `causal` (causal tracing's heatmaps); `pages` writes figures to HTML/PNG.
+Every figure function is importable from `asru_lab.viz` directly.
+"""
+
+from asru_lab.viz.causal import COMPONENT_TITLES, GROUP_LABELS, causal_heatmap
+from asru_lab.viz.explorer import next_token_figure, steering_explorer
+from asru_lab.viz.locate import (
+    layer_cosine_heatmap,
+    separability_heatmap,
+    sweep_chart,
+    write_locate_page,
+)
+from asru_lab.viz.pages import figures_html, save_figure
+from asru_lab.viz.reproduce import (
+    CATEGORY_COLORS,
+    METHOD_LABELS,
+    quality_bars,
+    tradeoff_scatter,
+    write_reproduce_figures,
+)
+from asru_lab.viz.training import (
+    REWARD_PANELS,
+    LiveRewardDashboard,
+    projection_histograms,
+    read_metrics,
+    redirect_loss_chart,
+    reward_figure,
+    samples_table_html,
+    write_reward_dashboard,
+)
+
+__all__ = [
+    "CATEGORY_COLORS",
+    "COMPONENT_TITLES",
+    "GROUP_LABELS",
+    "LiveRewardDashboard",
+    "METHOD_LABELS",
+    "REWARD_PANELS",
+    "causal_heatmap",
+    "figures_html",
+    "layer_cosine_heatmap",
+    "next_token_figure",
+    "projection_histograms",
+    "quality_bars",
+    "read_metrics",
+    "redirect_loss_chart",
+    "reward_figure",
+    "samples_table_html",
+    "save_figure",
+    "separability_heatmap",
+    "steering_explorer",
+    "sweep_chart",
+    "tradeoff_scatter",
+    "write_locate_page",
+    "write_reproduce_figures",
+    "write_reward_dashboard",
+]
