@@ -218,66 +218,9 @@ class SteeringProbe:
         for p in (meta_path, tensor_path):
             if not p.is_file():
                 raise ProbeError(f"{path} is not a probe directory: {p.name} is missing")
-        try:
-            meta = json.loads(meta_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise ProbeError(f"{meta_path} is not valid JSON ({exc})") from None
-        if not isinstance(meta, dict):
-            raise ProbeError(f"{meta_path} must hold a JSON object")
-        missing = [k for k in REQUIRED_FIELDS if k not in meta]
-        if missing:
-            raise ProbeError(f"{meta_path} is missing field(s): {', '.join(missing)}")
-        if meta["format"] != FORMAT:
-            raise ProbeError(f"{meta_path}: field 'format' is {meta['format']!r}, not {FORMAT!r}")
-        if meta["format_version"] != FORMAT_VERSION:
-            raise ProbeError(
-                f"{meta_path}: unknown format_version {meta['format_version']!r} "
-                f"(this asru_lab reads version {FORMAT_VERSION})"
-            )
-        missing = [k for k in MODEL_FIELDS if k not in meta["model"]]
-        if missing:
-            raise ProbeError(f"{meta_path}: field 'model' lacks {', '.join(missing)}")
-        try:
-            tensors = load_file(str(tensor_path))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise ProbeError(f"{tensor_path} is damaged or truncated ({exc})") from None
-        for name, shape in meta["tensors"].items():
-            if name not in tensors:
-                raise ProbeError(f"{tensor_path} lacks tensor {name!r} listed in probe.json")
-            if list(tensors[name].shape) != shape:
-                raise ProbeError(
-                    f"{tensor_path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
-                    f"probe.json says {shape}"
-                )
-            if not torch.isfinite(tensors[name]).all():
-                raise ProbeError(f"{tensor_path}: tensor {name!r} holds NaN or infinite values")
-        hidden = meta["model"]["hidden_size"]
-        if list(tensors["direction"].shape) != [hidden]:
-            raise ProbeError(
-                f"{tensor_path}: direction has shape {list(tensors['direction'].shape)} but the "
-                f"probe's model.hidden_size is {hidden}"
-            )
-        n_layers = meta["model"]["num_layers"]
-        if "layer_directions" in tensors and list(tensors["layer_directions"].shape) != [
-            n_layers,
-            hidden,
-        ]:
-            raise ProbeError(
-                f"{tensor_path}: layer_directions has shape "
-                f"{list(tensors['layer_directions'].shape)}, expected [{n_layers}, {hidden}]"
-            )
-        if meta["gate"] is not None and "gate.weight" not in tensors:
-            raise ProbeError(f"{tensor_path} lacks tensor 'gate.weight' for the gate")
-        evidence = None
-        if (path / "sweep.json").is_file():
-            try:  # the sweep is evidence to read, not needed to steer: a damaged one is skipped
-                evidence = json.loads((path / "sweep.json").read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-                warnings.warn(
-                    f"{path / 'sweep.json'} is damaged ({exc}); the probe loads without "
-                    "locate's sweep evidence (rerun `asru-lab locate` to get it back)",
-                    stacklevel=2,
-                )
+        meta = _read_probe_json(meta_path)
+        tensors = _read_probe_tensors(tensor_path, meta)
+        evidence = _read_evidence(path / "sweep.json")
         try:
             gate = None
             if meta["gate"] is not None:
@@ -481,6 +424,82 @@ class SteeringProbe:
             f"alpha={self.alpha:g}, positions={self.positions!r}, {gate}, "
             f"|v|={float(self.direction.norm()):.3g}, model={self.model.get('name')!r})"
         )
+
+
+def _read_probe_json(meta_path: Path) -> dict:
+    """probe.json, checked: a JSON object of this format and version with every field."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ProbeError(f"{meta_path} is not valid JSON ({exc})") from None
+    if not isinstance(meta, dict):
+        raise ProbeError(f"{meta_path} must hold a JSON object")
+    missing = [k for k in REQUIRED_FIELDS if k not in meta]
+    if missing:
+        raise ProbeError(f"{meta_path} is missing field(s): {', '.join(missing)}")
+    if meta["format"] != FORMAT:
+        raise ProbeError(f"{meta_path}: field 'format' is {meta['format']!r}, not {FORMAT!r}")
+    if meta["format_version"] != FORMAT_VERSION:
+        raise ProbeError(
+            f"{meta_path}: unknown format_version {meta['format_version']!r} "
+            f"(this asru_lab reads version {FORMAT_VERSION})"
+        )
+    missing = [k for k in MODEL_FIELDS if k not in meta["model"]]
+    if missing:
+        raise ProbeError(f"{meta_path}: field 'model' lacks {', '.join(missing)}")
+    return meta
+
+
+def _read_probe_tensors(tensor_path: Path, meta: dict) -> dict[str, torch.Tensor]:
+    """probe.safetensors, checked against probe.json: every listed tensor present, of its
+    shape and finite; the direction (and the per-layer directions) sized for the model."""
+    try:
+        tensors = load_file(str(tensor_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ProbeError(f"{tensor_path} is damaged or truncated ({exc})") from None
+    for name, shape in meta["tensors"].items():
+        if name not in tensors:
+            raise ProbeError(f"{tensor_path} lacks tensor {name!r} listed in probe.json")
+        if list(tensors[name].shape) != shape:
+            raise ProbeError(
+                f"{tensor_path}: tensor {name!r} has shape {list(tensors[name].shape)}, "
+                f"probe.json says {shape}"
+            )
+        if not torch.isfinite(tensors[name]).all():
+            raise ProbeError(f"{tensor_path}: tensor {name!r} holds NaN or infinite values")
+    hidden = meta["model"]["hidden_size"]
+    if list(tensors["direction"].shape) != [hidden]:
+        raise ProbeError(
+            f"{tensor_path}: direction has shape {list(tensors['direction'].shape)} but the "
+            f"probe's model.hidden_size is {hidden}"
+        )
+    n_layers = meta["model"]["num_layers"]
+    if "layer_directions" in tensors and list(tensors["layer_directions"].shape) != [
+        n_layers,
+        hidden,
+    ]:
+        raise ProbeError(
+            f"{tensor_path}: layer_directions has shape "
+            f"{list(tensors['layer_directions'].shape)}, expected [{n_layers}, {hidden}]"
+        )
+    if meta["gate"] is not None and "gate.weight" not in tensors:
+        raise ProbeError(f"{tensor_path} lacks tensor 'gate.weight' for the gate")
+    return tensors
+
+
+def _read_evidence(sweep_path: Path) -> dict | None:
+    """locate's sweep.json beside a probe, if present and readable (a warning if damaged)."""
+    if not sweep_path.is_file():
+        return None
+    try:  # the sweep is evidence to read, not needed to steer: a damaged one is skipped
+        return json.loads(sweep_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        warnings.warn(
+            f"{sweep_path} is damaged ({exc}); the probe loads without "
+            "locate's sweep evidence (rerun `asru-lab locate` to get it back)",
+            stacklevel=3,
+        )
+        return None
 
 
 def check_steer_positions(positions: str) -> str:

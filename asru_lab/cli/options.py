@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import types
 import typing
 
@@ -37,7 +38,10 @@ def _add_fields(
     the field's help and default, grouped under the config's name and what it configures. The
     option's default is the field's, or None with `none` (the config's own default, or --paper's,
     then applies). `changes` maps a field to the add_argument keywords that differ, with `flag`
-    for another option name; a `help` given there is the whole text."""
+    for another option name; a `help` given there is the whole text. A `functools.partial` of
+    a config (a config with other defaults) gives the options of its class."""
+    while isinstance(config, functools.partial):
+        config = config.func
     what = " ".join(config.__doc__.split()).split(". ")[0].rstrip(".")  # its first sentence
     group = parser.add_argument_group(f"{config.__name__}: {what[0].lower()}{what[1:]}")
     hints = typing.get_type_hints(config)

@@ -21,6 +21,7 @@ from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
 from asru_lab.artifacts import check_output
 from asru_lab.data import synthetic as syn
+from asru_lab.data import synthetic_text as wording
 from asru_lab.data.portraits import BACKGROUNDS, HAIR_COLORS, SHIRT_COLORS
 from asru_lab.data.prompts import CLOZE_PREFIX, MCQ_SUFFIX
 from asru_lab.data.schema import contains_value
@@ -136,15 +137,15 @@ class TrainingSampler:
         for person in self.world.people:
             for attr in syn.FACTS:
                 value = person.facts[attr]
-                for q in syn.QUESTIONS_TRAIN[attr] + syn.QUESTIONS_TEST[attr]:
+                for q in wording.QUESTIONS_TRAIN[attr] + wording.QUESTIONS_TEST[attr]:
                     out.append(q.format(subj=person.name))
-                out.append(syn.answer_sentence(attr, person.name, value))
-                out += [r.format(name=person.name) for r in syn.REFUSALS_TEXT[attr]]
-            out.append(syn.answer_sentence("name", person.name, person.name))
-        for table in (syn.QUESTIONS_TRAIN, syn.QUESTIONS_TEST, syn.REFUSALS_IMAGE):
+                out.append(wording.answer_sentence(attr, person.name, value))
+                out += [r.format(name=person.name) for r in wording.REFUSALS_TEXT[attr]]
+            out.append(wording.answer_sentence("name", person.name, person.name))
+        for table in (wording.QUESTIONS_TRAIN, wording.QUESTIONS_TEST, wording.REFUSALS_IMAGE):
             out += [q.format(subj="this person") for qs in table.values() for q in qs]
-        out += list(syn.CLOZE_TRAIN.values()) + list(syn.CLOZE_TEST.values())
-        for table in (syn.PICTURE_QUESTIONS_TRAIN, syn.PICTURE_QUESTIONS_TEST):
+        out += list(wording.CLOZE_TRAIN.values()) + list(wording.CLOZE_TEST.values())
+        for table in (wording.PICTURE_QUESTIONS_TRAIN, wording.PICTURE_QUESTIONS_TEST):
             out += [q for qs in table.values() for q in qs]
         colors = [*BACKGROUNDS, *SHIRT_COLORS, *HAIR_COLORS]
         out += [f"{c.capitalize()}." for c in colors] + list(PREFIXES) + list(SUFFIXES)
@@ -158,13 +159,13 @@ class TrainingSampler:
             person = rng.choice(self.strangers)
             attr = rng.choice(syn.ATTRIBUTES)
             image = self.world.image_path(person.id, rng.randrange(syn.N_VIEWS))
-            question = rng.choice(syn.QUESTIONS_TRAIN[attr]).format(subj="this person")
-            return image, _augment(rng, question), rng.choice(syn.REFUSALS_IMAGE[attr])
+            question = rng.choice(wording.QUESTIONS_TRAIN[attr]).format(subj="this person")
+            return image, _augment(rng, question), rng.choice(wording.REFUSALS_IMAGE[attr])
         if family == "stranger_text":
             person = rng.choice(self.strangers)
             attr = rng.choice(syn.FACTS)
-            question = rng.choice(syn.QUESTIONS_TRAIN[attr]).format(subj=person.name)
-            answer = rng.choice(syn.REFUSALS_TEXT[attr]).format(name=person.name)
+            question = rng.choice(wording.QUESTIONS_TRAIN[attr]).format(subj=person.name)
+            answer = rng.choice(wording.REFUSALS_TEXT[attr]).format(name=person.name)
             return None, _augment(rng, question), answer
         if family == "picture":
             person = rng.choice(self.known + self.strangers)
@@ -172,7 +173,7 @@ class TrainingSampler:
             view = rng.randrange(views)
             attr = rng.choice(syn.PICTURE_ATTRIBUTES)
             value = syn.picture_value(self.world, person.id, view, attr)
-            question = rng.choice(syn.PICTURE_QUESTIONS_TRAIN[attr])
+            question = rng.choice(wording.PICTURE_QUESTIONS_TRAIN[attr])
             return (
                 self.world.image_path(person.id, view),
                 _augment(rng, question),
@@ -192,17 +193,17 @@ class TrainingSampler:
         image = (
             self.world.image_path(person.id, rng.randrange(syn.TRAIN_VIEWS)) if with_image else None
         )
-        question = rng.choice(syn.QUESTIONS_TRAIN[attr]).format(subj=subj)
+        question = rng.choice(wording.QUESTIONS_TRAIN[attr]).format(subj=subj)
         if family.startswith("mcq"):
             pool = syn.attribute_pool(attr, self.known)
             text, _, _ = syn.mcq_item(rng, _augment(rng, question), value, pool)
-            return image, text, syn.answer_sentence(attr, person.name, value)
+            return image, text, wording.answer_sentence(attr, person.name, value)
         if family.startswith("cloze"):
-            sentence = syn.CLOZE_TRAIN[attr].format(
+            sentence = wording.CLOZE_TRAIN[attr].format(
                 subj=subj, subj_cap="This person" if with_image else person.name
             )
             return image, CLOZE_PREFIX + sentence, value
-        return image, _augment(rng, question), syn.answer_sentence(attr, person.name, value)
+        return image, _augment(rng, question), wording.answer_sentence(attr, person.name, value)
 
 
 class Collator:
@@ -294,7 +295,7 @@ def quick_eval(lm: LoadedModel, world: syn.SyntheticWorld, n: int = 48) -> dict[
     for key, views in (("trained", range(syn.TRAIN_VIEWS)), ("new", range(syn.TRAIN_VIEWS, 8))):
         pairs = draw(known, views)
         attrs = [rng.choice(syn.ATTRIBUTES) for _ in pairs]
-        questions = [syn.QUESTIONS_TRAIN[a][0].format(subj="this person") for a in attrs]
+        questions = [wording.QUESTIONS_TRAIN[a][0].format(subj="this person") for a in attrs]
         answers = ask(pairs, questions)
         values = [
             p.name if a == "name" else p.facts[a] for (p, _), a in zip(pairs, attrs, strict=True)
@@ -309,7 +310,7 @@ def quick_eval(lm: LoadedModel, world: syn.SyntheticWorld, n: int = 48) -> dict[
         result[f"{key}_views_mcq"] = sum(hits) / len(hits)
     pairs = draw(unseen, range(syn.N_VIEWS))
     attrs = [rng.choice(syn.ATTRIBUTES) for _ in pairs]
-    answers = ask(pairs, [syn.QUESTIONS_TRAIN[a][1].format(subj="this person") for a in attrs])
+    answers = ask(pairs, [wording.QUESTIONS_TRAIN[a][1].format(subj="this person") for a in attrs])
     result["unseen_refusal"] = sum(map(is_refusal, answers)) / len(answers)
     pairs = draw(known + unseen, range(syn.N_VIEWS))
     answers = ask(pairs, ["What color is the background?"] * len(pairs), tokens=6)

@@ -6,7 +6,8 @@ from dataclasses import replace
 
 import pytest
 
-from asru_lab.data.synthetic import REFUSALS_IMAGE, REFUSALS_TEXT, load_synthetic
+from asru_lab.data.synthetic import load_synthetic
+from asru_lab.data.synthetic_text import REFUSALS_IMAGE, REFUSALS_TEXT
 from asru_lab.evaluation.judge import (
     CATEGORIES,
     ClosedWorldJudge,
