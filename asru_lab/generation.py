@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -27,10 +28,45 @@ def as_image(image: ImageLike) -> Image.Image | None:
     raise TypeError(f"image must be a PIL image, a path or None, not {type(image).__name__}")
 
 
+@dataclass(frozen=True)
+class Turn:
+    """One user turn of a chat prompt, model-agnostic: its text, the benchmark path of the image
+    shown with it (None: text only) and, for a few-shot turn, the assistant's reply to it (None
+    for the turn that is asked)."""
+
+    text: str
+    image: str | None = None
+    reply: str | None = None
+
+
 def build_prompt(lm: LoadedModel, question: str, has_image: bool) -> str:
     """The chat-formatted prompt ending with the assistant turn's opening."""
     messages = lm.adapter.user_message(question, has_image)
     return lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def build_chat_prompt(lm: LoadedModel, turns: Sequence[Turn]) -> str:
+    """The chat-formatted text of a multi-turn prompt (few-shot turns with their replies, then
+    the asked turn), ending with the assistant turn's opening. One turn gives exactly
+    `build_prompt`'s text."""
+    messages: list[dict] = []
+    for turn in turns:
+        messages += lm.adapter.user_message(turn.text, turn.image is not None)
+        if turn.reply is not None:
+            messages.append(
+                {"role": "assistant", "content": [{"type": "text", "text": turn.reply}]}
+            )
+    return lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def _processor_batch(
+    lm: LoadedModel, texts: Sequence[str], images: Sequence[Image.Image]
+) -> dict[str, torch.Tensor]:
+    """Processor outputs for left-padded `texts`; `images` fill their placeholders in order."""
+    batch = lm.processor(
+        text=list(texts), images=list(images) or None, return_tensors="pt", padding=True
+    )
+    return {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in batch.items()}
 
 
 def encode(
@@ -49,9 +85,7 @@ def encode(
     if answers is not None:
         eos = lm.tokenizer.eos_token or ""
         texts = [t + a + eos for t, a in zip(texts, answers, strict=True)]
-    present = [img for img in images if img is not None]
-    batch = lm.processor(text=texts, images=present or None, return_tensors="pt", padding=True)
-    return {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in batch.items()}
+    return _processor_batch(lm, texts, [img for img in images if img is not None])
 
 
 def encode_items(
@@ -77,6 +111,35 @@ def generate_batch(
 ) -> list[str]:
     """Answers (decoded, special tokens removed, stripped) for one batch."""
     batch = encode(lm, images, questions)
+    return _generate(lm, batch, max_new_tokens, do_sample, **gen_kwargs)
+
+
+@torch.no_grad()
+def generate_chats(
+    lm: LoadedModel,
+    chats: Sequence[Sequence[Turn]],
+    images: Sequence[Sequence[Image.Image]],
+    *,
+    max_new_tokens: int = 32,
+    do_sample: bool = False,
+    **gen_kwargs,
+) -> list[str]:
+    """Answers (decoded, special tokens removed, stripped) for one batch of multi-turn prompts
+    (`build_chat_prompt`); `images[k]` holds chat k's images in the order of its turns."""
+    if len(images) != len(chats):
+        raise ValueError(f"{len(images)} image lists for {len(chats)} chats")
+    for turns, shown in zip(chats, images, strict=True):
+        wanted = sum(t.image is not None for t in turns)
+        if len(shown) != wanted:
+            raise ValueError(f"a chat with {wanted} image turns got {len(shown)} images")
+    texts = [build_chat_prompt(lm, turns) for turns in chats]
+    batch = _processor_batch(lm, texts, [img for shown in images for img in shown])
+    return _generate(lm, batch, max_new_tokens, do_sample, **gen_kwargs)
+
+
+def _generate(
+    lm: LoadedModel, batch: dict, max_new_tokens: int, do_sample: bool, **gen_kwargs
+) -> list[str]:
     tok = lm.tokenizer
     out = lm.model.generate(
         **batch,

@@ -46,6 +46,10 @@ def check_out(args) -> None:
         check_output_file(out, overwrite=args.overwrite, own=is_report_file)
         if not args.answers:
             check_output_file(answers_path(args), overwrite=args.overwrite, own=is_answers_file)
+        if args.items_out:
+            from asru_lab.evaluation.records import check_items_path
+
+            check_items_path(args.items_out, overwrite=args.overwrite)
     else:
         check_output(out, overwrite=args.overwrite)
 
@@ -124,22 +128,43 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
 
     import asru_lab as al
-    from asru_lab.evaluation.judge import JudgeError, OpenAIJudge
+    from asru_lab.evaluation.judge import (
+        DEFAULT_RUBRIC,
+        JudgeError,
+        OpenAIJudge,
+    )
 
+    if args.judge_rubric and not args.judge_url:
+        raise UsageError(
+            f"--judge-rubric {args.judge_rubric} needs --judge-url URL --judge-model NAME: a "
+            "rubric is how an LLM judge is asked; without --judge-url the closed-world judge "
+            "scores by rule"
+        )
     judge = None
     if args.judge_url:
         if not args.judge_model:
             raise UsageError("--judge-url needs --judge-model")
         judge = OpenAIJudge(
-            args.judge_url, args.judge_model, allow_insecure_http=args.judge_allow_http
+            args.judge_url,
+            args.judge_model,
+            allow_insecure_http=args.judge_allow_http,
+            rubric=args.judge_rubric or DEFAULT_RUBRIC,
         )
     lm, bench = _load(args)
     config = al.EvalConfig(
         splits=tuple(args.splits) if args.splits else None,
         max_items=None if args.full else args.max_items,
+        protocol=args.protocol,
+        shots=args.shots,
     )
     answers = answers_path(args)
-    scoring = {"judge": judge, "answers_path": answers, "reuse_answers": bool(args.answers)}
+    scoring = {
+        "judge": judge,
+        "answers_path": answers,
+        "reuse_answers": bool(args.answers),
+        "items_path": args.items_out,
+        "overwrite": args.overwrite,
+    }
     try:
         if args.probe:
             from asru_lab.probe import SteeringProbe
@@ -170,6 +195,8 @@ def cmd_evaluate(args) -> int:
     print(report.table())
     saved = "scored the answers in" if args.answers else "answers in"
     print(f"\nwrote {args.out} ({report.meta['seconds']} s; {saved} {answers})")
+    if args.items_out:
+        print(f"wrote the per-item records to {args.items_out}")
     return 0
 
 
@@ -435,7 +462,7 @@ def cmd_reproduce(args) -> int:
         cache_dir=args.cache_dir,
         forget_ratios=tuple(args.forget_ratios or FORGET_RATIOS),
         seed=seed(args),
-        evaluate=al.EvalConfig(max_items=args.max_items),
+        evaluate=al.EvalConfig(max_items=args.max_items, protocol=args.protocol, shots=args.shots),
         paper=args.paper,
         cache=not args.no_cache,
         figures=not args.no_figures,

@@ -101,14 +101,36 @@ def _demo_options(sub) -> None:
 
 def _evaluate_options(sub) -> None:
     from asru_lab.evaluation.harness import EvalConfig
+    from asru_lab.evaluation.judge import DEFAULT_RUBRIC, RUBRICS
+    from asru_lab.evaluation.protocols import PROTOCOLS
 
     p = sub.add_parser("evaluate", help="evaluate a model, write the evaluation JSON")
     _add_common(p, out_help="results JSON path")
     p.add_argument("--method", default="vanilla", help="label stored in the JSON")
-    _add_fields(p, EvalConfig, "splits max_items", splits={"nargs": "*"})
+    _add_fields(
+        p,
+        EvalConfig,
+        "splits max_items protocol shots",
+        splits={"nargs": "*"},
+        protocol={"choices": tuple(PROTOCOLS)},
+    )
     p.add_argument("--full", action="store_true", help="evaluate every item")
+    p.add_argument(
+        "--items-out",
+        default=None,
+        metavar="FILE",
+        help="also write one JSON line per evaluated item (prompt, reply, scores) to FILE",
+    )
     p.add_argument("--judge-url", default=None, help="OpenAI-compatible endpoint for the judge")
     p.add_argument("--judge-model", default=None, help="model name at --judge-url")
+    p.add_argument(
+        "--judge-rubric",
+        default=None,
+        choices=sorted(RUBRICS),
+        help="how the --judge-url judge is asked and what it rates: "
+        + "; ".join(f"{r.name}: {r.summary}" for r in RUBRICS.values())
+        + f" (default: {DEFAULT_RUBRIC})",
+    )
     p.add_argument(
         "--judge-allow-http",
         action="store_true",
@@ -245,6 +267,7 @@ def _unlearn_options(sub) -> None:
 def _reproduce_options(sub) -> None:
     from asru_lab.baselines import UnlearnConfig
     from asru_lab.evaluation.harness import EvalConfig
+    from asru_lab.evaluation.protocols import PROTOCOLS
     from asru_lab.runs.reproduce import ReproduceConfig
 
     p = sub.add_parser("reproduce", help="every method x forget ratio: tables, figures, manifest")
@@ -262,7 +285,7 @@ def _reproduce_options(sub) -> None:
         methods={"default": None},
         forget_ratios={"default": None},
     )
-    _add_fields(p, EvalConfig, "max_items")
+    _add_fields(p, EvalConfig, "max_items protocol shots", protocol={"choices": tuple(PROTOCOLS)})
     _add_fields(
         p,
         UnlearnConfig,

@@ -1,9 +1,11 @@
 """The answers file: a model's generated answers, saved before judging so a rerun can score them.
 
 JSON: {"format", "model", "model_fingerprint", "method", "benchmark", "benchmark_fingerprint",
-"config", "splits": {split: [{"task", "person_id", "image", "question", "answer"}, ...]}}.
-Loading checks that the answers belong to the same model, method, benchmark and items, so a
-reused file never scores another model's answers.
+"protocol", "config", "splits": {split: [{"task", "person_id", "image", "question", "answer"},
+...]}}. Loading checks that the answers belong to the same model, method, benchmark, protocol
+(its name and the settings that shape its prompts) and items, so a reused file never scores
+another model's answers, nor answers to other prompts. A file without "protocol" was written
+before protocols existed: its answers are asru_lab's.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ if TYPE_CHECKING:
 
 ANSWERS_FORMAT = "asru_lab.answers/1"
 _ITEM_KEYS = ("task", "person_id", "image", "question")
+_NO_PROTOCOL = {"name": "asru_lab"}  # files written before protocols existed
 
 
 class AnswersError(AsruLabError, ValueError):
@@ -43,8 +46,10 @@ def save_answers(
     *,
     method: str,
     config: EvalConfig,
+    protocol: dict | None = None,
 ) -> Path:
-    """Write the answers per split (paired with their items) atomically; returns the path."""
+    """Write the answers per split (paired with their items) atomically; returns the path.
+    `protocol` is the protocol's `key()` (default: asru_lab's)."""
     return write_json_atomic(
         path,
         {
@@ -54,6 +59,7 @@ def save_answers(
             "method": method,
             "benchmark": bench.name,
             "benchmark_fingerprint": bench.fingerprint(),
+            "protocol": protocol or _NO_PROTOCOL,
             "config": asdict(config),
             "splits": {
                 split: [
@@ -73,11 +79,13 @@ def load_answers(
     chosen: dict[str, list[QAItem]],
     *,
     method: str,
+    protocol: dict | None = None,
 ) -> dict[str, list[str]]:
     """The saved answers per split, in the order of `chosen`.
 
     Raises AnswersError, saying what differs, unless the file was written for this model (name
-    and fingerprint), method, benchmark (fingerprint) and exactly these items per split.
+    and fingerprint), method, benchmark (fingerprint), protocol (`key()`, default asru_lab's)
+    and exactly these items per split.
     """
     path = Path(path)
     try:
@@ -106,6 +114,13 @@ def load_answers(
                 f"has {value!r}; score them with the same model, method and benchmark, or "
                 "generate new answers"
             )
+    saved_protocol, wanted_protocol = data.get("protocol", _NO_PROTOCOL), protocol or _NO_PROTOCOL
+    if saved_protocol != wanted_protocol:
+        raise AnswersError(
+            f"answers in {path} were generated under protocol {saved_protocol}, this evaluation "
+            f"uses {wanted_protocol}; pass the same --protocol and --shots, or generate new "
+            "answers"
+        )
     saved = data.get("splits")
     if not isinstance(saved, dict) or set(saved) != set(chosen):
         shown = sorted(saved) if isinstance(saved, dict) else saved

@@ -1,12 +1,17 @@
-"""`evaluate`: generate answers for every split, then score them (MLLMU-Bench protocol).
+"""`evaluate`: generate answers for every split, then score them under an evaluation protocol.
 
-Per split: multiple-choice accuracy, fill-in-the-blank accuracy, ROUGE-L of generated
-answers, `leak_rate` (share of generation answers, image and text-only, that contain the
-fact's value: a leak on forget/test, plain recall elsewhere), `refusal_rate` (share judged a
-rigid or contextual refusal) and the judge's generation-quality block.
+The protocol (`EvalConfig.protocol`, `evaluation.protocols`) decides the items, prompts, answer
+lengths and scores: `asru_lab` (the default) is asru_lab's own protocol — the benchmark's
+questions as phrased, lenient multiple-choice parsing, unstemmed ROUGE-L, `leak_rate` (share of
+generation answers that contain the fact's value: a leak on forget/test, plain recall
+elsewhere), `refusal_rate` and the judge's quality block; it is not MLLMU-Bench's protocol.
+`mllmu` is MLLMU-Bench's own evaluation and `asru_paper` the ASRU authors' variant of it; each
+protocol module's docstring defines it.
 
 All answers are generated before the judge runs, and saved first when an answers file is given,
 so a judge that is down or times out costs no generation: the rerun reuses the saved answers.
+With an items file, one JSON line per evaluated item (prompt, reply, scores) is written too;
+`evaluation.records.aggregate_items` recomputes the report's splits from it.
 """
 
 from __future__ import annotations
@@ -19,16 +24,16 @@ from dataclasses import asdict, dataclass, field
 
 from tqdm.auto import tqdm
 
-from asru_lab.data.schema import EVAL_SPLITS, Benchmark, BenchmarkError, QAItem, contains_value
+from asru_lab.data.schema import EVAL_SPLITS, Benchmark, BenchmarkError, QAItem
 from asru_lab.evaluation.answers import AnswersError, load_answers, save_answers
-from asru_lab.evaluation.judge import ClosedWorldJudge, Judge, JudgeError, summarize
-from asru_lab.evaluation.metrics import cloze_correct, parse_mcq, rouge_l
+from asru_lab.evaluation.judge import ClosedWorldJudge, Judge, JudgeError
+from asru_lab.evaluation.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
+from asru_lab.evaluation.protocols.asru_lab import AsruLabProtocol
+from asru_lab.evaluation.records import check_items_path, item_record, write_items
 from asru_lab.evaluation.report import EvalReport
-from asru_lab.generation import generate_batch
+from asru_lab.generation import generate_chats
 from asru_lab.models.loading import LoadedModel
 from asru_lab.validation import ConfigError, check_fields
-
-MAX_NEW_TOKENS = {"qa": 40, "mcq": 12, "cloze": 12}
 
 
 @dataclass
@@ -45,13 +50,33 @@ class EvalConfig:
     seed: int = field(default=0, metadata={"help": "seeds the sample of items"})
     batch_size: int = field(default=32, metadata={"help": "prompts per generation batch"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    protocol: str = field(
+        default=DEFAULT_PROTOCOL,
+        metadata={
+            "help": "evaluation protocol: asru_lab (its own), mllmu (MLLMU-Bench's own "
+            "evaluation) or asru_paper (the ASRU authors' variant)"
+        },
+    )
+    shots: int = field(
+        default=1,
+        metadata={"help": "few-shot examples before each multiple-choice item (mllmu, asru_paper)"},
+    )
 
     def __post_init__(self) -> None:
-        check_fields(self, ConfigError, max_items=">= 1", batch_size=">= 1")
+        check_fields(self, ConfigError, max_items=">= 1", batch_size=">= 1", shots=">= 0")
+        get_protocol(self.protocol)
+
+    def make_protocol(self, bench: Benchmark) -> Protocol:
+        """This config's protocol over `bench` (its shots and test images seeded by `seed`)."""
+        return get_protocol(self.protocol)(bench, shots=self.shots, seed=self.seed)
 
 
-def sample_items(bench: Benchmark, config: EvalConfig) -> dict[str, list[QAItem]]:
-    """The items to evaluate per split: all, or a seeded sample of `max_items` per task."""
+def sample_items(
+    bench: Benchmark, config: EvalConfig, protocol: Protocol | None = None
+) -> dict[str, list[QAItem]]:
+    """The items to evaluate per split: those the protocol selects (default: the config's), all
+    or a seeded sample of `max_items` per task."""
+    protocol = protocol or config.make_protocol(bench)
     splits = config.splits or tuple(bench.splits())
     chosen: dict[str, list[QAItem]] = {}
     for split in splits:
@@ -60,6 +85,7 @@ def sample_items(bench: Benchmark, config: EvalConfig) -> dict[str, list[QAItem]
         items = bench.split(split)
         if not items:
             raise BenchmarkError(f"split {split!r} is empty in {bench.name}")
+        items = protocol.select(split, items)
         picked: list[QAItem] = []
         for task in ("qa", "mcq", "cloze"):
             pool = [i for i in items if i.task == task]
@@ -72,9 +98,17 @@ def sample_items(bench: Benchmark, config: EvalConfig) -> dict[str, list[QAItem]
 
 
 def answer_items(
-    lm: LoadedModel, bench: Benchmark, items: list[QAItem], config: EvalConfig, desc: str
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: list[QAItem],
+    config: EvalConfig,
+    desc: str,
+    protocol: Protocol | None = None,
 ) -> list[str]:
-    """Greedy answers for `items`, batched by task (each task has its own answer length)."""
+    """Greedy answers for `items` under `protocol` (default: asru_lab's, the items' questions as
+    they are), batched by task (each task has its own answer length)."""
+    protocol = protocol or AsruLabProtocol(bench)
+    prompts = [protocol.prompt(item) for item in items]
     answers: dict[int, str] = {}
     by_task: dict[str, list[int]] = defaultdict(list)
     for k, item in enumerate(items):
@@ -83,36 +117,39 @@ def answer_items(
     with tqdm(total=total, desc=desc, disable=not config.progress, leave=False) as bar:
         for task, idx in by_task.items():
             for s in range(0, len(idx), config.batch_size):
-                chunk = [items[k] for k in idx[s : s + config.batch_size]]
-                out = generate_batch(
+                chunk = [prompts[k] for k in idx[s : s + config.batch_size]]
+                out = generate_chats(
                     lm,
-                    bench.images(chunk),
-                    [i.question for i in chunk],
-                    max_new_tokens=MAX_NEW_TOKENS[task],
+                    [p.turns for p in chunk],
+                    [[bench.load_image(path) for path in p.images] for p in chunk],
+                    max_new_tokens=protocol.max_new_tokens(task),
                 )
                 answers.update(zip(idx[s : s + config.batch_size], out, strict=True))
                 bar.update(len(chunk))
     return [answers[k] for k in range(len(items))]
 
 
-def score_split(items: list[QAItem], answers: list[str], judge: Judge) -> dict:
-    """The DESIGN §5 metrics for one split (only those whose task is present)."""
-    out: dict = {}
-    mcq = [(i, a) for i, a in zip(items, answers, strict=True) if i.task == "mcq"]
-    cloze = [(i, a) for i, a in zip(items, answers, strict=True) if i.task == "cloze"]
-    qa = [(i, a) for i, a in zip(items, answers, strict=True) if i.task == "qa"]
-    if mcq:
-        out["mcq_acc"] = sum(parse_mcq(a, i.options) == i.correct for i, a in mcq) / len(mcq)
-    if cloze:
-        out["cloze_acc"] = sum(cloze_correct(a, i.value) for i, a in cloze) / len(cloze)
-    if qa:
-        judgements = judge.judge([i for i, _ in qa], [a for _, a in qa])
-        out["rougeL"] = sum(rouge_l(a, i.answer) for i, a in qa) / len(qa)
-        out["leak_rate"] = sum(contains_value(a, i.value) for i, a in qa) / len(qa)
-        refusals = ("rigid_refusal", "contextual_refusal")
-        out["refusal_rate"] = sum(j.category in refusals for j in judgements) / len(qa)
-        out["quality"] = summarize(judgements)
-    return out
+def score_split(
+    lm: LoadedModel,
+    protocol: Protocol,
+    split: str,
+    items: list[QAItem],
+    answers: list[str],
+    judge: Judge,
+) -> list[dict]:
+    """One record per item (`evaluation.records.item_record`): the exact prompt text, the reply
+    and the protocol's scores, with the judge's verdict on generation items when the protocol
+    uses the judge."""
+    records = [
+        item_record(lm, protocol, split, item, answer)
+        for item, answer in zip(items, answers, strict=True)
+    ]
+    qa = [k for k, item in enumerate(items) if item.task == "qa"]
+    if protocol.uses_judge and qa:
+        judgements = judge.judge([items[k] for k in qa], [answers[k] for k in qa])
+        for k, judgement in zip(qa, judgements, strict=True):
+            records[k]["judge"] = asdict(judgement)
+    return records
 
 
 def evaluate(
@@ -124,39 +161,59 @@ def evaluate(
     judge: Judge | None = None,
     answers_path: str | os.PathLike | None = None,
     reuse_answers: bool = False,
+    items_path: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> EvalReport:
-    """Evaluate `lm` on `bench`; returns an `EvalReport` (`.to_json()`, `.table()`).
+    """Evaluate `lm` on `bench` under `config.protocol`; returns an `EvalReport` (`.to_json()`,
+    `.table()`) whose meta records the protocol, its settings and ROUGE variant.
 
     The judge defaults to the closed-world judge built from the benchmark's own facts. With
     `answers_path`, the generated answers are written there (atomically) before judging; with
     `reuse_answers=True` too, nothing is generated: the answers saved there are scored, after
-    checking they belong to this model, method, benchmark and item sample (AnswersError if
-    not). A failing judge raises JudgeError naming the saved answers file.
+    checking they belong to this model, method, benchmark, protocol and item sample
+    (AnswersError if not). A failing judge raises JudgeError naming the saved answers file.
+    With `items_path`, one JSON line per evaluated item is written there atomically (an
+    existing file that is not an items file is replaced only with `overwrite`).
     """
     if reuse_answers and answers_path is None:
         raise AnswersError("reuse_answers=True needs answers_path: the file to score")
+    if items_path is not None:
+        check_items_path(items_path, overwrite=overwrite)
     config = config or EvalConfig()
+    protocol = config.make_protocol(bench)
     judge = judge or ClosedWorldJudge(bench)
     started = time.time()
-    chosen = sample_items(bench, config)
+    chosen = sample_items(bench, config, protocol)
+    key = protocol.key()
     if reuse_answers:
-        answers = load_answers(answers_path, lm, bench, chosen, method=method)
+        answers = load_answers(answers_path, lm, bench, chosen, method=method, protocol=key)
     else:
         was_training = lm.model.training
         lm.model.eval()
         try:
             answers = {
-                split: answer_items(lm, bench, items, config, desc=f"evaluate {split}")
+                split: answer_items(lm, bench, items, config, f"evaluate {split}", protocol)
                 for split, items in chosen.items()
             }
         finally:
             lm.model.train(was_training)
         if answers_path is not None:
-            save_answers(answers_path, lm, bench, chosen, answers, method=method, config=config)
+            save_answers(
+                answers_path,
+                lm,
+                bench,
+                chosen,
+                answers,
+                method=method,
+                config=config,
+                protocol=key,
+            )
     report = EvalReport(model=lm.name, method=method)
+    records: dict[str, list[dict]] = {}
     try:
         for split, items in chosen.items():
-            report.splits[split] = score_split(items, answers[split], judge)
+            records[split] = score_split(lm, protocol, split, items, answers[split], judge)
+            report.splits[split] = protocol.aggregate(records[split])
     except JudgeError as exc:
         if answers_path is None:
             raise
@@ -164,6 +221,8 @@ def evaluate(
             f"{exc}; the generated answers are saved in {answers_path}: score them without "
             "generating with reuse_answers=True"
         ) from exc
+    if items_path is not None:
+        write_items(items_path, records, overwrite=overwrite)
     counts = {
         split: {t: sum(i.task == t for i in items) for t in ("qa", "mcq", "cloze")}
         for split, items in chosen.items()
@@ -171,8 +230,16 @@ def evaluate(
     report.meta = {
         "benchmark": bench.name,
         "benchmark_fingerprint": bench.fingerprint(),
+        "protocol": protocol.settings(),
+        "judge": _describe(judge) if protocol.uses_judge else None,
         "items": counts,
         "seconds": round(time.time() - started, 1),
         "config": asdict(config),
     }
     return report
+
+
+def _describe(judge: Judge) -> dict:
+    """What judged, for the report's meta (a judge of one's own: its class name)."""
+    describe = getattr(judge, "describe", None)
+    return describe() if callable(describe) else {"kind": type(judge).__name__}

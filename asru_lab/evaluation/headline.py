@@ -4,11 +4,17 @@
   `1 - leak / leak_vanilla` and `1 - (mcq - 0.25) / (mcq_vanilla - 0.25)`, each clipped to
   [0, 1] (1: nothing of the forget people is left; 0: as much as before; 0.25 is MCQ chance).
 - **GQ**, generation quality: the forget split's contextual-refusal score (0-5).
+
+Under every evaluation protocol UE reads `leak_rate` and `mcq_acc` of forget and test: the
+`mllmu` and `asru_paper` protocols report no `leak_rate`, so there UE is the MCQ term alone, and
+the MCQ term is left out whenever the vanilla accuracy is at or below chance (0.25: no drop to
+measure, and no division by a vanilla accuracy at or below chance); with no term left, or no
+judge's quality block for GQ (`mllmu`), they raise HeadlineError saying why.
 - ASRU over a baseline: UE as a relative gain in % (`100 * (UE_asru / UE_base - 1)`), GQ as a
   factor `GQ_asru / max(GQ_base, 0.1)`.
 
 The inputs are `EvalReport.splits`-shaped dicts (split -> metrics); rows carry "method",
-"forget_ratio", "ue" and "gq".
+"forget_ratio", "ue" and "gq" (None where the evaluation cannot give them).
 """
 
 from __future__ import annotations
@@ -47,6 +53,14 @@ def unlearning_effectiveness(splits: dict, vanilla: dict) -> float:
             drop = (now["mcq_acc"] - MCQ_CHANCE) / (before["mcq_acc"] - MCQ_CHANCE)
             terms.append(_clip(1 - drop))
     if not terms:
+        if not any("leak_rate" in (vanilla.get(split) or {}) for split in ("forget", "test")):
+            raise HeadlineError(
+                "cannot compute UE: this evaluation protocol reports no leak_rate (mllmu and "
+                "asru_paper score generation by ROUGE and BLEU) and the vanilla model's MCQ "
+                f"accuracy on forget and test is at or below chance ({MCQ_CHANCE}), so neither "
+                "term of UE applies; evaluate with protocol asru_lab, or a model that answers "
+                "the protocol's multiple-choice prompts above chance"
+            )
         raise HeadlineError(
             "cannot compute UE: the vanilla model leaks nothing and is at chance on the forget "
             "and test splits, so there is nothing to unlearn"
@@ -55,8 +69,15 @@ def unlearning_effectiveness(splits: dict, vanilla: dict) -> float:
 
 
 def generation_quality(splits: dict) -> float:
-    """GQ: the forget split's contextual-refusal score (0-5)."""
-    return float(splits["forget"]["quality"]["contextual_refusal"])
+    """GQ: the forget split's contextual-refusal score (0-5); HeadlineError when the forget
+    split has no judge's quality block (protocol mllmu does not judge)."""
+    quality = (splits.get("forget") or {}).get("quality")
+    if quality is None:
+        raise HeadlineError(
+            "cannot compute GQ: the forget split has no judge's quality block (protocol mllmu "
+            "does not judge generation answers); evaluate with protocol asru_lab or asru_paper"
+        )
+    return float(quality["contextual_refusal"])
 
 
 def _clip(x: float) -> float:
@@ -75,7 +96,11 @@ def headline(rows: list[dict]) -> list[dict]:
             if base not in at:
                 continue
             b = at[base]
-            gain = 100 * (asru["ue"] / b["ue"] - 1) if b["ue"] > 0 else math.inf
+            if asru["ue"] is None or b["ue"] is None:
+                gain = None  # a protocol or model that cannot give UE (reproduce warns)
+            else:
+                gain = 100 * (asru["ue"] / b["ue"] - 1) if b["ue"] > 0 else math.inf
+            no_gq = asru["gq"] is None or b["gq"] is None
             out.append(
                 {
                     "forget_ratio": ratio,
@@ -85,7 +110,7 @@ def headline(rows: list[dict]) -> list[dict]:
                     "ue_gain_pct": gain,
                     "gq_baseline": b["gq"],
                     "gq_asru": asru["gq"],
-                    "gq_factor": asru["gq"] / max(b["gq"], GQ_FLOOR),
+                    "gq_factor": None if no_gq else asru["gq"] / max(b["gq"], GQ_FLOOR),
                 }
             )
     return out

@@ -71,7 +71,7 @@ class EvalReport:
                 split,
                 _pct(m.get("mcq_acc")),
                 _pct(m.get("cloze_acc")),
-                _num(m.get("rougeL")),
+                _num(m.get("rougeL", m.get("rougeL_f"))),
                 _pct(m.get("leak_rate")),
                 _pct(m.get("refusal_rate")),
                 _num(q.get("contextual_refusal"), 1),

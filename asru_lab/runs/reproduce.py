@@ -43,6 +43,7 @@ from asru_lab.data.schema import Benchmark
 from asru_lab.evaluation.harness import EvalConfig, evaluate
 from asru_lab.evaluation.headline import (
     DEFINITIONS,
+    HeadlineError,
     generation_quality,
     headline,
     unlearning_effectiveness,
@@ -161,6 +162,17 @@ def _keyable(value):
     if isinstance(value, list | tuple):
         return [_keyable(v) for v in value]
     return value
+
+
+def _headline(compute, *splits: dict) -> float | None:
+    """A headline number, or None (empty in the tables, null in the JSON) with a warning saying
+    why when this evaluation cannot give it (a protocol without leak_rate or without the judge,
+    a vanilla model at chance)."""
+    try:
+        return compute(*splits)
+    except HeadlineError as exc:
+        warnings.warn(str(exc), stacklevel=2)
+        return None
 
 
 def weights_fingerprint(lm: LoadedModel) -> str:
@@ -386,8 +398,10 @@ def _run_cell(run: _CellRun, vanilla_splits: dict | None, got: _Collected) -> di
     splits = data["evaluation"]["splits"]
     row = {"method": method, "forget_ratio": ratio}
     row.update(flatten(splits))
-    row["ue"] = unlearning_effectiveness(splits, splits if method == VANILLA else vanilla_splits)
-    row["gq"] = generation_quality(splits)
+    row["ue"] = _headline(
+        unlearning_effectiveness, splits, splits if method == VANILLA else vanilla_splits
+    )
+    row["gq"] = _headline(generation_quality, splits)
     got.rows.append(row)
     got.cells.append(
         {

@@ -54,13 +54,21 @@ def summary_markdown(rows: list[dict], head: list[dict]) -> str:
         ]
         lines.append("|---|---|---|---|---|---|")
         for h in head:
-            gain = "∞" if math.isinf(h["ue_gain_pct"]) else f"{h['ue_gain_pct']:+.1f} %"
+            gain = h["ue_gain_pct"]
+            gain = "–" if gain is None else "∞" if math.isinf(gain) else f"{gain:+.1f} %"
+            ue = _pair(h["ue_baseline"], h["ue_asru"], ".3f")
+            gq = _pair(h["gq_baseline"], h["gq_asru"], ".2f")
+            factor = "–" if h["gq_factor"] is None else f"{h['gq_factor']:.1f}×"
             lines.append(
-                f"| {h['forget_ratio']:g} | {h['baseline']} | {h['ue_baseline']:.3f} → "
-                f"{h['ue_asru']:.3f} | {gain} | {h['gq_baseline']:.2f} → {h['gq_asru']:.2f} | "
-                f"{h['gq_factor']:.1f}× |"
+                f"| {h['forget_ratio']:g} | {h['baseline']} | {ue} | {gain} | {gq} | {factor} |"
             )
     return "\n".join(lines) + "\n"
+
+
+def _pair(before: float | None, after: float | None, spec: str) -> str:
+    """ "0.500 → 0.975", a dash for a number the evaluation could not give."""
+    shown = ["–" if x is None else format(x, spec) for x in (before, after)]
+    return " → ".join(shown)
 
 
 def _fmt(x) -> str:

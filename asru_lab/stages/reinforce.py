@@ -39,8 +39,8 @@ from asru_lab.artifacts import claim_output, set_aside, write_json_atomic, write
 from asru_lab.capture import capture
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem, contains_value
 from asru_lab.directions import memorisation_direction
-from asru_lab.evaluation.harness import MAX_NEW_TOKENS
 from asru_lab.evaluation.judge import is_refusal
+from asru_lab.evaluation.protocols.asru_lab import MAX_NEW_TOKENS
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe

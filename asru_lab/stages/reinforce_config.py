@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from asru_lab.errors import AsruLabError
-from asru_lab.evaluation.harness import MAX_NEW_TOKENS
+from asru_lab.evaluation.protocols.asru_lab import MAX_NEW_TOKENS
 from asru_lab.validation import check_fields
 
 BOUNDARY_MODES = ("nearest", "random")

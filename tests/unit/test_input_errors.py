@@ -13,7 +13,7 @@ import pytest
 
 from asru_lab.data import BenchmarkError, load_benchmark
 from asru_lab.data.user_format import load_user_dataset
-from tests.unit.test_mllmu import BLUE, RED, row, write_config
+from tests.mllmu_layout import BLUE, RED, row, write_config
 
 PROFILES = [
     {"id": "p1", "name": "Ada Lind", "split": "forget", "facts": {"hobby": "chess"}},

@@ -208,7 +208,7 @@ EVAL = al.EvalConfig(max_items=2, splits=("forget",), progress=False)
 
 
 def _no_generation(*args, **kwargs):
-    raise AssertionError("generate_batch was called; saved answers should have been scored")
+    raise AssertionError("the model was asked to generate; saved answers should have been scored")
 
 
 def test_answers_survive_a_failing_judge_and_a_rerun_scores_them(
@@ -222,7 +222,7 @@ def test_answers_survive_a_failing_judge_and_a_rerun_scores_them(
     saved = json.loads(answers.read_text())["splits"]["forget"]
     assert len(saved) == 6 and all(isinstance(row["answer"], str) for row in saved)
 
-    monkeypatch.setattr(harness, "generate_batch", _no_generation)
+    monkeypatch.setattr(harness, "generate_chats", _no_generation)
     stub = StubServer()
     for _ in range(2):
         stub.reply(json.dumps(VERDICT))
@@ -250,7 +250,7 @@ def test_saved_answers_are_not_scored_for_another_model_benchmark_or_sample(
 ):
     answers = tmp_path / "r.answers.json"
     al.evaluate(lm, bench, EVAL, answers_path=answers)
-    monkeypatch.setattr(harness, "generate_batch", _no_generation)
+    monkeypatch.setattr(harness, "generate_chats", _no_generation)
 
     def reuse(model=lm, benchmark=bench, config=EVAL, method="vanilla"):
         return al.evaluate(
@@ -290,7 +290,7 @@ def test_cli_names_the_answers_file_and_the_flag_when_the_judge_is_down(
     assert "could not reach" in lines[0] and f"--answers {answers}" in lines[0]
     assert answers.is_file() and not out.exists()
 
-    monkeypatch.setattr(harness, "generate_batch", _no_generation)
+    monkeypatch.setattr(harness, "generate_chats", _no_generation)
     stub = StubServer()
     for _ in range(2):
         stub.reply(json.dumps(VERDICT))
