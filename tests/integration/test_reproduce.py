@@ -206,3 +206,20 @@ def test_the_same_command_runs_a_model_dir_and_a_dataset_dir(lm, bench, tmp_path
     assert [c["method"] for c in manifest["cells"]] == ["vanilla", "ga", "npo"]
     assert main(args) == 0  # nothing changed: every cell from the cache
     assert "3 cells (3 from cache)" in capsys.readouterr().out
+
+
+def test_the_protocol_reaches_every_cell_its_key_and_the_manifest(lm, first_run, tmp_path):
+    out, result, _ = first_run
+    mllmu = al.EvalConfig(max_items=4, protocol="mllmu")
+    with pytest.warns(UserWarning, match="cannot compute"):
+        other = reproduce(
+            tmp_path, tiny_config(methods=("ga",), evaluate=mllmu, figures=False), model=lm
+        )
+    assert other.manifest["evaluate"]["protocol"] == "mllmu"
+    assert not any(c["cached"] for c in other.manifest["cells"])
+    keys = {c["method"]: c["key"] for c in result.manifest["cells"]}
+    assert all(c["key"] != keys[c["method"]] for c in other.manifest["cells"])
+    vanilla = next(r for r in other.rows if r["method"] == "vanilla")
+    assert "forget.rougeL_f" in vanilla and "forget.leak_rate" not in vanilla
+    # mllmu has no judge: GQ is left empty, not made up (and so is UE when no term applies)
+    assert all(r["gq"] is None for r in other.rows)
