@@ -305,7 +305,10 @@ class SteeringProbe:
         self, alpha: float | None, positions: str | None, gated: bool | None
     ) -> tuple[float, str, bool]:
         """(alpha, positions, gated) to steer with: the given ones checked, else the probe's
-        own; gated only when the probe has a gate."""
+        own; gated only when the probe has a gate (asking for the gate of a probe without one
+        is a ProbeError)."""
+        if gated and self.gate is None:
+            raise ProbeError("gated=True but this probe has no memorisation gate")
         alpha = self._strength(alpha)
         positions = check_steer_positions(positions or self.positions)
         use_gate = (self.gated if gated is None else gated) and self.gate is not None
@@ -344,8 +347,6 @@ class SteeringProbe:
         """
         self.validate(lm)
         alpha, positions, use_gate = self._settings(alpha, positions, gated)
-        if gated and self.gate is None:
-            raise ProbeError("gated=True but this probe has no memorisation gate")
         with steering.steered(self, lm, alpha=alpha, positions=positions, gated=use_gate):
             yield self
 

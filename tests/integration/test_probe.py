@@ -129,6 +129,14 @@ def test_plain_hooks_and_nnsight_edit_give_the_same_logits(lm, bench, items):
         assert torch.allclose(hooked, traced, atol=1e-5), (probe.operation, probe.site, positions)
 
 
+def test_asking_for_the_gate_of_a_probe_without_one_is_refused_everywhere(lm):
+    probe = make_probe(lm)  # no gate
+    with pytest.raises(ProbeError, match="no memorisation gate"), probe.apply(lm, gated=True):
+        pass
+    with pytest.raises(ProbeError, match="no memorisation gate"):
+        probe.edit_trace(lm, nnsight_model(lm), gated=True)  # refused before any trace runs
+
+
 def test_gate_steers_exactly_the_rows_it_fires_on(lm, bench, items):
     plain = answers(lm, bench, items)
     with make_probe(lm).apply(lm):
