@@ -128,11 +128,8 @@ def cmd_demo(args) -> int:
 def cmd_evaluate(args) -> int:
 
     import asru_lab as al
-    from asru_lab.evaluation.judge import (
-        DEFAULT_RUBRIC,
-        JudgeError,
-        OpenAIJudge,
-    )
+    from asru_lab.evaluation.judge import JudgeError
+    from asru_lab.evaluation.llm_judge import DEFAULT_RUBRIC, OpenAIJudge
 
     if args.judge_rubric and not args.judge_url:
         raise UsageError(

@@ -101,7 +101,7 @@ def _demo_options(sub) -> None:
 
 def _evaluate_options(sub) -> None:
     from asru_lab.evaluation.harness import EvalConfig
-    from asru_lab.evaluation.judge import DEFAULT_RUBRIC, RUBRICS
+    from asru_lab.evaluation.llm_judge import DEFAULT_RUBRIC, RUBRICS
     from asru_lab.evaluation.protocols import PROTOCOLS
 
     p = sub.add_parser("evaluate", help="evaluate a model, write the evaluation JSON")

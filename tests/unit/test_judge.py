@@ -14,12 +14,11 @@ from asru_lab.evaluation.judge import (
     Judge,
     JudgeError,
     Judgement,
-    OpenAIJudge,
     degenerate_reason,
     is_refusal,
-    parse_judgement,
     summarize,
 )
+from asru_lab.evaluation.llm_judge import OpenAIJudge, parse_judgement
 from tests.stub_judge import StubServer
 
 

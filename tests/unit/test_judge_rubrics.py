@@ -10,16 +10,8 @@ import pytest
 
 from asru_lab.cli import main
 from asru_lab.data.schema import QAItem
-from asru_lab.evaluation.judge import (
-    JUDGE_SYSTEM_PROMPT,
-    RUBRICS,
-    ClosedWorldJudge,
-    JudgeError,
-    Judgement,
-    OpenAIJudge,
-    parse_scores,
-    summarize,
-)
+from asru_lab.evaluation.judge import ClosedWorldJudge, JudgeError, Judgement, summarize
+from asru_lab.evaluation.llm_judge import JUDGE_SYSTEM_PROMPT, RUBRICS, OpenAIJudge, parse_scores
 from asru_lab.evaluation.report import EvalReport
 from tests.stub_judge import StubServer
 

@@ -17,7 +17,8 @@ from asru_lab.cli import main
 from asru_lab.data.synthetic import load_synthetic
 from asru_lab.errors import AsruLabError
 from asru_lab.evaluation import harness
-from asru_lab.evaluation.judge import JudgeError, OpenAIJudge
+from asru_lab.evaluation.judge import JudgeError
+from asru_lab.evaluation.llm_judge import OpenAIJudge
 from tests.stub_judge import StubServer
 
 KEY = "sk-secret"
