@@ -137,6 +137,51 @@ def generate_chats(
     return _generate(lm, batch, max_new_tokens, do_sample, **gen_kwargs)
 
 
+@torch.no_grad()
+def generate_prefilled(
+    lm: LoadedModel,
+    images: Sequence[Image.Image | None],
+    questions: Sequence[str],
+    prefixes: Sequence[str],
+    *,
+    max_new_tokens: int = 32,
+) -> list[str]:
+    """Greedy continuations of assistant turns that already start with `prefixes` (one per
+    question; teacher-forced: each prefix is part of the prompt). Returns only the generated
+    text after the prefix, decoded and stripped."""
+    if not len(images) == len(questions) == len(prefixes):
+        raise ValueError(
+            f"{len(images)} images, {len(questions)} questions and {len(prefixes)} prefixes"
+        )
+    texts = [
+        build_prompt(lm, q, img is not None) + prefix
+        for img, q, prefix in zip(images, questions, prefixes, strict=True)
+    ]
+    batch = _processor_batch(lm, texts, [img for img in images if img is not None])
+    return _generate(lm, batch, max_new_tokens, False)
+
+
+def fact_prefix(answer: str, value: str) -> tuple[str, str]:
+    """(the words of the reference `answer` before the fact, the fact as `answer` spells it):
+    ("Alma Aldous was born in", "Lisbon") for ("Alma Aldous was born in Lisbon.", "lisbon").
+    The prefix is "" when the answer starts with the fact or does not contain it."""
+    at = answer.lower().find(value.lower())
+    prefix = answer[:at].rstrip() if at > 0 else ""
+    return prefix, (answer[at : at + len(value)] if at >= 0 else value)
+
+
+def fact_token(lm: LoadedModel, prompt: str, prefix: str, fact: str) -> int | None:
+    """The id of the fact's first token after `prompt + prefix` (a space between prefix and
+    fact); None when the tokenizer merges the prefix's end with the fact."""
+    joint = f"{prefix} {fact}" if prefix else fact
+    tok = lm.tokenizer
+    before = tok(prompt + prefix, add_special_tokens=False)["input_ids"]
+    after = tok(prompt + joint, add_special_tokens=False)["input_ids"]
+    if after[: len(before)] != before or len(after) == len(before):
+        return None
+    return after[len(before)]
+
+
 def _generate(
     lm: LoadedModel, batch: dict, max_new_tokens: int, do_sample: bool, **gen_kwargs
 ) -> list[str]:

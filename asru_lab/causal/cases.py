@@ -14,7 +14,7 @@ import torch
 
 from asru_lab.causal.config import GROUPS, CausalTraceConfig, CausalTraceError
 from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
-from asru_lab.generation import build_prompt
+from asru_lab.generation import build_prompt, fact_prefix, fact_token
 from asru_lab.models.loading import LoadedModel
 
 
@@ -93,18 +93,13 @@ def select_items(bench: Benchmark, config: CausalTraceConfig) -> list[QAItem]:
 
 def _target(lm: LoadedModel, prompt: str, item: QAItem) -> tuple[str, int]:
     """The answer prefix before the fact, and the fact's first token id after it."""
-    at = item.answer.lower().find(item.value.lower())
-    prefix = item.answer[:at].rstrip() if at > 0 else ""
-    value = item.answer[at : at + len(item.value)] if at >= 0 else item.value
-    joint = f"{prefix} {value}" if prefix else value
-    tok = lm.tokenizer
-    before = tok(prompt + prefix, add_special_tokens=False)["input_ids"]
-    after = tok(prompt + joint, add_special_tokens=False)["input_ids"]
-    if after[: len(before)] != before or len(after) == len(before):
+    prefix, fact = fact_prefix(item.answer, item.value)
+    target = fact_token(lm, prompt, prefix, fact)
+    if target is None:
         raise CausalTraceError(
             f"cannot place the fact {item.value!r} after {prefix!r}: the tokenizer merges them"
         )
-    return prefix, after[len(before)]
+    return prefix, target
 
 
 def _encode_case(lm: LoadedModel, image, question: str, prefix: str) -> tuple[dict, dict]:
