@@ -17,6 +17,7 @@ from transformers import PreTrainedTokenizerFast, Qwen2VLImageProcessorPil, Qwen
 from asru_lab.models.processor import Qwen3VLImageOnlyProcessor
 
 EMBEDDED_NAME = "asru-lab/embedded-qwen3-vl-tiny"
+ORACLE_NAME = "asru-lab/embedded-qwen3-vl-tiny-oracle"
 SPECIAL_TOKENS = (
     "<|endoftext|>",
     "<|im_start|>",
@@ -63,6 +64,14 @@ class TinyDims:
 def embedded_dir() -> Path:
     """Directory of the shipped embedded model (package data)."""
     return Path(str(resources.files("asru_lab") / "embedded"))
+
+
+def oracle_dir(forget_ratio: float = 0.1, split_seed: int = 0) -> Path:
+    """Directory of the retrain oracle for the synthetic forget set (`forget_ratio`,
+    `split_seed`): the embedded recipe without those forget people. The default one ships."""
+    return Path(
+        str(resources.files("asru_lab") / "oracles" / f"forget{forget_ratio:g}-split{split_seed}")
+    )
 
 
 def build_tokenizer(texts: Iterable[str], vocab_size: int = 2000) -> PreTrainedTokenizerFast:

@@ -28,11 +28,13 @@ from asru_lab.data.schema import contains_value
 from asru_lab.models.adapters import QWEN3_VL
 from asru_lab.models.embedded import (
     EMBEDDED_NAME,
+    ORACLE_NAME,
     TinyDims,
     build_config,
     build_processor,
     build_tokenizer,
     embedded_dir,
+    oracle_dir,
 )
 from asru_lab.models.loading import LoadedModel
 from asru_lab.validation import ConfigError, check_fields
@@ -89,6 +91,17 @@ class BuildConfig:
     benchmark: syn.SyntheticConfig = field(
         default_factory=syn.SyntheticConfig, metadata={"help": "the people trained on"}
     )
+    oracle_forget_ratio: float | None = field(
+        default=None,
+        metadata={
+            "help": "build the retrain oracle: leave out the forget people of this forget ratio "
+            "(their facts, names and portraits are never shown; everything else is the same "
+            "recipe). None: the vanilla embedded model"
+        },
+    )
+    oracle_split_seed: int = field(
+        default=0, metadata={"help": "the split seed of the oracle's forget set"}
+    )
 
     def __post_init__(self) -> None:
         check_fields(
@@ -104,7 +117,15 @@ class BuildConfig:
             task_weights=">= 0",
             eval_every=">= 0",
             threads=">= 0",
+            oracle_forget_ratio="(0, 1)",
         )
+
+    def left_out(self) -> set[str]:
+        """Ids of the people this build never shows (the oracle's forget set; empty otherwise)."""
+        if self.oracle_forget_ratio is None:
+            return set()
+        known = syn.build_world(self.benchmark).group("known")
+        return syn.choose_forget(known, self.oracle_forget_ratio, self.oracle_split_seed)
 
 
 def _augment(rng: random.Random, question: str) -> str:
@@ -114,9 +135,16 @@ def _augment(rng: random.Random, question: str) -> str:
 class TrainingSampler:
     """Draws (image path or None, question, answer) training examples from the world."""
 
-    def __init__(self, world: syn.SyntheticWorld, weights: dict[str, float], seed: int):
+    def __init__(
+        self,
+        world: syn.SyntheticWorld,
+        weights: dict[str, float],
+        seed: int,
+        left_out: set[str] = frozenset(),
+    ):
         self.world = world
-        self.known = world.group("known")
+        # the oracle's forget people are left out of everything: facts, portraits, MCQ options
+        self.known = [p for p in world.group("known") if p.id not in left_out]
         self.strangers = world.group("stranger")
         self.name_pool = sorted(p.name for p in self.known)
         self.families = list(weights)
@@ -333,9 +361,13 @@ def build_embedded(
     """
     # a copy runs __post_init__ again: fields set after construction are checked too
     cfg = replace(config) if config is not None else BuildConfig()
-    out = check_output(
-        Path(out_dir) if out_dir is not None else embedded_dir(), overwrite=overwrite
-    )
+    if out_dir is None:
+        out_dir = (
+            embedded_dir()
+            if cfg.oracle_forget_ratio is None
+            else oracle_dir(cfg.oracle_forget_ratio, cfg.oracle_split_seed)
+        )
+    out = check_output(Path(out_dir), overwrite=overwrite)
     previous_threads = torch.get_num_threads()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -350,8 +382,11 @@ def build_embedded(
 def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> LoadedModel:
     started = time.time()
     world = syn.build_world(cfg.benchmark)
-    sampler = TrainingSampler(world, cfg.task_weights, cfg.seed)
-    tokenizer = build_tokenizer(sampler.texts())
+    left_out = cfg.left_out()
+    sampler = TrainingSampler(world, cfg.task_weights, cfg.seed, left_out)
+    # The tokenizer is trained on every wording, name and value of the world (the vanilla
+    # model's own tokenizer), so that an oracle and the vanilla model share one vocabulary.
+    tokenizer = build_tokenizer(TrainingSampler(world, cfg.task_weights, cfg.seed).texts())
     processor = build_processor(tokenizer)
     torch.manual_seed(cfg.seed)
     model = Qwen3VLForConditionalGeneration(build_config(tokenizer, cfg.dims))
@@ -417,5 +452,13 @@ def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> Load
             "loss_every_100": history[::100],
         }
     }
+    if left_out:
+        lm.info["oracle"] = {
+            "forget_ratio": cfg.oracle_forget_ratio,
+            "split_seed": cfg.oracle_split_seed,
+            "forget_ids": sorted(left_out),
+            "benchmark": asdict(cfg.benchmark),
+        }
+        lm.name = ORACLE_NAME
     lm.save(out, records={"build.json": lm.info["build"]}, overwrite=overwrite)
     return lm
