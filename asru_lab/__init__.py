@@ -13,9 +13,11 @@ steered, record = al.redirect(model, probe, bench)  # stage 1.2: the probe, in t
 final, record = al.reinforce(steered, bench, probe=probe)  # stage 2: GRPO
 result = al.unlearn(model, bench, "npo")                # any registered method (al.METHODS)
 al.reproduce("figures/")          # every method x forget ratio: tables, figures, manifest
+report = al.audit(result.model, bench, reference=model, oracle=al.load_oracle())  # forgotten?
 ```
 """
 
+from asru_lab.auditing import AuditConfig, AuditError, AuditReport, audit, load_oracle
 from asru_lab.baselines import METHODS, UnlearnConfig, UnlearnError, save_unlearned, unlearn
 from asru_lab.data import (
     Benchmark,
@@ -39,6 +41,9 @@ from asru_lab.validation import ConfigError
 from asru_lab.version import __version__
 
 __all__ = [
+    "AuditConfig",
+    "AuditError",
+    "AuditReport",
     "Benchmark",
     "BenchmarkError",
     "ConfigError",
@@ -60,11 +65,13 @@ __all__ = [
     "UnlearnConfig",
     "UnlearnError",
     "__version__",
+    "audit",
     "evaluate",
     "export_benchmark",
     "generate",
     "load_benchmark",
     "load_model",
+    "load_oracle",
     "load_probe",
     "load_results",
     "locate",

@@ -35,9 +35,9 @@ def check_out(args) -> None:
 
     out = getattr(args, "out", None)
     if args.command == "build-embedded" and out is None:
-        from asru_lab.models.embedded import embedded_dir
+        from asru_lab.models.embedded import embedded_dir, oracle_dir
 
-        out = embedded_dir()
+        out = oracle_dir(args.forget_ratio, args.split_seed) if args.oracle else embedded_dir()
     if out is None:
         return
     if args.command == "evaluate":
@@ -387,6 +387,8 @@ def cmd_build(args) -> int:
         cfg.steps = args.steps
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.oracle:
+        cfg.oracle_forget_ratio, cfg.oracle_split_seed = args.forget_ratio, args.split_seed
     lm = build_embedded(args.out, cfg, overwrite=args.overwrite)
     print(json.dumps(lm.info["build"]["progress"][-1]))
     return 0
@@ -440,6 +442,54 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+def cmd_audit(args) -> int:
+    import asru_lab as al
+    from asru_lab.auditing import AuditConfig, AuditError, audit, load_oracle
+    from asru_lab.data import benchmark_kind
+    from asru_lab.probe import SteeringProbe
+
+    lm, bench = _load(args)
+    synthetic = benchmark_kind(args.data) == "synthetic"
+    fields = ("attacks", "max_items", "relearn_steps", "relearn_lr", "probe_attribute")
+    chosen = {f: getattr(args, f) for f in (*fields, "batch_size")}
+    chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None}
+    config = AuditConfig(**chosen, seed=seed(args), progress=not args.quiet)
+    probe = SteeringProbe.load(args.probe) if args.probe else None
+    if args.reference == "none" or (args.reference is None and not synthetic):
+        reference = None
+    else:
+        reference = al.load_model(args.reference)
+    oracle = None
+    if args.oracle not in (None, "none"):
+        oracle = al.load_model(args.oracle)
+    elif args.oracle is None and synthetic:
+        meta = bench.meta or {}
+        try:
+            oracle = load_oracle(meta.get("forget_ratio", 0.1), meta.get("split_seed", 0))
+        except AuditError as exc:
+            print(f"note: auditing without an oracle: {exc}", file=sys.stderr)
+    report = audit(lm, bench, reference=reference, oracle=oracle, probe=probe, config=config)
+    out = report.save(args.out, overwrite=args.overwrite)
+    print(json.dumps(report.summary, indent=2))
+    print(f"wrote {out}/audit.json, items.jsonl and audit.html in {report.timing['total']:.0f} s")
+    return 0
+
+
+def _audit_config(args):
+    """reproduce's AuditConfig: None without --audit."""
+    if not args.audit:
+        if args.audit_max_items is not None:
+            raise UsageError("--audit-max-items needs --audit")
+        return None
+    from asru_lab.auditing import AuditConfig
+
+    return (
+        AuditConfig()
+        if args.audit_max_items is None
+        else AuditConfig(max_items=args.audit_max_items)
+    )
+
+
 def cmd_reproduce(args) -> int:
     import asru_lab as al
     from asru_lab.runs.reproduce import FORGET_RATIOS, PAPER_METHODS, ReproduceConfig, reproduce
@@ -464,6 +514,7 @@ def cmd_reproduce(args) -> int:
         cache=not args.no_cache,
         figures=not args.no_figures,
         progress=not args.quiet,
+        audit=_audit_config(args),
     )
     result = reproduce(args.out, config, model=args.model, data=args.data, overwrite=args.overwrite)
     print(result.summary())
@@ -488,5 +539,6 @@ COMMANDS = {
     "build-embedded": cmd_build,
     "finetune": cmd_finetune,
     "unlearn": cmd_unlearn,
+    "audit": cmd_audit,
     "reproduce": cmd_reproduce,
 }

@@ -293,6 +293,17 @@ def _reproduce_options(sub) -> None:
         none=True,
         lr={"flag": "--baseline-lr", "help": "lr of GA/GradDiff/KL-Min/NPO (2e-5/1e-5)"},
     )
+    p.add_argument(
+        "--audit",
+        action="store_true",
+        help="also audit every method (`audit.*` columns; the retrain oracle as a row)",
+    )
+    p.add_argument(
+        "--audit-max-items",
+        type=int,
+        default=None,
+        help="with --audit: questions per split and measurement (default: AuditConfig's, 64)",
+    )
 
 
 def _export_benchmark_options(sub) -> None:
@@ -304,8 +315,61 @@ def _build_embedded_options(sub) -> None:
     from asru_lab.runs.build_embedded import BuildConfig
 
     p = sub.add_parser("build-embedded", help="train the embedded tiny Qwen3-VL from scratch")
-    p.add_argument("--out", default=None, help="output dir (default: the package's embedded/)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output dir (default: the package's embedded/, or oracles/ with --oracle)",
+    )
     _add_fields(p, BuildConfig, "steps seed", none=True)
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="build the retrain oracle: the same recipe without the forget people",
+    )
+    p.add_argument(
+        "--forget-ratio",
+        type=float,
+        default=0.1,
+        help="with --oracle: the forget set's ratio of the known people (default: 0.1)",
+    )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=0,
+        help="with --oracle: the seed that draws the forget set (default: 0)",
+    )
+
+
+def _audit_options(sub) -> None:
+    from asru_lab.auditing import AuditConfig
+
+    p = sub.add_parser(
+        "audit",
+        help="attack an unlearned model: is its forgotten knowledge gone, or only hidden?",
+    )
+    _add_common(p, out_help="output folder (audit.json, items.jsonl, audit.html)")
+    p.add_argument(
+        "--probe", default=None, help="probe dir: audit an inference-time method with its hooks"
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        help="the model before unlearning (default: the embedded model for the synthetic "
+        "benchmark; 'none' to skip what needs it)",
+    )
+    p.add_argument(
+        "--oracle",
+        default=None,
+        help="the retrain oracle's dir (default: the shipped oracle of the synthetic forget "
+        "set, when it is built; 'none' to skip)",
+    )
+    _add_fields(
+        p,
+        AuditConfig,
+        "attacks max_items relearn_steps relearn_lr probe_attribute batch_size",
+        none=True,
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
 def _finetune_options(sub) -> None:
@@ -327,6 +391,7 @@ SUBCOMMANDS = (
     _reinforce_options,
     _run_options,
     _unlearn_options,
+    _audit_options,
     _reproduce_options,
     _export_benchmark_options,
     _build_embedded_options,

@@ -36,6 +36,7 @@ import torch
 from tqdm.auto import tqdm
 
 from asru_lab.artifacts import claim_output, write_json_atomic
+from asru_lab.auditing import AuditConfig, AuditError, audit, load_oracle
 from asru_lab.baselines import METHODS, get_method, unlearn
 from asru_lab.baselines.registry import Unlearned, UnlearnError
 from asru_lab.data import benchmark_kind, load_benchmark
@@ -68,6 +69,7 @@ PAPER_METHODS = (
 )
 FORGET_RATIOS = (0.05, 0.1, 0.15)
 VANILLA = "vanilla"
+ORACLE = "oracle"  # the retrain oracle's row (with `audit`): the model that never saw them
 CACHE_DIR = "cache"
 # config fields that change how a run is shown or stored, not what it computes
 NOT_IN_KEY = {"progress", "training_dir", "checkpoint_dir", "resume"}
@@ -122,6 +124,13 @@ class ReproduceConfig:
         metadata={"help": "sample answers kept per cell (forget and retain questions each)"},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    audit: AuditConfig | None = field(
+        default=None,
+        metadata={
+            "help": "also audit every method (asru_lab.auditing: `audit.*` columns) and add "
+            "the retrain oracle as a row; None: no audit"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, UnlearnError, forget_ratios="(0, 1)", samples=">= 0")
@@ -321,6 +330,8 @@ def reproduce(
                 "version": __version__,
             }
             located: dict = {}
+            if config.audit is not None:
+                located["oracle"] = _oracle(ratio, config.seed) if kind == "synthetic" else None
             vanilla_splits = None
             for method in methods:
                 bar.set_postfix(method=method, ratio=ratio)
@@ -329,6 +340,10 @@ def reproduce(
                 if method == VANILLA:
                     vanilla_splits = splits
                 bar.update(1)
+            if located.get("oracle") is not None:
+                run = _CellRun(lm, bench, ORACLE, ratio, base, config, cache, out, located)
+                run.oracle = located["oracle"]
+                _run_cell(run, vanilla_splits, got)
     finally:
         bar.close()
     head = headline(got.rows)
@@ -340,6 +355,10 @@ def reproduce(
         manifest["figures"] = viz.write_reproduce_figures(
             got.rows, got.probes, got.curves, out, rewards=_rewards(config), png=config.png
         )
+        if got.audits:
+            from asru_lab.viz.audit import write_audit_figures
+
+            manifest["figures"] += write_audit_figures(got.audits, out, png=config.png)
     write_json_atomic(out / "manifest.json", manifest)
     return ReproduceResult(got.rows, head, manifest, out)
 
@@ -353,6 +372,8 @@ class _Collected:
     probes: dict = field(default_factory=dict)  # forget ratio -> the located probe's evidence
     curves: dict = field(default_factory=dict)  # forget ratio -> ASRU's stage 2 metrics
     probe_dirs: list[str] = field(default_factory=list)
+    audit_cached: dict = field(default_factory=dict)  # (method, ratio) -> audit from cache
+    audits: dict = field(default_factory=dict)  # forget ratio -> method -> audit summary, results
 
 
 @dataclass
@@ -369,25 +390,51 @@ class _CellRun:
     cache: Path
     out: Path
     located: dict
+    oracle: LoadedModel | None = None  # the oracle row's model; with `audit`, every row's floor
+
+
+def _oracle(ratio: float, seed: int) -> LoadedModel | None:
+    """The retrain oracle of the synthetic forget set (`ratio`, `seed`), or None with a warning
+    saying how to build it."""
+    try:
+        return load_oracle(ratio, seed)
+    except AuditError as exc:
+        warnings.warn(
+            f"no oracle row and no oracle floor at forget ratio {ratio:g}: {exc}", stacklevel=3
+        )
+        return None
 
 
 def _run_cell(run: _CellRun, vanilla_splits: dict | None, got: _Collected) -> dict:
     """Load the cell from the cache or compute it, add its row and manifest entry to `got`;
     returns its evaluation splits (the vanilla cell's are every UE's reference)."""
     method, ratio, config = run.method, run.ratio, run.config
-    method_config = None if method == VANILLA else config.method_config(method)
+    method_config = None if method in (VANILLA, ORACLE) else config.method_config(method)
     fields = {**run.base, "method": method, "config": _keyable(method_config)}
-    needs_probe = method != VANILLA and METHODS[method].needs_probe
+    if method == ORACLE:
+        fields["oracle_weights"] = weights_fingerprint(run.oracle)
+    needs_probe = method not in (VANILLA, ORACLE) and METHODS[method].needs_probe
     if needs_probe:
         fields["locate"] = _keyable(config.locate)
     cell = _Cell(method, ratio, fields, run.cache)
     data = cell.load() if config.cache else None
     cached = data is not None
-    if not cached:
+    result = None
+
+    def unlearned() -> Unlearned:
+        if method == ORACLE:
+            return Unlearned(ORACLE, run.oracle)
+        if method == VANILLA:
+            return Unlearned(VANILLA, run.lm)
         probe = None
         if needs_probe:
             probe = _probe(run.lm, run.bench, config, run.base, run.cache, run.located)
-        data = _compute(run.lm, run.bench, method, method_config, probe, config, cell)
+        return unlearn(run.lm, run.bench, method, method_config, probe=probe)
+
+    if not cached:
+        started = time.time()
+        result = unlearned()
+        data = _compute(result, run.bench, config, cell, time.time() - started)
         write_json_atomic(cell.path, data)
     if needs_probe and ratio not in got.probes:
         probe_dir = _probe_dir(run.cache, run.base, config)
@@ -402,6 +449,11 @@ def _run_cell(run: _CellRun, vanilla_splits: dict | None, got: _Collected) -> di
         unlearning_effectiveness, splits, splits if method == VANILLA else vanilla_splits
     )
     row["gq"] = _headline(generation_quality, splits)
+    if config.audit is not None:
+        audited, audit_cached = _audit_cell(run, cell, result, unlearned)
+        row.update({f"audit.{k}": v for k, v in audited["summary"].items()})
+        got.audit_cached[(method, ratio)] = audit_cached
+        got.audits.setdefault(ratio, {})[method] = audited
     got.rows.append(row)
     got.cells.append(
         {
@@ -410,6 +462,7 @@ def _run_cell(run: _CellRun, vanilla_splits: dict | None, got: _Collected) -> di
             "key": cell.key,
             "cache_file": os.path.relpath(cell.path, run.out),
             "cached": cached,
+            **({"audit_cached": got.audit_cached[(method, ratio)]} if config.audit else {}),
             "seconds": data["seconds"],
             "samples": data.get("samples", []),
         }
@@ -432,6 +485,7 @@ def _manifest(config, model, data, model_fp, methods, got: _Collected, head, sta
         "configs": {m: _keyable(config.method_config(m)) for m in config.methods},
         "evaluate": _keyable(config.evaluate),
         "locate": _keyable(config.locate),
+        **({"audit": _keyable(config.audit)} if config.audit else {}),
         "definitions": dict(DEFINITIONS),
         "headline": head,
         "cells": got.cells,
@@ -468,14 +522,10 @@ def _probe_evidence(path: Path) -> dict:
     return SteeringProbe.load(path).evidence if (path / "probe.json").is_file() else {}
 
 
-def _compute(lm, bench, method, method_config, probe, config, cell) -> dict:
-    """Run `method` (or nothing, for vanilla), evaluate it and collect what the cache keeps."""
-    started = time.time()
-    if method == VANILLA:
-        result = Unlearned(VANILLA, lm)
-    else:
-        result = unlearn(lm, bench, method, method_config, probe=probe)
-    trained = time.time() - started
+def _compute(result: Unlearned, bench, config, cell, trained: float) -> dict:
+    """Evaluate a method's result (the model it left, and its probe's hooks for an inference-time
+    method) and collect what the cache keeps."""
+    method = result.method
     evaluation = replace(config.evaluate, progress=config.progress)
     with result.applied():
         report = evaluate(result.model, bench, evaluation, method=method)
@@ -490,3 +540,43 @@ def _compute(lm, bench, method, method_config, probe, config, cell) -> dict:
         "samples": samples,
         "seconds": {"unlearn": round(trained, 1), "evaluate": report.meta["seconds"]},
     }
+
+
+def _audit_cell(run: _CellRun, cell: _Cell, result: Unlearned | None, unlearned) -> tuple:
+    """The cell's audit summary: from its own cache file (keyed by the cell, the audit config and
+    the oracle), or audited now (the method is run again when its evaluation came from the
+    cache: every method is deterministic for its seed)."""
+    config = run.config
+    oracle = run.located.get("oracle")
+    fields = {
+        "cell": cell.key,
+        "audit": _keyable(seeded_config(config.audit, config.seed, False)),
+        "oracle": None if oracle is None else weights_fingerprint(oracle),
+    }
+    key = cache_key(fields)
+    path = cell.path.with_name(f"{cell.path.stem}.audit-{key[:16]}.json")
+    if config.cache and path.is_file():
+        try:
+            data = json.loads(path.read_text())
+            if data.get("key") == key:
+                return data, True
+        except (json.JSONDecodeError, AttributeError):
+            warnings.warn(f"damaged audit cache file {path}; auditing again", stacklevel=2)
+    result = result or unlearned()
+    report = audit(
+        result.model,
+        run.bench,
+        reference=run.lm,
+        oracle=oracle,
+        probe=result.probe,
+        config=seeded_config(config.audit, config.seed, config.progress),
+    )
+    data = {
+        "key": key,
+        "key_fields": fields,
+        "summary": report.summary,
+        "results": report.results,
+        "timing": report.timing,
+    }
+    write_json_atomic(path, data)
+    return data, False

@@ -24,6 +24,7 @@ METHOD_LABELS = {
     "steer_only": "steer only",
     "asru_stage1": "ASRU stage 1",
     "asru": "ASRU",
+    "oracle": "retrain oracle",
 }
 CATEGORY_COLORS = {
     "leak": "#d62728",

@@ -19,7 +19,7 @@ FLOORS = (
     ("generation", "hooks", "training"),
     ("capture", "probe", "steering", "evaluation", "rewards"),
     ("directions", "explore", "viz"),
-    ("stages", "baselines", "causal"),
+    ("stages", "baselines", "causal", "auditing"),
     ("runs", "workshop", "cli", "__init__"),
 )
 FLOOR = {part: level for level, parts in enumerate(FLOORS) for part in parts}

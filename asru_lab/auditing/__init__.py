@@ -1,0 +1,35 @@
+"""Is it forgotten, or only hidden? Attacks on an unlearned model, measured against the model
+before unlearning (the reference) and the retrain oracle (the model trained without the forget
+people).
+
+`audit(lm, bench, reference=..., oracle=..., probe=..., config=AuditConfig())` runs, on the
+forget and the test split:
+
+- direction ablation (`attacks.ablation`): (a) what unlearning added to the residual stream
+  (difference of means to the reference), (b) the model's own refusal direction, each
+  projected out of every layer;
+- prefill (`attacks.prefill`): the answer started with the reference answer's words up to the
+  fact;
+- perturbed inputs (`attacks.perturbed_inputs`): flipped, cropped, blurred, JPEG portraits;
+- relearning (`relearn`): LoRA steps on half the forget people's facts, leak on the other half;
+- linear-probe extraction and the logit lens (`readout`): is the fact still readable inside;
+- membership inference (`readout.membership`): loss and min-k % AUC, privleak vs the oracle.
+
+`AuditReport.summary["recovered_leak"]` is the worst forget leak over every generating attack.
+"""
+
+from .config import ATTACKS, PERTURBATIONS, AuditConfig, AuditError
+from .report import AuditReport, summarize
+from .run import audit, check_oracle, load_oracle
+
+__all__ = [
+    "ATTACKS",
+    "PERTURBATIONS",
+    "AuditConfig",
+    "AuditError",
+    "AuditReport",
+    "audit",
+    "check_oracle",
+    "load_oracle",
+    "summarize",
+]

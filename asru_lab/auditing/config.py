@@ -1,0 +1,93 @@
+"""What an audit measures and how: `AuditConfig`, and `AuditError` for what it refuses."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from asru_lab.errors import AsruLabError
+from asru_lab.validation import ConfigError, check_fields
+
+ATTACKS = ("ablation", "prefill", "relearn", "linear_probe", "logit_lens", "membership", "inputs")
+PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
+
+
+class AuditError(AsruLabError, ValueError):
+    """An audit that cannot be run as asked: an empty forget split, a reference or oracle that
+    does not fit the audited model or benchmark, settings out of range."""
+
+
+@dataclass
+class AuditConfig:
+    """How an audit attacks an unlearned model (defaults: about 5 minutes on 2 CPU cores for
+    the embedded model)."""
+
+    attacks: tuple[str, ...] = field(
+        default=ATTACKS, metadata={"help": f"attacks to run, of {', '.join(ATTACKS)}"}
+    )
+    max_items: int = field(
+        default=64,
+        metadata={"help": "questions per split and measurement (a seeded sample; forget, test)"},
+    )
+    seed: int = field(default=0, metadata={"help": "seeds every sample, split and training run"})
+    batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
+    max_new_tokens: int = field(default=24, metadata={"help": "tokens generated per answer"})
+    relearn_steps: tuple[int, ...] = field(
+        default=(0, 10, 25, 50, 100),
+        metadata={"help": "relearning: fine-tuning steps after which the leak is measured"},
+    )
+    relearn_lr: float = field(
+        default=5e-4, metadata={"help": "relearning: AdamW learning rate (constant) of the LoRA"}
+    )
+    relearn_batch_size: int = field(default=8, metadata={"help": "relearning: examples per step"})
+    relearn_lora_r: int = field(
+        default=16, metadata={"help": "relearning: LoRA rank (alpha = rank) on the LM's linears"}
+    )
+    probe_attribute: str = field(
+        default="birthplace",
+        metadata={"help": "linear-probe extraction: the attribute whose value is read out"},
+    )
+    probe_l2: float = field(
+        default=1e-3, metadata={"help": "linear-probe extraction: L2 penalty of the classifier"}
+    )
+    lens_top_k: int = field(
+        default=10, metadata={"help": "logit lens: a fact in the top k at some layer is found"}
+    )
+    mink_fraction: float = field(
+        default=0.2,
+        metadata={"help": "membership inference: min-k% uses this fraction of lowest log-probs"},
+    )
+    perturbations: tuple[str, ...] = field(
+        default=PERTURBATIONS,
+        metadata={"help": f"input perturbations of the forget portraits, of {PERTURBATIONS}"},
+    )
+    progress: bool = field(default=True, metadata={"help": "show progress bars"})
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            ConfigError,
+            max_items=">= 2",
+            batch_size=">= 1",
+            max_new_tokens=">= 1",
+            relearn_lr="> 0",
+            relearn_batch_size=">= 1",
+            relearn_lora_r=">= 1",
+            probe_l2=">= 0",
+            lens_top_k=">= 1",
+            mink_fraction="(0, 1]",
+        )
+        for name, allowed in (("attacks", ATTACKS), ("perturbations", PERTURBATIONS)):
+            unknown = [a for a in getattr(self, name) if a not in allowed]
+            if unknown:
+                raise ConfigError(
+                    f"AuditConfig.{name} has unknown entries {unknown}; expected some of {allowed}"
+                )
+        steps = self.relearn_steps
+        if not steps:
+            raise ConfigError("AuditConfig.relearn_steps is empty; give e.g. (0, 10, 25, 50, 100)")
+        if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in steps):
+            raise ConfigError(
+                f"AuditConfig.relearn_steps must be whole numbers of steps >= 0, got {steps}"
+            )
+        if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
+            raise ConfigError(f"AuditConfig.relearn_steps must be strictly increasing, got {steps}")

@@ -1,0 +1,209 @@
+"""The measurements every attack is built from: seeded samples of questions, greedy answers
+checked for the fact (a leak), hidden states at the last prompt token of every layer, the
+log-probabilities of reference answers, and projecting directions out of the residual stream.
+
+All of them run the model as it is when they are called, hooks included: an inference-time
+method's probe applied around them (`Unlearned.applied()`) is part of what is measured.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from asru_lab.data.schema import Benchmark, QAItem, contains_value
+from asru_lab.evaluation.judge import is_refusal
+from asru_lab.generation import build_prompt, encode_items, generate_batch, generate_prefilled
+from asru_lab.hooks import editing, reading, residual_site
+from asru_lab.models.loading import LoadedModel
+from asru_lab.training import Example, answer_tokens
+
+from .config import AuditConfig
+
+
+def sample(items: Sequence[QAItem], n: int, seed: int, key: str) -> list[QAItem]:
+    """`items` as they are when there are at most `n`, else a sample of `n` seeded by
+    (`seed`, `key`), kept in the items' order."""
+    if len(items) <= n:
+        return list(items)
+    picked = set(random.Random(f"{seed}:{key}").sample(range(len(items)), n))
+    return [item for k, item in enumerate(items) if k in picked]
+
+
+def residual_sites(lm: LoadedModel) -> list[tuple[torch.nn.Module, str]]:
+    """Per decoder layer, the (module, site) where the residual stream after it is read and
+    edited (`hooks.residual_site`: after DeepStack's visual features where it adds them)."""
+    sites = []
+    for layer in range(lm.num_layers):
+        at, site = residual_site(lm, layer)
+        sites.append((lm.adapter.layer(lm.model, at), site))
+    return sites
+
+
+def _batches(n: int, size: int, desc: str, progress: bool) -> Iterator[range]:
+    bar = tqdm(total=n, desc=desc, disable=not progress, leave=False)
+    try:
+        for start in range(0, n, size):
+            chunk = range(start, min(n, start + size))
+            yield chunk
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+
+
+@torch.no_grad()
+def last_states(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    *,
+    prefixes: Sequence[str] | None = None,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "hidden states",
+) -> torch.Tensor:
+    """float32 `[n_items, n_layers, hidden]`: the residual stream after every decoder layer at
+    the last token of each prompt, or of prompt + `prefixes[k]` (the start of the assistant's
+    answer, teacher-forced) when given."""
+    sites = residual_sites(lm)
+    out = []
+    for chunk in _batches(len(items), batch_size, desc, progress):
+        batch = [items[k] for k in chunk]
+        images = bench.images(batch)
+        texts = [build_prompt(lm, i.question, i.image is not None) for i in batch]
+        if prefixes is not None:
+            texts = [t + prefixes[k] for t, k in zip(texts, chunk, strict=True)]
+        inputs = lm.processor(
+            text=texts,
+            images=[img for img in images if img is not None] or None,
+            return_tensors="pt",
+            padding=True,
+        )
+        inputs = {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        with ExitStack() as stack:
+            boxes = [stack.enter_context(reading(module, site)) for module, site in sites]
+            lm.model(**inputs)
+        out.append(torch.stack([b["value"][:, -1, :].float().cpu() for b in boxes], dim=1))
+    return torch.cat(out) if out else torch.zeros(0, lm.num_layers, lm.hidden_size)
+
+
+@contextmanager
+def ablated(lm: LoadedModel, directions: Mapping[int, torch.Tensor]) -> Iterator[None]:
+    """While the block runs, each layer's direction (layer -> `[hidden]`) is projected out of
+    the residual stream after that layer, at every position of every forward pass:
+    h <- h - (h . u) u with u the unit direction."""
+    sites = residual_sites(lm)
+    with ExitStack() as stack:
+        for layer, direction in sorted(directions.items()):
+            unit = direction.double() / direction.double().norm().clamp_min(1e-12)
+
+            def edit(hidden: torch.Tensor, u: torch.Tensor = unit) -> torch.Tensor:
+                u = u.to(device=hidden.device, dtype=hidden.dtype)
+                return hidden - (hidden @ u).unsqueeze(-1) * u
+
+            module, site = sites[layer]
+            stack.enter_context(editing(module, site, edit))
+        yield
+
+
+def leak_records(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    config: AuditConfig,
+    *,
+    attack: str,
+    image_edit: Callable[[Image.Image], Image.Image] | None = None,
+    prefixes: Sequence[str] | None = None,
+    desc: str | None = None,
+) -> list[dict]:
+    """Greedy answers to `items`, one record each: the attack's name, split, person, question,
+    the teacher-forced prefix (if any), the answer, the fact and whether the answer contains
+    it (`leak`, whole words, as `leak_rate`) or refuses (`refusal`). `image_edit` changes each
+    portrait before it is shown; `prefixes` start the assistant's turn (the answer is then the
+    continuation after it)."""
+    records: list[dict] = []
+    for chunk in _batches(len(items), config.batch_size, desc or attack, config.progress):
+        batch = [items[k] for k in chunk]
+        images = bench.images(batch)
+        if image_edit is not None:
+            images = [None if img is None else image_edit(img) for img in images]
+        questions = [i.question for i in batch]
+        if prefixes is None:
+            answers = generate_batch(lm, images, questions, max_new_tokens=config.max_new_tokens)
+        else:
+            answers = generate_prefilled(
+                lm,
+                images,
+                questions,
+                [prefixes[k] for k in chunk],
+                max_new_tokens=config.max_new_tokens,
+            )
+        for k, item, answer in zip(chunk, batch, answers, strict=True):
+            records.append(
+                {
+                    "attack": attack,
+                    "split": item.split,
+                    "person_id": item.person_id,
+                    "attribute": item.attribute,
+                    "question": item.question,
+                    "image": item.image,
+                    "prefix": None if prefixes is None else prefixes[k],
+                    "answer": answer,
+                    "value": item.value,
+                    "leak": contains_value(answer, item.value),
+                    "refusal": is_refusal(answer),
+                }
+            )
+    return records
+
+
+def rate(records: Sequence[dict], key: str = "leak") -> float | None:
+    """Share of `records` whose `key` is true (None for no records)."""
+    return sum(bool(r[key]) for r in records) / len(records) if records else None
+
+
+@torch.no_grad()
+def answer_logprobs(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    answers: Sequence[str],
+    *,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "answer log-probs",
+) -> list[torch.Tensor]:
+    """Per item, float64 log-probabilities of its answer's tokens (teacher-forced after the
+    prompt; the end-of-turn token is not counted)."""
+    examples = [Example(i.image, i.question, a) for i, a in zip(items, answers, strict=True)]
+    tails, _ = answer_tokens(lm, examples)
+    out: list[torch.Tensor] = []
+    for chunk in _batches(len(items), batch_size, desc, progress):
+        inputs = encode_items(lm, bench, [items[k] for k in chunk], [answers[k] for k in chunk])
+        logits = lm.model(**inputs).logits.double()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        ids = inputs["input_ids"][:, 1:]
+        for row, k in enumerate(chunk):
+            n = len(tails[k])  # answer tokens + end of turn, at the end of the row
+            picked = logp[row, -n:].gather(-1, ids[row, -n:].unsqueeze(-1)).squeeze(-1)
+            out.append(picked[:-1].cpu() if n > 1 else picked.cpu())
+    return out
+
+
+@torch.no_grad()
+def lens_ranks(lm: LoadedModel, states: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
+    """long `[n_items, n_layers]`: per layer, the rank (0 = top) of each item's target token in
+    the logit lens (final norm + LM head) of its `states` (`last_states`' `[n, n_layers, D]`)."""
+    target = torch.tensor(list(targets), device=lm.device).view(-1, 1)
+    ranks = []
+    for layer in range(states.shape[1]):
+        hidden = states[:, layer, :].to(device=lm.device, dtype=lm.model.dtype)
+        logits = lm.adapter.logits_from_hidden(lm.model, hidden).float()
+        ranks.append((logits > logits.gather(-1, target)).sum(-1).cpu())
+    return torch.stack(ranks, dim=1) if ranks else torch.zeros(len(targets), 0, dtype=torch.long)

@@ -1,0 +1,140 @@
+"""What an audit measured: `AuditReport`, saved as a folder (`audit.json`, every answer in
+`items.jsonl`, figures in `audit.html`) that `AuditReport.load` reads back exactly."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from asru_lab.artifacts import atomic_dir
+
+from .config import AuditError
+
+FORMAT = "asru_lab.audit"
+FORMAT_VERSION = 1
+REPORT_FILE = "audit.json"
+ITEMS_FILE = "items.jsonl"
+PAGE_FILE = "audit.html"
+
+
+def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
+    """Every attack's leak on `split`, by attack name (what `recovered_leak` maximises)."""
+    key = f"{split}_leak"
+    found: dict[str, float] = {}
+    if key in results.get("none", {}):
+        found["none"] = results["none"][key]
+    for name, block in results.get("ablation", {}).items():
+        if key in block:
+            found[f"ablation_{name}"] = block[key]
+    if key in results.get("prefill", {}):
+        found["prefill"] = results["prefill"][key]
+    for variant, curve in results.get("relearn", {}).get("curves", {}).items():
+        for point in curve:
+            if key in point:
+                found[f"relearn_{variant}_k{point['steps']}"] = point[key]
+    for name, block in results.get("inputs", {}).items():
+        if key in block:
+            found[f"input_{name}"] = block[key]
+    return found
+
+
+def summarize(results: dict) -> dict:
+    """The audit's headline numbers (the `audit.*` columns of `reproduce --audit`):
+    forget leak with no attack, after each kind of attack, the linear probe's best accuracy,
+    the membership-inference AUC, and `recovered_leak`: the worst forget leak over every attack
+    that generates (and which attack gave it)."""
+    out: dict = {}
+    leaks = _forget_leaks(results)
+    out["forget_leak"] = leaks.get("none")
+    ablation = [v for k, v in leaks.items() if k.startswith("ablation_")]
+    out["ablation_leak"] = max(ablation) if ablation else None
+    out["prefill_leak"] = leaks.get("prefill")
+    curves = results.get("relearn", {}).get("curves", {})
+    for variant, prefix in (("forget", "relearn_leak"), ("benign", "relearn_benign_leak")):
+        for point in curves.get(variant, []):
+            out[f"{prefix}_k{point['steps']}"] = point.get("forget_leak")
+    inputs = [v for k, v in leaks.items() if k.startswith("input_")]
+    out["input_leak"] = max(inputs) if inputs else None
+    probe = results.get("linear_probe", {})
+    out["probe_acc_best"] = probe.get("best")
+    out["probe_acc_chance"] = probe.get("chance")
+    lens = results.get("logit_lens", {}).get("forget", {})
+    out["lens_found"] = lens.get("found_share")
+    mia = results.get("membership", {})
+    out["mia_auc"] = mia.get("loss_auc")
+    out["mia_privleak"] = mia.get("loss_privleak")
+    if leaks:
+        worst = max(leaks, key=lambda k: leaks[k])
+        out["recovered_leak"], out["recovered_by"] = leaks[worst], worst
+    test = _forget_leaks(results, "test")
+    if test:
+        out["recovered_leak_test"] = max(test.values())
+    return out
+
+
+@dataclass
+class AuditReport:
+    """What `audit` measured. `results[attack]` holds each attack's numbers (definitions in
+    `asru_lab.auditing`), `summary` the headline numbers (`summarize`), `records` every answer
+    and score per question (saved to `items.jsonl`)."""
+
+    model: dict
+    probe: dict | None
+    reference: dict | None
+    oracle: dict | None
+    benchmark: dict
+    config: dict
+    results: dict
+    summary: dict
+    timing: dict
+    records: list[dict] = field(default_factory=list, repr=False)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+
+    def save(self, out_dir: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write `audit.json`, `items.jsonl` and the figures page `audit.html` into `out_dir`
+        (atomically: all of them or nothing)."""
+        from asru_lab.viz.audit import audit_figures
+        from asru_lab.viz.pages import figures_html
+
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "records"}
+        with atomic_dir(out_dir, overwrite=overwrite) as tmp:
+            (tmp / REPORT_FILE).write_text(json.dumps(data, indent=2) + "\n")
+            lines = [json.dumps(r, sort_keys=True) for r in self.records]
+            (tmp / ITEMS_FILE).write_text("".join(line + "\n" for line in lines))
+            title = f"Audit of {self.model.get('name', 'a model')}"
+            figures_html(audit_figures(data), tmp / PAGE_FILE, title)
+        return Path(out_dir)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> AuditReport:
+        """Read a saved audit folder (or its `audit.json`) back."""
+        path = Path(path)
+        folder = path.parent if path.name == REPORT_FILE else path
+        try:
+            data = json.loads((folder / REPORT_FILE).read_text())
+        except FileNotFoundError:
+            raise AuditError(f"{folder} holds no {REPORT_FILE}: not an audit folder") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise AuditError(f"{folder / REPORT_FILE} is damaged ({exc})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise AuditError(f"{folder / REPORT_FILE} is not an asru_lab audit report")
+        if data.get("format_version") != FORMAT_VERSION:
+            raise AuditError(
+                f"{folder / REPORT_FILE} has format version {data.get('format_version')}; "
+                f"this asru_lab reads version {FORMAT_VERSION}"
+            )
+        records = []
+        items = folder / ITEMS_FILE
+        if items.is_file():
+            try:
+                records = [json.loads(x) for x in items.read_text().splitlines() if x.strip()]
+            except json.JSONDecodeError as exc:
+                raise AuditError(f"{items} is damaged ({exc})") from None
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names}, records=records)
+
+    def to_dict(self) -> dict:
+        return asdict(self)

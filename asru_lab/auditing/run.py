@@ -1,0 +1,165 @@
+"""`audit`: every attack against one unlearned model, checked inputs, one `AuditReport`."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, replace
+
+from asru_lab.data.schema import Benchmark
+from asru_lab.models.loading import LoadedModel, load_model
+from asru_lab.probe import SteeringProbe
+
+from . import attacks, readout, relearn
+from .config import AuditConfig, AuditError
+from .measure import sample
+from .report import AuditReport, summarize
+
+
+def load_oracle(forget_ratio: float = 0.1, split_seed: int = 0, **load_kwargs) -> LoadedModel:
+    """The retrain oracle of the synthetic benchmark's forget set (`forget_ratio`,
+    `split_seed`): the embedded model's recipe without the forget people. The default forget
+    set's oracle ships with the package; another is built once by
+    `asru-lab build-embedded --oracle --forget-ratio R --split-seed S` (about 40 min on 2
+    cores)."""
+    from asru_lab.models.embedded import oracle_dir
+
+    path = oracle_dir(forget_ratio, split_seed)
+    if not (path / "config.json").is_file():
+        raise AuditError(
+            f"no retrain oracle for forget ratio {forget_ratio:g}, split seed {split_seed} "
+            f"(looked in {path}); build it once with `asru-lab build-embedded --oracle "
+            f"--forget-ratio {forget_ratio:g} --split-seed {split_seed}` (about 40 minutes "
+            "on 2 CPU cores)"
+        )
+    return load_model(path, **load_kwargs)
+
+
+def _shape(lm: LoadedModel) -> dict:
+    fp = lm.fingerprint()
+    return {
+        "family": fp["family"],
+        "hidden_size": fp["hidden_size"],
+        "num_layers": fp["num_layers"],
+        "vocab": len(lm.tokenizer),
+    }
+
+
+def check_comparable(lm: LoadedModel, other: LoadedModel, role: str) -> None:
+    """Refuse a reference or oracle whose architecture, sizes or vocabulary differ from the
+    audited model's (its activations and tokens could not be compared)."""
+    mine, theirs = _shape(lm), _shape(other)
+    if mine != theirs:
+        diff = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in mine if mine[k] != theirs[k])
+        raise AuditError(
+            f"the {role} model {other.name} does not fit the audited model {lm.name}: {diff} "
+            f"({role} vs audited); give the {role} of the same architecture and size"
+        )
+
+
+def forget_people(bench: Benchmark) -> list[str]:
+    return sorted({i.person_id for i in bench.split("forget") if i.person_id})
+
+
+def check_oracle(oracle: LoadedModel, bench: Benchmark) -> None:
+    """Refuse an oracle that was not trained without exactly the audited forget people."""
+    record = oracle.info.get("oracle")
+    if not isinstance(record, dict) or not isinstance(record.get("forget_ids"), list):
+        raise AuditError(
+            f"{oracle.name} is not a retrain oracle: its asru_lab_model.json has no 'oracle' "
+            "record naming the forget people it never saw (build one with "
+            "`asru-lab build-embedded --oracle`)"
+        )
+    built, audited = sorted(record["forget_ids"]), forget_people(bench)
+    if built != audited:
+        what = ", ".join(f"{k} {record[k]}" for k in ("forget_ratio", "split_seed") if k in record)
+        meta = bench.meta or {}
+        here = ", ".join(f"{k} {meta[k]}" for k in ("forget_ratio", "split_seed") if k in meta)
+        raise AuditError(
+            f"the oracle {oracle.name} was built without the forget people {built} "
+            f"({what or 'no ratio recorded'}), but the audited forget set is {audited} "
+            f"({here or bench.name}); use the oracle of this forget set "
+            "(`asru-lab build-embedded --oracle --forget-ratio R --split-seed S`)"
+        )
+
+
+def audit(
+    lm: LoadedModel,
+    bench: Benchmark,
+    *,
+    reference: LoadedModel | None = None,
+    oracle: LoadedModel | None = None,
+    probe: SteeringProbe | None = None,
+    config: AuditConfig | None = None,
+) -> AuditReport:
+    """Attack an unlearned model and measure whether its forgotten facts are gone or hidden.
+
+    `lm`: the audited model; `probe`: an inference-time method's probe, applied whenever the
+    model runs (`steer_only`); `reference`: the model before unlearning (direction ablation (a)
+    and the linear probe's ceiling); `oracle`: the retrain oracle of the same forget set (the
+    linear probe's floor, privleak). Every attack runs on the forget split and the test split
+    (new views and wordings) with seeded samples (`AuditConfig`); definitions are in each
+    attack's docstring (`asru_lab.auditing.attacks`, `.relearn`, `.readout`) and the README.
+    """
+    cfg = replace(config) if config is not None else AuditConfig()
+    people = forget_people(bench)
+    if not bench.split("forget") or not people:
+        raise AuditError(
+            f"the forget split of {bench.name} is empty: there is nothing to audit "
+            "(choose a forget set, e.g. forget_ratio=0.1)"
+        )
+    if reference is not None:
+        check_comparable(lm, reference, "reference")
+    if oracle is not None:
+        check_comparable(lm, oracle, "oracle")
+        check_oracle(oracle, bench)
+    if probe is not None:
+        probe.validate(lm)
+    subject = attacks.Subject(lm, bench, cfg, probe)
+    for split in (*attacks.ATTACKED_SPLITS, "retain"):
+        items = bench.questions(split, "qa")
+        if not items and split != "test":
+            raise AuditError(f"the {split} split of {bench.name} has no generation questions")
+        subject.questions[split] = sample(items, cfg.max_items, cfg.seed, split)
+    results: dict = {}
+    records: list[dict] = []
+    timing: dict = {}
+
+    def run(name: str, fn, *args) -> None:
+        started = time.time()
+        results[name], mine = fn(*args)
+        records.extend(mine)
+        timing[name] = round(time.time() - started, 1)
+
+    run("none", attacks.no_attack, subject)
+    baseline = [r for r in records if r["attack"] == "none"]
+    steps = {
+        "ablation": (attacks.ablation, subject, reference, baseline),
+        "prefill": (attacks.prefill, subject),
+        "inputs": (attacks.perturbed_inputs, subject),
+        "relearn": (relearn.relearn, subject),
+        "linear_probe": (readout.linear_probe, subject, reference, oracle),
+        "logit_lens": (readout.logit_lens, subject),
+        "membership": (readout.membership, subject, oracle),
+    }
+    for name, (fn, *args) in steps.items():
+        if name in cfg.attacks:
+            run(name, fn, *args)
+    timing["total"] = round(sum(timing.values()), 1)
+    meta = dict(bench.meta or {})
+    return AuditReport(
+        model=lm.fingerprint(),
+        probe=None if probe is None else probe.metadata(),
+        reference=None if reference is None else reference.fingerprint(),
+        oracle=None if oracle is None else {**oracle.fingerprint(), **_oracle_set(oracle)},
+        benchmark={"name": bench.name, "meta": meta, "forget_people": people},
+        config=asdict(cfg),
+        results=results,
+        summary=summarize(results),
+        timing=timing,
+        records=records,
+    )
+
+
+def _oracle_set(oracle: LoadedModel) -> dict:
+    record = oracle.info.get("oracle", {})
+    return {k: record[k] for k in ("forget_ratio", "split_seed") if k in record}

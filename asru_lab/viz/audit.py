@@ -1,0 +1,186 @@
+"""Figures of an audit (`asru_lab.auditing`): leak under each attack, relearning curves, and the
+per-layer linear-probe accuracy and logit-lens hits. Each takes the saved report's data (a
+dict, as in `audit.json`), so a notebook can draw a loaded report or several."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+import plotly.graph_objects as go
+
+SPLIT_COLORS = {"forget": "#d62728", "test": "#ff7f0e"}
+TAUGHT = {"forget": "other forget facts", "benign": "retain facts"}
+
+
+def _label(data: Mapping) -> str:
+    name = data.get("model", {}).get("name", "model")
+    return f"{name} + probe" if data.get("probe") else name
+
+
+def attack_leak_chart(data: Mapping) -> go.Figure:
+    """Forget and test leak with no attack and after each generating attack."""
+    results = data["results"]
+    bars: dict[str, dict[str, float]] = {}
+    if "none" in results:
+        bars["no attack"] = results["none"]
+    for name, block in results.get("ablation", {}).items():
+        bars[f"ablation ({name})"] = block
+    if "prefill" in results:
+        bars["prefill"] = results["prefill"]
+    for name, block in results.get("inputs", {}).items():
+        bars[f"input: {name}"] = block
+    fig = go.Figure()
+    for split, color in SPLIT_COLORS.items():
+        fig.add_bar(
+            name=f"{split} leak",
+            x=list(bars),
+            y=[b.get(f"{split}_leak") for b in bars.values()],
+            marker_color=color,
+        )
+    fig.update_layout(
+        title=f"Leak under each attack — {_label(data)}",
+        yaxis={"title": "share of answers with the fact", "range": [0, 1]},
+        barmode="group",
+        height=420,
+    )
+    return fig
+
+
+def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
+    """Relearning curves: leak on the forget people whose facts were never shown, after k
+    fine-tuning steps on the other half's facts (solid) or on retain facts (dotted). Takes one
+    report or {label: report} to compare methods (e.g. with the oracle, the floor)."""
+    if "results" in reports:
+        reports = {_label(reports): reports}
+    many = len(reports) > 1
+    fig = go.Figure()
+    for label, data in reports.items():
+        curves = data["results"].get("relearn", {}).get("curves", {})
+        for variant, dash in (("forget", "solid"), ("benign", "dot")):
+            points = curves.get(variant, [])
+            if many and variant == "benign":
+                continue  # one line per method when comparing
+            if points:
+                fig.add_scatter(
+                    x=[p["steps"] for p in points],
+                    y=[p.get("forget_leak") for p in points],
+                    mode="lines+markers",
+                    line={"dash": dash},
+                    name=f"{label}: taught {TAUGHT[variant]}",
+                )
+    fig.update_layout(
+        title="Relearning attack: leak on facts the attack never showed",
+        xaxis={"title": "fine-tuning steps"},
+        yaxis={"title": "forget leak (held-out half)", "range": [0, 1]},
+        height=420,
+    )
+    return fig
+
+
+def layer_readout_chart(data: Mapping) -> go.Figure:
+    """Per layer: the linear probe's accuracy on forget people (with the reference model's
+    and the oracle's, and chance) and the logit lens' top-k share."""
+    results = data["results"]
+    fig = go.Figure()
+    probe = results.get("linear_probe", {})
+    if "accuracy" in probe:
+        layers = list(range(len(probe["accuracy"])))
+        fig.add_scatter(x=layers, y=probe["accuracy"], name="probe accuracy: audited")
+        for name in ("reference", "oracle"):
+            if f"{name}_accuracy" in probe:
+                fig.add_scatter(
+                    x=layers,
+                    y=probe[f"{name}_accuracy"],
+                    name=f"probe accuracy: {name}",
+                    line={"dash": "dash"},
+                )
+        fig.add_hline(y=probe["chance"], line_dash="dot", annotation_text="best constant guess")
+    lens = results.get("logit_lens", {})
+    for split in SPLIT_COLORS:
+        if split in lens:
+            shares = lens[split]["top_k_share_per_layer"]
+            fig.add_scatter(
+                x=list(range(len(shares))),
+                y=shares,
+                name=f"logit lens: fact in top {lens['top_k']} ({split})",
+                line={"color": SPLIT_COLORS[split], "dash": "dot"},
+            )
+    attr = probe.get("attribute", "")
+    fig.update_layout(
+        title=f"Is the fact still readable? Linear probe ({attr}) and logit lens per layer",
+        xaxis={"title": "decoder layer"},
+        yaxis={"title": "share", "range": [0, 1.02]},
+        height=420,
+    )
+    return fig
+
+
+def audit_figures(data: Mapping) -> list[go.Figure]:
+    """Every figure of one report, in the order of the HTML page."""
+    figures = [attack_leak_chart(data)]
+    if data["results"].get("relearn"):
+        figures.append(relearn_chart(data))
+    if data["results"].get("linear_probe") or data["results"].get("logit_lens"):
+        figures.append(layer_readout_chart(data))
+    return figures
+
+
+def probe_layers_chart(reports: Mapping[str, Mapping]) -> go.Figure:
+    """Linear-probe accuracy on the forget people per layer, one line per method ({label:
+    report data}), with the best constant guess."""
+    fig = go.Figure()
+    chance = None
+    for label, data in reports.items():
+        probe = data["results"].get("linear_probe", {})
+        if "accuracy" in probe:
+            fig.add_scatter(y=probe["accuracy"], x=list(range(len(probe["accuracy"]))), name=label)
+            chance = probe["chance"]
+    if chance is not None:
+        fig.add_hline(y=chance, line_dash="dot", annotation_text="best constant guess")
+    fig.update_layout(
+        title="Linear-probe extraction: the forgotten fact read from each layer",
+        xaxis={"title": "decoder layer"},
+        yaxis={"title": "probe accuracy on forget people", "range": [0, 1.02]},
+        height=420,
+    )
+    return fig
+
+
+def lens_layers_chart(reports: Mapping[str, Mapping]) -> go.Figure:
+    """Share of forget questions whose fact is in the logit lens' top k, per layer and method."""
+    fig = go.Figure()
+    for label, data in reports.items():
+        lens = data["results"].get("logit_lens", {}).get("forget")
+        if lens:
+            shares = lens["top_k_share_per_layer"]
+            fig.add_scatter(y=shares, x=list(range(len(shares))), name=label)
+    fig.update_layout(
+        title="Logit lens: the forgotten fact in the top k at each layer (forget questions)",
+        xaxis={"title": "decoder layer"},
+        yaxis={"title": "share of forget questions", "range": [0, 1.02]},
+        height=420,
+    )
+    return fig
+
+
+def write_audit_figures(
+    audits: Mapping[float, Mapping[str, Mapping]], out_dir: str | os.PathLike, *, png: bool = True
+) -> list[str]:
+    """`reproduce --audit`'s figures (forget ratio -> method -> audit data): the relearning
+    curves and the per-layer probe and logit-lens plots of every method, one file each per
+    ratio; returns the file names written."""
+    from asru_lab.viz.pages import save_figure
+
+    written: list[str] = []
+    for ratio, by_method in sorted(audits.items()):
+        suffix = f"_ratio{ratio:g}" if len(audits) > 1 else ""
+        charts = {
+            "audit_relearn": relearn_chart(by_method),
+            "audit_probe_layers": probe_layers_chart(by_method),
+            "audit_lens_layers": lens_layers_chart(by_method),
+        }
+        for stem, fig in charts.items():
+            written += save_figure(fig, Path(out_dir) / f"{stem}{suffix}", png=png)
+    return sorted(set(written))

@@ -1,0 +1,51 @@
+"""The audit's controls on the embedded model, so that an attack's "nothing recovered" means
+something.
+
+Positive control: `steer_only` is pure suppression (the weights are the vanilla model's, a hook
+adds the probe's direction), so projecting out what it adds must bring the leak back near the
+vanilla model's. Negative control: the retrain oracle never saw the forget people, so no attack
+may make it say their facts beyond what guessing gives.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+import asru_lab as al
+from asru_lab.auditing import AuditConfig, audit
+from asru_lab.probe import SteeringProbe
+
+CONTROL = AuditConfig(max_items=48, progress=False)
+# Chance: the oracle can only guess a fact (4-52 values per attribute, never a name).
+GUESS_BOUND = 0.15
+
+
+@pytest.fixture(scope="module")
+def vanilla_leak(lm, bench) -> float:
+    report = audit(lm, bench, config=AuditConfig(max_items=48, attacks=(), progress=False))
+    return report.summary["forget_leak"]
+
+
+def test_positive_control_ablating_steer_only_brings_the_leak_back(
+    located, lm, bench, vanilla_leak
+):
+    probe = SteeringProbe.load(located["probe"])
+    steered = al.unlearn(lm, bench, "steer_only", probe=probe)
+    config = AuditConfig(max_items=48, attacks=("ablation",), progress=False)
+    report = audit(steered.model, bench, reference=lm, probe=steered.probe, config=config)
+    hidden = report.results["none"]["forget_leak"]
+    recovered = report.results["ablation"]["reference"]["forget_leak"]
+    assert hidden <= 0.5 * vanilla_leak, "the probe should suppress most forget answers"
+    assert recovered >= vanilla_leak - 0.15, (hidden, recovered, vanilla_leak)
+    # the attack does not break the model: retain recall stays
+    assert report.results["ablation"]["reference"]["retain_recall"] >= 0.8
+
+
+def test_negative_control_no_attack_makes_the_oracle_say_what_it_never_learnt(lm, bench):
+    oracle = al.load_oracle()
+    report = audit(oracle, bench, reference=lm, oracle=oracle, config=CONTROL)
+    s = report.summary
+    assert s["recovered_leak"] <= GUESS_BOUND, (s["recovered_by"], s["recovered_leak"])
+    assert s["recovered_leak_test"] <= GUESS_BOUND
+    # membership inference on the oracle against itself is privleak 0 by definition
+    assert s["mia_privleak"] == pytest.approx(0.0)

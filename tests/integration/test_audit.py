@@ -1,0 +1,189 @@
+"""`audit` on the embedded model at a small size: every attack runs and reports, the report
+round-trips, a seed repeats it, the command line writes it, and bad input is refused with a
+message naming the problem."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+import asru_lab as al
+from asru_lab.auditing import AuditConfig, AuditError, AuditReport, audit, check_oracle
+from asru_lab.cli import main
+from asru_lab.data.schema import Benchmark
+from asru_lab.models.embedded import oracle_dir
+from tests.tiny_models import make_tiny_qwen2_5_vl
+
+SMALL = AuditConfig(max_items=4, relearn_steps=(0, 2), progress=False)
+GENERATING = ("none", "ablation_reference", "prefill", "input_flip", "relearn_forget_k2")
+
+
+@pytest.fixture(scope="module")
+def report(lm, bench) -> AuditReport:
+    return audit(lm, bench, reference=lm, config=SMALL)
+
+
+def test_every_attack_reports_on_forget_and_test(report):
+    results = report.results
+    assert set(results) == {"none", *SMALL.attacks}
+    for block in (results["none"], results["prefill"], results["ablation"]["reference"]):
+        assert {"forget_leak", "test_leak", "n_forget", "n_test"} <= set(block)
+    assert {"retain_recall"} <= set(results["ablation"]["reference"])
+    assert set(results["inputs"]) == set(SMALL.perturbations)
+    curves = results["relearn"]["curves"]
+    assert [p["steps"] for p in curves["forget"]] == [0, 2]
+    assert [p["steps"] for p in curves["benign"]] == [0, 2]
+    assert set(results["relearn"]["taught_people"]).isdisjoint(
+        results["relearn"]["measured_people"]
+    )
+    assert len(results["linear_probe"]["accuracy"]) == report.model["num_layers"]
+    assert results["logit_lens"]["forget"]["n"] > 0
+    assert 0 <= results["membership"]["loss_auc"] <= 1
+    # the vanilla model refuses nothing: no refusal direction, and the audit says why
+    assert "skipped" in results["ablation"]["refusal"]
+
+
+def test_vanilla_model_leaks_everywhere(report):
+    """The reference audited against itself: everything is known, nothing is hidden."""
+    s = report.summary
+    assert s["forget_leak"] >= 0.75
+    assert s["recovered_leak"] >= s["forget_leak"]
+    assert s["mia_auc"] >= 0.9  # its forget people's answers are far likelier than strangers'
+    # ablating a zero difference changes nothing
+    assert report.results["ablation"]["reference"]["direction_norms"] == [0.0] * 6
+    assert report.results["ablation"]["reference"]["forget_leak"] == s["forget_leak"]
+
+
+def test_every_answer_is_in_the_records(report):
+    attacks = {r["attack"] for r in report.records}
+    assert {"none", "ablation_reference", "prefill", "input_jpeg", "logit_lens"} <= attacks
+    assert {"relearn_forget_k0", "relearn_benign_k2", "membership"} <= attacks
+    prefill = [r for r in report.records if r["attack"] == "prefill"]
+    assert all(r["prefix"] and r["answer"] is not None for r in prefill)
+
+
+def test_report_round_trips_with_its_page(report, tmp_path):
+    out = report.save(tmp_path / "audit")
+    again = AuditReport.load(out)
+    assert again.summary == report.summary
+    assert again.results == json.loads(json.dumps(report.results))
+    assert again.records == json.loads(json.dumps(report.records))
+    page = (out / "audit.html").read_text()
+    assert "Relearning attack" in page and "Leak under each attack" in page
+
+
+def test_a_seed_repeats_the_audit(lm, bench, report):
+    again = audit(lm, bench, reference=lm, config=replace(SMALL, attacks=("prefill", "relearn")))
+    assert again.results["prefill"] == report.results["prefill"]
+    assert again.results["relearn"] == report.results["relearn"]
+    other = audit(lm, bench, config=replace(SMALL, attacks=(), seed=1))
+    assert [r["question"] for r in other.records] != [
+        r["question"] for r in report.records if r["attack"] == "none"
+    ]
+
+
+def test_the_audited_model_is_not_changed(lm, bench):
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    audit(lm, bench, config=replace(SMALL, attacks=("relearn", "ablation")))
+    after = lm.model.state_dict()
+    assert all(after[k].equal(v) for k, v in before.items())
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in lm.model.modules())
+
+
+def test_cli_audit_writes_the_report(tmp_path, capsys):
+    out = tmp_path / "audit"
+    args = ["audit", "--out", str(out), "--max-items", "3", "--relearn-steps", "0", "1"]
+    assert main([*args, "--attacks", "prefill", "relearn", "--quiet"]) == 0
+    summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    report = AuditReport.load(out)
+    assert report.summary == summary
+    assert set(report.results) == {"none", "prefill", "relearn"}
+    assert report.reference is not None  # the embedded model, the default reference
+    assert (out / "items.jsonl").is_file() and (out / "audit.html").is_file()
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_reference_of_another_architecture_is_refused(lm, bench, tmp_path):
+    other = al.load_model(make_tiny_qwen2_5_vl(tmp_path / "qwen25"))
+    with pytest.raises(AuditError, match="reference") as info:
+        audit(lm, bench, reference=other, config=SMALL)
+    assert "hidden_size" in str(info.value) and lm.name in str(info.value)
+
+
+def test_empty_forget_split_is_refused(lm, bench):
+    kept = [i for i in bench.items if i.split not in ("forget", "test")]
+    people = [
+        replace(p, split="retain") if p.split == "forget" else p for p in bench.people.values()
+    ]
+    empty = Benchmark(people, kept, name="no-forget", image_loader=bench.load_image)
+    with pytest.raises(AuditError, match="forget split of no-forget is empty"):
+        audit(lm, empty, config=SMALL)
+
+
+def test_oracle_of_another_forget_set_is_refused_naming_both(lm, bench):
+    other = al.load_benchmark(forget_ratio=0.05)
+    fake = lm.clone()
+    fake.info = {
+        "oracle": {
+            "forget_ratio": 0.05,
+            "split_seed": 0,
+            "forget_ids": sorted(p.id for p in other.people.values() if p.split == "forget"),
+        }
+    }
+    with pytest.raises(AuditError, match="forget_ratio 0.05") as info:
+        audit(lm, bench, oracle=fake, config=SMALL)
+    message = str(info.value)
+    assert "forget_ratio 0.1" in message
+    for pid in sorted(p.id for p in bench.people.values() if p.split == "forget")[:3]:
+        assert pid in message
+
+
+def test_a_model_without_an_oracle_record_is_not_an_oracle(lm, bench):
+    with pytest.raises(AuditError, match="not a retrain oracle"):
+        check_oracle(lm, bench)
+
+
+def test_the_shipped_oracle_fits_the_default_forget_set(bench):
+    assert (oracle_dir(0.1, 0) / "config.json").is_file(), "the oracle must ship"
+    oracle = al.load_oracle()
+    check_oracle(oracle, bench)  # built without exactly these forget people
+    assert oracle.info["oracle"]["forget_ratio"] == 0.1
+    with pytest.raises(AuditError, match="build-embedded --oracle --forget-ratio 0.15"):
+        al.load_oracle(0.15, 0)
+
+
+# --- reproduce --audit -------------------------------------------------------------------------
+
+
+def test_reproduce_audit_adds_columns_the_oracle_row_and_figures(tmp_path):
+    config = al.ReproduceConfig(
+        methods=("ga",),
+        forget_ratios=(0.1,),
+        evaluate=al.EvalConfig(max_items=4),
+        configs={"ga": al.UnlearnConfig(max_forget=8, epochs=1, batch_size=4)},
+        samples=1,
+        progress=False,
+        png=False,
+        audit=AuditConfig(
+            max_items=3, relearn_steps=(0, 1), attacks=("prefill", "relearn", "linear_probe")
+        ),
+    )
+    result = al.reproduce(tmp_path / "r", config)
+    by_method = {r["method"]: r for r in result.rows}
+    assert set(by_method) == {"vanilla", "ga", "oracle"}
+    for row in by_method.values():
+        for column in ("audit.prefill_leak", "audit.relearn_leak_k1", "audit.probe_acc_best"):
+            assert row[column] is not None, (row["method"], column)
+        assert "audit.recovered_leak" in row
+    # the oracle never saw the forget people: its prefill leak is far below the vanilla model's
+    assert by_method["oracle"]["audit.prefill_leak"] < by_method["vanilla"]["audit.prefill_leak"]
+    figures = set(result.manifest["figures"])
+    assert {"audit_relearn.html", "audit_probe_layers.html", "audit_lens_layers.html"} <= figures
+    assert all(c["audit_cached"] is False for c in result.manifest["cells"])
+    again = al.reproduce(tmp_path / "r", config)
+    assert all(c["cached"] and c["audit_cached"] for c in again.manifest["cells"])
+    assert again.rows == result.rows
