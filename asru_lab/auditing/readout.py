@@ -198,7 +198,7 @@ def non_members(subject: Subject) -> list[QAItem]:
     for item in bench.questions("forget", "qa"):
         templates.setdefault(item.attribute, item)
     out = []
-    for item in bench.questions("unseen", "qa"):
+    for item in bench.questions("unseen", "qa", image_only=True):
         template = templates.get(item.attribute)
         person = bench.people.get(item.person_id) if item.person_id else None
         if template is None or person is None:
@@ -248,7 +248,9 @@ def membership(subject: Subject, oracle: LoadedModel | None) -> tuple[dict, list
     the oracle, privleak = ((1 - AUC) - (1 - AUC_oracle)) / (1 - AUC_oracle) * 100 (0: as the
     oracle; negative: more recognisable than never-seen people)."""
     cfg = subject.config
-    members = sample(subject.bench.questions("forget", "qa"), cfg.max_items, cfg.seed, "mia:in")
+    # image questions on both sides (the never-seen people are only ever shown)
+    members = subject.bench.questions("forget", "qa", image_only=True)
+    members = sample(members, cfg.max_items, cfg.seed, "mia:in")
     outsiders = sample(non_members(subject), cfg.max_items, cfg.seed, "mia:out")
     if not outsiders:
         return {"skipped": "the benchmark has no never-seen people (split 'unseen')"}, []

@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 
 import torch
+from tqdm.auto import tqdm
 
 from asru_lab.generation import encode_items
 from asru_lab.training import (
@@ -111,6 +112,9 @@ def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict],
         trainable = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.relearn_lr, weight_decay=0.0)
         done = 0
+        bar = tqdm(
+            total=cfg.relearn_steps[-1], desc=f"relearn ({variant})", disable=not cfg.progress
+        )
         for target in cfg.relearn_steps:
             while done < target:
                 chunk = []
@@ -137,5 +141,8 @@ def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict],
                 torch.nn.utils.clip_grad_norm_(trainable, 1.0)
                 optimizer.step()
                 done += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{float(loss):.3f}")
             measure(target)
+        bar.close()
     return curve, records

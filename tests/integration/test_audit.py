@@ -187,3 +187,23 @@ def test_reproduce_audit_adds_columns_the_oracle_row_and_figures(tmp_path):
     again = al.reproduce(tmp_path / "r", config)
     assert all(c["cached"] and c["audit_cached"] for c in again.manifest["cells"])
     assert again.rows == result.rows
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--relearn-steps", "10", "5"], "strictly increasing"),
+        (["--relearn-steps", "-1", "5"], ">= 0"),
+        (["--oracle", "EMBEDDED"], "not a retrain oracle"),
+        (["--attacks", "jailbreak"], "'jailbreak'"),
+    ],
+)
+def test_cli_audit_refuses_bad_input_before_any_work(tmp_path, capsys, extra, words):
+    from asru_lab.models.embedded import embedded_dir
+
+    extra = [str(embedded_dir()) if x == "EMBEDDED" else x for x in extra]
+    out = tmp_path / "audit"
+    assert main(["audit", "--out", str(out), "--max-items", "2", *extra, "--quiet"]) != 0
+    err = capsys.readouterr().err
+    assert words in err and "Traceback" not in err
+    assert not out.exists()
