@@ -142,7 +142,7 @@ def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict],
                 optimizer.step()
                 done += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{float(loss):.3f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
             measure(target)
         bar.close()
     return curve, records
