@@ -10,11 +10,11 @@ import pytest
 
 from asru_lab import viz
 from asru_lab.causal import CausalTraceConfig, trace_causal
-from tests.browser.test_jupyterlab_explorer import (
+from tests.browser.jupyterlab_chromium import (
     ARTIFACTS,
     CHROMIUM,
     CHROMIUM_FLAGS,
-    _sync_playwright,
+    sync_playwright_or_fail,
 )
 
 pytestmark = pytest.mark.slow
@@ -27,7 +27,7 @@ FIGURE_JS = """el => ({
 
 
 def test_the_heatmap_page_switches_to_one_person(lm, bench, tmp_path):
-    sync_playwright = _sync_playwright()
+    sync_playwright = sync_playwright_or_fail()
     config = CausalTraceConfig(max_people=2, layers=(3, 4, 5), progress=False)
     trace = trace_causal(lm, bench, replace(config))
     viz.save_figure(viz.causal_heatmap(trace), tmp_path / "causal_heatmap", png=False)
