@@ -10,6 +10,9 @@ with a random direction at every decoder layer (one hook per layer, at every pos
 every forward pass: the prompt pass and each decoding step). The paths take turns on each
 batch after a warm-up, so load from other jobs hits both alike; the medians of the per-batch
 times are compared. Bound: ablated/plain <= 1.10.
+
+Measured (2026-11-30, `--threads 1 --cpu-time --repeats 3`, 2 cores shared with a notebook
+run): plain 179 ms, ablated 179 ms per batch of 32; ratio 1.002.
 """
 
 from __future__ import annotations
