@@ -16,9 +16,18 @@ The exercises, in the paper's words:
    along v (`check_separability`) and the **steering effect** on forget and retain prompts
    (`check_steering_effect`);
 3. a stage 2 **reward** with TRL's signature, scored on canonical completions
-   (`canonical_completions`, `score_completions`, `check_reward`).
+   (`canonical_completions`, `score_completions`, `check_reward`);
+4. **break the unlearning** of `steer_only`: what the method adds to the residual stream
+   (`check_added`), projected out of every layer with hooks (`check_ablation`), and the answer
+   prefilled up to the fact (`check_prefill`); each checks that the forgotten facts come back.
 """
 
+from asru_lab.workshop.attack import (
+    check_ablation,
+    check_added,
+    check_prefill,
+    reference_added,
+)
 from asru_lab.workshop.common import (
     SET_NAMES,
     Feedback,
@@ -59,13 +68,17 @@ __all__ = [
     "SET_NAMES",
     "WorkshopCheckError",
     "canonical_completions",
+    "check_ablation",
+    "check_added",
     "check_cosine",
     "check_direction",
+    "check_prefill",
     "check_reward",
     "check_separability",
     "check_steering",
     "check_steering_effect",
     "example_sets",
+    "reference_added",
     "reference_directions",
     "reference_separability",
     "reference_steering_effect",

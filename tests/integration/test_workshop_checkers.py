@@ -3,10 +3,15 @@ reported with a hint, a missing one gets a hint without an error, strict mode ra
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+from pathlib import Path
+
 import pytest
 import torch
 
+import asru_lab as al
 from asru_lab import workshop
+from asru_lab.auditing.measure import last_states
 from asru_lab.capture import capture
 from asru_lab.data.schema import contains_value
 from asru_lab.directions import auroc
@@ -127,3 +132,137 @@ def test_check_steering_effect(lm, bench, sets, by_hand):
     )
     with pytest.raises(workshop.WorkshopCheckError):
         workshop.check_steering_effect(None, lm, bench, sets=sets, strict=True)
+
+
+# --- exercise 4: break the unlearning ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def unlearned(lm, bench):
+    """steer_only with the committed probe (`asru-lab locate`'s full sweep), as workshop 4."""
+    probe = SteeringProbe.load(Path(__file__).resolve().parents[2] / "figures" / "causal" / "probe")
+    return al.unlearn(lm, bench, "steer_only", probe=probe)
+
+
+@pytest.fixture(scope="module")
+def added(lm, bench, sets, unlearned):
+    """What steer_only adds per layer, the way exercise 4a asks for it."""
+    with unlearned.applied():
+        on = last_states(lm, bench, sets["forget"], batch_size=32)
+    off = last_states(lm, bench, sets["forget"], batch_size=32)
+    return {k: on[:, k].mean(0) - off[:, k].mean(0) for k in range(lm.num_layers)}
+
+
+def test_check_added(lm, bench, sets, unlearned, added):
+    probe = unlearned.probe
+    feedback = workshop.check_added(added, lm, bench, probe, sets=sets, strict=True)
+    assert feedback.passed and f"at layer {probe.layer}" in feedback.message
+    assert all(float(added[k].norm()) == 0 for k in range(probe.layer))
+    hints = {
+        "opposite way": {k: -v for k, v in added.items()},
+        "hooks did not run while you read": {k: 0 * v for k, v in added.items()},
+        "the length is x2.00": {k: 2 * v for k, v in added.items()},
+        "adds nothing": {k: v + 1 for k, v in added.items()},
+        "missing": {k: added[k] for k in range(3)},
+        "Average over the examples": {k: torch.stack([v, v]) for k, v in added.items()},
+        "still None": None,
+    }
+    kw = {"layers": None, "keep_raw": True, "progress": False}
+    with unlearned.applied():  # capture runs through nnsight: the probe's hooks never fire
+        through_nnsight = capture(lm, bench, sets["forget"], **kw)
+    plain = capture(lm, bench, sets["forget"], **kw)
+    hints["`capture` runs the model through nnsight"] = {
+        k: through_nnsight.raw[k].mean(0) - plain.raw[k].mean(0) for k in range(lm.num_layers)
+    }
+    for hint, answer in hints.items():
+        feedback = workshop.check_added(answer, lm, bench, probe, sets=sets)
+        assert not feedback.passed and hint in feedback.message, (hint, feedback.message)
+    with pytest.raises(workshop.WorkshopCheckError, match="opposite way"):
+        workshop.check_added(hints["opposite way"], lm, bench, probe, sets=sets, strict=True)
+
+
+def ablation_by_hand(*, normalise=True, skip_zero=True, returns=True, removes=True):
+    """Exercise 4b's `ablate`, right by default; each switch is a mistake a student makes."""
+
+    @contextmanager
+    def ablate(model, directions):
+        layers = model.adapter.decoder_layers(model.model)
+        handles = []
+        for layer, d in directions.items():
+            if skip_zero and float(d.norm()) == 0:
+                continue
+            u = d / d.norm() if normalise else d
+
+            def hook(module, args, output, u=u):
+                edited = output - (output @ u.to(output.dtype)).unsqueeze(-1) * u.to(output.dtype)
+                return edited if returns else None
+
+            handles.append(layers[layer].register_forward_hook(hook))
+        try:
+            yield
+        finally:
+            if removes:
+                for handle in handles:
+                    handle.remove()
+
+    return ablate
+
+
+def test_check_ablation_brings_the_facts_back(lm, bench, sets, unlearned):
+    feedback = workshop.check_ablation(
+        ablation_by_hand(), lm, bench, unlearned.probe, sets=sets, strict=True
+    )
+    assert feedback.passed and "forget leak 0% ->" in feedback.message
+    assert "retain recall" in feedback.message
+
+
+def test_check_ablation_hints(lm, bench, sets, unlearned):
+    def hooks():
+        return [len(m._forward_hooks) for m in lm.adapter.decoder_layers(lm.model)]
+
+    clean = hooks()
+
+    def raises(model, directions):
+        raise ZeroDivisionError("division by zero")
+
+    wrong = {
+        "changed nothing": ablation_by_hand(returns=False),
+        "NaN": ablation_by_hand(skip_zero=False),
+        "still has a component along the direction": ablation_by_hand(normalise=False),
+        "stayed on the model": ablation_by_hand(removes=False),
+        "should be a context manager": lambda model, directions: None,
+        "ablate raised ZeroDivisionError": raises,
+        "still None": None,
+    }
+    for hint, ablate in wrong.items():
+        feedback = workshop.check_ablation(ablate, lm, bench, unlearned.probe, sets=sets)
+        assert not feedback.passed and hint in feedback.message, (hint, feedback.message)
+        assert hooks() == clean, f"{hint}: the checker left hooks on the model"
+    with pytest.raises(workshop.WorkshopCheckError, match="changed nothing"):
+        workshop.check_ablation(
+            wrong["changed nothing"], lm, bench, unlearned.probe, sets=sets, strict=True
+        )
+
+
+def prefix_by_hand(item):
+    start = item.answer.lower().find(item.value.lower())
+    return item.answer[:start].rstrip() if start > 0 else ""
+
+
+def test_check_prefill(lm, bench, sets, unlearned):
+    probe = unlearned.probe
+    feedback = workshop.check_prefill(prefix_by_hand, lm, bench, probe, sets=sets, strict=True)
+    assert feedback.passed and "forget leak" in feedback.message
+    wrong = {
+        "trailing space": lambda item: prefix_by_hand(item) + " ",
+        "already says the fact": lambda item: item.answer,
+        "expected": lambda item: prefix_by_hand(item).split(" ")[0],
+        "returns None": lambda item: None,
+        "prefix_of raised KeyError": lambda item: {}["answer"],
+        "still None": None,
+    }
+    for hint, prefix_of in wrong.items():
+        feedback = workshop.check_prefill(prefix_of, lm, bench, probe, sets=sets)
+        assert not feedback.passed and hint in feedback.message, (hint, feedback.message)
+    with pytest.raises(workshop.WorkshopCheckError, match="trailing space"):
+        workshop.check_prefill(wrong["trailing space"], lm, bench, probe, sets=sets, strict=True)
