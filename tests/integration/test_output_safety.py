@@ -47,6 +47,10 @@ COMMANDS = {
         *["--no-figures", *QUICK],
     ],
     "export-benchmark": ["--data", "{data}"],
+    "audit": [
+        *["--max-items", "2", "--attacks", "prefill", "--reference", "none", "--oracle", "none"],
+        *QUICK,
+    ],
     "build-embedded": ["--steps", "2"],
     "finetune": ["--epochs", "1", "--data", "{data}"],
 }
@@ -54,6 +58,7 @@ COMMANDS = {
 AGAIN = {  # commands run a second time over their own output, with these extra arguments
     "evaluate": [],
     "export-benchmark": [],
+    "audit": [],
     "redirect": [],
     "reinforce": ["--resume"],  # an earlier training run is continued, never silently replaced
     "reproduce": [],

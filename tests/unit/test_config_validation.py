@@ -15,6 +15,7 @@ import pytest
 import torch
 
 import asru_lab
+from asru_lab.auditing import AuditConfig
 from asru_lab.baselines.asru import AsruConfig
 from asru_lab.baselines.registry import UnlearnError
 from asru_lab.baselines.steer_only import SteerOnlyConfig
@@ -48,6 +49,7 @@ CONFIGS = {
     PipelineConfig: ConfigError,
     BuildConfig: ConfigError,
     SyntheticConfig: BenchmarkError,
+    AuditConfig: ConfigError,
 }
 
 
