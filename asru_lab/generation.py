@@ -153,12 +153,21 @@ def generate_prefilled(
         raise ValueError(
             f"{len(images)} images, {len(questions)} questions and {len(prefixes)} prefixes"
         )
+    return _generate(lm, encode_prefilled(lm, images, questions, prefixes), max_new_tokens, False)
+
+
+def encode_prefilled(
+    lm: LoadedModel,
+    images: Sequence[Image.Image | None],
+    questions: Sequence[str],
+    prefixes: Sequence[str],
+) -> dict[str, torch.Tensor]:
+    """Processor outputs for left-padded prompts whose assistant turn starts with `prefixes`."""
     texts = [
         build_prompt(lm, q, img is not None) + prefix
         for img, q, prefix in zip(images, questions, prefixes, strict=True)
     ]
-    batch = _processor_batch(lm, texts, [img for img in images if img is not None])
-    return _generate(lm, batch, max_new_tokens, False)
+    return _processor_batch(lm, texts, [img for img in images if img is not None])
 
 
 def fact_prefix(answer: str, value: str) -> tuple[str, str]:

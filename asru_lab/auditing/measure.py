@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem, contains_value
 from asru_lab.evaluation.judge import is_refusal
-from asru_lab.generation import build_prompt, encode_items, generate_batch, generate_prefilled
+from asru_lab.generation import encode_items, encode_prefilled, generate_batch, generate_prefilled
 from asru_lab.hooks import editing, reading, residual_site
 from asru_lab.models.loading import LoadedModel
 from asru_lab.training import Example, answer_tokens
@@ -74,17 +74,8 @@ def last_states(
     out = []
     for chunk in _batches(len(items), batch_size, desc, progress):
         batch = [items[k] for k in chunk]
-        images = bench.images(batch)
-        texts = [build_prompt(lm, i.question, i.image is not None) for i in batch]
-        if prefixes is not None:
-            texts = [t + prefixes[k] for t, k in zip(texts, chunk, strict=True)]
-        inputs = lm.processor(
-            text=texts,
-            images=[img for img in images if img is not None] or None,
-            return_tensors="pt",
-            padding=True,
-        )
-        inputs = {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        starts = [""] * len(batch) if prefixes is None else [prefixes[k] for k in chunk]
+        inputs = encode_prefilled(lm, bench.images(batch), [i.question for i in batch], starts)
         with ExitStack() as stack:
             boxes = [stack.enter_context(reading(module, site)) for module, site in sites]
             lm.model(**inputs)
