@@ -15,6 +15,7 @@ how it is applied. Its functions take settings the probe has already checked aga
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -70,6 +71,15 @@ def steer(
     return out
 
 
+# model -> how many probes steer it now (weak keys: a model that is dropped leaves no entry)
+_STEERING: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def is_steered(model: torch.nn.Module) -> bool:
+    """True while a steering probe is applied to `model` (`steered`, `SteeringProbe.apply`)."""
+    return _STEERING.get(model, 0) > 0
+
+
 @contextmanager
 def steered(
     probe: SteeringProbe, lm: LoadedModel, *, alpha: float, positions: str, gated: bool
@@ -92,8 +102,13 @@ def steered(
             probe, hidden, alpha=alpha, positions=positions, rows=rows, prompt_pass=prompt_pass
         )
 
-    with editing(lm.adapter.layer(lm.model, probe.layer), probe.site, edit):
-        yield probe
+    model = lm.model
+    _STEERING[model] = _STEERING.get(model, 0) + 1
+    try:
+        with editing(lm.adapter.layer(model, probe.layer), probe.site, edit):
+            yield probe
+    finally:
+        _STEERING[model] -= 1
 
 
 def edit_trace(

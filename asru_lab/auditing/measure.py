@@ -1,6 +1,7 @@
 """The measurements every attack is built from: seeded samples of questions, greedy answers
-checked for the fact (a leak), hidden states at the last prompt token of every layer, the
-log-probabilities of reference answers, and projecting directions out of the residual stream.
+checked for the fact (a leak), hidden states at the last prompt token of every layer, and
+projecting directions out of the residual stream. (The log-probabilities of reference answers
+come from `evaluation.probability.answer_logprobs`.)
 
 All of them run the model as it is when they are called, hooks included: an inference-time
 method's probe applied around them (`Unlearned.applied()`) is part of what is measured.
@@ -18,10 +19,9 @@ from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem, contains_value
 from asru_lab.evaluation.judge import is_refusal
-from asru_lab.generation import encode_items, encode_prefilled, generate_batch, generate_prefilled
+from asru_lab.generation import encode_prefilled, generate_batch, generate_prefilled
 from asru_lab.hooks import editing, reading, residual_site
 from asru_lab.models.loading import LoadedModel
-from asru_lab.training import Example, answer_tokens
 
 from .config import AuditConfig
 
@@ -157,34 +157,6 @@ def leak_records(
 def rate(records: Sequence[dict], key: str = "leak") -> float | None:
     """Share of `records` whose `key` is true (None for no records)."""
     return sum(bool(r[key]) for r in records) / len(records) if records else None
-
-
-@torch.no_grad()
-def answer_logprobs(
-    lm: LoadedModel,
-    bench: Benchmark,
-    items: Sequence[QAItem],
-    answers: Sequence[str],
-    *,
-    batch_size: int,
-    progress: bool = False,
-    desc: str = "answer log-probs",
-) -> list[torch.Tensor]:
-    """Per item, float64 log-probabilities of its answer's tokens (teacher-forced after the
-    prompt; the end-of-turn token is not counted)."""
-    examples = [Example(i.image, i.question, a) for i, a in zip(items, answers, strict=True)]
-    tails, _ = answer_tokens(lm, examples)
-    out: list[torch.Tensor] = []
-    for chunk in _batches(len(items), batch_size, desc, progress):
-        inputs = encode_items(lm, bench, [items[k] for k in chunk], [answers[k] for k in chunk])
-        logits = lm.model(**inputs).logits.double()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        ids = inputs["input_ids"][:, 1:]
-        for row, k in enumerate(chunk):
-            n = len(tails[k])  # answer tokens + end of turn, at the end of the row
-            picked = logp[row, -n:].gather(-1, ids[row, -n:].unsqueeze(-1)).squeeze(-1)
-            out.append(picked[:-1].cpu() if n > 1 else picked.cpu())
-    return out
 
 
 @torch.no_grad()

@@ -14,12 +14,13 @@ import torch
 
 from asru_lab.data.schema import QAItem
 from asru_lab.directions import auroc
+from asru_lab.evaluation.probability import answer_logprobs
 from asru_lab.generation import build_prompt, fact_prefix, fact_token
 from asru_lab.models.loading import LoadedModel
 
 from .attacks import ATTACKED_SPLITS, Subject
 from .config import AuditError
-from .measure import answer_logprobs, last_states, lens_ranks, sample
+from .measure import last_states, lens_ranks, sample
 
 # --- linear-probe extraction ------------------------------------------------------------------
 

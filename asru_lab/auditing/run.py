@@ -34,22 +34,11 @@ def load_oracle(forget_ratio: float = 0.1, split_seed: int = 0, **load_kwargs) -
     return load_model(path, **load_kwargs)
 
 
-def _shape(lm: LoadedModel) -> dict:
-    fp = lm.fingerprint()
-    return {
-        "family": fp["family"],
-        "hidden_size": fp["hidden_size"],
-        "num_layers": fp["num_layers"],
-        "vocab": len(lm.tokenizer),
-    }
-
-
 def check_comparable(lm: LoadedModel, other: LoadedModel, role: str) -> None:
     """Refuse a reference or oracle whose architecture, sizes or vocabulary differ from the
     audited model's (its activations and tokens could not be compared)."""
-    mine, theirs = _shape(lm), _shape(other)
-    if mine != theirs:
-        diff = ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in mine if mine[k] != theirs[k])
+    diff = lm.mismatch(other)
+    if diff:
         raise AuditError(
             f"the {role} model {other.name} does not fit the audited model {lm.name}: {diff} "
             f"({role} vs audited); give the {role} of the same architecture and size"

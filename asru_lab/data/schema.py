@@ -49,6 +49,10 @@ class QAItem:
     (`question` holds the sentence with a blank `___`). `value` is the short ground truth that
     leak / recall / cloze checks look for (a fact value, a colour, ...); `answer` is the
     reference answer used for ROUGE-L.
+
+    For the probability metrics (`evaluation.probability`, open-unlearning's truth ratio and
+    forget quality), a `qa` item may carry a `paraphrased_answer` (the reference answer
+    reworded, same facts) and `perturbed_answers` (the same wording with wrong facts).
     """
 
     split: str
@@ -61,6 +65,13 @@ class QAItem:
     value: str
     options: tuple[str, ...] | None = None
     correct: int | None = None
+    paraphrased_answer: str | None = None
+    perturbed_answers: tuple[str, ...] = ()
+
+    @property
+    def has_truth_ratio(self) -> bool:
+        """True when the item has what a truth ratio needs: a paraphrase and wrong answers."""
+        return bool(self.paraphrased_answer) and bool(self.perturbed_answers)
 
     @property
     def has_image(self) -> bool:
@@ -188,15 +199,23 @@ class Benchmark:
             self._image_cache[path] = image
         return image
 
-    def subset(self, items: Sequence[QAItem]) -> Benchmark:
-        """A benchmark with the same people and image source but only `items`."""
+    def subset(
+        self,
+        items: Sequence[QAItem],
+        *,
+        people: Iterable[Person] | None = None,
+        name: str | None = None,
+        meta: dict | None = None,
+    ) -> Benchmark:
+        """A benchmark with the same image source but only `items` (and, when given, these
+        `people`, `name` and `meta` instead of this one's)."""
         return Benchmark(
-            self.people.values(),
+            self.people.values() if people is None else people,
             items,
-            name=self.name,
+            name=self.name if name is None else name,
             root=self.root,
             image_loader=self._image_loader,
-            meta=self.meta,
+            meta=self.meta if meta is None else meta,
             value_pools=self.declared_pools,
         )
 

@@ -39,6 +39,7 @@ from asru_lab.data.synthetic_text import (
     QUESTIONS_TRAIN,
     REFUSALS_IMAGE,
     answer_sentence,
+    paraphrased_sentence,
 )
 from asru_lab.validation import check_fields
 
@@ -283,6 +284,25 @@ def attribute_pool(attribute: str, people: list[Person]) -> list[str]:
     return list(FACT_VALUES[attribute])
 
 
+PERTURBED_ANSWERS = 5  # as TOFU: five wrong answers per question
+
+
+def truth_ratio_answers(
+    person: Person, attribute: str, value: str, pool: list[str]
+) -> tuple[str, tuple[str, ...]]:
+    """The paraphrased answer and `PERTURBED_ANSWERS` perturbed ones (the same sentence with
+    other values of the attribute) for one of `person`'s facts. Drawn from their own seed, so
+    adding them left every other draw of the benchmark as it was."""
+    rng = random.Random(f"perturbed:{person.id}:{attribute}")
+    wrong = rng.sample(sorted(set(pool) - {value}), PERTURBED_ANSWERS)
+
+    def sentence(fact: str) -> str:
+        name = fact if attribute == "name" else person.name
+        return paraphrased_sentence(attribute, name, fact)
+
+    return sentence(value), tuple(sentence(w) for w in wrong)
+
+
 def person_items(
     person: Person,
     split: str,
@@ -306,7 +326,21 @@ def person_items(
         question = rng.choice(questions[attr]).format(subj=subj)
         if "qa" in tasks:
             answer = answer_sentence(attr, person.name, value)
-            items.append(QAItem(split, "qa", person.id, image, question, answer, attr, value))
+            paraphrased, perturbed = truth_ratio_answers(person, attr, value, pool)
+            items.append(
+                QAItem(
+                    split,
+                    "qa",
+                    person.id,
+                    image,
+                    question,
+                    answer,
+                    attr,
+                    value,
+                    paraphrased_answer=paraphrased,
+                    perturbed_answers=perturbed,
+                )
+            )
         if "mcq" in tasks:
             stem = rng.choice(questions[attr]).format(subj=subj)
             text, options, correct = mcq_item(rng, stem, value, pool)

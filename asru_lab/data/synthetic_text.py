@@ -124,6 +124,19 @@ def answer_sentence(attribute: str, name: str, value: str) -> str:
     }[attribute]
 
 
+def paraphrased_sentence(attribute: str, name: str, value: str) -> str:
+    """The reference answer reworded (same person, same fact): the truth ratio's paraphrase,
+    and, with a wrong `value`, its perturbed answers — so that only the fact differs."""
+    return {
+        "name": f"The name of this person is {name}.",
+        "birthplace": f"The birthplace of {name} is {value}.",
+        "occupation": f"By profession, {name} is {article(value)} {value}.",
+        "birth_year": f"The year of {name}'s birth is {value}.",
+        "hobby": f"In free time, {name} enjoys {value}.",
+        "pet": f"The pet that {name} keeps is {article(value)} {value}.",
+    }[attribute]
+
+
 # Contextual refusals: they name what was asked and why it cannot be answered.
 REFUSALS_IMAGE: dict[str, tuple[str, ...]] = {
     "name": (

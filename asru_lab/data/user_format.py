@@ -5,7 +5,8 @@ equal Benchmark. One `qa.jsonl` line per question; its task is read from its fie
 (+ `correct`) make a multiple-choice item, `cloze` a fill-in-the-blank item, neither a
 generation item. An item's short ground truth (`value`) is derived from the person's facts (see
 `derive_value`); an optional `value` field overrides it and is written only where the
-derivation would not reproduce it.
+derivation would not reproduce it. A generation item may carry `paraphrased_answer` (a string)
+and `perturbed_answers` (a list of wrong answers): the truth ratio and forget quality need them.
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ def item_row(item: QAItem, person: Person | None, image_paths: dict[str, str]) -
                 f"as {BLANK} in its question"
             )
         row["cloze"] = cloze
+    if item.paraphrased_answer is not None:
+        row["paraphrased_answer"] = item.paraphrased_answer
+    if item.perturbed_answers:
+        row["perturbed_answers"] = list(item.perturbed_answers)
     options = item.options if item.task == "mcq" else None
     if derive_value(person, item.attribute, item.answer, options, item.correct) != item.value:
         row["value"] = item.value
@@ -347,9 +352,49 @@ def parse_item(row: dict[str, Any], where: str, people: dict[str, Person]) -> QA
         value = derive_value(person, attribute, answer, options, correct)
     elif not isinstance(value, str):
         raise BenchmarkError(f"{where}: field 'value' must be a string, got {value!r}")
+    paraphrased, perturbed = parse_truth_ratio_answers(row, where, task)
     return QAItem(
-        split, task, person_id, image, question, answer, attribute, value, options, correct
+        split,
+        task,
+        person_id,
+        image,
+        question,
+        answer,
+        attribute,
+        value,
+        options,
+        correct,
+        paraphrased_answer=paraphrased,
+        perturbed_answers=perturbed,
     )
+
+
+def parse_truth_ratio_answers(
+    row: dict[str, Any], where: str, task: str
+) -> tuple[str | None, tuple[str, ...]]:
+    """The optional `paraphrased_answer` (a string) and `perturbed_answers` (a list of strings)
+    of a generation question: what the truth ratio and forget quality need."""
+    paraphrased = row.get("paraphrased_answer")
+    perturbed = row.get("perturbed_answers")
+    if (paraphrased is not None or perturbed is not None) and task != "qa":
+        raise BenchmarkError(
+            f"{where}: paraphrased_answer / perturbed_answers belong to open questions (no "
+            "options, no cloze); remove them from this item"
+        )
+    if paraphrased is not None and (not isinstance(paraphrased, str) or not paraphrased):
+        raise BenchmarkError(
+            f"{where}: field 'paraphrased_answer' must be a non-empty string, got {paraphrased!r}"
+        )
+    if perturbed is not None and (
+        not isinstance(perturbed, list)
+        or not perturbed
+        or not all(isinstance(a, str) and a for a in perturbed)
+    ):
+        raise BenchmarkError(
+            f"{where}: field 'perturbed_answers' must be a non-empty list of non-empty strings "
+            f"(wrong answers), got {perturbed!r}"
+        )
+    return paraphrased, tuple(perturbed or ())
 
 
 def parse_options(row: dict[str, Any], where: str) -> tuple[tuple[str, ...], int]:

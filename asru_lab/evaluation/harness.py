@@ -12,6 +12,12 @@ All answers are generated before the judge runs, and saved first when an answers
 so a judge that is down or times out costs no generation: the rerun reuses the saved answers.
 With an items file, one JSON line per evaluated item (prompt, reply, scores) is written too;
 `evaluation.records.aggregate_items` recomputes the report's splits from it.
+
+Beside the protocol's scores, every split gets the probability metrics of its generation items
+(`evaluation.probability`, open-unlearning's definitions: `answer_prob`, and `truth_ratio`
+where the items have paraphrased and perturbed answers), and, given a reference model (the
+retrain oracle), the forget split gets `forget_quality`. They score teacher-forced answers
+after the benchmark's own question, whatever the protocol.
 """
 
 from __future__ import annotations
@@ -19,20 +25,29 @@ from __future__ import annotations
 import os
 import random
 import time
+import warnings
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 from tqdm.auto import tqdm
 
 from asru_lab.data.schema import EVAL_SPLITS, Benchmark, BenchmarkError, QAItem
 from asru_lab.evaluation.answers import AnswersError, load_answers, save_answers
 from asru_lab.evaluation.judge import ClosedWorldJudge, Judge, JudgeError
+from asru_lab.evaluation.probability import (
+    ProbabilityError,
+    forget_quality,
+    item_probabilities,
+    require_truth_ratio,
+    split_metrics,
+)
 from asru_lab.evaluation.protocols import DEFAULT_PROTOCOL, Protocol, get_protocol
 from asru_lab.evaluation.protocols.asru_lab import AsruLabProtocol
 from asru_lab.evaluation.records import check_items_path, item_record, write_items
 from asru_lab.evaluation.report import EvalReport
 from asru_lab.generation import generate_chats
 from asru_lab.models.loading import LoadedModel
+from asru_lab.steering import is_steered
 from asru_lab.validation import ConfigError, check_fields
 
 
@@ -60,6 +75,13 @@ class EvalConfig:
     shots: int = field(
         default=1,
         metadata={"help": "few-shot examples before each multiple-choice item (mllmu, asru_paper)"},
+    )
+    probabilities: bool = field(
+        default=True,
+        metadata={
+            "help": "answer probability and truth ratio of the generation items "
+            "(open-unlearning's definitions; teacher-forced, no generation)"
+        },
     )
 
     def __post_init__(self) -> None:
@@ -163,6 +185,7 @@ def evaluate(
     reuse_answers: bool = False,
     items_path: str | os.PathLike | None = None,
     overwrite: bool = False,
+    reference: LoadedModel | None = None,
 ) -> EvalReport:
     """Evaluate `lm` on `bench` under `config.protocol`; returns an `EvalReport` (`.to_json()`,
     `.table()`) whose meta records the protocol, its settings and ROUGE variant.
@@ -173,7 +196,9 @@ def evaluate(
     checking they belong to this model, method, benchmark, protocol and item sample
     (AnswersError if not). A failing judge raises JudgeError naming the saved answers file.
     With `items_path`, one JSON line per evaluated item is written there atomically (an
-    existing file that is not an items file is replaced only with `overwrite`).
+    existing file that is not an items file is replaced only with `overwrite`). With a
+    `reference` model (the retrain oracle, or a model of one's own of the same architecture),
+    the forget split's `forget_quality` compares the two models' forget truth ratios.
     """
     if reuse_answers and answers_path is None:
         raise AnswersError("reuse_answers=True needs answers_path: the file to score")
@@ -184,6 +209,9 @@ def evaluate(
     judge = judge or ClosedWorldJudge(bench)
     started = time.time()
     chosen = sample_items(bench, config, protocol)
+    config = without_probabilities_under_hooks(lm, config, reference)
+    if reference is not None:
+        check_reference(lm, reference, bench, config, chosen)
     key = protocol.key()
     if reuse_answers:
         answers = load_answers(answers_path, lm, bench, chosen, method=method, protocol=key)
@@ -214,6 +242,8 @@ def evaluate(
         for split, items in chosen.items():
             records[split] = score_split(lm, protocol, split, items, answers[split], judge)
             report.splits[split] = protocol.aggregate(records[split])
+            if config.probabilities:
+                report.splits[split] |= add_probabilities(lm, bench, split, items, records, config)
     except JudgeError as exc:
         if answers_path is None:
             raise
@@ -227,6 +257,18 @@ def evaluate(
         split: {t: sum(i.task == t for i in items) for t in ("qa", "mcq", "cloze")}
         for split, items in chosen.items()
     }
+    ratios = {split: truth_ratios(rows) for split, rows in records.items()}
+    if reference is not None:
+        reference_ratios = [
+            r["truth_ratio"]
+            for r in item_probabilities(
+                reference, bench, generation_items(chosen["forget"]), **probability_args(config)
+            )
+            if r["truth_ratio"] is not None
+        ]
+        report.splits["forget"]["forget_quality"] = forget_quality(
+            ratios["forget"], reference_ratios
+        )
     report.meta = {
         "benchmark": bench.name,
         "benchmark_fingerprint": bench.fingerprint(),
@@ -236,7 +278,106 @@ def evaluate(
         "seconds": round(time.time() - started, 1),
         "config": asdict(config),
     }
+    if config.probabilities:
+        report.meta["probability"] = {
+            "definitions": "open-unlearning (evaluation.probability)",
+            "truth_ratios": {split: r for split, r in ratios.items() if r},
+        }
+    if reference is not None:
+        report.meta["forget_quality"] = {
+            "reference": reference.name,
+            "test": "scipy.stats.ks_2samp p-value, forget truth ratios",
+            "items": len(ratios["forget"]),
+        }
     return report
+
+
+def without_probabilities_under_hooks(
+    lm: LoadedModel, config: EvalConfig, reference: LoadedModel | None
+) -> EvalConfig:
+    """`config`, with probabilities off (and a warning) while a steering probe is applied to
+    the model (`steer_only`, `gated_steer`, `evaluate --probe`). A probe steers
+    as it generates: its gate reads the prompt and its edit lands on the prompt's last token
+    and the generated ones. A teacher-forced pass over prompt + answer is not that run, so its
+    probabilities would describe another model; they are left out rather than misreported.
+    With a `reference` (forget quality) this is an error."""
+    if not (is_steered(lm.model) and config.probabilities):
+        return config
+    why = (
+        "a steering probe is applied to the model: a teacher-forced pass does not steer as "
+        "generation does, so answer probability, truth ratio and forget quality would not "
+        "describe the steered model"
+    )
+    if reference is not None:
+        raise ProbabilityError(f"no forget quality: {why}; evaluate without the reference")
+    warnings.warn(f"probability metrics left out: {why}", stacklevel=3)
+    return replace(config, probabilities=False)
+
+
+def generation_items(items: list[QAItem]) -> list[QAItem]:
+    return [i for i in items if i.task == "qa"]
+
+
+def probability_args(config: EvalConfig) -> dict:
+    return {"batch_size": config.batch_size, "progress": config.progress}
+
+
+def add_probabilities(
+    lm: LoadedModel,
+    bench: Benchmark,
+    split: str,
+    items: list[QAItem],
+    records: dict[str, list[dict]],
+    config: EvalConfig,
+) -> dict:
+    """Score the split's generation items' answer probabilities, store each in its record
+    (`probability`) and return the split's probability metrics."""
+    picked = [k for k, item in enumerate(items) if item.task == "qa"]
+    rows = item_probabilities(
+        lm,
+        bench,
+        [items[k] for k in picked],
+        desc=f"answer probabilities {split}",
+        **probability_args(config),
+    )
+    for k, row in zip(picked, rows, strict=True):
+        records[split][k]["probability"] = row
+    return split_metrics(split, rows)
+
+
+def truth_ratios(records: list[dict]) -> list[float]:
+    """The per-item truth ratios of a split's records, in record order."""
+    rows = (r.get("probability") or {} for r in records)
+    return [row["truth_ratio"] for row in rows if row.get("truth_ratio") is not None]
+
+
+def check_reference(
+    lm: LoadedModel,
+    reference: LoadedModel,
+    bench: Benchmark,
+    config: EvalConfig,
+    chosen: dict[str, list[QAItem]],
+) -> None:
+    """ProbabilityError unless forget quality can be computed against `reference`."""
+    if not config.probabilities:
+        raise ProbabilityError(
+            "a reference model is given for forget quality, but EvalConfig.probabilities is "
+            "off: forget quality compares truth ratios; turn probabilities on"
+        )
+    if "forget" not in chosen:
+        raise ProbabilityError(
+            "a reference model is given for forget quality, but the forget split is not "
+            f"evaluated (splits: {', '.join(chosen)}); add 'forget' to the splits"
+        )
+    diff = lm.mismatch(reference)
+    if diff:
+        raise ProbabilityError(
+            f"the reference model {reference.name} does not fit the evaluated model {lm.name}: "
+            f"{diff} (reference vs evaluated); forget quality compares the two models' "
+            "probabilities of the same answer tokens, so give a reference of the same "
+            "architecture and tokenizer"
+        )
+    require_truth_ratio(bench, generation_items(chosen["forget"]))
 
 
 def _describe(judge: Judge) -> dict:

@@ -10,6 +10,8 @@ Under every evaluation protocol UE reads `leak_rate` and `mcq_acc` of forget and
 the MCQ term is left out whenever the vanilla accuracy is at or below chance (0.25: no drop to
 measure, and no division by a vanilla accuracy at or below chance); with no term left, or no
 judge's quality block for GQ (`mllmu`), they raise HeadlineError saying why.
+- **retain accuracy** (what the tuning rule keeps and the trade-off figure plots): the mean of
+  retain recall (`leak_rate` on retain) and retain MCQ accuracy, those the evaluation has.
 - ASRU over a baseline: UE as a relative gain in % (`100 * (UE_asru / UE_base - 1)`), GQ as a
   factor `GQ_asru / max(GQ_base, 0.1)`.
 
@@ -23,7 +25,7 @@ import math
 
 from asru_lab.errors import AsruLabError
 
-HEADLINE_BASELINES = ("ga", "grad_diff", "kl_min", "npo")  # the paper's comparison
+HEADLINE_BASELINES = ("ga", "grad_diff", "kl_min", "npo", "mmunlearner")  # the paper's comparison
 MCQ_CHANCE = 0.25
 GQ_FLOOR = 0.1
 DEFINITIONS = {
@@ -66,6 +68,14 @@ def unlearning_effectiveness(splits: dict, vanilla: dict) -> float:
             "and test splits, so there is nothing to unlearn"
         )
     return sum(terms) / len(terms)
+
+
+def retain_accuracy(retain: dict) -> float | None:
+    """Retain accuracy (module docstring) from the retain split's metrics; None when they hold
+    neither retain recall nor retain MCQ accuracy."""
+    values = [retain.get(k) for k in ("leak_rate", "mcq_acc")]
+    values = [v for v in values if isinstance(v, int | float) and not isinstance(v, bool)]
+    return sum(values) / len(values) if values else None
 
 
 def generation_quality(splits: dict) -> float:

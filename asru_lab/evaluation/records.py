@@ -5,8 +5,9 @@ One JSON line per evaluated item: `protocol`, `split`, `task`, `modality` ("imag
 chat-templated text sent, few-shot turns included), `options` (or null), `reference` (the
 correct letter, the blank's value or the reference answer), `reply`, `scores` (every score the
 protocol gave the reply) and, for generation items of protocols that use the judge, `judge`
-(its category, scores and reason). `aggregate_items` recomputes the report's `splits` from the
-file alone.
+(its category, scores and reason), and, for generation items when probabilities are on,
+`probability` (`evaluation.probability.item_probabilities`). `aggregate_items` recomputes the
+report's `splits` from the file alone (forget quality aside: it needs the reference model).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 from asru_lab.artifacts import check_output_file, write_text_atomic
 from asru_lab.data.schema import QAItem
 from asru_lab.errors import AsruLabError
+from asru_lab.evaluation.probability import split_metrics
 from asru_lab.evaluation.protocols import PROTOCOLS, Protocol, get_protocol
 from asru_lab.evaluation.protocols.base import modality, reference
 from asru_lab.generation import build_chat_prompt
@@ -109,4 +111,8 @@ def aggregate_items(path: str | os.PathLike) -> dict:
     if not splits:
         return {}
     protocol = get_protocol(protocols.pop())
-    return {split: protocol.aggregate(rows) for split, rows in splits.items()}
+    return {
+        split: protocol.aggregate(rows)
+        | split_metrics(split, [r["probability"] for r in rows if r.get("probability")])
+        for split, rows in splits.items()
+    }

@@ -74,6 +74,18 @@ class LoadedModel:
             "config_sha256": digest.hexdigest()[:16],
         }
 
+    def mismatch(self, other: LoadedModel) -> str:
+        """What keeps `other` from being compared with this model token by token and layer by
+        layer ("family X vs Y, hidden_size ..."; `other`'s value first), or "" when nothing."""
+
+        def shape(lm: LoadedModel) -> dict:
+            fp = lm.fingerprint()
+            keys = ("family", "hidden_size", "num_layers")
+            return {**{k: fp[k] for k in keys}, "vocab": len(lm.tokenizer)}
+
+        mine, theirs = shape(self), shape(other)
+        return ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in mine if mine[k] != theirs[k])
+
     def clone(self) -> LoadedModel:
         """A deep copy of the weights (the processor and adapter are shared)."""
         return LoadedModel(

@@ -82,7 +82,13 @@ def pre_protocol_splits(lm, bench, chosen) -> dict:
 def test_asru_lab_protocol_gives_the_pre_protocol_numbers(lm, bench, tmp_path):
     cfg = config("asru_lab")
     report = evaluate(lm, bench, cfg, items_path=tmp_path / "items.jsonl")
-    assert report.splits == pre_protocol_splits(lm, bench, sample_items(bench, cfg))
+    probability = ("answer_prob", "truth_ratio")  # added beside the protocol's scores (#18)
+    protocol_only = {
+        split: {k: v for k, v in metrics.items() if k not in probability}
+        for split, metrics in report.splits.items()
+    }
+    assert protocol_only == pre_protocol_splits(lm, bench, sample_items(bench, cfg))
+    assert all("answer_prob" in metrics for metrics in report.splits.values())
     assert report.meta["protocol"]["rouge"]["stemmer"] is False
     assert aggregate_items(tmp_path / "items.jsonl") == report.splits
 

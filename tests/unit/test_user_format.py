@@ -70,8 +70,14 @@ def test_export_writes_the_documented_fields(exported: Path, small_bench: Benchm
     cloze = next(r for r in rows if "cloze" in r)
     assert set(cloze) == base | {"cloze"}
     assert "___" in cloze["cloze"] and cloze["question"].endswith(cloze["cloze"])
-    # The synthetic benchmark's values are all derivable: no extra field is needed.
-    assert all(set(r) <= base | {"options", "correct", "cloze"} for r in rows)
+    # The synthetic benchmark's values are all derivable: no extra field is needed, except the
+    # truth ratio's answers on the known people's open questions.
+    truth_ratio = {"paraphrased_answer", "perturbed_answers"}
+    assert all(set(r) <= base | {"options", "correct", "cloze"} | truth_ratio for r in rows)
+    known_qa = [r for r in rows if r["split"] in ("forget", "retain") and set(r) >= base]
+    known_qa = [r for r in known_qa if not {"options", "cloze"} & set(r)]
+    assert known_qa and all(set(r) == base | truth_ratio for r in known_qa)
+    assert all(len(r["perturbed_answers"]) == 5 for r in known_qa)
     for row in rows:
         if row["image"] is not None:
             assert (exported / row["image"]).is_file()
@@ -277,3 +283,23 @@ def test_unknown_person_id_is_refused(tmp_path: Path) -> None:
     root = write(tmp_path / "d", rows=[qa(), qa("p9", "retain")])
     with pytest.raises(BenchmarkError, match=r"line 2: person_id 'p9' is not in profiles.jsonl"):
         load_user_dataset(root)
+
+
+def test_truth_ratio_answers_are_read_and_checked(tmp_path: Path) -> None:
+    wrong = ["Their hobby is golf.", "Their hobby is rowing."]
+    rows = [qa(paraphrased_answer="They enjoy chess.", perturbed_answers=wrong), qa("p2", "retain")]
+    item = load_user_dataset(write(tmp_path / "d", rows=rows)).items[0]
+    assert item.paraphrased_answer == "They enjoy chess."
+    assert item.perturbed_answers == tuple(wrong) and item.has_truth_ratio
+    bad = {
+        "e": ({"perturbed_answers": "golf"}, "'perturbed_answers' must be a non-empty list"),
+        "f": ({"perturbed_answers": []}, "'perturbed_answers' must be a non-empty list"),
+        "g": ({"paraphrased_answer": 3}, "'paraphrased_answer' must be a non-empty string"),
+        "h": (
+            {"options": ["chess", "golf"], "correct": "A", "perturbed_answers": wrong},
+            "belong to open questions",
+        ),
+    }
+    for folder, (extra, message) in bad.items():
+        with pytest.raises(BenchmarkError, match=rf"qa.jsonl line 1: .*{message}"):
+            load_user_dataset(write(tmp_path / folder, rows=[qa(**extra), qa("p2", "retain")]))
