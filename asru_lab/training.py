@@ -9,7 +9,7 @@ of non-finite losses and a progress bar with the running loss.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -151,6 +151,7 @@ def train(
     nonfinite: Callable[[float, int, int], Exception],
     desc: str,
     progress: bool,
+    grad_masks: Mapping[nn.Parameter, torch.Tensor] | None = None,
 ) -> list[float]:
     """Train `model`'s parameters that require grad; returns the loss of every step.
 
@@ -159,7 +160,9 @@ def train(
     computes the loss of step `step` of the epoch from them. AdamW (no weight decay) at `lr`
     decays linearly to 0 over `steps_per_epoch * epochs` steps, gradients are clipped to
     `max_grad_norm`. A non-finite loss raises `nonfinite(loss, epoch, step)` (both from 0)
-    before the step is taken.
+    before the step is taken. `grad_masks`: parameter -> a 0/1 tensor of its shape that its
+    gradient is multiplied by before clipping, so that only the weights marked 1 move (AdamW
+    without weight decay never moves a weight whose gradient is always 0).
     """
     total = steps_per_epoch * epochs
     model.train()
@@ -178,6 +181,9 @@ def train(
                     raise nonfinite(float(loss), epoch, step)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                for p, mask in (grad_masks or {}).items():
+                    if p.grad is not None:
+                        p.grad.mul_(mask)
                 torch.nn.utils.clip_grad_norm_(trainable, max_grad_norm)
                 optimizer.step()
                 scheduler.step()

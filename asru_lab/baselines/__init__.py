@@ -14,12 +14,16 @@ with result.applied():                         # the probe's hooks for steer_onl
 | `kl_min` | GA on forget + NLL and KL to the vanilla model on retain |
 | `npo` | negative preference optimisation against the vanilla model |
 | `refusal_sft` | forget questions fine-tuned to a stock refusal |
+| `mmunlearner` | GradDiff on the weights whose forget/retain saliency is highest, per side |
 | `steer_only` | the stage 1.1 probe applied at inference |
+| `gated_steer` | the probe's direction projected off the retain activations, gated, at inference |
 | `asru_stage1` | stage 1.2: the probe's direction in the weights |
 | `asru` | stage 1.2 + GRPO (stage 2) |
 
-The gradient baselines share one trainer (`baselines.trainer`): LoRA on the language model,
-answer-only loss; each is a loss function in its own module.
+The gradient baselines share one trainer (`baselines.trainer`): LoRA on the language model
+(MMUnlearner: its saliency-masked weights, in full), answer-only loss; each is a loss function
+in its own module. A method's tensors (MMUnlearner's masks) are saved beside the model in
+`unlearn.safetensors` and read back with `load_unlearned_tensors`.
 """
 
 from __future__ import annotations
@@ -27,7 +31,22 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from asru_lab.baselines import asru, ga, grad_diff, kl_min, npo, refusal_sft, steer_only  # noqa: F401
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from asru_lab.artifacts import atomic_dir, own_entries
+from asru_lab.baselines import (  # noqa: F401
+    asru,
+    ga,
+    gated_steer,
+    grad_diff,
+    kl_min,
+    mmunlearner,
+    npo,
+    refusal_sft,
+    steer_only,
+)
 from asru_lab.baselines.registry import METHODS, Method, Unlearned, UnlearnError, get_method
 from asru_lab.baselines.trainer import UnlearnConfig
 from asru_lab.data.schema import Benchmark
@@ -36,6 +55,7 @@ from asru_lab.probe import SteeringProbe
 from asru_lab.stages.locate import LocateConfig, locate
 
 UNLEARN_FILE = "unlearn.json"
+TENSORS_FILE = "unlearn.safetensors"  # `Unlearned.tensors`, e.g. MMUnlearner's weight masks
 PROBE_DIR = "probe"
 
 
@@ -71,13 +91,33 @@ def unlearn(
 
 
 def save_unlearned(result: Unlearned, out_dir: str | Path, *, overwrite: bool = False) -> Path:
-    """Write the model (a `load_model` directory) with `unlearn.json`, and the probe to apply
-    in `out_dir/probe/` for inference-time methods (`overwrite`: see `LoadedModel.save`).
-    Returns `out_dir`."""
+    """Write the model (a `load_model` directory) with `unlearn.json`, the method's tensors
+    (`Unlearned.tensors`) in `unlearn.safetensors` beside it, and the probe to apply in
+    `out_dir/probe/` for inference-time methods (`overwrite`: see `LoadedModel.save`). Each
+    piece is written atomically. Returns `out_dir`."""
     out = result.model.save(out_dir, records={UNLEARN_FILE: result.record}, overwrite=overwrite)
+    if result.tensors:
+        tensors = {name: t.detach().cpu().contiguous() for name, t in result.tensors.items()}
+        with atomic_dir(out, overwrite=overwrite, keep=own_entries(out)) as tmp:
+            save_file(tensors, str(tmp / TENSORS_FILE), metadata={"method": result.method})
     if result.probe is not None:
         result.probe.save(out / PROBE_DIR)
     return out
+
+
+def load_unlearned_tensors(out_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The tensors `save_unlearned` wrote beside an unlearned model (name -> tensor, as the
+    method returned them; MMUnlearner: parameter name -> boolean mask). Never unpickles."""
+    path = Path(out_dir) / TENSORS_FILE
+    if not path.is_file():
+        raise UnlearnError(
+            f"{Path(out_dir)} holds no {TENSORS_FILE}: only methods that return tensors "
+            "(mmunlearner's weight masks) write one; check the folder and its unlearn.json"
+        )
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise UnlearnError(f"{path} is not a readable safetensors file ({exc})") from None
 
 
 __all__ = [
@@ -87,6 +127,7 @@ __all__ = [
     "UnlearnError",
     "Unlearned",
     "get_method",
+    "load_unlearned_tensors",
     "save_unlearned",
     "unlearn",
 ]

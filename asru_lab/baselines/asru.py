@@ -7,11 +7,14 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from asru_lab.baselines.registry import Method, Unlearned, UnlearnError, register
+from asru_lab.baselines.registry import Knob, Method, Unlearned, UnlearnError, register
 from asru_lab.stages.redirect import RedirectConfig, redirect
 from asru_lab.stages.reinforce import METRICS_FILE, ReinforceConfig, reinforce
 from asru_lab.validation import check_fields
 from asru_lab.viz import read_metrics
+
+# stage 1.2's push along the direction, the paper's 3 and stronger (tuning sweep)
+LAMBDAS = (3.0, 5.0, 8.0)
 
 
 def run_stage1(lm, bench, config: RedirectConfig, probe) -> Unlearned:
@@ -69,6 +72,7 @@ register(
         run_stage1,
         needs_probe=True,
         paper_config=RedirectConfig.paper,
+        knob=Knob("lam", LAMBDAS),
     )
 )
 register(
@@ -79,5 +83,6 @@ register(
         run_full,
         needs_probe=True,
         paper_config=AsruConfig.paper,
+        knob=Knob("redirect.lam", LAMBDAS),
     )
 )

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from asru_lab.baselines.registry import Method, Unlearned, register
+from asru_lab.baselines.registry import Knob, Method, Unlearned, register
 from asru_lab.baselines.trainer import Loss, UnlearnConfig, train_unlearning
+
+# The learning rates a tuning sweep tries: from the public code's 2e-5, at which nothing is
+# unlearned on the embedded model, to 1e-4, at which GA forgets everyone.
+LEARNING_RATES = (2e-5, 4e-5, 6e-5, 1e-4)
 
 
 def register_gradient_method(
@@ -16,8 +20,10 @@ def register_gradient_method(
     uses_retain: bool,
     forget_answers: str = "truth",
     defaults: dict | None = None,
+    learning_rates: tuple[float, ...] = LEARNING_RATES,
 ) -> Method:
-    """Register `loss` as method `name`; `defaults` override `UnlearnConfig()` for it."""
+    """Register `loss` as method `name`; `defaults` override `UnlearnConfig()` for it;
+    `learning_rates` are its tuning sweep's values."""
 
     def default_config() -> UnlearnConfig:
         return replace(UnlearnConfig(), **(defaults or {}))
@@ -34,4 +40,5 @@ def register_gradient_method(
         )
         return Unlearned(name, model, record)
 
-    return register(Method(name, summary, default_config, run))
+    knob = Knob("lr", learning_rates)
+    return register(Method(name, summary, default_config, run, knob=knob))

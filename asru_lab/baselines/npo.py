@@ -21,4 +21,5 @@ register_gradient_method(
     loss,
     uses_retain=False,
     defaults={"lr": 1e-5},
+    learning_rates=(1e-5, 3e-5, 6e-5, 1e-4),
 )

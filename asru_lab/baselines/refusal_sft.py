@@ -16,4 +16,5 @@ register_gradient_method(
     forget_answers="idk",
     # supervised fine-tuning, at stage 0's learning rate: at 2e-5 it learns no refusal at all
     defaults={"lr": 5e-4},
+    learning_rates=(1e-4, 3e-4, 5e-4, 1e-3),
 )

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 
+import torch
+
 from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
@@ -22,18 +24,29 @@ class UnlearnError(AsruLabError, ValueError):
 
 @dataclass
 class Unlearned:
-    """What a method returns: the model after unlearning, its training record and, for
-    inference-time methods, the probe to apply while the model answers."""
+    """What a method returns: the model after unlearning, its training record, for
+    inference-time methods the probe to apply while the model answers, and any tensors the
+    method wants kept with the model (MMUnlearner's weight masks), saved beside it."""
 
     method: str
     model: LoadedModel
     record: dict = field(default_factory=dict)
     probe: SteeringProbe | None = None
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def applied(self) -> AbstractContextManager:
         """A context in which `self.model` answers as the method intends (the probe's hooks
         for `steer_only`; nothing to do for methods that changed the weights)."""
         return self.probe.apply(self.model) if self.probe is not None else nullcontext()
+
+
+@dataclass(frozen=True)
+class Knob:
+    """A method's strength knob, what `reproduce`'s tuning sweeps: a field of its config
+    (dotted for a nested config, e.g. "redirect.lam") and the values tried, weakest first."""
+
+    field: str
+    values: tuple[float, ...]
 
 
 @dataclass(frozen=True)
@@ -46,6 +59,7 @@ class Method:
     run: Callable[[LoadedModel, object, object, SteeringProbe | None], Unlearned]
     needs_probe: bool = False  # runs on a stage 1.1 probe (located first when none is given)
     paper_config: Callable[[], object] | None = None  # the public code's settings, if they differ
+    knob: Knob | None = None  # its strength knob, swept by reproduce's tuning
 
 
 METHODS: dict[str, Method] = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, replace
 
-from asru_lab.baselines.registry import Method, Unlearned, UnlearnError, register
+from asru_lab.baselines.registry import Knob, Method, Unlearned, UnlearnError, register
 from asru_lab.validation import check_fields
 
 
@@ -42,5 +42,6 @@ register(
         SteerOnlyConfig,
         run,
         needs_probe=True,
+        knob=Knob("alpha", (1.0, 2.0, 4.0, 8.0)),
     )
 )

@@ -1,9 +1,11 @@
-"""The shared trainer of the gradient baselines (GA, GradDiff, KL-Min, NPO, refusal SFT).
+"""The shared trainer of the gradient baselines (GA, GradDiff, KL-Min, NPO, refusal SFT,
+MMUnlearner).
 
 Each baseline is a loss over one `Step`: a batch of forget questions (and, for the methods
 that use one, a batch of retain questions) with answer-only labels. The trainer does the rest
 once for all of them: LoRA on every linear layer of the language model (the vision tower
-stays frozen), AdamW with linear decay, gradient clipping, seeded shuffling and progress.
+stays frozen) or, for a method that passes weight masks, full training of just the masked
+weights; AdamW with linear decay, gradient clipping, seeded shuffling and progress.
 The reference model (NPO, KL-Min) is the same network with the adapter switched off, so no
 second copy of the weights is held.
 
@@ -17,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -209,9 +211,14 @@ def train_unlearning(
     name: str,
     uses_retain: bool,
     forget_answers: str = "truth",
+    masks: Mapping[str, torch.Tensor] | None = None,
 ) -> tuple[LoadedModel, dict]:
     """Train a copy of `lm` with `loss` on the forget (and retain) set; returns the merged
-    model (eval mode) and a record: config, per-step losses, examples, seconds."""
+    model (eval mode) and a record: config, per-step losses, examples, seconds.
+
+    `masks` (parameter name -> boolean tensor of its shape): train exactly the weights marked
+    True, in full (no LoRA, `config.lora_r` is not read); every other weight stays as it was.
+    """
     config = replace(config)  # runs __post_init__ again: fields set after construction too
     started = time.time()
     sets = training_sets(bench, config, uses_retain=uses_retain, forget_answers=forget_answers)
@@ -234,13 +241,15 @@ def train_unlearning(
     def nonfinite(value: float, epoch: int, step: int) -> UnlearnError:
         return UnlearnError(
             f"{name}: the loss became {value} at epoch {epoch + 1}, step {step + 1}; "
-            f"lower UnlearnConfig.lr (now {config.lr:g})"
+            f"lower {type(config).__name__}.lr (now {config.lr:g})"
         )
 
     with seeded(config.seed, out.device):  # LoRA init, dropout
-        model, reference = _trainable(lm, out, config)
+        model, reference, grad_masks = _trainable(lm, out, config, masks)
         out.model = model
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+        if grad_masks is not None:
+            trainable = sum(int(mask.count_nonzero()) for mask in grad_masks.values())
         losses = train(
             model,
             step_loss,
@@ -253,14 +262,15 @@ def train_unlearning(
             nonfinite=nonfinite,
             desc=name,
             progress=config.progress,
+            grad_masks=grad_masks,
         )
     bad = nonfinite_trained(model)
     if bad:
         raise UnlearnError(
             f"{name}: training left NaN or infinite weights in {bad}; nothing was returned or "
-            f"saved: lower UnlearnConfig.lr (now {config.lr:g})"
+            f"saved: lower {type(config).__name__}.lr (now {config.lr:g})"
         )
-    if config.lora_r > 0:
+    if masks is None and config.lora_r > 0:
         out.model = model.merge_and_unload()
     for p in out.model.parameters():
         p.requires_grad = False
@@ -283,12 +293,16 @@ def train_unlearning(
 
 
 def _trainable(
-    lm: LoadedModel, out: LoadedModel, config: UnlearnConfig
-) -> tuple[torch.nn.Module, Callable[..., torch.Tensor]]:
-    """The model to train — `out`'s wrapped in LoRA, or with only the language model's linears
-    trainable (`lora_r=0`) — and the frozen reference (inputs -> logits) for NPO and KL-Min:
-    the adapter switched off, or the untouched `lm`."""
-    if config.lora_r > 0:
+    lm: LoadedModel,
+    out: LoadedModel,
+    config: UnlearnConfig,
+    masks: Mapping[str, torch.Tensor] | None,
+) -> tuple[torch.nn.Module, Callable[..., torch.Tensor], dict | None]:
+    """The model to train — `out`'s wrapped in LoRA, with only the language model's linears
+    trainable (`lora_r=0`), or with only the parameters `masks` marks — the frozen reference
+    (inputs -> logits) for NPO and KL-Min (the adapter switched off, or the untouched `lm`),
+    and the gradient masks (trained parameter -> 0/1 tensor; None without `masks`)."""
+    if masks is None and config.lora_r > 0:
         model = lora_wrap(
             out.model,
             language_model_linears(out),
@@ -301,17 +315,28 @@ def _trainable(
             with model.disable_adapter():
                 return model(**inputs).logits
 
-        return model, reference
+        return model, reference, None
     frozen = lm.model  # never trained: the copy `out` is
 
     def frozen_logits(**inputs) -> torch.Tensor:
         return frozen(**inputs).logits
 
     model = out.model
-    targets = set(language_model_linears(out))
-    for pname, p in model.named_parameters():
-        p.requires_grad = pname.rsplit(".", 1)[0] in targets
-    return model, frozen_logits
+    params = dict(model.named_parameters())
+    if masks is None:
+        targets = set(language_model_linears(out))
+        trained = {pname for pname in params if pname.rsplit(".", 1)[0] in targets}
+    else:
+        unknown = sorted(set(masks) - set(params))
+        if unknown:
+            raise UnlearnError(f"masks name parameters the model does not have: {unknown[:5]}")
+        trained = {pname for pname, mask in masks.items() if mask.any()}
+    for pname, p in params.items():
+        p.requires_grad = pname in trained
+    if masks is None:
+        return model, frozen_logits, None
+    grad_masks = {params[pname]: masks[pname].to(params[pname]) for pname in sorted(trained)}
+    return model, frozen_logits, grad_masks
 
 
 def _batch(lm, bench, examples, tails, chunk) -> dict[str, torch.Tensor]:
