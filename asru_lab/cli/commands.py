@@ -76,11 +76,11 @@ def _benchmark(args):
     kind = benchmark_kind(source)
     if kind == "synthetic":
         return al.load_benchmark(source, forget_ratio=args.forget_ratio, seed=args.seed)
-    if kind == "mllmu":  # MLLMU-Bench's forget sets are fixed folders: --seed seeds the run
+    if kind in ("mllmu", "clear"):  # their forget sets are fixed folders: --seed seeds the run
         return al.load_benchmark(source, forget_ratio=args.forget_ratio)
     if args.forget_ratio is not None:
         raise UsageError(
-            f"--forget-ratio only applies to the synthetic benchmark and MLLMU-Bench; the "
+            f"--forget-ratio only applies to the synthetic benchmark, MLLMU-Bench and CLEAR; the "
             f"'split' column of {source}/profiles.jsonl decides who is forgotten"
         )
     if args.seed is not None:
@@ -153,6 +153,7 @@ def cmd_evaluate(args) -> int:
         max_items=None if args.full else args.max_items,
         protocol=args.protocol,
         shots=args.shots,
+        probabilities=not args.no_probabilities,
     )
     answers = answers_path(args)
     scoring = {
@@ -161,6 +162,7 @@ def cmd_evaluate(args) -> int:
         "reuse_answers": bool(args.answers),
         "items_path": args.items_out,
         "overwrite": args.overwrite,
+        "reference": _reference(args, bench),
     }
     try:
         if args.probe:
@@ -195,6 +197,25 @@ def cmd_evaluate(args) -> int:
     if args.items_out:
         print(f"wrote the per-item records to {args.items_out}")
     return 0
+
+
+def _reference(args, bench):
+    """`evaluate --reference`: None, the shipped oracle of the benchmark's forget set
+    ('oracle', synthetic benchmark only), or a model dir."""
+    if args.reference is None:
+        return None
+    import asru_lab as al
+    from asru_lab.data import benchmark_kind
+
+    if args.reference != "oracle":
+        return al.load_model(args.reference)
+    if benchmark_kind(args.data) != "synthetic":
+        raise UsageError(
+            "--reference oracle names the shipped retrain oracle of the synthetic benchmark; "
+            f"for {args.data} give the dir of a model trained without its forget people"
+        )
+    meta = bench.meta or {}
+    return al.load_oracle(meta.get("forget_ratio", 0.1), meta.get("split_seed", 0))
 
 
 def cmd_locate(args) -> int:
@@ -410,14 +431,13 @@ def cmd_finetune(args) -> int:
 
 
 def cmd_unlearn(args) -> int:
-    from dataclasses import replace
+    from dataclasses import fields, is_dataclass, replace
 
-    from asru_lab.baselines import UnlearnConfig, get_method, save_unlearned, unlearn
+    from asru_lab.baselines import get_method, save_unlearned, unlearn
     from asru_lab.probe import SteeringProbe
     from asru_lab.runs.reproduce import seeded_config
 
     method = get_method(args.method)
-    lm, bench = _load(args)
     make = method.paper_config if args.paper and method.paper_config else method.default_config
     config = seeded_config(make(), seed(args), not args.quiet)
     options = {
@@ -425,15 +445,25 @@ def cmd_unlearn(args) -> int:
         "epochs": args.epochs,
         "lora_r": args.lora_r,
         "max_forget": args.max_forget,
+        "vision_fraction": args.vision_fraction,
+        "language_fraction": args.language_fraction,
+        "min_ratio": args.min_ratio,
+        "alpha": args.alpha,
+        "n_retain": args.n_retain,
+        "energy": args.energy,
     }
     options = {k: v for k, v in options.items() if v is not None}
     if options:
-        if not isinstance(config, UnlearnConfig):
+        known = {f.name for f in fields(config)} if is_dataclass(config) else set()
+        unknown = ["--" + k.replace("_", "-") for k in options if k not in known]
+        if unknown:
             raise UsageError(
-                f"--lr/--epochs/--lora-r apply to the gradient baselines, not {args.method}"
+                f"{'/'.join(unknown)} do not apply to {args.method} "
+                f"(its config, {type(config).__name__}, has no such field)"
             )
         config = replace(config, **options)
     probe = SteeringProbe.load(args.probe) if args.probe else None
+    lm, bench = _load(args)  # after the options are checked: a usage error comes at once
     result = unlearn(lm, bench, args.method, config, probe=probe)
     out = save_unlearned(result, args.out, overwrite=args.overwrite)
     probe_hint = f" --probe {out}/probe" if result.probe is not None else ""
@@ -493,6 +523,7 @@ def _audit_config(args):
 def cmd_reproduce(args) -> int:
     import asru_lab as al
     from asru_lab.runs.reproduce import FORGET_RATIOS, PAPER_METHODS, ReproduceConfig, reproduce
+    from asru_lab.runs.tuning import TuningConfig
 
     configs = {}
     if args.baseline_lr is not None:
@@ -509,7 +540,14 @@ def cmd_reproduce(args) -> int:
         cache_dir=args.cache_dir,
         forget_ratios=tuple(args.forget_ratios or FORGET_RATIOS),
         seed=seed(args),
-        evaluate=al.EvalConfig(max_items=args.max_items, protocol=args.protocol, shots=args.shots),
+        evaluate=al.EvalConfig(
+            max_items=args.max_items,
+            protocol=args.protocol,
+            shots=args.shots,
+            probabilities=not args.no_probabilities,
+        ),
+        oracle=not args.no_oracle,
+        tuning=None if args.no_tuning else TuningConfig(max_retain_drop=args.max_retain_drop),
         paper=args.paper,
         cache=not args.no_cache,
         figures=not args.no_figures,

@@ -15,13 +15,15 @@ OUTPUT_FILE_COMMANDS = ("evaluate",)  # --out is a file; every other command wri
 def _add_common(p: argparse.ArgumentParser, *, out_help: str | None = None) -> None:
     p.add_argument("--model", default=None, help="HF id or local model dir (default: embedded)")
     p.add_argument(
-        "--data", default=None, help="dataset dir, 'mllmu:<dir>' (default: embedded benchmark)"
+        "--data",
+        default=None,
+        help="dataset dir, 'mllmu:<dir>' or 'clear:<dir>' (default: embedded benchmark)",
     )
     p.add_argument(
         "--forget-ratio",
         type=float,
         default=None,
-        help="synthetic or MLLMU-Bench: 0.05, 0.1 (default) or 0.15",
+        help="synthetic, MLLMU-Bench: 0.05, 0.1 (default), 0.15; CLEAR: 0.01, 0.05, 0.1 (default)",
     )
     p.add_argument(
         "--seed", type=int, default=None, help="seeds the run; synthetic: the forgotten people (0)"
@@ -142,6 +144,18 @@ def _evaluate_options(sub) -> None:
         metavar="FILE",
         help="score the answers saved in FILE (OUT.answers.json) without generating",
     )
+    p.add_argument(
+        "--no-probabilities",
+        action="store_true",
+        help="skip the answer probability and truth ratio passes (open-unlearning's metrics)",
+    )
+    p.add_argument(
+        "--reference",
+        default=None,
+        metavar="DIR|oracle",
+        help="forget quality against this model: a model dir of the same architecture, or "
+        "'oracle' for the shipped retrain oracle of the synthetic forget set",
+    )
     p.add_argument("--probe", default=None, help="steering probe dir: evaluate with it applied")
     p.add_argument("--alpha", type=float, default=None, help="override the probe's strength")
     p.add_argument("--no-gate", action="store_true", help="steer every prompt (ignore the gate)")
@@ -242,6 +256,8 @@ def _run_options(sub) -> None:
 
 def _unlearn_options(sub) -> None:
     from asru_lab.baselines import METHODS, UnlearnConfig
+    from asru_lab.baselines.gated_steer import GatedSteerConfig
+    from asru_lab.baselines.mmunlearner import MMUnlearnerConfig
 
     methods = "\n".join(f"  {name:<12} {method.summary}" for name, method in METHODS.items())
     p = sub.add_parser(
@@ -262,6 +278,8 @@ def _unlearn_options(sub) -> None:
         none=True,
         lr={"help": "peak AdamW learning rate, decayed linearly to 0 (default: the method's)"},
     )
+    _add_fields(p, MMUnlearnerConfig, "vision_fraction language_fraction min_ratio", none=True)
+    _add_fields(p, GatedSteerConfig, "alpha n_retain energy", none=True)
 
 
 def _reproduce_options(sub) -> None:
@@ -273,11 +291,37 @@ def _reproduce_options(sub) -> None:
     p = sub.add_parser("reproduce", help="every method x forget ratio: tables, figures, manifest")
     p.add_argument("--out", required=True, help="output folder (e.g. figures/)")
     p.add_argument("--model", default=None, help="HF id or local model dir (default: embedded)")
-    p.add_argument("--data", default=None, help="dataset dir or 'mllmu:<dir>' (default: embedded)")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="dataset dir, 'mllmu:<dir>' or 'clear:<dir>' (default: embedded)",
+    )
     p.add_argument("--paper", action="store_true", help="the public code's settings")
     p.add_argument("--no-cache", action="store_true", help="recompute every cell")
     p.add_argument("--no-figures", action="store_true", help="tables and manifest only")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--no-tuning",
+        action="store_true",
+        help="run every method at its own default settings instead of tuning its strength "
+        "knob on validation forget people (runs.tuning)",
+    )
+    p.add_argument(
+        "--max-retain-drop",
+        type=float,
+        default=0.05,
+        help="tuning: the largest retain-accuracy drop a chosen setting may cost (default: 0.05)",
+    )
+    p.add_argument(
+        "--no-oracle",
+        action="store_true",
+        help="no retrain-oracle row and no forget quality (synthetic benchmark)",
+    )
+    p.add_argument(
+        "--no-probabilities",
+        action="store_true",
+        help="skip the answer probability / truth ratio passes (and so forget quality)",
+    )
     _add_fields(
         p,
         ReproduceConfig,
@@ -291,7 +335,10 @@ def _reproduce_options(sub) -> None:
         UnlearnConfig,
         "lr",
         none=True,
-        lr={"flag": "--baseline-lr", "help": "lr of GA/GradDiff/KL-Min/NPO (2e-5/1e-5)"},
+        lr={
+            "flag": "--baseline-lr",
+            "help": "lr of GA/GradDiff/KL-Min/NPO/MMUnlearner, untuned (2e-5/1e-5/1e-4)",
+        },
     )
     p.add_argument(
         "--audit",

@@ -29,7 +29,11 @@ def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
     return ReproduceConfig(
         methods=DEMO_METHODS,
         forget_ratios=(DEMO_RATIO,),
-        evaluate=EvalConfig(max_items=max_items),
+        # the demo's table shows neither truth ratios nor forget quality: skip their passes
+        evaluate=EvalConfig(max_items=max_items, probabilities=False),
+        oracle=False,
+        # the demo shows the baselines at their public settings (README), untuned
+        tuning=None,
         locate=LocateConfig(
             layers=(4, 5),
             strengths=(1.0, 2.0),

@@ -3,7 +3,9 @@
 `reproduce(out_dir, ReproduceConfig())` writes:
 
     out_dir/main_table.csv, main_table.md   one row per (method, forget ratio): the evaluation
-                                            JSON flattened with dots, then `ue` and `gq`
+                                            JSON flattened with dots (with
+                                            `forget.forget_quality` against the oracle's
+                                            row), then `ue` and `gq`
     out_dir/summary.md                      the columns a reader looks at first, and the
                                             headline ratios of ASRU over each baseline
     out_dir/headline.json                   those ratios
@@ -49,10 +51,21 @@ from asru_lab.evaluation.headline import (
     headline,
     unlearning_effectiveness,
 )
+from asru_lab.evaluation.probability import forget_quality
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 from asru_lab.runs.tables import flatten, summary_markdown, write_tables
+from asru_lab.runs.tuning import (
+    RULE,
+    TuningConfig,
+    choose,
+    knob_of,
+    point,
+    retain_accuracy,
+    set_knob,
+    validation_benchmark,
+)
 from asru_lab.stages.locate import LocateConfig, locate
 from asru_lab.validation import check_fields, nonfinite_entry
 from asru_lab.version import __version__
@@ -69,7 +82,7 @@ PAPER_METHODS = (
 )
 FORGET_RATIOS = (0.05, 0.1, 0.15)
 VANILLA = "vanilla"
-ORACLE = "oracle"  # the retrain oracle's row (with `audit`): the model that never saw them
+ORACLE = "oracle"  # the retrain oracle's row: the model that never saw the forget people
 CACHE_DIR = "cache"
 # config fields that change how a run is shown or stored, not what it computes
 NOT_IN_KEY = {"progress", "training_dir", "checkpoint_dir", "resume"}
@@ -124,6 +137,20 @@ class ReproduceConfig:
         metadata={"help": "sample answers kept per cell (forget and retain questions each)"},
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
+    oracle: bool = field(
+        default=True,
+        metadata={
+            "help": "add the retrain oracle as a row (synthetic benchmark, where its oracle is "
+            "built) and every row's forget quality against it"
+        },
+    )
+    tuning: TuningConfig | None = field(
+        default_factory=TuningConfig,
+        metadata={
+            "help": "tune each method's strength knob on validation forget people before it is "
+            "reported (runs.tuning: the rule); None, or paper=True: the methods' own settings"
+        },
+    )
     audit: AuditConfig | None = field(
         default=None,
         metadata={
@@ -330,8 +357,10 @@ def reproduce(
                 "version": __version__,
             }
             located: dict = {}
-            if config.audit is not None:
+            if config.oracle or config.audit is not None:
                 located["oracle"] = _oracle(ratio, config.seed) if kind == "synthetic" else None
+            if config.tuning is not None and not config.paper:
+                located["tuned"] = _tune(lm, bench, ratio, base, config, cache, got)
             vanilla_splits = None
             for method in methods:
                 bar.set_postfix(method=method, ratio=ratio)
@@ -344,6 +373,7 @@ def reproduce(
                 run = _CellRun(lm, bench, ORACLE, ratio, base, config, cache, out, located)
                 run.oracle = located["oracle"]
                 _run_cell(run, vanilla_splits, got)
+                _forget_quality(got, ratio)
     finally:
         bar.close()
     head = headline(got.rows)
@@ -372,6 +402,8 @@ class _Collected:
     probes: dict = field(default_factory=dict)  # forget ratio -> the located probe's evidence
     curves: dict = field(default_factory=dict)  # forget ratio -> ASRU's stage 2 metrics
     probe_dirs: list[str] = field(default_factory=list)
+    truth_ratios: dict = field(default_factory=dict)  # (method, ratio) -> forget truth ratios
+    tuning: dict = field(default_factory=dict)  # "0.1" -> validation set, method sweeps
     audit_cached: dict = field(default_factory=dict)  # (method, ratio) -> audit from cache
     audits: dict = field(default_factory=dict)  # forget ratio -> method -> audit summary, results
 
@@ -409,7 +441,9 @@ def _run_cell(run: _CellRun, vanilla_splits: dict | None, got: _Collected) -> di
     """Load the cell from the cache or compute it, add its row and manifest entry to `got`;
     returns its evaluation splits (the vanilla cell's are every UE's reference)."""
     method, ratio, config = run.method, run.ratio, run.config
-    method_config = None if method in (VANILLA, ORACLE) else config.method_config(method)
+    method_config = None
+    if method not in (VANILLA, ORACLE):
+        method_config = run.located.get("tuned", {}).get(method) or config.method_config(method)
     fields = {**run.base, "method": method, "config": _keyable(method_config)}
     if method == ORACLE:
         fields["oracle_weights"] = weights_fingerprint(run.oracle)
@@ -449,6 +483,8 @@ def _run_cell(run: _CellRun, vanilla_splits: dict | None, got: _Collected) -> di
         unlearning_effectiveness, splits, splits if method == VANILLA else vanilla_splits
     )
     row["gq"] = _headline(generation_quality, splits)
+    probability = data["evaluation"].get("meta", {}).get("probability") or {}
+    got.truth_ratios[(method, ratio)] = probability.get("truth_ratios", {}).get("forget", [])
     if config.audit is not None:
         audited, audit_cached = _audit_cell(run, cell, result, unlearned)
         row.update({f"audit.{k}": v for k, v in audited["summary"].items()})
@@ -462,12 +498,86 @@ def _run_cell(run: _CellRun, vanilla_splits: dict | None, got: _Collected) -> di
             "key": cell.key,
             "cache_file": os.path.relpath(cell.path, run.out),
             "cached": cached,
+            "config": _keyable(method_config),
             **({"audit_cached": got.audit_cached[(method, ratio)]} if config.audit else {}),
             "seconds": data["seconds"],
             "samples": data.get("samples", []),
         }
     )
     return splits
+
+
+def _tune(lm, bench, ratio, base, config: ReproduceConfig, cache: Path, got: _Collected) -> dict:
+    """Each method's config with its knob set by the tuning rule (`runs.tuning`), swept on a
+    validation forget set at this ratio; the sweeps go to `got.tuning[ratio]`. Methods given a
+    config in `ReproduceConfig.configs` keep it untuned. Every sweep point is cached."""
+    tuning = config.tuning
+    names = [m for m in config.methods if m not in config.configs and knob_of(m, tuning)]
+    if not names:
+        return {}
+    val = validation_benchmark(bench, tuning.validation_people, tuning.seed)
+    val_base = {**base, "data": val.fingerprint(), "tuning": _keyable(tuning)}
+    evaluation = replace(tuning.evaluate, progress=config.progress, seed=config.seed)
+    located: dict = {}
+
+    def splits(method: str, method_config) -> dict:
+        """The validation evaluation of `method` at `method_config` (cached)."""
+        fields = {**val_base, "method": method, "config": _keyable(method_config)}
+        if method != VANILLA and METHODS[method].needs_probe:
+            fields["locate"] = _keyable(config.locate)
+        cell = _Cell(f"tune-{method}", ratio, fields, cache)
+        data = cell.load() if config.cache else None
+        if data is None:
+            result = Unlearned(VANILLA, lm)
+            if method != VANILLA:
+                probe = None
+                if METHODS[method].needs_probe:
+                    probe = _probe(lm, val, config, val_base, cache, located)
+                result = unlearn(lm, val, method, method_config, probe=probe)
+            with result.applied():
+                report = evaluate(result.model, val, evaluation, method=method)
+            data = {"key": cell.key, "evaluation": report.to_dict()}
+            write_json_atomic(cell.path, data)
+        return data["evaluation"]["splits"]
+
+    reference = retain_accuracy(splits(VANILLA, None))
+    tuned, sweeps = {}, {}
+    for method in tqdm(names, desc=f"tuning at {ratio:g}", disable=not config.progress):
+        knob = knob_of(method, tuning)
+        default = config.method_config(method)
+        points = [point(v, splits(method, set_knob(default, knob.field, v))) for v in knob.values]
+        chosen = choose(points, reference, tuning.max_retain_drop)
+        tuned[method] = set_knob(default, knob.field, chosen["value"])
+        sweeps[method] = {"knob": knob.field, "points": points, "chosen": chosen}
+    forget = sorted(p.id for p in val.people_in("forget"))
+    got.tuning[f"{ratio:g}"] = {  # a JSON key, as manifest.json holds it
+        "validation_forget": forget,
+        "retain_accuracy_untouched": reference,
+        "methods": sweeps,
+    }
+    return tuned
+
+
+def _forget_quality(got: _Collected, ratio: float) -> None:
+    """Each row's `forget.forget_quality` at `ratio`: its forget truth ratios against the
+    oracle's on the same items (`evaluation.probability.forget_quality`); left empty, with a
+    warning, when the evaluation kept no truth ratios (probabilities off, or a benchmark
+    without perturbed answers)."""
+    reference = got.truth_ratios.get((ORACLE, ratio), [])
+    for row in got.rows:
+        if row["forget_ratio"] != ratio:
+            continue
+        ratios = got.truth_ratios.get((row["method"], ratio), [])
+        if not ratios or not reference:
+            warnings.warn(
+                f"no forget quality for {row['method']} at forget ratio {ratio:g}: its "
+                "evaluation or the oracle's has no forget truth ratios (EvalConfig.probabilities "
+                "off, a steering probe applied at inference, or forget items without paraphrased "
+                "and perturbed answers)",
+                stacklevel=2,
+            )
+            continue
+        row["forget.forget_quality"] = forget_quality(ratios, reference)
 
 
 def _manifest(config, model, data, model_fp, methods, got: _Collected, head, started) -> dict:
@@ -486,6 +596,9 @@ def _manifest(config, model, data, model_fp, methods, got: _Collected, head, sta
         "evaluate": _keyable(config.evaluate),
         "locate": _keyable(config.locate),
         **({"audit": _keyable(config.audit)} if config.audit else {}),
+        "tuning": {"rule": RULE, "config": _keyable(config.tuning), "sweeps": got.tuning}
+        if config.tuning is not None and not config.paper
+        else None,
         "definitions": dict(DEFINITIONS),
         "headline": head,
         "cells": got.cells,

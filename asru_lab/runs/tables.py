@@ -33,6 +33,8 @@ SUMMARY_COLUMNS = (
     ("forget.mcq_acc", "forget MCQ ↓"),
     ("test.leak_rate", "test leak ↓"),
     ("forget.quality.contextual_refusal", "GQ: ctx refusal 0-5 ↑"),
+    ("forget.truth_ratio", "forget truth ratio ↑"),
+    ("forget.forget_quality", "forget quality (KS p vs oracle) ↑"),
     ("retain.leak_rate", "retain recall ↑"),
     ("retain.mcq_acc", "retain MCQ ↑"),
     ("general.leak_rate", "general ↑"),
@@ -74,6 +76,8 @@ def _pair(before: float | None, after: float | None, spec: str) -> str:
 def _fmt(x) -> str:
     if x is None or x == "":
         return "–"
+    if isinstance(x, float) and 0 < abs(x) < 5e-4:  # a p-value near 0 keeps its magnitude
+        return f"{x:.1e}"
     return f"{x:.3f}" if isinstance(x, float) else str(x)
 
 

@@ -7,9 +7,11 @@ import os
 from collections.abc import Sequence
 from pathlib import Path
 
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from asru_lab.evaluation.headline import retain_accuracy as headline_retain_accuracy
 from asru_lab.viz.locate import separability_heatmap
 from asru_lab.viz.pages import figures_html, save_figure
 from asru_lab.viz.training import reward_figure
@@ -24,6 +26,8 @@ METHOD_LABELS = {
     "steer_only": "steer only",
     "asru_stage1": "ASRU stage 1",
     "asru": "ASRU",
+    "mmunlearner": "MMUnlearner",
+    "gated_steer": "gated steer",
     "oracle": "retrain oracle",
 }
 CATEGORY_COLORS = {
@@ -36,37 +40,126 @@ CATEGORY_COLORS = {
 }
 
 
+def retain_accuracy(row: dict) -> float | None:
+    """A table row's retain accuracy (`evaluation.headline.retain_accuracy`, as the tuning rule
+    measures it): the retain side of the trade-off."""
+    return headline_retain_accuracy({k: row.get(f"retain.{k}") for k in ("leak_rate", "mcq_acc")})
+
+
+def _padded(values: Sequence[float], low: float, high: float) -> list[float]:
+    """An axis range that holds `values` and [low, high], with a margin of 4 %."""
+    lo, hi = min([*values, low]), max([*values, high])
+    margin = 0.04 * max(hi - lo, 1e-6)
+    return [lo - margin, hi + margin]
+
+
 def tradeoff_scatter(rows: Sequence[dict]) -> go.Figure:
-    """Unlearning effectiveness (x) against retain MCQ accuracy (y), one marker per method and
-    forget ratio: the best methods sit top right."""
+    """Unlearning effectiveness (x) against retain accuracy (y: the mean of retain recall and
+    retain MCQ accuracy), one marker per method and forget ratio (its symbol): the best methods
+    sit top right. Methods whose markers coincide share one label, so no label hides another."""
     fig = go.Figure()
     symbols = ["circle", "square", "diamond", "triangle-up", "x"]
     ratios = sorted({r["forget_ratio"] for r in rows})
-    for method in dict.fromkeys(r["method"] for r in rows):
-        mine = [r for r in rows if r["method"] == method]
+    shown = [r for r in rows if r.get("ue") is not None and retain_accuracy(r) is not None]
+    palette = plotly.colors.qualitative.Dark24  # one colour per method, none repeated
+    for k, method in enumerate(dict.fromkeys(r["method"] for r in shown)):
+        mine = [r for r in shown if r["method"] == method]
         fig.add_scatter(
             x=[r["ue"] for r in mine],
-            y=[r.get("retain.mcq_acc") for r in mine],
-            mode="markers+text",
-            text=[f"{r['forget_ratio']:g}" for r in mine],
-            textposition="top center",
+            y=[retain_accuracy(r) for r in mine],
+            mode="markers",
             marker={
                 "size": 12,
                 "symbol": [symbols[ratios.index(r["forget_ratio"]) % 5] for r in mine],
+                "line": {"width": 1, "color": "white"},
+                "color": palette[k % len(palette)],
             },
             name=METHOD_LABELS.get(method, method),
-            customdata=[[r.get("forget.leak_rate"), r["gq"]] for r in mine],
-            hovertemplate="UE %{x:.3f}<br>retain MCQ %{y:.3f}<br>forget leak %{customdata[0]:.3f}"
-            "<br>GQ %{customdata[1]:.2f}",
+            customdata=[[r["forget_ratio"], r.get("forget.leak_rate"), r["gq"]] for r in mine],
+            hovertemplate="forget ratio %{customdata[0]}<br>UE %{x:.3f}<br>retain accuracy "
+            "%{y:.3f}<br>forget leak %{customdata[1]:.3f}<br>GQ %{customdata[2]:.2f}",
+        )
+    xs = [r["ue"] for r in shown]
+    ys = [retain_accuracy(r) for r in shown]
+    x_range, y_range = _padded(xs, 0.0, 1.0), _padded(ys, min(ys, default=1.0), 1.0)
+    labels = _placed_labels(shown, x_range, y_range, several=len(ratios) > 1)
+    for text, x, y, shift, side in labels:
+        fig.add_annotation(
+            x=x, y=y, text=text, showarrow=False, xanchor=side, yanchor="top",
+            xshift=9 if side == "left" else -9, yshift=7 - shift, font={"size": 11},
+            align="left", bgcolor="rgba(255,255,255,0.7)",
+        )  # fmt: skip
+    title = "Forget–retain trade-off"
+    if len(ratios) > 1:
+        title += (
+            " (symbol: forget ratio "
+            + ", ".join(f"{symbols[k % 5]} {x:g}" for k, x in enumerate(ratios))
+            + ")"
         )
     fig.update_layout(
-        title="Forget–retain trade-off (label: forget ratio)",
-        xaxis_title="unlearning effectiveness UE (1 = forgotten)",
-        yaxis_title="retain multiple-choice accuracy",
+        title=title,
+        xaxis={"title": "unlearning effectiveness UE (1 = forgotten)", "range": x_range},
+        yaxis={"title": "retain accuracy (mean of recall and MCQ)", "range": y_range},
         width=900,
         height=560,
     )
     return fig
+
+
+PLOT_PX = (650, 380)  # the plotting area of the 900 x 560 figure, in pixels (x, y)
+LINE_PX, CHAR_PX = 15, 6.5  # one label line's height and a character's width at font size 11
+
+
+def _placed_labels(rows, x_range, y_range, *, several: bool, near_px: float = 14.0):
+    """(text, x, y, downward pixel shift, side of the marker) per label. Markers closer than
+    `near_px` to a group's first marker share its label ("GA, NPO" or, over several ratios,
+    "GA (0.05, 0.1)"); a label that would cover one placed before it moves down below it, and
+    one that would leave the plot on the right goes to the marker's left."""
+    px = PLOT_PX[0] / (x_range[1] - x_range[0])
+    py = PLOT_PX[1] / (y_range[1] - y_range[0])
+    groups: list[list[dict]] = []
+    for row in rows:
+        for group in groups:
+            first = group[0]
+            dx = (row["ue"] - first["ue"]) * px
+            dy = (retain_accuracy(row) - retain_accuracy(first)) * py
+            if abs(dx) < near_px and abs(dy) < near_px:
+                group.append(row)
+                break
+        else:
+            groups.append([row])
+    # boxes not to cover (left, right, top, bottom, in pixels): every marker, then each label
+    placed = [
+        ((r["ue"] - x_range[0]) * px - 7, (r["ue"] - x_range[0]) * px + 7,
+         (y_range[1] - retain_accuracy(r)) * py - 7, (y_range[1] - retain_accuracy(r)) * py + 7)
+        for r in rows
+    ]  # fmt: skip
+    for group in sorted(groups, key=lambda g: -retain_accuracy(g[0])):
+        ratios: dict[str, list[str]] = {}
+        for r in group:
+            ratios.setdefault(METHOD_LABELS.get(r["method"], r["method"]), []).append(
+                f"{r['forget_ratio']:g}"
+            )
+        names = [f"{n} ({', '.join(rs)})" if several else n for n, rs in ratios.items()]
+        lines = [", ".join(names[k : k + 3]) for k in range(0, len(names), 3)]
+        x, y = group[0]["ue"], retain_accuracy(group[0])
+        width = CHAR_PX * max(map(len, lines))
+        left = (x - x_range[0]) * px + 9
+        side = "left" if left + width <= PLOT_PX[0] else "right"  # stay inside the plot
+        if side == "right":
+            left -= width + 18
+        right = left + width
+        top = (y_range[1] - y) * py - 7  # pixels from the top of the plot, downwards
+        shift = 0.0
+        mine = {id(r) for r in group}
+        others = [b for r, b in zip(rows, placed, strict=False) if id(r) not in mine]
+        for box in sorted(others + placed[len(rows) :], key=lambda b: b[2]):
+            height = LINE_PX * len(lines)
+            overlaps = left < box[1] and box[0] < right
+            if overlaps and top + shift < box[3] and box[2] < top + shift + height:
+                shift = box[3] - top + 2
+        placed.append((left, right, top + shift, top + shift + LINE_PX * len(lines)))
+        yield "<br>".join(lines), x, y, shift, side
 
 
 def quality_bars(rows: Sequence[dict]) -> go.Figure:

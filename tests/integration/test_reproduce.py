@@ -22,6 +22,7 @@ from asru_lab.evaluation.headline import (
 from asru_lab.runs.demo import demo_config, demo_report
 from asru_lab.runs.reproduce import ReproduceConfig, reproduce
 from asru_lab.runs.tables import flatten, load_results
+from asru_lab.runs.tuning import TuningConfig
 from asru_lab.stages.locate import LocateConfig
 
 TINY_LOCATE = LocateConfig(
@@ -46,6 +47,7 @@ def tiny_config(**changes) -> ReproduceConfig:
         "configs": {"ga": UnlearnConfig(max_forget=8, epochs=1, batch_size=4)},
         "samples": 1,
         "progress": False,
+        "tuning": None,  # tested on its own below
     }
     return ReproduceConfig(**{**base, **changes})
 
@@ -107,11 +109,20 @@ def test_reproduce_writes_the_table_manifest_and_figures(first_run):
                 "forget.quality.contextual_refusal", "test.leak_rate"):  # fmt: skip
         assert key in columns, key
     assert [(r["method"], r["forget_ratio"]) for r in rows] == [
-        ("vanilla", "0.1"), ("ga", "0.1"), ("steer_only", "0.1")
+        ("vanilla", "0.1"), ("ga", "0.1"), ("steer_only", "0.1"), ("oracle", "0.1")
     ]  # fmt: skip
     assert float(rows[0]["ue"]) == 0.0  # vanilla against itself
+    # forget quality against the oracle's row: the oracle is its own reference (p = 1); with
+    # 4 items a test cannot tell much more (tests/integration/test_probability.py does)
+    quality = {r["method"]: r["forget.forget_quality"] for r in rows}
+    # steer_only: a probe steers as it generates, not under teacher forcing: left empty
+    assert quality.pop("steer_only") == "" and float(quality["oracle"]) == 1.0
+    assert all(0 < float(q) <= 1 for q in quality.values())
+    assert all(
+        0 <= float(r["forget.truth_ratio"]) <= 1 for r in rows if r["method"] != "steer_only"
+    )
     md = (out / "main_table.md").read_text().splitlines()
-    assert md[0].startswith("| method | forget_ratio | forget.") and len(md) == 2 + 3
+    assert md[0].startswith("| method | forget_ratio | forget.") and len(md) == 2 + 4
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["seed"] == 0 and manifest["forget_ratios"] == [0.1]
     assert manifest["configs"]["ga"]["max_forget"] == 8
@@ -139,7 +150,7 @@ def test_a_second_run_reuses_every_cell_and_recomputes_only_what_changed(lm, fir
     )
     third = reproduce(out, changed, model=lm)
     cached = {c["method"]: c["cached"] for c in third.manifest["cells"]}
-    assert cached == {"vanilla": True, "ga": False, "steer_only": True}
+    assert cached == {"vanilla": True, "ga": False, "steer_only": True, "oracle": True}
 
 
 def test_a_damaged_cache_file_is_recomputed_with_a_warning(lm, first_run):
@@ -178,7 +189,12 @@ def test_demo_report_explains_the_table_and_shows_answers(first_run):
 def test_load_results_reads_back_what_reproduce_wrote(first_run):
     out, result, _ = first_run
     loaded = load_results(out)
-    assert loaded.rows == [{k: (v if v != "" else None) for k, v in r.items()} for r in result.rows]
+    columns = list(
+        loaded.rows[0]
+    )  # a row that lacks a column (steer_only: no truth ratio) reads None
+    assert loaded.rows == [
+        {c: (r.get(c) if r.get(c) != "" else None) for c in columns} for r in result.rows
+    ]
     assert loaded.probes[0.1]["config"]["layers"] == [5]  # the tiny locate config's sweep
     with pytest.raises(FileNotFoundError, match="not a reproduce folder"):
         load_results(out / "cache")
@@ -198,7 +214,7 @@ def test_the_same_command_runs_a_model_dir_and_a_dataset_dir(lm, bench, tmp_path
     out = tmp_path / "fig"
     args = ["reproduce", "--out", str(out), "--model", str(model), "--data", str(data),
             "--methods", "ga", "npo", "--forget-ratios", "0.1", "--max-items", "4",
-            "--no-figures", "--quiet"]  # fmt: skip
+            "--no-figures", "--no-tuning", "--quiet"]  # fmt: skip
     assert main(args) == 0
     assert "| 0.1 | npo |" in capsys.readouterr().out
     manifest = json.loads((out / "manifest.json").read_text())
@@ -223,3 +239,23 @@ def test_the_protocol_reaches_every_cell_its_key_and_the_manifest(lm, first_run,
     assert "forget.rougeL_f" in vanilla and "forget.leak_rate" not in vanilla
     # mllmu has no judge: GQ is left empty, not made up (and so is UE when no term applies)
     assert all(r["gq"] is None for r in other.rows)
+
+
+def test_tuning_sweeps_each_knob_on_validation_people_and_reports_the_choice(lm, tmp_path):
+    tuning = TuningConfig(grids={"steer_only": (0.25, 4.0)}, evaluate=al.EvalConfig(
+        splits=("forget", "retain"), max_items=8, probabilities=False))  # fmt: skip
+    config = tiny_config(methods=("steer_only",), tuning=tuning, figures=False, oracle=False)
+    result = reproduce(tmp_path, config, model=lm)
+    sweep = result.manifest["tuning"]["sweeps"]["0.1"]
+    reported = {i.person_id for i in al.load_benchmark().split("forget")}
+    assert not reported & set(sweep["validation_forget"])
+    assert len(sweep["validation_forget"]) == len(reported)
+    steer = sweep["methods"]["steer_only"]
+    assert [p["value"] for p in steer["points"]] == [0.25, 4.0] and steer["knob"] == "alpha"
+    chosen = steer["chosen"]["value"]
+    assert chosen in (0.25, 4.0)
+    cell = next(c for c in result.manifest["cells"] if c["method"] == "steer_only")
+    assert cell["config"]["alpha"] == chosen  # the reported row runs the chosen setting
+    assert "retain accuracy" in result.manifest["tuning"]["rule"]
+    again = reproduce(tmp_path, config, model=lm)  # every sweep point from the cache
+    assert again.manifest["tuning"]["sweeps"] == result.manifest["tuning"]["sweeps"]

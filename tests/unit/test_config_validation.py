@@ -17,6 +17,8 @@ import torch
 import asru_lab
 from asru_lab.auditing import AuditConfig
 from asru_lab.baselines.asru import AsruConfig
+from asru_lab.baselines.gated_steer import GatedSteerConfig
+from asru_lab.baselines.mmunlearner import MMUnlearnerConfig
 from asru_lab.baselines.registry import UnlearnError
 from asru_lab.baselines.steer_only import SteerOnlyConfig
 from asru_lab.baselines.trainer import UnlearnConfig
@@ -29,6 +31,7 @@ from asru_lab.probe import MemorisationGate, ProbeError, SteeringProbe
 from asru_lab.runs.build_embedded import BuildConfig
 from asru_lab.runs.pipeline import PipelineConfig
 from asru_lab.runs.reproduce import ReproduceConfig
+from asru_lab.runs.tuning import TuningConfig
 from asru_lab.stages.finetune import FinetuneConfig, FinetuneError
 from asru_lab.stages.locate import LocateConfig
 from asru_lab.stages.redirect import RedirectConfig, RedirectError
@@ -43,6 +46,9 @@ CONFIGS = {
     UnlearnConfig: UnlearnError,
     AsruConfig: UnlearnError,
     SteerOnlyConfig: UnlearnError,
+    GatedSteerConfig: UnlearnError,
+    MMUnlearnerConfig: UnlearnError,
+    TuningConfig: UnlearnError,
     FinetuneConfig: FinetuneError,
     CausalTraceConfig: CausalTraceError,
     ReproduceConfig: UnlearnError,
