@@ -224,6 +224,12 @@ def cmd_locate(args) -> int:
 
     lm, bench = _load(args)
     config = LocateConfig(site=args.site, seed=seed(args), progress=not args.quiet)
+    for name in (
+        "max_examples retain_examples sweep_forget sweep_retain n_candidates max_new_tokens "
+        "batch_size"
+    ).split():
+        if getattr(args, name) is not None:
+            setattr(config, name, getattr(args, name))
     if args.layers:
         config.layers = tuple(args.layers)
     if args.strengths:
@@ -415,6 +421,31 @@ def cmd_build(args) -> int:
     return 0
 
 
+def cmd_make_model(args) -> int:
+    from asru_lab.models.loading import DTYPES
+    from asru_lab.models.sizes import SizeError, build_random_model, get_size
+
+    overrides = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if value.strip().lower() == "none":  # head_dim none: hidden / heads
+            overrides[key.strip()] = None
+        elif sep and value.strip().lstrip("-").isdigit():
+            overrides[key.strip()] = int(value)
+        else:
+            raise SizeError(f"--set {item!r}: expected FIELD=INTEGER (e.g. layers=4)")
+    size = get_size(get_size(args.size).shrunk(args.shrink), **overrides)
+    params = size.parameters()["total"]
+    print(f"building {size.name}: {params / 1e9:.2f} B parameters, random weights, {args.dtype}")
+    lm = build_random_model(size, pixels=args.pixels, dtype=DTYPES[args.dtype], seed=args.seed)
+    out = lm.save(args.out, overwrite=args.overwrite)
+    print(
+        f"wrote {out} ({lm.info['image_tokens']} image tokens per portrait); "
+        f"load it with --model {out}"
+    )
+    return 0
+
+
 def cmd_finetune(args) -> int:
     from asru_lab.stages.finetune import FinetuneConfig, finetune, save_finetuned
 
@@ -575,6 +606,7 @@ COMMANDS = {
     "run": cmd_run,
     "export-benchmark": cmd_export,
     "build-embedded": cmd_build,
+    "make-model": cmd_make_model,
     "finetune": cmd_finetune,
     "unlearn": cmd_unlearn,
     "audit": cmd_audit,

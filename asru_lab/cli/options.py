@@ -176,6 +176,14 @@ def _locate_options(sub) -> None:
         strengths={"nargs": "*", "default": None},
         site={"choices": SITES},
     )
+    # the sizes of a first look at a big model (each pass costs minutes there)
+    _add_fields(
+        p,
+        LocateConfig,
+        "max_examples retain_examples sweep_forget sweep_retain n_candidates max_new_tokens "
+        "batch_size",
+        none=True,
+    )
 
 
 def _trace_causal_options(sub) -> None:
@@ -419,6 +427,39 @@ def _audit_options(sub) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _make_model_options(sub) -> None:
+    from asru_lab.models.sizes import DEFAULT_PIXELS, SIZES
+
+    p = sub.add_parser(
+        "make-model",
+        help="write a random-weight Qwen3-VL at a real size (for measuring cost, not answers)",
+    )
+    p.add_argument("--size", required=True, help=f"one of {', '.join(SIZES)}")
+    p.add_argument("--out", required=True, help="output model directory")
+    p.add_argument("--shrink", type=int, default=1, help="divide every width by this (layers kept)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="FIELD=INT",
+        help="replace one dimension of the size (e.g. --set layers=4; head_dim=none for "
+        "hidden / heads); repeatable",
+    )
+    p.add_argument(
+        "--pixels",
+        type=int,
+        default=DEFAULT_PIXELS,
+        help=f"pixel budget per image (default: {DEFAULT_PIXELS} = 448x448 -> 196 image tokens)",
+    )
+    p.add_argument(
+        "--dtype",
+        default="bfloat16",
+        choices=("float32", "bfloat16", "float16"),
+        help="weights' dtype on disk (default: bfloat16)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seeds the random weights")
+
+
 def _finetune_options(sub) -> None:
     from asru_lab.stages.finetune import FinetuneConfig
 
@@ -442,5 +483,6 @@ SUBCOMMANDS = (
     _reproduce_options,
     _export_benchmark_options,
     _build_embedded_options,
+    _make_model_options,
     _finetune_options,
 )

@@ -52,6 +52,7 @@ COMMANDS = {
         *QUICK,
     ],
     "build-embedded": ["--steps", "2"],
+    "make-model": ["--size", "tiny"],
     "finetune": ["--epochs", "1", "--data", "{data}"],
 }
 
