@@ -135,16 +135,17 @@ class Capture:
 @dataclass
 class _Batch:
     inputs: dict
-    select: torch.Tensor | None  # [B, T] bool mask for multi-token positions; None: an index
-    index: int | None
+    # per position: a [B, T] bool mask (multi-token positions) or a token index
+    reads: dict
 
 
 def _batch_inputs(
-    lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem], position: str | int
+    lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem], positions: Sequence[str | int]
 ) -> _Batch:
+    """One processor batch for `items` and, for each position, what to read from it."""
     images = [bench.load_image(i.image) if i.image else None for i in items]
     questions = [i.question for i in items]
-    if position == "answer":
+    if "answer" in positions:
         answers = [i.answer for i in items]
         inputs = encode(lm, images, questions, answers)
         eos = lm.tokenizer.eos_token or ""
@@ -155,28 +156,45 @@ def _batch_inputs(
         select = torch.zeros(len(items), seq, dtype=torch.bool, device=lm.device)
         for row, n in enumerate(lengths):
             select[row, seq - n : seq - 1] = True  # the answer tokens, not the end-of-turn token
-        return _Batch(inputs, select, None)
+        return _Batch(inputs, {"answer": select})
     inputs = encode(lm, images, questions)
-    if position == "prompt":
-        return _Batch(inputs, inputs["attention_mask"].bool(), None)
-    index = -1 if position == "last" else int(position)
-    if -index > inputs["input_ids"].shape[1]:
-        raise TraceError(f"position {position} is before the start of a prompt")
-    return _Batch(inputs, None, index)
+    reads: dict = {}
+    for position in positions:
+        if position == "prompt":
+            reads[position] = inputs["attention_mask"].bool()
+            continue
+        index = -1 if position == "last" else int(position)
+        if -index > inputs["input_ids"].shape[1]:
+            raise TraceError(f"position {position} is before the start of a prompt")
+        reads[position] = index
+    return _Batch(inputs, reads)
 
 
 def _read_sites(
     lm: LoadedModel, wrapped: NNsight, batch: _Batch, layers: tuple[int, ...], site: str
-) -> list:
-    """One forward pass under nnsight; per layer the `[B, D]` slice or the `[B, T, D]` tensor."""
+) -> list[dict]:
+    """One forward pass under nnsight; per layer, per position the `[B, D]` slice or the
+    `[B, T, D]` tensor (multi-token positions). Only the token positions read are kept from
+    the pass unless a multi-token position needs the whole sequence."""
+    indexes = sorted({i for i in batch.reads.values() if isinstance(i, int)})
+    whole = any(not isinstance(i, int) for i in batch.reads.values())
     saved = []
     with torch.no_grad(), wrapped.trace(**batch.inputs):
         for layer in layers:
             hidden = envoy_site(module_envoy(wrapped, lm.adapter.layer_path(layer)), site)
-            if batch.index is not None:
-                hidden = hidden[:, batch.index, :]
-            saved.append(hidden.save())
-    return saved
+            saved.append((hidden if whole else hidden[:, indexes, :]).save())
+    out = []
+    for tensor in saved:
+        per_position = {}
+        for position, read in batch.reads.items():
+            if not isinstance(read, int):
+                per_position[position] = tensor
+            elif whole:
+                per_position[position] = tensor[:, read, :]
+            else:
+                per_position[position] = tensor[:, indexes.index(read), :]
+        out.append(per_position)
+    return out
 
 
 def capture(
@@ -197,27 +215,79 @@ def capture(
 
     `keep_raw`: True keeps the pooled per-example activations of every layer, a list keeps
     those of the listed layers only. `directions`: layer -> `[hidden]` or `[k, hidden]`; the
-    per-example projections on them are kept (float64). Returns a `Capture`.
+    per-example projections on them are kept (float64). Returns a `Capture`. Several positions
+    from one forward pass: `capture_positions`.
     """
-    check_site(site)
     check_position(position)
+    return capture_positions(
+        lm,
+        bench,
+        items,
+        positions=[position],
+        layers=layers,
+        site=site,
+        keep_raw={position: keep_raw},
+        directions={position: directions} if directions else None,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )[position]
+
+
+def capture_positions(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    *,
+    positions: Sequence[str | int],
+    layers: Sequence[int] | None = None,
+    site: str = "output",
+    keep_raw: Mapping[str | int, bool | Sequence[int]] | None = None,
+    directions: Mapping[str | int, Mapping[int, torch.Tensor] | None] | None = None,
+    batch_size: int = 32,
+    progress: bool = True,
+    desc: str = "capture",
+) -> dict[str | int, Capture]:
+    """`capture` at several token positions from **one forward pass per batch**: position ->
+    `Capture`, each exactly what `capture(..., position=p)` returns. `keep_raw` and
+    `directions` are given per position (absent: none). "answer" appends the reference answer
+    to the prompt, so it cannot share a pass with the prompt positions."""
+    check_site(site)
+    positions = list(dict.fromkeys(check_position(p) for p in positions))
+    if not positions:
+        raise TraceError("no positions to capture")
+    if "answer" in positions and len(positions) > 1:
+        raise TraceError(
+            "position 'answer' reads prompt + answer and cannot share a pass with "
+            f"{[p for p in positions if p != 'answer']}: capture it separately"
+        )
     layers = check_layers(lm, layers)
     if not items:
         raise BenchmarkError(f"{desc}: no examples to capture (the set is empty)")
-    if position == "answer" and any(not i.answer for i in items):
+    if "answer" in positions and any(not i.answer for i in items):
         raise TraceError("position 'answer' needs items with a reference answer")
-    raw_layers = set(layers if keep_raw is True else check_layers(lm, keep_raw) if keep_raw else ())
-    dirs = {}
-    for layer, d in (directions or {}).items():
-        d = torch.as_tensor(d, dtype=torch.float64)
-        dirs[layer] = d.reshape(-1, d.shape[-1]).T.contiguous()  # [hidden, k]
+    keep_raw = dict(keep_raw or {})
+    directions = dict(directions or {})
+    unknown = [p for p in (*keep_raw, *directions) if p not in positions]
+    if unknown:
+        raise TraceError(f"keep_raw / directions given for positions not captured: {unknown}")
+    raw_layers = {}
+    dirs: dict = {}
+    for p in positions:
+        want = keep_raw.get(p, False)
+        raw_layers[p] = set(layers if want is True else check_layers(lm, want) if want else ())
+        dirs[p] = {}
+        for layer, d in (directions.get(p) or {}).items():
+            d = torch.as_tensor(d, dtype=torch.float64)
+            dirs[p][layer] = d.reshape(-1, d.shape[-1]).T.contiguous()  # [hidden, k]
     acc = torch.float64 if lm.device.type != "mps" else torch.float32
     hidden = lm.hidden_size
-    cap = Capture(layers, site, position)
-    cap.sum = torch.zeros(len(layers), hidden, dtype=torch.float64)
-    cap.sumsq = torch.zeros(len(layers), hidden, dtype=torch.float64)
-    raw: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers if layer in raw_layers}
-    proj: dict[int, list[torch.Tensor]] = {layer: [] for layer in layers if layer in dirs}
+    caps = {p: Capture(layers, site, p) for p in positions}
+    raw: dict = {p: {layer: [] for layer in layers if layer in raw_layers[p]} for p in positions}
+    proj: dict = {p: {layer: [] for layer in layers if layer in dirs[p]} for p in positions}
+    for cap in caps.values():
+        cap.sum = torch.zeros(len(layers), hidden, dtype=torch.float64)
+        cap.sumsq = torch.zeros(len(layers), hidden, dtype=torch.float64)
     wrapped = nnsight_model(lm)
     was_training = lm.model.training
     lm.model.eval()
@@ -225,32 +295,35 @@ def capture(
         with tqdm(total=len(items), desc=desc, disable=not progress, leave=False) as bar:
             for start in range(0, len(items), batch_size):
                 chunk = items[start : start + batch_size]
-                batch = _batch_inputs(lm, bench, chunk, position)
+                batch = _batch_inputs(lm, bench, chunk, positions)
                 outputs = _read_sites(lm, wrapped, batch, layers, site)
-                for k, (layer, out) in enumerate(zip(layers, outputs, strict=True)):
-                    out = out.to(acc)
-                    if batch.select is None:
-                        tokens, pooled, n = out, out, out.shape[0]
-                    else:
-                        mask = batch.select.to(acc).unsqueeze(-1)
-                        tokens = out * mask
-                        per_row = mask.sum(1).clamp_min(1)
-                        pooled = tokens.sum(1) / per_row
-                        n = int(batch.select.sum())
-                    flat = tokens.reshape(-1, hidden)
-                    cap.sum[k] += flat.sum(0).double().cpu()
-                    cap.sumsq[k] += (flat * flat).sum(0).double().cpu()
-                    if k == 0:
-                        cap.count += n
-                    if layer in raw:
-                        raw[layer].append(pooled.float().cpu())
-                    if layer in proj:
-                        proj[layer].append(pooled.double().cpu() @ dirs[layer])
-                cap.n_examples += len(chunk)
-                cap.person_ids += [i.person_id for i in chunk]
+                for p, cap in caps.items():
+                    select = batch.reads[p]
+                    for k, (layer, per_position) in enumerate(zip(layers, outputs, strict=True)):
+                        out = per_position[p].to(acc)
+                        if isinstance(select, int):
+                            tokens, pooled, n = out, out, out.shape[0]
+                        else:
+                            mask = select.to(acc).unsqueeze(-1)
+                            tokens = out * mask
+                            per_row = mask.sum(1).clamp_min(1)
+                            pooled = tokens.sum(1) / per_row
+                            n = int(select.sum())
+                        flat = tokens.reshape(-1, hidden)
+                        cap.sum[k] += flat.sum(0).double().cpu()
+                        cap.sumsq[k] += (flat * flat).sum(0).double().cpu()
+                        if k == 0:
+                            cap.count += n
+                        if layer in raw[p]:
+                            raw[p][layer].append(pooled.float().cpu())
+                        if layer in proj[p]:
+                            proj[p][layer].append(pooled.double().cpu() @ dirs[p][layer])
+                    cap.n_examples += len(chunk)
+                    cap.person_ids += [i.person_id for i in chunk]
                 bar.update(len(chunk))
     finally:
         lm.model.train(was_training)
-    cap.raw = {layer: torch.cat(v) for layer, v in raw.items()}
-    cap.projections = {layer: torch.cat(v) for layer, v in proj.items()}
-    return cap
+    for p, cap in caps.items():
+        cap.raw = {layer: torch.cat(v) for layer, v in raw[p].items()}
+        cap.projections = {layer: torch.cat(v) for layer, v in proj[p].items()}
+    return caps

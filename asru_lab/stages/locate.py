@@ -27,7 +27,13 @@ from dataclasses import asdict, dataclass, field, replace
 import torch
 from tqdm.auto import tqdm
 
-from asru_lab.capture import capture, check_layers, check_position, check_site
+from asru_lab.capture import (
+    capture,
+    capture_positions,
+    check_layers,
+    check_position,
+    check_site,
+)
 from asru_lab.data.schema import (
     Benchmark,
     BenchmarkError,
@@ -296,76 +302,88 @@ def measure(
     all_layers: Sequence[int],
 ) -> Measurements:
     """Step 1: capture every set at every position and layer; directions fitted on the fit
-    parts, separability (AUROC) on the held-out parts; candidate layers from the last token."""
-    bar_kw = dict(progress=config.progress, batch_size=config.batch_size)
+    parts, separability (AUROC) on the held-out parts; candidate layers from the last token.
+
+    Every position is read from **one forward pass per batch** (`capture_positions`): one pass
+    over each fit set, one over each held-out set (projected on the fit part's directions of
+    its position), then one over each of the gate's other-task sets at the candidate layers.
+    The gate's tokens are kept raw at every layer until the candidates are known."""
+    bar_kw = dict(progress=config.progress, batch_size=config.batch_size, site=config.site)
     tokens = gate_positions(config)
     # "last" first (it picks the candidate layers), then the heatmap's, then the gate's.
     heatmap = [_pos_key(p) for p in config.heatmap_positions]
     positions = list(dict.fromkeys([-1, *heatmap, *tokens]))
     main_sets = ("forget", "retain", "target")
+    # before the candidates are known only a configured or small model's layers can be named
+    preset = config.layers is not None or len(all_layers) <= 8
+    raw_layers = _candidates(config, all_layers, []) if preset else list(all_layers)
+    keep = {p: raw_layers for p in tokens}
 
+    def read(part: str, name: str, directions: dict | None = None) -> dict:
+        return capture_positions(
+            lm,
+            bench,
+            getattr(sets, part)[name],
+            positions=positions,
+            layers=all_layers,
+            keep_raw=keep,
+            directions=directions,
+            desc=f"{name}{' held out' if part == 'held' else ''} @ {len(positions)} positions",
+            **bar_kw,
+        )
+
+    steps = tqdm(total=2 * len(main_sets) + 4, desc="locate: capture", disable=not config.progress)
+    fit = {}
+    for name in main_sets:
+        fit[name] = read("fit", name)
+        steps.update()
+    both: dict = {}
+    for position in positions:
+        mem = memorisation_direction(fit["forget"][position], fit["retain"][position])
+        absence = knowledge_absence_direction(fit["target"][position], fit["forget"][position])
+        both[position] = {k: torch.stack([mem[k], absence[k]]) for k in all_layers}
+    held = {}
+    for name in main_sets:
+        held[name] = read("held", name, both)
+        steps.update()
     separability: dict = {}
-    gate_raw: dict[str, dict[str, dict]] = {"fit": {}, "held": {}}
-    last: dict[str, dict] = {}
-    candidates: list[int] = []
-    for position in tqdm(positions, desc="locate: positions", disable=not config.progress):
-        gate_layers = (candidates or all_layers) if position in tokens else ()
-        common = dict(site=config.site, position=position, **bar_kw)
-        fit = {
-            name: capture(
-                lm,
-                bench,
-                sets.fit[name],
-                layers=all_layers,
-                keep_raw=gate_layers,
-                desc=f"{name} @ {position}",
-                **common,
-            )
-            for name in main_sets
-        }
-        mem = memorisation_direction(fit["forget"], fit["retain"])
-        absence = knowledge_absence_direction(fit["target"], fit["forget"])
-        both = {layer: torch.stack([mem[layer], absence[layer]]) for layer in all_layers}
-        held = {
-            name: capture(
-                lm,
-                bench,
-                sets.held[name],
-                layers=all_layers,
-                keep_raw=gate_layers,
-                directions=both,
-                desc=f"{name} held out @ {position}",
-                **common,
-            )
-            for name in main_sets
-        }
-        p = held["forget"].projections, held["retain"].projections, held["target"].projections
+    for position in positions:
+        p = [held[name][position].projections for name in ("forget", "retain", "target")]
         separability[_pos_label(position)] = {
             "forget_vs_retain": [auroc(p[0][k][:, 0], p[1][k][:, 0]) for k in all_layers],
             "forget_vs_unseen": [auroc(p[2][k][:, 1], p[0][k][:, 1]) for k in all_layers],
         }
-        if position == -1:
-            last = {"fit": fit, "held": held}
-            candidates = _candidates(config, all_layers, separability["last"]["forget_vs_retain"])
-        if not gate_layers:
-            continue
-        for part, caps in (("fit", fit), ("held", held)):
-            for name in ("forget_other", "retain_other"):
-                caps[name] = capture(
-                    lm,
-                    bench,
-                    getattr(sets, part)[name],
-                    layers=gate_layers,
-                    keep_raw=True,
-                    desc=f"{name} ({part}) @ {position}",
-                    **common,
-                )
-            for side in ("forget", "retain"):
-                raw = {
-                    layer: torch.cat([caps[side].raw[layer], caps[f"{side}_other"].raw[layer]])
-                    for layer in gate_layers
+    candidates = _candidates(config, all_layers, separability["last"]["forget_vs_retain"])
+    last = {
+        part: {n: caps[n][-1] for n in main_sets} for part, caps in (("fit", fit), ("held", held))
+    }
+    gate_raw: dict[str, dict[str, dict]] = {"fit": {}, "held": {}}
+    for part, caps in (("fit", fit), ("held", held)):
+        other = {}
+        for name in ("forget_other", "retain_other"):
+            other[name] = capture_positions(
+                lm,
+                bench,
+                getattr(sets, part)[name],
+                positions=tokens,
+                layers=candidates,
+                keep_raw={p: True for p in tokens},
+                desc=f"{name} ({part}) @ {len(tokens)} gate tokens",
+                **bar_kw,
+            )
+            steps.update()
+        for side in ("forget", "retain"):
+            for position in tokens:
+                gate_raw[part].setdefault(side, {})[position] = {
+                    layer: torch.cat(
+                        [
+                            caps[side][position].raw[layer],
+                            other[f"{side}_other"][position].raw[layer],
+                        ]
+                    )
+                    for layer in candidates
                 }
-                gate_raw[part].setdefault(side, {})[position] = raw
+    steps.close()
     return Measurements(separability, candidates, last, gate_raw)
 
 
