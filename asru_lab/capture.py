@@ -179,7 +179,9 @@ def _read_sites(
     indexes = sorted({i for i in batch.reads.values() if isinstance(i, int)})
     whole = any(not isinstance(i, int) for i in batch.reads.values())
     saved = []
-    with torch.no_grad(), wrapped.trace(**batch.inputs):
+    # logits only at the last position: the pass is read for its hidden states, and full
+    # logits cost batch x length x vocab floats (151 936 columns on a real Qwen3-VL)
+    with torch.no_grad(), wrapped.trace(**batch.inputs, logits_to_keep=1):
         for layer in layers:
             hidden = envoy_site(module_envoy(wrapped, lm.adapter.layer_path(layer)), site)
             saved.append((hidden if whole else hidden[:, indexes, :]).save())

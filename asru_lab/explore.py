@@ -60,9 +60,9 @@ def compare_next_token(
     if layer is not None and layer != probe.layer:
         probe = probe.at_layer(lm, layer)
     batch = encode(lm, [as_image(image)], [question])
-    plain = torch.softmax(lm.model(**batch).logits[0, -1].float(), -1)
+    plain = torch.softmax(lm.model(**batch, logits_to_keep=1).logits[0, -1].float(), -1)
     with probe.apply(lm, alpha=alpha):
-        steered = torch.softmax(lm.model(**batch).logits[0, -1].float(), -1)
+        steered = torch.softmax(lm.model(**batch, logits_to_keep=1).logits[0, -1].float(), -1)
     # rank by the larger of the two, so that both distributions' leaders are shown
     top = torch.maximum(plain, steered).topk(min(top_k, plain.numel())).indices.tolist()
     return NextTokenComparison(

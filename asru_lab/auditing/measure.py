@@ -78,7 +78,7 @@ def last_states(
         inputs = encode_prefilled(lm, bench.images(batch), [i.question for i in batch], starts)
         with ExitStack() as stack:
             boxes = [stack.enter_context(reading(module, site)) for module, site in sites]
-            lm.model(**inputs)
+            lm.model(**inputs, logits_to_keep=1)  # the states are read; logits are not
         out.append(torch.stack([b["value"][:, -1, :].float().cpu() for b in boxes], dim=1))
     return torch.cat(out) if out else torch.zeros(0, lm.num_layers, lm.hidden_size)
 

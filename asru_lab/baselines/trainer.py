@@ -127,13 +127,19 @@ class Step:
         if key not in self._cache:
             batch = dict(self.batches[split])
             labels = batch.pop("labels")
+            # Answers end each left-padded row: logits only from the position before the
+            # first answer token (full-length logits are batch x length x vocab floats).
+            answered = (labels != IGNORE_INDEX).any(0).nonzero()
+            length = labels.shape[1]
+            keep = length - int(answered[0]) + 1 if len(answered) else 2
+            batch["logits_to_keep"] = keep = min(max(keep, 2), length)
             if reference:
                 with torch.no_grad():
                     logits = self.reference(**batch)
             else:
                 logits = self.model(**batch).logits
             # position t predicts token t+1
-            self._cache[key] = (logits[:, :-1].float(), labels[:, 1:])
+            self._cache[key] = (logits[:, :-1].float(), labels[:, length - keep + 1 :])
         return self._cache[key]
 
     def nll(self, split: str) -> torch.Tensor:

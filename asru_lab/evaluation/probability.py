@@ -65,12 +65,17 @@ def answer_logprobs(
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = range(start, min(len(items), start + batch_size))
         inputs = encode_items(lm, bench, [items[k] for k in chunk], [answers[k] for k in chunk])
-        logits = lm.model(**inputs).logits.double()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        ids = inputs["input_ids"][:, 1:]
+        # answers sit at the end of each (left-padded) row: logits only for the positions that
+        # predict them, and one row's log-softmax at a time (the full [batch, length, vocab]
+        # logits in float64 would be gigabytes at a real vocabulary)
+        keep = min(max(len(tails[k]) for k in chunk) + 1, inputs["input_ids"].shape[1])
+        logits = lm.model(**inputs, logits_to_keep=keep).logits
+        ids = inputs["input_ids"]
         for row, k in enumerate(chunk):
             n = len(tails[k])  # answer tokens + end of turn, at the end of the row
-            picked = logp[row, -n:].gather(-1, ids[row, -n:].unsqueeze(-1)).squeeze(-1)
+            scores = logits[row, -n - 1 : -1].double()  # position t predicts token t + 1
+            target = ids[row, -n:].unsqueeze(-1)
+            picked = (scores.gather(-1, target) - scores.logsumexp(-1, keepdim=True)).squeeze(-1)
             out.append(picked[:-1].cpu() if n > 1 else picked.cpu())
     return out
 

@@ -139,7 +139,8 @@ def check_added(
 def _logits(lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem]) -> torch.Tensor:
     """float32 `[n, vocab]`: next-token logits at the last prompt token of each item."""
     with torch.no_grad():
-        return lm.model(**encode_items(lm, bench, items)).logits[:, -1].float().cpu()
+        inputs = encode_items(lm, bench, items)
+        return lm.model(**inputs, logits_to_keep=1).logits[:, -1].float().cpu()
 
 
 def _hook_ids(lm: LoadedModel) -> list[set[int]]:
