@@ -6,6 +6,7 @@ import copy
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,10 +87,36 @@ class LoadedModel:
         mine, theirs = shape(self), shape(other)
         return ", ".join(f"{k} {theirs[k]} vs {mine[k]}" for k in mine if mine[k] != theirs[k])
 
-    def clone(self) -> LoadedModel:
-        """A deep copy of the weights (the processor and adapter are shared)."""
+    def clone(self, copy_only: Sequence[str] | None = None) -> LoadedModel:
+        """A copy whose weights can change without changing this model's (the processor and
+        adapter are shared).
+
+        `copy_only`: full module names (`model.named_modules()`) of the only modules that will
+        change. Their parameters and buffers are copied; every other weight shares this
+        model's memory (a new `Parameter` over the same storage, so `requires_grad` is the
+        copy's own) and must be treated as read-only. Stage 1.2 changes one `down_proj`: at 8B
+        that is 0.1 GB copied instead of 17.5 GB in bf16. None copies everything.
+        """
+        if copy_only is None:
+            model = copy.deepcopy(self.model)
+        else:
+            named = dict(self.model.named_modules())
+            missing = [m for m in copy_only if m not in named]
+            if missing:
+                raise ModelLoadError(f"cannot copy {missing}: no such module in {self.name}")
+            copied = {
+                id(t) for m in copy_only for t in (*named[m].parameters(), *named[m].buffers())
+            }
+            memo: dict = {}
+            for p in self.model.parameters():
+                if id(p) not in copied and id(p) not in memo:
+                    memo[id(p)] = torch.nn.Parameter(p.data, requires_grad=p.requires_grad)
+            for b in self.model.buffers():
+                if id(b) not in copied:
+                    memo[id(b)] = b
+            model = copy.deepcopy(self.model, memo)
         return LoadedModel(
-            copy.deepcopy(self.model),
+            model,
             self.processor,
             self.adapter,
             self.name,

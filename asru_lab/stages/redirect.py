@@ -468,7 +468,7 @@ def redirect(
     data = prepare_data(lm, bench, config)
     was_training = lm.model.training
     lm.model.eval()
-    out = lm.clone()
+    out = lm.clone(copy_only=modules)  # only the trained modules change
     out.model.eval()
     try:
         if solver == "closed_form":

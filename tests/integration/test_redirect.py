@@ -18,6 +18,7 @@ import torch
 import asru_lab as al
 from asru_lab.cli import main
 from asru_lab.data.schema import BenchmarkError
+from asru_lab.models.loading import ModelLoadError
 from asru_lab.probe import ProbeError, SteeringProbe
 from asru_lab.stages.locate import quick_probe
 from asru_lab.stages.redirect import (
@@ -69,6 +70,21 @@ def test_input_model_is_not_modified(lm, bench, probe):
     for name, param in lm.model.named_parameters():
         assert torch.equal(param, snapshot[name][0]), name
         assert param.requires_grad == snapshot[name][1], name
+
+
+def test_only_the_trained_module_is_copied(lm, probe, closed):
+    """No full model clone: every weight but the trained down_proj shares the input model's
+    memory (at 8B the clone would be 17.5 GB in bf16), tied weights stay tied."""
+    out, record = closed
+    before = dict(lm.model.named_parameters())
+    trained = f"{record['trainable'][0]}.weight"
+    for name, param in out.model.named_parameters():
+        shared = param.data_ptr() == before[name].data_ptr()
+        assert shared == (name != trained), name
+        assert param is not before[name]  # its own requires_grad
+    assert out.model.lm_head.weight is out.adapter.embed_tokens(out.model).weight
+    with pytest.raises(ModelLoadError, match="no such module"):
+        lm.clone(copy_only=["model.language_model.layers.99"])
 
 
 def test_closed_form_objective_matches_forward_passes(lm, bench, probe, closed):
