@@ -89,7 +89,8 @@ def logit_lens(lm: LoadedModel, direction: torch.Tensor, k: int = 10) -> list[tu
     head = lm.adapter.lm_head(lm.model)
     v = direction.to(device=lm.device, dtype=head.weight.dtype).view(1, 1, -1)
     logits = lm.adapter.logits_from_hidden(lm.model, v).view(-1).float()
-    top = torch.topk(logits, k)
+    logits = logits[: lm.token_rows]  # padded vocabulary rows are no tokens
+    top = torch.topk(logits, min(k, logits.numel()))
     tokens = lm.tokenizer.convert_ids_to_tokens(top.indices.tolist())
     text = [lm.tokenizer.convert_tokens_to_string([t]) for t in tokens]
     return [(t, round(float(s), 4)) for t, s in zip(text, top.values.tolist(), strict=True)]

@@ -64,7 +64,8 @@ def compare_next_token(
     with probe.apply(lm, alpha=alpha):
         steered = torch.softmax(lm.model(**batch, logits_to_keep=1).logits[0, -1].float(), -1)
     # rank by the larger of the two, so that both distributions' leaders are shown
-    top = torch.maximum(plain, steered).topk(min(top_k, plain.numel())).indices.tolist()
+    real = torch.maximum(plain, steered)[: lm.token_rows]  # padded vocabulary rows: no tokens
+    top = real.topk(min(top_k, real.numel())).indices.tolist()
     return NextTokenComparison(
         tokens=[lm.tokenizer.decode([t]) for t in top],
         unsteered=plain[top].tolist(),

@@ -79,6 +79,18 @@ def answer_labels(batch: dict[str, torch.Tensor], tails: list[list[int]]) -> tor
     return labels
 
 
+def answer_window(labels: torch.Tensor) -> int:
+    """How many last positions of a left-padded batch a loss on `labels` needs logits for:
+    from the position before the first answer token to the end (at least 2). Pass it as
+    `logits_to_keep` with `labels[:, -window:]`: the loss is the same, and the logits are
+    batch x window x vocab floats instead of batch x length x vocab (151 936 columns on a real
+    Qwen3-VL)."""
+    answered = (labels != IGNORE_INDEX).any(0).nonzero()
+    length = labels.shape[1]
+    window = length - int(answered[0]) + 1 if len(answered) else 2
+    return min(max(window, 2), length)
+
+
 def language_model_linears(lm: LoadedModel) -> list[str]:
     """Full module names (from `lm.model`) of every nn.Linear in the language model.
 

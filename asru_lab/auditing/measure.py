@@ -168,5 +168,6 @@ def lens_ranks(lm: LoadedModel, states: torch.Tensor, targets: Sequence[int]) ->
     for layer in range(states.shape[1]):
         hidden = states[:, layer, :].to(device=lm.device, dtype=lm.model.dtype)
         logits = lm.adapter.logits_from_hidden(lm.model, hidden).float()
+        logits = logits[:, : lm.token_rows]  # padded vocabulary rows are no tokens
         ranks.append((logits > logits.gather(-1, target)).sum(-1).cpu())
     return torch.stack(ranks, dim=1) if ranks else torch.zeros(len(targets), 0, dtype=torch.long)

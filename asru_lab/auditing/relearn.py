@@ -20,6 +20,7 @@ from asru_lab.training import (
     Example,
     answer_labels,
     answer_tokens,
+    answer_window,
     language_model_linears,
     lora_wrap,
     seeded,
@@ -129,8 +130,9 @@ def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict],
                 twin.model.train()
                 picked = [examples[k] for k in chunk]
                 batch = encode_items(twin, subject.bench, picked, [e.answer for e in picked])
-                loss = peft_model(**batch, labels=answer_labels(batch, [tails[k] for k in chunk]))
-                loss = loss.loss
+                labels = answer_labels(batch, [tails[k] for k in chunk])
+                keep = answer_window(labels)
+                loss = peft_model(**batch, labels=labels[:, -keep:], logits_to_keep=keep).loss
                 if not torch.isfinite(loss):
                     raise AuditError(
                         f"relearning ({variant}) diverged: the loss became {float(loss)} at "

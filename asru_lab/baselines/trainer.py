@@ -34,6 +34,7 @@ from asru_lab.training import (
     Example,
     answer_labels,
     answer_tokens,
+    answer_window,
     language_model_linears,
     lora_wrap,
     seeded,
@@ -127,12 +128,9 @@ class Step:
         if key not in self._cache:
             batch = dict(self.batches[split])
             labels = batch.pop("labels")
-            # Answers end each left-padded row: logits only from the position before the
-            # first answer token (full-length logits are batch x length x vocab floats).
-            answered = (labels != IGNORE_INDEX).any(0).nonzero()
+            # answers end each left-padded row: logits only where the loss reads them
             length = labels.shape[1]
-            keep = length - int(answered[0]) + 1 if len(answered) else 2
-            batch["logits_to_keep"] = keep = min(max(keep, 2), length)
+            batch["logits_to_keep"] = keep = answer_window(labels)
             if reference:
                 with torch.no_grad():
                     logits = self.reference(**batch)

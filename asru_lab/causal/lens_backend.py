@@ -4,9 +4,11 @@ shares every weight tensor, run with hooks at the sites the architecture adapter
 from __future__ import annotations
 
 import copy
+import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 from asru_lab.causal.config import CausalTraceError
 from asru_lab.causal.patching import _restore, _Run, _RunOutput, site_names
@@ -36,6 +38,23 @@ def _without_torchvision_requirement() -> Iterator[None]:
         ArchitectureAdapter._check_required_libraries = original
 
 
+@contextmanager
+def _without_processor_loading() -> Iterator[None]:
+    """While booting, TransformerLens loads the model's processor by name and, when that fails,
+    **pip-installs torchvision into the running environment** (which pulled a CUDA torch over
+    the pinned CPU one here). The bridge only ever gets processor outputs from asru_lab, so its
+    processor loading is switched off, and its installer can never run."""
+    from transformer_lens.model_bridge.sources.transformers import helpers, source
+
+    saved = source.load_modality_processor, helpers._ensure_torchvision
+    source.load_modality_processor = lambda *args, **kwargs: None
+    helpers._ensure_torchvision = lambda: False
+    try:
+        yield
+    finally:
+        source.load_modality_processor, helpers._ensure_torchvision = saved
+
+
 def transformer_bridge(lm: LoadedModel):
     """A TransformerLens `TransformerBridge` over `lm`'s weights (shared, not copied).
 
@@ -49,10 +68,21 @@ def transformer_bridge(lm: LoadedModel):
     shared = {id(t): t for t in [*hf.parameters(), *hf.buffers()]}
     twin = copy.deepcopy(hf, shared)
     try:
-        with _without_torchvision_requirement(), warnings.catch_warnings():
+        with (
+            _without_torchvision_requirement(),
+            _without_processor_loading(),
+            warnings.catch_warnings(),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             warnings.simplefilter("ignore")
+            # the bridge reads a config from its first argument: a model built in memory (no
+            # local source) gets its own config written out, never a hub lookup of its name
+            source = lm.source
+            if not source or not Path(source, "config.json").is_file():
+                hf.config.save_pretrained(tmp)
+                source = tmp
             bridge = TransformerBridge.boot_transformers(
-                lm.source or lm.name,
+                source,
                 hf_model=twin,  # its config is used: nothing is read from the hub
                 tokenizer=lm.tokenizer,
                 device=lm.device,

@@ -60,6 +60,13 @@ class LoadedModel:
     def hidden_size(self) -> int:
         return self.adapter.hidden_size(self.model)
 
+    @property
+    def token_rows(self) -> int:
+        """How many LM-head rows are tokens the tokenizer knows. A real Qwen3-VL pads its
+        vocabulary to 151 936 rows for a tokenizer of ~151 669 tokens: rankings over the
+        vocabulary (logit lens, top-k) must leave the padded rows out."""
+        return len(self.tokenizer)
+
     def fingerprint(self) -> dict:
         """What a probe records to recognise this model: name, sizes and a config hash."""
         cfg = self.model.config.to_dict()

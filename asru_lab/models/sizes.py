@@ -324,10 +324,11 @@ def build_config(size: ModelSize, tokenizer) -> Qwen3VLConfig:
 
 
 @torch.no_grad()
-def _fill_random(model: nn.Module, seed: int, std: float = 0.02) -> None:
+def _fill_random(model: nn.Module, seed: int, device: torch.device, std: float = 0.02) -> None:
     """Initialise every weight from one seeded generator, in module order: normal(0, std)
-    matrices and embeddings, zero biases, unit norms (much faster than HF's own init at 2B+)."""
-    gen = torch.Generator().manual_seed(seed)
+    matrices and embeddings, zero biases, unit norms (much faster than HF's own init at 2B+).
+    Same seed, device and dtype: same weights."""
+    gen = torch.Generator(device).manual_seed(seed)
     done: set[int] = set()
     for module in model.modules():
         weight = getattr(module, "weight", None)
@@ -356,19 +357,24 @@ def build_random_model(
     seed: int = 0,
 ) -> LoadedModel:
     """A random-weight Qwen3-VL of `size` (a `SIZES` name, `"name/N"` shrunk, or a
-    `ModelSize`) around the embedded tokenizer, in eval mode. Same seed, same weights."""
+    `ModelSize`) around the embedded tokenizer, in eval mode, built in `dtype` on `device`.
+    Same seed, dtype and device: same weights."""
     spec = get_size(size)
     processor = build_processor(spec, pixels)
     config = build_config(spec, processor.tokenizer)
     started = time.perf_counter()
-    with no_init_weights():
-        model = Qwen3VLForConditionalGeneration(config)
+    device = torch.device(device or "cpu")
+    # built directly in its dtype on its device: no float32 copy of an 8B model in host memory
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with no_init_weights(), device:
+            model = Qwen3VLForConditionalGeneration(config)
+    finally:
+        torch.set_default_dtype(previous)
     if spec.tied:
         model.tie_weights()
-    _fill_random(model, seed)
-    model.to(dtype=dtype)
-    if device is not None:
-        model.to(device)
+    _fill_random(model, seed, device)
     model.eval()
     info = {
         "random_weights": True,

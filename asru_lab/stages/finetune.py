@@ -26,6 +26,7 @@ from asru_lab.training import (
     Example,
     answer_labels,
     answer_tokens,
+    answer_window,
     language_model_linears,
     lora_wrap,
     seeded,
@@ -162,7 +163,8 @@ def finetune(
         picked = [examples[k] for k in chunk]
         batch = encode_items(out, bench, picked, [e.answer for e in picked])
         labels = answer_labels(batch, [tails[k] for k in chunk])
-        return out.model(**batch, labels=labels).loss
+        keep = answer_window(labels)  # logits only where the loss reads them
+        return out.model(**batch, labels=labels[:, -keep:], logits_to_keep=keep).loss
 
     def nonfinite(loss: float, epoch: int, step: int) -> FinetuneError:
         return FinetuneError(

@@ -150,3 +150,45 @@ def test_a_width_that_does_not_divide_by_its_heads_is_refused(tmp_path, capsys):
     args = ["make-model", "--size", "tiny", "--set", "hidden=130", "--set", "head_dim=none"]
     assert main([*args, "--out", str(tmp_path / "m")]) == 2
     assert "hidden width 130 does not divide by its 4" in capsys.readouterr().err
+
+
+def test_padded_vocabulary_rows_are_never_ranked_as_tokens(small):
+    """151 936 LM-head rows, ~1.4 k tokens: the logit lens and the audit's ranks skip the rest,
+    even when a padded row has the highest logit."""
+    from asru_lab.auditing.measure import lens_ranks
+    from asru_lab.directions import logit_lens
+
+    rows = small.token_rows
+    assert rows == len(small.tokenizer) < QWEN_VOCAB
+    head = small.adapter.lm_head(small.model).weight
+    direction = head[QWEN_VOCAB - 1].detach().clone() * 50  # points at a padded row
+    top = logit_lens(small, direction, k=10)
+    assert len(top) == 10 and all(isinstance(t, str) for t, _ in top)
+    states = direction.view(1, 1, -1).expand(1, small.num_layers, -1)
+    ranks = lens_ranks(small, states, [5])
+    assert ranks.max() < rows
+
+
+def test_causal_tracing_boots_on_a_model_built_in_memory_without_hub_or_installs(
+    small, bench, monkeypatch
+):
+    """A model with no local source: TransformerLens gets its config written out, never a hub
+    lookup of its name, and its processor loading (which pip-installs torchvision when it
+    fails) is off."""
+    import subprocess
+
+    from asru_lab.causal import CausalTraceConfig, trace_causal
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"a subprocess was started: {args}")
+
+    monkeypatch.setattr(subprocess, "check_call", refuse)
+    monkeypatch.setattr(subprocess, "run", refuse)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert small.source is None
+    config = CausalTraceConfig(
+        max_people=1, layers=(0,), components=("residual",), groups=("last",), min_drop=0.0,
+        backend="transformer_lens", progress=False,
+    )  # fmt: skip
+    trace = trace_causal(small, bench, config)
+    assert len(trace.people) == 1
