@@ -65,10 +65,16 @@ class Largest(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {
+            t.untyped_storage().data_ptr()
+            for t in tree_flatten((args, kwargs))[0]
+            if isinstance(t, torch.Tensor) and not t.is_meta
+        }
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor) and not t.is_meta:
-                # the memory the tensor owns (a view or an expand allocates nothing new)
-                size = t.untyped_storage().nbytes() if t._base is None else 0
+                # new memory only: a view (transpose, expand, slice) allocates nothing
+                storage = t.untyped_storage()
+                size = 0 if storage.data_ptr() in inputs else storage.nbytes()
                 if size > self.best[0]:
                     self.best = (size, str(func.__name__), tuple(t.shape), str(t.dtype))
         return out
