@@ -189,7 +189,15 @@ def test_sigkill_mid_training_then_resume_reaches_the_same_run(tmp_path):
 
 def test_lora_adapter_is_trained_and_merged(lm, bench, tmp_path):
     config = ReinforceConfig(**{**SHORT, "max_steps": 2, "boundary": "random", "lora_r": 4})
+    snapshot = {n: p.clone() for n, p in lm.model.named_parameters()}
     model, record = reinforce(lm, bench, config, output_dir=tmp_path)
+    for name, param in lm.model.named_parameters():
+        assert torch.equal(param, snapshot[name]), name  # the input model is untouched
+    # only the language model's linears (where LoRA merges) were copied; the rest is shared
+    mine = {n: p.data_ptr() for n, p in lm.model.named_parameters()}
+    shared = {n for n, p in model.model.named_parameters() if p.data_ptr() == mine[n]}
+    assert any("visual" in n for n in shared) and any("embed_tokens" in n for n in shared)
+    assert not any(".language_model." in n and n.endswith("proj.weight") for n in shared)
     assert record["steps"] == 2
     assert not hasattr(model.model, "peft_config")  # merged into plain weights
     names = {n for n, _ in lm.model.named_parameters()}
