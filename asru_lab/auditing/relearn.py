@@ -78,7 +78,9 @@ def relearn(subject: Subject) -> tuple[dict, list[dict]]:
 
 def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict], list[dict]]:
     cfg = subject.config
-    twin = subject.lm.clone()  # the audited model is never changed
+    # the audited model is never changed: relearning trains a LoRA adapter (never merged) on
+    # a twin whose module tree is its own and whose weights are the audited model's, shared
+    twin = subject.lm.clone(copy_only=())
     examples = [Example(i.image, i.question, i.answer) for i in items]
     tails, _ = answer_tokens(twin, examples)
     records: list[dict] = []
