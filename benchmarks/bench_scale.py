@@ -33,6 +33,7 @@ its last dimension is the vocabulary.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import sys
@@ -119,6 +120,7 @@ class Stages:
 
     def run(self, name: str, fn: Callable[[], object], note: str = "") -> object:
         cuda = self.device.startswith("cuda")
+        gc.collect()  # what the previous stage left (a trainer's cycles) is not this one's
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
@@ -224,7 +226,7 @@ def main() -> int:
             f"forget split, {2 * n} items per task, answer probabilities",
         )
     probe = None
-    if "locate" in want or "redirect" in want or "causal" in want:
+    if "locate" in want or "redirect" in want:
         config = al.LocateConfig(
             max_examples=8 * n,
             retain_examples=8 * n,
