@@ -175,6 +175,9 @@ def main() -> int:
         help="run only these (build always runs): generate evaluate locate redirect reinforce "
         "rollouts causal audit",
     )
+    parser.add_argument(
+        "--attacks", nargs="*", default=list(ATTACKS), help="the audit's attacks (default: all)"
+    )
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -303,13 +306,13 @@ def main() -> int:
         stages.run("causal tracing", lambda: trace_causal(lm, bench, config), "1 person, 3 layers")
     if "audit" in want:
         config = al.AuditConfig(
-            attacks=ATTACKS, max_items=2 * n, relearn_steps=(0, 2), batch_size=2,
+            attacks=tuple(args.attacks), max_items=2 * n, relearn_steps=(0, 2), batch_size=2,
             max_new_tokens=8, perturbations=("flip",), progress=False,
         )  # fmt: skip
         stages.run(
             "audit (every attack kind)",
             lambda: al.audit(lm, bench, reference=lm, config=config),
-            f"{len(ATTACKS)} attacks, {2 * n} items",
+            f"{', '.join(args.attacks)}; {2 * n} items",
         )
     print()
     print(stages.table())
