@@ -26,6 +26,7 @@ from asru_lab.errors import AsruLabError
 from asru_lab.models.adapters import ArchitectureAdapter, adapter_for
 from asru_lab.models.embedded import EMBEDDED_NAME, embedded_dir
 from asru_lab.models.processor import register_image_only_processor
+from asru_lab.quiet import quiet_in_notebooks
 
 
 class ModelLoadError(AsruLabError, RuntimeError):
@@ -132,6 +133,7 @@ class LoadedModel:
             dict(self.info),
         )
 
+    @quiet_in_notebooks()
     def save(
         self,
         out_dir: str | Path,
@@ -157,6 +159,7 @@ class LoadedModel:
         return Path(out_dir)
 
 
+@quiet_in_notebooks()
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     *,

@@ -44,6 +44,7 @@ from asru_lab.evaluation.protocols.asru_lab import MAX_NEW_TOKENS
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
+from asru_lab.quiet import quiet_in_notebooks
 from asru_lab.rewards import build_rewards, completion_text
 from asru_lab.stages.reinforce_config import ReinforceConfig, ReinforceError
 from asru_lab.training import language_model_linears, lora_config, quiet_peft
@@ -53,6 +54,11 @@ REINFORCE_FILE = "reinforce.json"
 TRAINING_DIR = "training"  # inside a saved stage 2 model: checkpoints, metrics, dashboard
 METRICS_FILE = "metrics.jsonl"
 DASHBOARD_FILE = "dashboard.html"
+# the progress bars of the boundary set's choice, in a learner's words
+BOUNDARY_STEPS = (
+    "boundary set 1/2: reading the model on forget questions",
+    "boundary set 2/2: finding the retain questions most like them",
+)
 
 
 # --- the data ---------------------------------------------------------------------------------
@@ -95,8 +101,8 @@ def boundary_set(
     layer = probe.layer if probe is not None else lm.num_layers - 1
     site = probe.site if probe is not None else "output"
     kw = {"layers": [layer], "site": site, "progress": config.progress, "keep_raw": True}
-    forget_acts = capture(lm, bench, forget, desc="boundary: forget", **kw)
-    retain_acts = capture(lm, bench, retain, desc="boundary: retain", **kw)
+    forget_acts = capture(lm, bench, forget, desc=BOUNDARY_STEPS[0], **kw)
+    retain_acts = capture(lm, bench, retain, desc=BOUNDARY_STEPS[1], **kw)
     direction = memorisation_direction(forget_acts, retain_acts)[layer]
     unit = direction / direction.norm().clamp_min(1e-12)
     retain_scores = retain_acts.raw[layer].double() @ unit
@@ -152,10 +158,18 @@ def boundary_dataset(
 
 
 class SampleLog:
-    """The latest sampled completions with their rewards (filled by the first reward)."""
+    """The latest sampled completions of each split, with their rewards and the step they
+    were sampled at (filled by the first reward; `step` set by `MetricsCallback`)."""
 
     def __init__(self, size: int = 8) -> None:
-        self.rows: deque = deque(maxlen=size)
+        self.by_split: dict[str, deque] = {}
+        self.size = size
+        self.step = 0
+
+    @property
+    def rows(self) -> list[dict]:
+        """The kept samples: up to `size` per split, forget first, oldest first."""
+        return [row for split in sorted(self.by_split) for row in self.by_split[split]]
 
     def wrap(self, reward):
         def recording(completions, split, item, **columns):
@@ -164,9 +178,10 @@ class SampleLog:
             for prompt, completion, s, value in zip(
                 prompts, completions, split, values, strict=True
             ):
-                self.rows.append(
+                self.by_split.setdefault(s, deque(maxlen=self.size)).append(
                     {
                         "split": s,
+                        "step": self.step,
                         "question": _question_text(prompt),
                         "completion": completion_text(completion),
                         "reward": value,
@@ -220,6 +235,11 @@ class QuietProgress(ProgressCallback):
     """transformers' progress bar without its print of every log dict: `metrics.jsonl` and the
     dashboard keep the logs, and `MetricsCallback` shows the reward on the bar."""
 
+    def on_train_begin(self, args, state, control, **kwargs):
+        super().on_train_begin(args, state, control, **kwargs)
+        if self.training_bar is not None:
+            self.training_bar.set_description("GRPO steps")
+
     def on_log(self, args, state, control, logs=None, **kwargs):
         return
 
@@ -254,6 +274,9 @@ class MetricsCallback(TrainerCallback):
             lines = viz.read_metrics(path)
             self.history = [r for r in lines if r.get("step", 0) <= state.global_step]
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.samples.step = state.global_step + 1  # rollouts sampled now belong to that step
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if not self.active:
@@ -430,6 +453,7 @@ def _resume_checkpoint(out_dir: Path) -> str | None:
     return str(path)
 
 
+@quiet_in_notebooks()
 def reinforce(
     lm: LoadedModel,
     bench: Benchmark,
@@ -446,8 +470,10 @@ def reinforce(
     `probe`: its layer and site place the boundary projection (default: the top layer).
     `callbacks`: more `TrainerCallback`s (the notebook's live dashboard). Returns
     `(model, record)`; the record holds the config, the data sizes, the boundary statistics,
-    TRL's log history and timings.
+    TRL's log history and timings. In a notebook, third-party warnings and transformers'
+    progress bars and log table are left out (`asru_lab.quiet`).
     """
+    from transformers.trainer import DEFAULT_PROGRESS_CALLBACK
     from trl import GRPOTrainer
 
     config = config or ReinforceConfig()
@@ -483,7 +509,8 @@ def reinforce(
             callbacks=[metrics, *callbacks, StopOnNonFinite(config)],
             peft_config=_lora(lm, config),
         )
-    if trainer.pop_callback(ProgressCallback) is not None:
+    # transformers' bar (in a notebook its table of losses, which the dashboard replaces)
+    if trainer.pop_callback(DEFAULT_PROGRESS_CALLBACK) is not None:
         metrics.bar_owner = QuietProgress()
         trainer.add_callback(metrics.bar_owner)
     trainer.train(resume_from_checkpoint=checkpoint)

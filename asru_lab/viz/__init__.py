@@ -2,7 +2,8 @@
 
 One module per part of the method: `locate` (stage 1.1), `training` (stage 1.2's losses and
 stage 2's reward dashboard), `explorer` (the notebook's steering explorer), `reproduce` (the
-paper's comparison), `causal` (causal tracing's heatmaps); `pages` writes figures to HTML/PNG.
+paper's comparison), `causal` (causal tracing's heatmaps); `pages` writes figures to HTML/PNG;
+`tables` gives every HTML table its one style.
 Every figure function is importable from `asru_lab.viz` directly.
 """
 
@@ -22,14 +23,17 @@ from asru_lab.viz.reproduce import (
     tradeoff_scatter,
     write_reproduce_figures,
 )
+from asru_lab.viz.tables import html_table
 from asru_lab.viz.training import (
     REWARD_PANELS,
     LiveRewardDashboard,
+    latest_samples,
     projection_histograms,
     read_metrics,
     redirect_loss_chart,
     reward_figure,
     samples_table_html,
+    step_axis,
     write_reward_dashboard,
 )
 
@@ -42,6 +46,8 @@ __all__ = [
     "REWARD_PANELS",
     "causal_heatmap",
     "figures_html",
+    "html_table",
+    "latest_samples",
     "layer_cosine_heatmap",
     "next_token_figure",
     "projection_histograms",
@@ -53,6 +59,7 @@ __all__ = [
     "save_figure",
     "separability_heatmap",
     "steering_explorer",
+    "step_axis",
     "sweep_chart",
     "tradeoff_scatter",
     "write_locate_page",

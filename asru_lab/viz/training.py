@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ from plotly.subplots import make_subplots
 from transformers import TrainerCallback
 
 from asru_lab.artifacts import write_text_atomic
+from asru_lab.viz.tables import html_table
 
 
 def redirect_loss_chart(sgd: dict, closed_form: dict | None = None) -> go.Figure:
@@ -74,11 +76,20 @@ def projection_histograms(projections: dict[str, dict[str, Sequence[float]]]) ->
 
 
 REWARD_PANELS = ("reward", "KL to the starting model", "completion length", "held-out rates")
+PANEL_Y_TITLES = ("mean reward", "KL", "tokens per answer", "share of questions")
+TITLE = "Stage 2 (GRPO): rewards while training"
+WAITING = "waiting for the first step…"
+SAMPLE_ROWS = 4  # per split: a fixed height, so that what is below the table never moves
+SAMPLE_COLUMNS = {
+    "forget": "forget (should refuse, in context)",
+    "retain": "retain (should answer)",
+}
 
 
 def _reward_traces(rewards: Sequence[str]) -> list[tuple[str, str, int]]:
-    """(metrics key, legend name, panel) of every trace the reward figure shows."""
-    traces = [("reward", "total reward", 1)]
+    """(metrics key, legend name, panel) of every trace the reward figure shows; the total
+    only with several rewards (with one it is that reward's curve again)."""
+    traces = [("reward", "total reward", 1)] if len(rewards) > 1 else []
     traces += [(f"rewards/{name}/mean", name, 1) for name in rewards]
     traces += [("kl", "KL", 2), ("completions/mean_length", "mean length", 3)]
     traces += [
@@ -89,10 +100,29 @@ def _reward_traces(rewards: Sequence[str]) -> list[tuple[str, str, int]]:
     return traces
 
 
-def reward_figure(history: Sequence[dict], rewards: Sequence[str]) -> go.Figure:
-    """Stage 2 curves from the metrics rows (`metrics.jsonl`): total reward and each reward,
-    KL, mean completion length and the held-out forget refusal / leak and retain recall."""
-    fig = make_subplots(rows=2, cols=2, subplot_titles=REWARD_PANELS)
+def last_step(history: Sequence[dict], steps: int | None = None) -> int:
+    """Where the step axis ends: the planned `steps`, or the last logged step if later."""
+    return max([steps or 0, *(int(r.get("step", 0)) for r in history)])
+
+
+def step_axis(last: int) -> dict:
+    """Layout of a step axis from 1 to `last`: whole-step ticks, ten at most."""
+    last = max(int(last), 1)
+    nice = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
+    dtick = next((d for d in nice if last / d <= 10), math.ceil(last / 10))
+    return {"range": [0.5, last + 0.5], "tick0": 0, "dtick": dtick, "tickformat": "d"}
+
+
+def reward_figure(
+    history: Sequence[dict], rewards: Sequence[str], steps: int | None = None
+) -> go.Figure:
+    """Stage 2 curves from the metrics rows (`metrics.jsonl`): each reward (and their total
+    when there are several), KL, mean completion length and the held-out forget refusal /
+    leak and retain recall. Every panel's x axis runs over the same steps: 1 to `steps` (the
+    run's planned steps) or to the last logged step. Before any row the title says so."""
+    fig = make_subplots(
+        rows=2, cols=2, subplot_titles=REWARD_PANELS, horizontal_spacing=0.08, vertical_spacing=0.16
+    )
     for key, name, panel in _reward_traces(rewards):
         rows = [r for r in history if isinstance(r.get(key), int | float)]
         fig.add_scatter(
@@ -103,43 +133,59 @@ def reward_figure(history: Sequence[dict], rewards: Sequence[str]) -> go.Figure:
             row=(panel - 1) // 2 + 1,
             col=(panel - 1) % 2 + 1,
         )
-    fig.update_xaxes(title_text="step")
-    fig.update_layout(height=560, title="Stage 2 (GRPO): rewards while training")
+    fig.update_xaxes(title_text="step", **step_axis(last_step(history, steps)))
+    for panel, title in enumerate(PANEL_Y_TITLES):
+        fig.update_yaxes(title_text=title, row=panel // 2 + 1, col=panel % 2 + 1)
+    fig.update_yaxes(range=[-0.05, 1.05], row=2, col=2)  # rates: the whole of [0, 1]
+    fig.update_layout(
+        height=600,
+        autosize=True,  # the output's width, not plotly's 700 px
+        margin={"l": 70, "r": 20, "t": 90, "b": 50},
+        legend={"orientation": "h", "yanchor": "bottom", "y": 1.06, "x": 0},
+        title={"text": TITLE if history else f"{TITLE} — {WAITING}", "y": 0.98},
+    )
     return fig
 
 
-def samples_table_html(rows: Sequence[dict]) -> str:
-    """The latest sampled completions, forget and retain side by side, as an HTML table."""
-    by_split = {s: [r for r in rows if r["split"] == s] for s in ("forget", "retain")}
-    height = max((len(v) for v in by_split.values()), default=0)
+def latest_samples(history: Sequence[dict]) -> list[dict]:
+    """The sampled completions of the last metrics row that has any."""
+    return next((r["samples"] for r in reversed(history) if r.get("samples")), [])
 
-    def cell(row: dict | None) -> str:
-        if row is None:
-            return "<td></td>"
-        return (
-            f"<td><b>{html.escape(row['question'])}</b><br>{html.escape(row['completion'])}"
-            f"<br><i>reward {row['reward']:.2f}</i></td>"
-        )
 
-    body = "".join(
-        "<tr>" + "".join(cell(v[k] if k < len(v) else None) for v in by_split.values()) + "</tr>"
-        for k in range(height)
-    )
+def _sample_cell(row: dict | None, empty: str) -> str:
+    if row is None:
+        return f"<div style='height:7em;color:#888'><i>{html.escape(empty)}</i></div>"
+    step = f"step {row['step']} · " if "step" in row else ""
     return (
-        "<table border='1' style='border-collapse:collapse;width:100%'>"
-        "<tr><th>forget (should refuse, in context)</th><th>retain (should answer)</th></tr>"
-        f"{body}</table>"
+        f"<div style='height:7em;overflow:hidden'>"
+        f"<span style='color:#666'>{step}reward {row['reward']:.2f}</span><br>"
+        f"<b>{html.escape(row['question'])}</b><br>{html.escape(row['completion'])}</div>"
     )
+
+
+def samples_table_html(rows: Sequence[dict], per_column: int = SAMPLE_ROWS) -> str:
+    """The most recent sampled completions, forget and retain side by side: the `per_column`
+    newest of each split (newest first), each with its step, reward and question. Places
+    without a sample say why, so the table keeps its size from the first draw to the last."""
+    by_split = {s: [r for r in rows if r["split"] == s][-per_column:][::-1] for s in SAMPLE_COLUMNS}
+    cells = []
+    for k in range(per_column):
+        line = []
+        for split, chosen in by_split.items():
+            empty = WAITING if not rows else f"no {split} sample yet"
+            line.append(_sample_cell(chosen[k] if k < len(chosen) else None, empty))
+        cells.append(line)
+    return html_table(list(SAMPLE_COLUMNS.values()), cells, widths=["50%", "50%"])
 
 
 def write_reward_dashboard(
     history: Sequence[dict], rewards: Sequence[str], path: str | os.PathLike
 ) -> Path:
     """`dashboard.html`: the reward figure and the latest samples, self-contained, atomic."""
-    latest = next((r["samples"] for r in reversed(history) if r.get("samples")), [])
     figure = reward_figure(history, rewards).to_html(full_html=False, include_plotlyjs=True)
     page = "<!doctype html><html><head><meta charset='utf-8'><title>asru_lab stage 2</title>"
-    page += f"</head><body>{figure}<h2>Latest samples</h2>{samples_table_html(latest)}"
+    page += f"</head><body>{figure}<h2>Latest samples</h2>"
+    page += samples_table_html(latest_samples(history))
     return write_text_atomic(path, page + "</body></html>")
 
 
@@ -157,28 +203,38 @@ class LiveRewardDashboard(TrainerCallback):
 
     It redraws the reward figure (a plotly `FigureWidget`) and the latest samples table from
     the run's `metrics.jsonl` (written by the run's own metrics callback) at every log step
-    and held-out measurement. Only the main process draws.
+    and held-out measurement. Its step axis spans the run's planned steps from the start
+    (`steps`, else what the trainer plans). Only the main process draws.
     """
 
-    def __init__(self, rewards: Sequence[str], metrics_path: str | os.PathLike) -> None:
+    def __init__(
+        self, rewards: Sequence[str], metrics_path: str | os.PathLike, steps: int | None = None
+    ) -> None:
         import ipywidgets as w
 
         self.rewards = tuple(rewards)
         self.metrics_path = Path(metrics_path)
-        self.figure = go.FigureWidget(reward_figure([], self.rewards))
+        self.steps = steps
+        self.figure = go.FigureWidget(reward_figure([], self.rewards, steps))
         self.table = w.HTML(samples_table_html([]))
-        self.widget = w.VBox([self.figure, self.table])
+        self.widget = w.VBox([self.figure, self.table], layout=w.Layout(width="100%"))
         self.redraws = 0
 
     def refresh(self) -> None:
         rows = read_metrics(self.metrics_path)
-        fresh = reward_figure(rows, self.rewards)
+        fresh = reward_figure(rows, self.rewards, self.steps)
         with self.figure.batch_update():
             for live, new in zip(self.figure.data, fresh.data, strict=True):
                 live.x, live.y = new.x, new.y
-        latest = next((r["samples"] for r in reversed(rows) if r.get("samples")), [])
-        self.table.value = samples_table_html(latest)
+            self.figure.layout.title.text = fresh.layout.title.text
+            self.figure.update_xaxes(**step_axis(last_step(rows, self.steps)))
+        self.table.value = samples_table_html(latest_samples(rows))
         self.redraws += 1
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.steps = self.steps or state.max_steps
+            self.refresh()
 
     def on_log(self, args, state, control, **kwargs):
         if state.is_world_process_zero:
