@@ -1,12 +1,16 @@
-"""What a notebook explorer asks of a probe: one question's answers and next-token
-distribution without and with it (steered the way `SteeringProbe.apply` steers)."""
+"""What a notebook explorer asks: one question's answers and next-token distribution without
+and with a probe (steered the way `SteeringProbe.apply` steers), and two models' answers to
+the same questions side by side (`compare_models`: what a stage changed)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 
+from asru_lab.data.schema import Benchmark, QAItem, contains_value
+from asru_lab.evaluation.judge import is_refusal
 from asru_lab.generation import as_image, encode, generate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
@@ -30,6 +34,38 @@ def compare_answers(
     with probe.apply(lm, alpha=alpha):
         steered = generate(lm, image, question, max_new_tokens=max_new_tokens)
     return plain, steered
+
+
+def verdict(answer: str, item: QAItem) -> str:
+    """What an answer does with the item's fact: "knows" (the fact is in it), "refuses" (a
+    refusal) or "other" (a wrong answer, or anything else)."""
+    if contains_value(answer, item.value):
+        return "knows"
+    return "refuses" if is_refusal(answer) else "other"
+
+
+def compare_models(
+    before: LoadedModel, after: LoadedModel, bench: Benchmark, items: Sequence[QAItem]
+) -> list[dict]:
+    """Greedy answers of two models to the same questions, one dict per item, in order:
+    `split`, `person` (name), `question`, `fact`, `before` and `after` (the answers), and
+    `before_verdict` / `after_verdict` (`verdict`)."""
+    images, questions = bench.images(items), [i.question for i in items]
+    old = generate(before, images, questions) if items else []
+    new = generate(after, images, questions) if items else []
+    return [
+        {
+            "split": item.split,
+            "person": bench.people[item.person_id].name,
+            "question": item.question,
+            "fact": item.value,
+            "before": a,
+            "after": b,
+            "before_verdict": verdict(a, item),
+            "after_verdict": verdict(b, item),
+        }
+        for item, a, b in zip(items, old, new, strict=True)
+    ]
 
 
 @dataclass(frozen=True)

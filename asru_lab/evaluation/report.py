@@ -2,11 +2,26 @@
 
 from __future__ import annotations
 
+import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from asru_lab.artifacts import check_output_file, read_json_object, write_json_atomic
+
+# (name, characters in the text table): the columns of `EvalReport.table()`
+TABLE_COLUMNS = (
+    ("split", 8),
+    ("MCQ", 6),
+    ("cloze", 6),
+    ("ROUGE-L", 8),
+    ("leak/recall", 12),
+    ("refusal", 8),
+    ("ctx-ref 0-5", 12),
+    ("leakage 0-5", 12),
+    ("natural 1-5", 12),
+    ("top category", 26),
+)
 
 
 @dataclass
@@ -47,40 +62,52 @@ class EvalReport:
         data = json.loads(text)
         return cls(data["model"], data["method"], data["splits"], data.get("meta", {}))
 
-    def table(self) -> str:
-        """A fixed-width table: one row per split, metrics as percentages, judge scores."""
-        cols = [
-            ("split", 8),
-            ("MCQ", 6),
-            ("cloze", 6),
-            ("ROUGE-L", 8),
-            ("leak/recall", 12),
-            ("refusal", 8),
-            ("ctx-ref 0-5", 12),
-            ("leakage 0-5", 12),
-            ("natural 1-5", 12),
-            ("top category", 26),
-        ]
-        lines = ["".join(name.ljust(w) for name, w in cols)]
-        lines.append("-" * sum(w for _, w in cols))
+    def rows(self) -> tuple[list[str], list[list[str]]]:
+        """(column names, one row of cells per split): metrics as percentages, judge scores."""
+        names = [name for name, _ in TABLE_COLUMNS]
+        rows = []
         for split, m in self.splits.items():
             q = m.get("quality", {})
             cats = q.get("categories", {})
             top = max(cats, key=cats.get) if cats else ""
-            cells = [
-                split,
-                _pct(m.get("mcq_acc")),
-                _pct(m.get("cloze_acc")),
-                _num(m.get("rougeL", m.get("rougeL_f"))),
-                _pct(m.get("leak_rate")),
-                _pct(m.get("refusal_rate")),
-                _num(q.get("contextual_refusal"), 1),
-                _num(q.get("leakage"), 1),
-                _num(q.get("naturalness"), 1),
-                f"{top} {cats[top]:.0%}" if top else "",
-            ]
-            lines.append("".join(c.ljust(w) for c, (_, w) in zip(cells, cols, strict=True)))
+            rows.append(
+                [
+                    split,
+                    _pct(m.get("mcq_acc")),
+                    _pct(m.get("cloze_acc")),
+                    _num(m.get("rougeL", m.get("rougeL_f"))),
+                    _pct(m.get("leak_rate")),
+                    _pct(m.get("refusal_rate")),
+                    _num(q.get("contextual_refusal"), 1),
+                    _num(q.get("leakage"), 1),
+                    _num(q.get("naturalness"), 1),
+                    f"{top} {cats[top]:.0%}" if top else "",
+                ]
+            )
+        return names, rows
+
+    def table(self) -> str:
+        """A fixed-width text table of `rows()`."""
+        names, rows = self.rows()
+        widths = [w for _, w in TABLE_COLUMNS]
+        lines = ["".join(name.ljust(w) for name, w in zip(names, widths, strict=True))]
+        lines.append("-" * sum(widths))
+        for cells in rows:
+            lines.append("".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
         return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        """The same table in a notebook, in the library's one table style."""
+        from asru_lab.viz.tables import html_table
+
+        names, rows = self.rows()
+        total = sum(w for _, w in TABLE_COLUMNS)
+        return html_table(
+            names,
+            [[html.escape(c) for c in cells] for cells in rows],
+            widths=[f"{100 * w / total:.1f}%" for _, w in TABLE_COLUMNS],
+            caption=f"{self.model} [{self.method}]",
+        )
 
     def __str__(self) -> str:
         return f"{self.model} [{self.method}]\n{self.table()}"

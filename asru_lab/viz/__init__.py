@@ -23,7 +23,7 @@ from asru_lab.viz.reproduce import (
     tradeoff_scatter,
     write_reproduce_figures,
 )
-from asru_lab.viz.tables import html_table
+from asru_lab.viz.tables import answer_changes_table, html_table
 from asru_lab.viz.training import (
     REWARD_PANELS,
     LiveRewardDashboard,
@@ -44,6 +44,7 @@ __all__ = [
     "LiveRewardDashboard",
     "METHOD_LABELS",
     "REWARD_PANELS",
+    "answer_changes_table",
     "causal_heatmap",
     "figures_html",
     "html_table",

@@ -9,16 +9,18 @@ from collections.abc import Sequence
 TABLE_STYLE = "border-collapse:collapse;table-layout:fixed;width:100%;margin:0"
 CELL_STYLE = "border:1px solid #c8c8c8;padding:4px 8px;text-align:left;vertical-align:top"
 HEADER_STYLE = f"{CELL_STYLE};background:#f3f3f3;font-weight:600"
+CAPTION_STYLE = "text-align:left;font-weight:600;padding:4px 0"
 
 
 def html_table(
     header: Sequence[str],
     rows: Sequence[Sequence[str]],
     widths: Sequence[str] | None = None,
+    caption: str | None = None,
 ) -> str:
-    """An HTML table in the library's style. `header`: plain text (escaped here); `rows`: cells
-    as HTML (escape text with `html.escape`); `widths`: one CSS width per column (default:
-    equal)."""
+    """An HTML table in the library's style. `header` and `caption`: plain text (escaped
+    here); `rows`: cells as HTML (escape text with `html.escape`); `widths`: one CSS width per
+    column (default: equal)."""
     widths = widths or [f"{100 / max(len(header), 1):.4g}%"] * len(header)
     if len(widths) != len(header):
         raise ValueError(f"{len(widths)} widths for {len(header)} columns: give one per column")
@@ -28,7 +30,25 @@ def html_table(
         "<tr>" + "".join(f"<td style='{CELL_STYLE}'>{cell}</td>" for cell in row) + "</tr>"
         for row in rows
     )
+    title = f"<caption style='{CAPTION_STYLE}'>{html.escape(caption)}</caption>" if caption else ""
     return (
-        f"<table class='asru-lab-table' style='{TABLE_STYLE}'><colgroup>{cols}</colgroup>"
+        f"<table class='asru-lab-table' style='{TABLE_STYLE}'>{title}<colgroup>{cols}</colgroup>"
         f"<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     )
+
+
+def answer_changes_table(
+    rows: Sequence[dict], labels: tuple[str, str] = ("before", "after")
+) -> str:
+    """Rows of `explore.compare_models` as a table: who and what was asked, then each
+    model's answer with its verdict ("knows", "refuses", "other"); `labels` name the models."""
+    cells = [
+        [
+            f"{html.escape(r['person'])}<br><i>{html.escape(r['split'])}</i>",
+            f"{html.escape(r['question'])}<br><i>fact: {html.escape(str(r['fact']))}</i>",
+            f"{html.escape(r['before'])}<br><b>{html.escape(r['before_verdict'])}</b>",
+            f"{html.escape(r['after'])}<br><b>{html.escape(r['after_verdict'])}</b>",
+        ]
+        for r in rows
+    ]
+    return html_table(["person", "question", *labels], cells, widths=["14%", "26%", "30%", "30%"])

@@ -156,10 +156,12 @@ def _sample_cell(row: dict | None, empty: str) -> str:
     if row is None:
         return f"<div style='height:7em;color:#888'><i>{html.escape(empty)}</i></div>"
     step = f"step {row['step']} · " if "step" in row else ""
+    lines = row["question"].splitlines() or [""]
+    question = lines[0] + (" (multiple choice)" if len(lines) > 1 else "")  # options: no room
     return (
         f"<div style='height:7em;overflow:hidden'>"
         f"<span style='color:#666'>{step}reward {row['reward']:.2f}</span><br>"
-        f"<b>{html.escape(row['question'])}</b><br>{html.escape(row['completion'])}</div>"
+        f"<b>{html.escape(question)}</b><br>{html.escape(row['completion'])}</div>"
     )
 
 

@@ -1,6 +1,6 @@
 """Stage 2's dashboard as a learner reads it: curves that mean something (no duplicate total,
 titled axes, whole steps, one step range for every panel), a samples table that keeps its
-shape and shows both splits, and the one table style."""
+shape and shows both splits."""
 
 from __future__ import annotations
 
@@ -94,6 +94,7 @@ def test_samples_table_keeps_both_splits_and_its_shape():
         "3.1",
     ]  # the newest first
     assert table.count("<col style='width:50%'>") == 2  # columns never resize
+    assert "text-align:left" in table and "border:1px solid" in table
     shapes = {
         len(_cells(viz.samples_table_html(r, per_column=3)))
         for r in ([], rows[:1], rows[4:5], rows)
@@ -105,18 +106,12 @@ def test_samples_table_keeps_both_splits_and_its_shape():
     assert header == list(SAMPLE_COLUMNS.values())
 
 
-def test_samples_are_escaped():
+def test_samples_are_escaped_and_fit_their_place():
     row = {**_sample("forget", 1), "completion": "<script>alert(1)</script>"}
     assert "<script>" not in viz.samples_table_html([row])
-
-
-def test_html_tables_share_one_left_aligned_bordered_style():
-    table = viz.html_table(["a <b>", "c"], [["1", "2"]], widths=["30%", "70%"])
-    assert "text-align:left" in table and "border:1px solid" in table
-    assert "a &lt;b&gt;" in table and "width:30%" in table
-    assert "text-align:left" in viz.samples_table_html([_sample("forget", 1)])
-    with pytest.raises(ValueError, match="1 widths for 2 columns"):
-        viz.html_table(["a", "b"], [], widths=["100%"])
+    mcq = {**_sample("retain", 2), "question": "What is her job?\nA. nurse\nB. pilot"}
+    cell = _cells(viz.samples_table_html([mcq]))[0][1]
+    assert "What is her job? (multiple choice)" in cell and "pilot" not in cell
 
 
 def test_sample_log_keeps_the_latest_of_each_split_with_its_step():
