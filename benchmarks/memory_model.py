@@ -21,6 +21,11 @@ and `scripts/gpu_check.sh` the 4B on a GPU). Parameter counts come from `ModelSi
   by SDPA/flash so no T^2 term), for rollouts x tokens tokens + the rollouts' KV cache
   (2 x layers x KV heads x head_dim x bytes per token) + TRL's chunked log-probs (no full
   logits). Before #19: + the whole W copied again.
+- audit, relearning (LoRA r 16 on a twin that shares the audited model's weights): W + the
+  activations of one step of `relearn_batch_size` examples x tokens (prompt + answer): without
+  activation checkpointing all of them (~34 x hidden bytes per token per layer at 16 bits, as
+  above); with it (the default since #19), every decoder layer's input (layers x hidden x bytes
+  per token) + one layer's activations, recomputed in the backward pass.
 - logits, for scale: the full-vocabulary logits one GRPO batch would take at 4 bytes
   (rollouts x tokens x V), what TRL's fused head avoids.
 """
@@ -38,7 +43,9 @@ from asru_lab.models.sizes import SIZES  # noqa: E402
 GiB = 1024**3
 
 
-def model(name: str, bytes_: int, rollouts: int, tokens: int, batch: int, prompt: int) -> dict:
+def model(
+    name: str, bytes_: int, rollouts: int, tokens: int, batch: int, prompt: int, relearn: int
+) -> dict:
     s = SIZES[name]
     p = s.parameters()
     weights = p["total"] * bytes_
@@ -51,6 +58,9 @@ def model(name: str, bytes_: int, rollouts: int, tokens: int, batch: int, prompt
     activations = 34 * s.hidden * s.layers * n * bytes_ / 2
     kv = 2 * s.layers * s.kv_heads * s.text_head_dim * bytes_ * n
     reinforce = weights + linears + activations + kv
+    m = relearn * (prompt + 30)  # a reference answer: ~30 tokens
+    relearn_all = 34 * s.hidden * s.layers * m * bytes_ / 2
+    relearn_checkpointed = s.layers * s.hidden * m * bytes_ + 34 * s.hidden * m * bytes_ / 2
     return {
         "params (B)": p["total"] / 1e9,
         "weights": weights / GiB,
@@ -61,6 +71,8 @@ def model(name: str, bytes_: int, rollouts: int, tokens: int, batch: int, prompt
         "reinforce (LoRA)": reinforce / GiB,
         "reinforce before": (reinforce + weights - linears) / GiB,
         "of which activations": activations / GiB,
+        "audit relearning": (weights + relearn_checkpointed) / GiB,
+        "audit relearning before": (weights + relearn_all) / GiB,
         "full logits (avoided)": n * s.vocab * 4 / GiB,
     }
 
@@ -72,14 +84,17 @@ def main() -> int:
     parser.add_argument("--tokens", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--batch", type=int, default=32, help="locate prompts per pass")
     parser.add_argument("--prompt", type=int, default=230, help="tokens per locate prompt")
+    parser.add_argument("--relearn", type=int, default=8, help="audit relearning batch")
     args = parser.parse_args()
+    shape = (args.rollouts, args.tokens, args.batch, args.prompt, args.relearn)
     rows = {
-        name: model(name, args.dtype_bytes, args.rollouts, args.tokens, args.batch, args.prompt)
+        name: model(name, args.dtype_bytes, *shape)
         for name in ("qwen3-vl-2b", "qwen3-vl-4b", "qwen3-vl-8b")
     }
     print(
         f"# computed GiB, weights at {args.dtype_bytes} bytes; GRPO {args.rollouts} x "
-        f"{args.tokens} tokens; locate {args.batch} x {args.prompt} tokens"
+        f"{args.tokens} tokens; locate {args.batch} x {args.prompt} tokens; relearning "
+        f"{args.relearn} x {args.prompt + 30} tokens"
     )
     keys = list(next(iter(rows.values())))
     print("| | " + " | ".join(rows) + " |")

@@ -42,6 +42,13 @@ class AuditConfig:
     relearn_lora_r: int = field(
         default=16, metadata={"help": "relearning: LoRA rank (alpha = rank) on the LM's linears"}
     )
+    relearn_checkpointing: bool = field(
+        default=True,
+        metadata={
+            "help": "relearning: recompute activations in the backward pass (memory of one "
+            "layer's activations instead of all; a 2B model's step fits in 24 GiB)"
+        },
+    )
     probe_attribute: str = field(
         default="birthplace",
         metadata={"help": "linear-probe extraction: the attribute whose value is read out"},

@@ -11,6 +11,7 @@ comes back in a few steps. The same attack on the retrain oracle is the floor.
 from __future__ import annotations
 
 import random
+from contextlib import ExitStack
 
 import torch
 from tqdm.auto import tqdm
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from asru_lab.generation import encode_items
 from asru_lab.training import (
     Example,
+    activation_checkpointing,
     answer_labels,
     answer_tokens,
     answer_window,
@@ -103,7 +105,9 @@ def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict],
         records.extend(mine)
         curve.append({"steps": step, **leaks(mine)})
 
-    with subject.applied_to(twin), seeded(cfg.seed, twin.device):
+    with ExitStack() as stack:
+        stack.enter_context(subject.applied_to(twin))
+        stack.enter_context(seeded(cfg.seed, twin.device))
         # hooks first, then LoRA: it swaps the linear layers inside the hooked decoder layers
         peft_model = lora_wrap(
             twin.model,
@@ -112,6 +116,7 @@ def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict],
             alpha=cfg.relearn_lora_r,
             dropout=0.0,
         )
+        stack.enter_context(activation_checkpointing(peft_model, cfg.relearn_checkpointing))
         trainable = [p for p in peft_model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=cfg.relearn_lr, weight_decay=0.0)
         done = 0
