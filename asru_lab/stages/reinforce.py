@@ -380,7 +380,7 @@ def grpo_config(config: ReinforceConfig, output_dir: str | Path):
         save_only_model=False,
         seed=config.seed,
         data_seed=config.seed,
-        activation_checkpointing=False,
+        activation_checkpointing=config.activation_checkpointing,
         disable_tqdm=not config.progress,
         use_vllm=config.use_vllm,
         vllm_mode=config.vllm_mode,
@@ -513,7 +513,8 @@ def reinforce(
     if trainer.pop_callback(DEFAULT_PROGRESS_CALLBACK) is not None:
         metrics.bar_owner = QuietProgress()
         trainer.add_callback(metrics.bar_owner)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with quiet_peft():
+        trainer.train(resume_from_checkpoint=checkpoint)
     _finish(out, lm, bench, trainer.model, trainer.state.global_step, config)
     record = {
         "config": json.loads(json.dumps(asdict(config))),
@@ -562,6 +563,9 @@ def _finish(
     refuse_nonfinite_weights(model, step, config)
     if config.lora_r:
         model = model.merge_and_unload()
+    if config.activation_checkpointing:  # the trainer's, for training only
+        model.activation_checkpointing_disable()
+        model.disable_input_require_grads()
     model.eval()
     out.model = model
     out.name = f"{lm.name}+reinforce"

@@ -85,6 +85,13 @@ class ReinforceConfig:
         metadata={"help": "0: full fine-tuning; > 0: LoRA on the language model's linear layers"},
     )
     lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator"})
+    activation_checkpointing: bool = field(
+        default=False,
+        metadata={
+            "help": "recompute each decoder layer's activations in the backward pass (memory of "
+            "one layer's instead of all; about a third more compute; the same gradients)"
+        },
+    )
     save_steps: int = field(
         default=50, metadata={"help": "checkpoint every N steps (output_dir/checkpoint-N)"}
     )

@@ -187,10 +187,19 @@ def test_sigkill_mid_training_then_resume_reaches_the_same_run(tmp_path):
     assert abs(a[8] - b[8]) <= 0.05
 
 
-def test_lora_adapter_is_trained_and_merged(lm, bench, tmp_path):
-    config = ReinforceConfig(**{**SHORT, "max_steps": 2, "boundary": "random", "lora_r": 4})
+LORA = {**SHORT, "max_steps": 2, "boundary": "random", "lora_r": 4}
+
+
+@pytest.fixture(scope="module")
+def lora_run(lm, bench, tmp_path_factory):
     snapshot = {n: p.clone() for n, p in lm.model.named_parameters()}
-    model, record = reinforce(lm, bench, config, output_dir=tmp_path)
+    out_dir = tmp_path_factory.mktemp("lora")
+    model, record = reinforce(lm, bench, ReinforceConfig(**LORA), output_dir=out_dir)
+    return model, record, snapshot
+
+
+def test_lora_adapter_is_trained_and_merged(lm, lora_run):
+    model, record, snapshot = lora_run
     for name, param in lm.model.named_parameters():
         assert torch.equal(param, snapshot[name]), name  # the input model is untouched
     # only the language model's linears (where LoRA merges) were copied; the rest is shared
@@ -205,3 +214,18 @@ def test_lora_adapter_is_trained_and_merged(lm, bench, tmp_path):
     before = dict(lm.model.named_parameters())
     changed = [n for n, p in model.model.named_parameters() if not torch.equal(p, before[n])]
     assert changed and all(".language_model." in n for n in changed)  # vision tower frozen
+
+
+def test_activation_checkpointing_trains_the_same_weights(lm, bench, lora_run, tmp_path):
+    plain, _, _ = lora_run
+    config = ReinforceConfig(**{**LORA, "activation_checkpointing": True})
+    model, record = reinforce(lm, bench, config, output_dir=tmp_path)
+    assert record["steps"] == 2
+    before, expected = dict(lm.model.named_parameters()), dict(plain.model.named_parameters())
+    moved = 0
+    for name, param in model.model.named_parameters():
+        torch.testing.assert_close(param, expected[name], msg=name)
+        moved += not torch.equal(param, before[name])
+    assert moved  # trained, not a copy of the input
+    flagged = [m for m in model.model.modules() if getattr(m, "gradient_checkpointing", False)]
+    assert not flagged, "the returned model is left without checkpointing"
