@@ -80,6 +80,8 @@ PANEL_Y_TITLES = ("mean reward", "KL", "tokens per answer", "share of questions"
 TITLE = "Stage 2 (GRPO): rewards while training"
 WAITING = "waiting for the first step…"
 SAMPLE_ROWS = 4  # per split: a fixed height, so that what is below the table never moves
+# a fixed height, and a line height of its own (ipywidgets' HTML sets 28 px lines)
+SAMPLE_CELL_STYLE = "height:6.9em;line-height:1.35;overflow:hidden"  # five lines
 SAMPLE_COLUMNS = {
     "forget": "forget (should refuse, in context)",
     "retain": "retain (should answer)",
@@ -154,12 +156,12 @@ def latest_samples(history: Sequence[dict]) -> list[dict]:
 
 def _sample_cell(row: dict | None, empty: str) -> str:
     if row is None:
-        return f"<div style='height:7em;color:#888'><i>{html.escape(empty)}</i></div>"
+        return f"<div style='{SAMPLE_CELL_STYLE};color:#888'><i>{html.escape(empty)}</i></div>"
     step = f"step {row['step']} · " if "step" in row else ""
     lines = row["question"].splitlines() or [""]
     question = lines[0] + (" (multiple choice)" if len(lines) > 1 else "")  # options: no room
     return (
-        f"<div style='height:7em;overflow:hidden'>"
+        f"<div style='{SAMPLE_CELL_STYLE}'>"
         f"<span style='color:#666'>{step}reward {row['reward']:.2f}</span><br>"
         f"<b>{html.escape(question)}</b><br>{html.escape(row['completion'])}</div>"
     )
