@@ -5,8 +5,9 @@ runs every cell and, while the GRPO cell runs, reads the dashboard's plotly figu
 browser draws it: its curves must gain points during the run, and at the end hold one point
 per row of the run's `metrics.jsonl`; the figure fills the output's width; both columns of the
 samples table (live and in the last cell) hold samples; and no cell shows a stderr box (a
-warning a learner reads as an error). Screenshots and the curves' growth over time
-(`03_reinforce_curves.json`) go to `test-artifacts/browser/` and to the test's tmp_path.
+warning a learner reads as an error) or transformers' own bars and log table. Screenshots and
+the curves' growth over time (`03_reinforce_curves.json`) go to `test-artifacts/browser/` and to
+the test's tmp_path.
 """
 
 from __future__ import annotations
@@ -62,7 +63,10 @@ PAGE_JS = """() => ({
   stderr: [...document.querySelectorAll(
       '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
     .map(e => e.textContent.slice(0, 300)),
+  outputs: [...document.querySelectorAll('.jp-OutputArea-output')].map(o => o.textContent),
 })"""
+# transformers' own output, which the library leaves out in a notebook (asru_lab.quiet)
+THIRD_PARTY_OUTPUT = ("Loading weights", "Writing model shards", "Training Loss")
 SCROLL_TO_DASHBOARD_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
   .find(p => ((p.layout.title && p.layout.title.text) || '').startsWith('Stage 2 (GRPO)'))
   .scrollIntoView({block: 'center'})"""
@@ -149,3 +153,5 @@ def test_reward_dashboard_grows_while_grpo_runs(tmp_path):
             forget, retain = table
             assert _filled(forget) and _filled(retain), f"a samples column is empty: {table}"
         assert not seen["stderr"], f"a cell shows a stderr box: {seen['stderr']}"
+        noise = [t for t in THIRD_PARTY_OUTPUT for o in seen["outputs"] if t in o]
+        assert not noise, f"transformers' own output is shown: {noise}"
