@@ -20,9 +20,10 @@ Sample sizes (stated, small; `--scale` multiplies the example counts):
              at 6 positions (one pass per set), 1 candidate layer, 1 strength, sweep 4 + 4
   redirect   closed form, 4 forget + 8 retain examples; SGD: 2 steps (batch 2)
   reinforce  LoRA r 8, 2 GRPO steps, 4 rollouts of 16 tokens per prompt, batch 4
+             (--checkpointing: with activation checkpointing)
   rollouts   HF generate, 2 prompts x 4 sampled completions of 32 tokens (GRPO's path)
   causal     1 person, 3 layers, residual stream, every position group
-  audit      every attack kind on 2 items (relearn: 2 steps; inputs: flip)
+  audit      every attack kind on 2 items (relearn: 2 steps, checkpointed; inputs: flip)
 
 Peak memory is the process's peak resident set (VmHWM, reset before each stage) on CPU, and
 `torch.cuda.max_memory_allocated` on a GPU. The largest tensor is the largest single output
@@ -178,6 +179,11 @@ def main() -> int:
     parser.add_argument(
         "--attacks", nargs="*", default=list(ATTACKS), help="the audit's attacks (default: all)"
     )
+    parser.add_argument(
+        "--checkpointing",
+        action="store_true",
+        help="reinforce with activation checkpointing (the audit's relearning always has it)",
+    )
     parser.add_argument("--out", default=None, help="write the rows as JSON here")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -267,7 +273,7 @@ def main() -> int:
         config = al.ReinforceConfig(
             max_steps=2, num_generations=4, batch_size=4, n_forget=2, n_boundary=2,
             boundary="random", max_completion_length=16, lora_r=8, logging_steps=1,
-            probe_every=0, progress=False,
+            probe_every=0, activation_checkpointing=args.checkpointing, progress=False,
         )  # fmt: skip
 
         def reinforce():
@@ -276,7 +282,8 @@ def main() -> int:
             with tempfile.TemporaryDirectory() as tmp:
                 return al.reinforce(lm, bench, config, output_dir=tmp)
 
-        stages.run("reinforce (GRPO, LoRA)", reinforce, "2 steps x 4 rollouts x 16 tokens")
+        what = "2 steps x 4 rollouts x 16 tokens" + (", checkpointed" if args.checkpointing else "")
+        stages.run("reinforce (GRPO, LoRA)", reinforce, what)
     if "rollouts" in want:
         from asru_lab.generation import encode_items
 

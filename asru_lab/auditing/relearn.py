@@ -139,7 +139,9 @@ def _curve(subject: Subject, variant: str, items, measured) -> tuple[list[dict],
                 batch = encode_items(twin, subject.bench, picked, [e.answer for e in picked])
                 labels = answer_labels(batch, [tails[k] for k in chunk])
                 keep = answer_window(labels)
-                loss = peft_model(**batch, labels=labels[:, -keep:], logits_to_keep=keep).loss
+                loss = peft_model(
+                    **batch, labels=labels[:, -keep:], logits_to_keep=keep, use_cache=False
+                ).loss
                 if not torch.isfinite(loss):
                     raise AuditError(
                         f"relearning ({variant}) diverged: the loss became {float(loss)} at "

@@ -42,7 +42,9 @@ def _lora_step(lm, bench, on: bool) -> tuple[dict[str, torch.Tensor], int]:
     peft_model.train()
     with activation_checkpointing(peft_model, on):
         with saved_tensors_hooks(pack, lambda t: t):  # what the forward pass keeps
-            loss = peft_model(**batch, labels=labels[:, -keep:], logits_to_keep=keep).loss
+            loss = peft_model(
+                **batch, labels=labels[:, -keep:], logits_to_keep=keep, use_cache=False
+            ).loss
         loss.backward()
     grads = {n: p.grad.clone() for n, p in peft_model.named_parameters() if p.requires_grad}
     flagged = [m for m in twin.model.modules() if getattr(m, "gradient_checkpointing", False)]
