@@ -20,7 +20,8 @@ and `scripts/gpu_check.sh` the 4B on a GPU). Parameter counts come from `ModelSi
   ~34 x hidden bytes per token per layer at 16 bits (the usual transformer estimate, attention
   by SDPA/flash so no T^2 term), for rollouts x tokens tokens + the rollouts' KV cache
   (2 x layers x KV heads x head_dim x bytes per token) + TRL's chunked log-probs (no full
-  logits). Before #19: + the whole W copied again.
+  logits). Before #19: + the whole W copied again. With `activation_checkpointing=True`: every
+  decoder layer's input (layers x hidden x bytes per token) + one layer's activations instead.
 - audit, relearning (LoRA r 16 on a twin that shares the audited model's weights): W + the
   activations of one step of `relearn_batch_size` examples x tokens (prompt + answer): without
   activation checkpointing all of them (~34 x hidden bytes per token per layer at 16 bits, as
@@ -58,6 +59,8 @@ def model(
     activations = 34 * s.hidden * s.layers * n * bytes_ / 2
     kv = 2 * s.layers * s.kv_heads * s.text_head_dim * bytes_ * n
     reinforce = weights + linears + activations + kv
+    # checkpointed: each layer's input kept, one layer's activations at a time
+    checkpointed = s.layers * s.hidden * n * bytes_ + activations / s.layers
     m = relearn * (prompt + 30)  # a reference answer: ~30 tokens
     relearn_all = 34 * s.hidden * s.layers * m * bytes_ / 2
     relearn_checkpointed = s.layers * s.hidden * m * bytes_ + 34 * s.hidden * m * bytes_ / 2
@@ -71,6 +74,7 @@ def model(
         "reinforce (LoRA)": reinforce / GiB,
         "reinforce before": (reinforce + weights - linears) / GiB,
         "of which activations": activations / GiB,
+        "reinforce (LoRA, checkpointed)": (reinforce - activations + checkpointed) / GiB,
         "audit relearning": (weights + relearn_checkpointed) / GiB,
         "audit relearning before": (weights + relearn_all) / GiB,
         "full logits (avoided)": n * s.vocab * 4 / GiB,
