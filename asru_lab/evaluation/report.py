@@ -98,7 +98,7 @@ class EvalReport:
 
     def _repr_html_(self) -> str:
         """The same table in a notebook, in the library's one table style."""
-        from asru_lab.viz.tables import html_table
+        from asru_lab.table_style import html_table
 
         names, rows = self.rows()
         total = sum(w for _, w in TABLE_COLUMNS)
