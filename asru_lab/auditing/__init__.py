@@ -18,12 +18,13 @@ forget and the test split:
 `AuditReport.summary["recovered_leak"]` is the worst forget leak over every generating attack.
 """
 
-from .config import ATTACKS, PERTURBATIONS, AuditConfig, AuditError
+from .config import ATTACKS, AUDIT_PROTOCOL, PERTURBATIONS, AuditConfig, AuditError
 from .report import AuditReport, summarize
 from .run import audit, check_oracle, load_oracle
 
 __all__ = [
     "ATTACKS",
+    "AUDIT_PROTOCOL",
     "PERTURBATIONS",
     "AuditConfig",
     "AuditError",

@@ -10,6 +10,11 @@ from asru_lab.validation import ConfigError, check_fields
 ATTACKS = ("ablation", "prefill", "relearn", "linear_probe", "logit_lens", "membership", "inputs")
 PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
 
+# The version of what the attacks measure, in every cached audit's key (`asru-lab reproduce`):
+# raise it whenever a change moves an attack's numbers, so that no cache serves the old ones.
+# 2: the linear probe's test set is sampled to `max_items` per split like every other attack's.
+AUDIT_PROTOCOL = 2
+
 
 class AuditError(AsruLabError, ValueError):
     """An audit that cannot be run as asked: an empty forget split, a reference or oracle that

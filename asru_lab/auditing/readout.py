@@ -52,15 +52,21 @@ def _fit_predict(
 
 def probe_items(subject: Subject) -> tuple[list[QAItem], list[QAItem]]:
     """(retain image questions about the probed attribute: the training set, forget and test
-    image questions about it: the test set)."""
+    image questions about it: the test set, at most `max_items` of each split, seeded as every
+    other measurement's sample)."""
     attr = subject.config.probe_attribute
     bench = subject.bench
 
     def about(split: str) -> list[QAItem]:
         return [i for i in bench.questions(split, "qa", image_only=True) if i.attribute == attr]
 
+    cfg = subject.config
     train = about("retain")
-    test = [i for split in ATTACKED_SPLITS for i in about(split)]
+    test = [
+        i
+        for split in ATTACKED_SPLITS
+        for i in sample(about(split), cfg.max_items, cfg.seed, f"probe:{split}")
+    ]
     if not train or not test:
         known = sorted({i.attribute for i in bench.questions("forget", "qa")})
         raise AuditError(

@@ -38,7 +38,7 @@ import torch
 from tqdm.auto import tqdm
 
 from asru_lab.artifacts import claim_output, write_json_atomic
-from asru_lab.auditing import AuditConfig, AuditError, audit, load_oracle
+from asru_lab.auditing import AUDIT_PROTOCOL, AuditConfig, AuditError, audit, load_oracle
 from asru_lab.baselines import METHODS, get_method, unlearn
 from asru_lab.baselines.registry import Unlearned, UnlearnError
 from asru_lab.data import benchmark_kind, load_benchmark
@@ -656,14 +656,15 @@ def _compute(result: Unlearned, bench, config, cell, trained: float) -> dict:
 
 
 def _audit_cell(run: _CellRun, cell: _Cell, result: Unlearned | None, unlearned) -> tuple:
-    """The cell's audit summary: from its own cache file (keyed by the cell, the audit config and
-    the oracle), or audited now (the method is run again when its evaluation came from the
-    cache: every method is deterministic for its seed)."""
+    """The cell's audit summary: from its own cache file (keyed by the cell, the audit config,
+    `AUDIT_PROTOCOL` and the oracle), or audited now (the method is run again when its
+    evaluation came from the cache: every method is deterministic for its seed)."""
     config = run.config
     oracle = run.located.get("oracle")
     fields = {
         "cell": cell.key,
         "audit": _keyable(seeded_config(config.audit, config.seed, False)),
+        "protocol": AUDIT_PROTOCOL,
         "oracle": None if oracle is None else weights_fingerprint(oracle),
     }
     key = cache_key(fields)

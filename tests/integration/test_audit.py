@@ -10,7 +10,14 @@ from dataclasses import replace
 import pytest
 
 import asru_lab as al
-from asru_lab.auditing import AuditConfig, AuditError, AuditReport, audit, check_oracle
+from asru_lab.auditing import (
+    AUDIT_PROTOCOL,
+    AuditConfig,
+    AuditError,
+    AuditReport,
+    audit,
+    check_oracle,
+)
 from asru_lab.cli import main
 from asru_lab.data.schema import Benchmark
 from asru_lab.models.embedded import oracle_dir
@@ -39,6 +46,9 @@ def test_every_attack_reports_on_forget_and_test(report):
         results["relearn"]["measured_people"]
     )
     assert len(results["linear_probe"]["accuracy"]) == report.model["num_layers"]
+    # the probe's test set is sampled like every other measurement: at most max_items per split
+    assert 0 < results["linear_probe"]["n_test"] <= 2 * SMALL.max_items
+    assert 0 < results["linear_probe"]["n_train"] <= 8 * SMALL.max_items
     assert results["logit_lens"]["forget"]["n"] > 0
     assert 0 <= results["membership"]["loss_auc"] <= 1
     # the vanilla model refuses nothing: no refusal direction, and the audit says why
@@ -184,6 +194,12 @@ def test_reproduce_audit_adds_columns_the_oracle_row_and_figures(tmp_path):
     figures = set(result.manifest["figures"])
     assert {"audit_relearn.html", "audit_probe_layers.html", "audit_lens_layers.html"} <= figures
     assert all(c["audit_cached"] is False for c in result.manifest["cells"])
+    # what the attacks measure is in every audit cache key: a changed attack is measured again
+    cached = list((tmp_path / "r" / "cache").rglob("*.audit-*.json"))
+    assert cached
+    assert all(
+        json.loads(f.read_text())["key_fields"]["protocol"] == AUDIT_PROTOCOL for f in cached
+    )
     again = al.reproduce(tmp_path / "r", config)
     assert all(c["cached"] and c["audit_cached"] for c in again.manifest["cells"])
     assert again.rows == result.rows
