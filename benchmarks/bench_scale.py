@@ -316,11 +316,15 @@ def main() -> int:
             attacks=tuple(args.attacks), max_items=2 * n, relearn_steps=(0, 2), batch_size=2,
             max_new_tokens=8, perturbations=("flip",), progress=False,
         )  # fmt: skip
-        stages.run(
+        report = stages.run(
             "audit (every attack kind)",
             lambda: al.audit(lm, bench, reference=lm, config=config),
             f"{', '.join(args.attacks)}; {2 * n} items",
         )
+        if report is not None:  # the seconds of each attack (and of the no-attack baseline)
+            each = ", ".join(f"{k} {v:g} s" for k, v in report.timing.items() if k != "total")
+            stages.rows[-1]["note"] += f"; {each}"
+            print(f"# audit seconds per attack: {each}", flush=True)
     print()
     print(stages.table())
     if args.out:

@@ -84,8 +84,16 @@ FORGET_RATIOS = (0.05, 0.1, 0.15)
 VANILLA = "vanilla"
 ORACLE = "oracle"  # the retrain oracle's row: the model that never saw the forget people
 CACHE_DIR = "cache"
-# config fields that change how a run is shown or stored, not what it computes
-NOT_IN_KEY = {"progress", "training_dir", "checkpoint_dir", "resume"}
+# config fields that change how a run is shown, stored or fitted in memory, not what it computes
+# (activation checkpointing recomputes the same activations: the same gradients, tested)
+NOT_IN_KEY = {
+    "progress",
+    "training_dir",
+    "checkpoint_dir",
+    "resume",
+    "activation_checkpointing",
+    "relearn_checkpointing",
+}
 
 
 @dataclass

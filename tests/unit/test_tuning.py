@@ -80,3 +80,22 @@ def test_reproduce_cli_offers_the_untuned_settings(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "--no-tuning" in text and "--max-retain-drop" in text
     assert al.ReproduceConfig(tuning=None).tuning is None
+
+
+def test_memory_savers_are_not_in_reproduces_cache_key():
+    """Activation checkpointing computes the same numbers (tested in the integration tests), so
+    turning it on must reuse a cached cell; a setting that changes results must not."""
+    from dataclasses import replace
+
+    from asru_lab.auditing import AuditConfig
+    from asru_lab.runs.reproduce import _keyable, cache_key
+
+    base = AsruConfig()
+    saved = replace(base, reinforce=replace(base.reinforce, activation_checkpointing=True))
+    assert cache_key(_keyable(saved)) == cache_key(_keyable(base))
+    audit = AuditConfig()
+    assert cache_key(_keyable(replace(audit, relearn_checkpointing=False))) == cache_key(
+        _keyable(audit)
+    )
+    other = replace(base, reinforce=replace(base.reinforce, learning_rate=1e-3))
+    assert cache_key(_keyable(other)) != cache_key(_keyable(base))
