@@ -201,6 +201,17 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     return scheme, (parts.hostname or "").lower(), port or {"http": 80, "https": 443}.get(scheme)
 
 
+def judge_proxies(url: str) -> dict[str, str]:
+    """The proxies a request to `url` may use: the environment's (`https_proxy`, `no_proxy`, ...)
+    for https only, where a proxy relays an encrypted tunnel (CONNECT) and never sees the key or
+    the verdict; none for a loopback host (a proxy would take the request off the machine) or
+    plain http (the proxy would read the key in clear text and could answer as the judge)."""
+    scheme, host, _ = _origin(url)
+    if scheme != "https" or is_loopback_host(host):
+        return {}
+    return {k: v for k, v in urllib.request.getproxies().items() if k == "https"}
+
+
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """Raises JudgeError on every redirect, before a request (and its API key) goes anywhere.
 
@@ -237,7 +248,8 @@ class OpenAIJudge:
     The key goes only to the host of `base_url`: only http and https URLs are accepted, no
     redirect is followed, and a key is not sent over plain http to a host other than loopback
     unless `allow_insecure_http` is set. Each of these raises JudgeError (at construction for
-    the URL checks).
+    the URL checks). Proxy variables are used for https only, never for loopback or plain http
+    (`judge_proxies`).
     """
 
     def __init__(
@@ -278,7 +290,16 @@ class OpenAIJudge:
         self.timeout = timeout
         self.max_retries = max_retries
         self.retry_wait = retry_wait
-        self._opener = urllib.request.build_opener(_RefuseRedirects)
+        self._opener = urllib.request.build_opener(
+            urllib.request.ProxyHandler(judge_proxies(base_url)), _RefuseRedirects
+        )
+        bypassed = insecure and urllib.request.getproxies().get("http")
+        self._unreachable_hint = (
+            " (asru_lab reaches a plain-http judge directly, never through $http_proxy; "
+            "use https:// to go through the proxy)"
+            if bypassed
+            else ""
+        )
 
     def judge(self, items: Sequence[QAItem], answers: Sequence[str]) -> list[Judgement]:
         """One `Judgement` per (item, answer) pair, in order; JudgeError if the endpoint fails."""
@@ -328,7 +349,10 @@ class OpenAIJudge:
                 if isinstance(reason, TimeoutError):
                     problem = f"no reply from {self.url} within {self.timeout} s"
                 else:
-                    problem = f"could not reach {self.url} ({reason}); is the server running?"
+                    problem = (
+                        f"could not reach {self.url} ({reason}); is the server running?"
+                        + self._unreachable_hint
+                    )
                 retry = True
             if not retry or attempt == self.max_retries:
                 tries = f" after {attempt + 1} attempts" if attempt else ""
