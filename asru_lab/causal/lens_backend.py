@@ -8,7 +8,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
 from asru_lab.causal.config import CausalTraceError
 from asru_lab.causal.patching import _restore, _Run, _RunOutput, site_names
@@ -75,18 +74,16 @@ def transformer_bridge(lm: LoadedModel):
             tempfile.TemporaryDirectory() as tmp,
         ):
             warnings.simplefilter("ignore")
-            # the bridge reads a config from its first argument: a model built in memory (no
-            # local source) gets its own config written out, never a hub lookup of its name
-            source = lm.source
-            if not source or not Path(source, "config.json").is_file():
-                hf.config.save_pretrained(tmp)
-                source = tmp
+            # the bridge is pointed at the loaded model's own config, written out: it never
+            # opens the model folder (checked once by load_model) nor looks a name up on the hub
+            hf.config.save_pretrained(tmp)
             bridge = TransformerBridge.boot_transformers(
-                source,
-                hf_model=twin,  # its config is used: nothing is read from the hub
+                tmp,
+                hf_model=twin,
                 tokenizer=lm.tokenizer,
                 device=lm.device,
                 dtype=next(hf.parameters()).dtype,
+                trust_remote_code=False,
             )
     except (ValueError, KeyError, NotImplementedError) as exc:
         raise CausalTraceError(

@@ -18,19 +18,15 @@ from transformers import (
     AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
+    PretrainedConfig,
     PreTrainedModel,
 )
 
 from asru_lab.artifacts import atomic_dir
-from asru_lab.errors import AsruLabError
 from asru_lab.models.adapters import ArchitectureAdapter, adapter_for
-from asru_lab.models.embedded import EMBEDDED_NAME, embedded_dir
+from asru_lab.models.folder import ModelLoadError, check_chat_templates, open_model_folder
 from asru_lab.models.processor import register_image_only_processor
 from asru_lab.quiet import quiet_in_notebooks
-
-
-class ModelLoadError(AsruLabError, RuntimeError):
-    """A model could not be loaded; the message says from where and why."""
 
 
 @dataclass
@@ -172,74 +168,45 @@ def load_model(
     `None` loads the embedded tiny Qwen3-VL shipped with the package; a directory loads a
     `save_pretrained` checkpoint; any other string is treated as a model-hub id.
     `dtype`: None (float32), "auto" (the checkpoint's own), or float32 / float16 / bfloat16 as a
-    `torch.dtype` or its name. Weights are read from safetensors only (a pickle checkpoint can
-    run code when opened); a local checkpoint's files are checked before loading, and
-    `check_finite` refuses weights holding NaN or Inf (one sum over each tensor).
+    `torch.dtype` or its name. The folder is untrusted: it is checked before loading
+    (`models.folder`: no code of its own, no file outside it, safetensors only, headers that fit
+    their files) and its chat template is rendered once under a time limit; `check_finite`
+    refuses weights holding NaN or Inf (one sum over each tensor).
     Returns a `LoadedModel` in eval mode.
     """
     torch_dtype = _checked_dtype(dtype)
     register_image_only_processor()
-    if name_or_path is None:
-        path = embedded_dir()
-        if not (path / "config.json").is_file():
-            raise ModelLoadError(
-                f"the embedded model is not built ({path} has no config.json); "
-                "run `asru-lab build-embedded` to create it"
-            )
-        source, name, looks_local = str(path), EMBEDDED_NAME, True
-    else:
-        raw = str(name_or_path)
-        path = Path(raw).expanduser()
-        looks_local = path.exists() or raw.startswith((".", "/", "~")) or raw.count("/") != 1
-        if looks_local:
-            if not path.is_dir():
-                raise ModelLoadError(f"model directory not found: {path}")
-            if not (path / "config.json").is_file():
-                raise ModelLoadError(
-                    f"{path} is not a model directory: it has no config.json "
-                    "(expected the output of save_pretrained)"
-                )
-        source, name = (str(path), str(path)) if looks_local else (raw, raw)
-    meta = {}
-    meta_file = Path(source) / "asru_lab_model.json"
-    if meta_file.is_file():
-        meta = json.loads(meta_file.read_text())
-        name = meta.pop("name", name)
-    revision = meta.pop("revision", None)
-    _check_vision_language(source)
-    weight_files = _checked_weight_files(Path(source)) if looks_local else {}
+    folder = open_model_folder(name_or_path)  # every check on the folder's files, first
+    source = str(folder.path)
+    adapter = adapter_for(_vision_language_config(source))
     try:
-        model = AutoModelForImageTextToText.from_pretrained(
-            source, dtype=torch_dtype, use_safetensors=True
-        )
-        processor = AutoProcessor.from_pretrained(source)
-    except (OSError, SafetensorError) as exc:
-        raise ModelLoadError(f"could not load model {source!r}: {exc}") from exc
-    if check_finite:
-        _check_finite(model, weight_files, source)
+        processor = AutoProcessor.from_pretrained(source, trust_remote_code=False)
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"could not load the processor of {source!r}: {exc}") from exc
     if not hasattr(processor, "tokenizer"):
         raise ModelLoadError(
             f"{source!r} loaded a bare tokenizer instead of a multimodal processor; "
             "its processor_config.json is missing or unsupported"
         )
+    check_chat_templates(processor, adapter, folder.path)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            source, dtype=torch_dtype, use_safetensors=True, trust_remote_code=False
+        )
+    except (OSError, SafetensorError) as exc:
+        raise ModelLoadError(f"could not load model {source!r}: {exc}") from exc
+    if check_finite:
+        _check_finite(model, folder.weight_files, source)
     processor.tokenizer.padding_side = "left"
-    adapter = adapter_for(model.config)
     if device is not None:
         model.to(device)
     model.eval()
-    return LoadedModel(model, processor, adapter, name, revision, source, meta)
+    return LoadedModel(
+        model, processor, adapter, folder.name, folder.revision, source, dict(folder.meta)
+    )
 
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-SAFETENSORS_INDEX = "model.safetensors.index.json"
-# safetensors' own cap on a header; a larger length means the first bytes are damaged
-MAX_HEADER_BYTES = 100_000_000
-# bytes per element of each safetensors dtype, to check a header's offsets against its shapes
-ITEM_BYTES = {
-    "F64": 8, "F32": 4, "F16": 2, "BF16": 2, "F8_E4M3": 1, "F8_E5M2": 1,
-    "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U64": 8, "U32": 4, "U16": 2, "U8": 1, "BOOL": 1,
-}  # fmt: skip
-PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
 
 
 def _checked_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
@@ -256,14 +223,14 @@ def _checked_dtype(dtype: torch.dtype | str | None) -> torch.dtype | str:
     )
 
 
-def _check_vision_language(source: str) -> None:
-    """Refuse a config that AutoModelForImageTextToText cannot load, saying what it is."""
+def _vision_language_config(source: str) -> PretrainedConfig:
+    """The config of `source`, refused when AutoModelForImageTextToText cannot load it."""
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"could not read the config of {source!r}: {exc}") from exc
     if type(config) in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING:
-        return
+        return config
     arch = (config.architectures or [config.model_type])[0]
     kind = (
         "a text-only model"
@@ -274,91 +241,6 @@ def _check_vision_language(source: str) -> None:
         f"{source}: this is {kind} ({arch}); asru_lab needs a vision-language model that "
         "AutoModelForImageTextToText loads (e.g. Qwen3-VL, Qwen2.5-VL, LLaVA)"
     )
-
-
-def _checked_weight_files(directory: Path) -> dict[str, Path]:
-    """Each tensor name of a local checkpoint -> the safetensors file holding it.
-
-    Checks every file the checkpoint names is present and that its header fits its size, and
-    refuses a checkpoint that has only pickle files, which are never opened.
-    """
-    index = directory / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text())["weight_map"]
-            names = sorted(set(weight_map.values()))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise ModelLoadError(
-                f"{index}: not a readable safetensors index ({exc!r}); re-save the checkpoint"
-            ) from exc
-    elif (directory / "model.safetensors").is_file():
-        weight_map, names = {}, ["model.safetensors"]
-    else:
-        pickles = sorted(p.name for p in directory.iterdir() if p.name.endswith(PICKLE_SUFFIXES))
-        if pickles:
-            raise ModelLoadError(
-                f"{directory} has only pickle-format weights ({', '.join(pickles)}), which can "
-                "run arbitrary code when opened, so asru_lab never loads them; convert the "
-                "checkpoint to safetensors (save_pretrained writes model.safetensors) where you "
-                "trust its source"
-            )
-        raise ModelLoadError(
-            f"{directory} has no weights: expected model.safetensors or {SAFETENSORS_INDEX} "
-            "(the output of save_pretrained)"
-        )
-    located: dict[str, Path] = {}
-    for name in names:
-        file = directory / name
-        if not file.is_file():
-            raise ModelLoadError(
-                f"{index} names the shard {name}, which is missing; "
-                "the checkpoint is incomplete: copy or download that file again"
-            )
-        located.update(dict.fromkeys(_safetensors_tensor_names(file), file))
-    for tensor, name in weight_map.items():
-        if located.get(tensor) != directory / name:
-            raise ModelLoadError(
-                f"{index} puts tensor {tensor} in {name}, which does not hold it; "
-                "the checkpoint is damaged: re-save or download it again"
-            )
-    return located
-
-
-def _safetensors_tensor_names(file: Path) -> list[str]:
-    """The tensor names in a safetensors file, after checking its header against its size."""
-    size = file.stat().st_size
-
-    def damaged(problem: str) -> ModelLoadError:
-        return ModelLoadError(
-            f"{file}: {problem}; the file ({size} bytes) is truncated or damaged: "
-            "re-save or download it again"
-        )
-
-    with file.open("rb") as fh:
-        head = fh.read(8)
-        length = int.from_bytes(head, "little")
-        if len(head) < 8 or length > min(size - 8, MAX_HEADER_BYTES):
-            raise damaged("its header does not fit in the file")
-        try:
-            header = json.loads(fh.read(length))
-            header.pop("__metadata__", None)
-            spans = []
-            for name, info in header.items():
-                begin, stop = info["data_offsets"]
-                width = ITEM_BYTES.get(info["dtype"])
-                nbytes = width * torch.Size(info["shape"]).numel() if width else None
-                spans.append((int(begin), int(stop), name, nbytes))
-        except (ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise damaged(f"its header is unreadable ({exc!r})") from exc
-    end = 0
-    for begin, stop, name, nbytes in sorted(spans):
-        if begin != end or stop < begin or (nbytes is not None and stop - begin != nbytes):
-            raise damaged(f"its header gives tensor {name} an invalid place")
-        end = stop
-    data = size - 8 - length
-    if end != data:
-        raise damaged(f"its header describes {end} bytes of tensor data, the file holds {data}")
-    return [span[2] for span in spans]
 
 
 def _check_finite(model: PreTrainedModel, weight_files: dict[str, Path], source: str) -> None:

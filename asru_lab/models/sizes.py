@@ -19,8 +19,10 @@ has Qwen3-VL's real patch (16), spatial merge (2) and temporal patch (2), with a
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -253,10 +255,47 @@ def image_tokens(pixels: int, size: ModelSize) -> int:
     return max(1, side) ** 2
 
 
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that new tensors can take on `device` now: a CUDA device's free memory, or the
+    host's MemAvailable (/proc/meminfo; free pages where there is none). None when unknown."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    if device.type != "cpu":
+        return None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def check_fits(spec: ModelSize, dtype: torch.dtype, device: torch.device) -> None:
+    """Refuse, before allocating anything, a size whose weights alone (parameter count x bytes
+    per element) exceed the memory available on `device`."""
+    params = spec.parameters()["total"]
+    need = params * dtype.itemsize
+    free = available_memory(device)
+    if free is None or need <= free:
+        return
+    gib = 1024**3
+    smaller = " or in bfloat16 (--dtype bfloat16)" if dtype == torch.float32 else ""
+    raise SizeError(
+        f"size {spec.name!r} has {params / 1e9:,.1f} B parameters: its weights alone would "
+        f"take about {need / gib:,.1f} GiB in {str(dtype).removeprefix('torch.')}, but "
+        f"{free / gib:,.1f} GiB of memory is available on {device}; choose a smaller size, "
+        f"shrink it (--shrink N, or the size 'name/N'){smaller}"
+    )
+
+
 def build_processor(size: ModelSize, pixels: int = DEFAULT_PIXELS) -> Qwen3VLImageOnlyProcessor:
     """The embedded tokenizer with Qwen3-VL's real image processing at a fixed pixel budget."""
     check_pixels(pixels, size)
-    tokenizer = AutoTokenizer.from_pretrained(embedded_dir())
+    tokenizer = AutoTokenizer.from_pretrained(embedded_dir(), trust_remote_code=False)
     tokenizer.padding_side = "left"
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=size.patch,
@@ -360,10 +399,11 @@ def build_random_model(
     `ModelSize`) around the embedded tokenizer, in eval mode, built in `dtype` on `device`.
     Same seed, dtype and device: same weights."""
     spec = get_size(size)
+    device = torch.device(device or "cpu")
+    check_fits(spec, dtype, device)
     processor = build_processor(spec, pixels)
     config = build_config(spec, processor.tokenizer)
     started = time.perf_counter()
-    device = torch.device(device or "cpu")
     # built directly in its dtype on its device: no float32 copy of an 8B model in host memory
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
