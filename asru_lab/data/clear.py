@@ -66,7 +66,15 @@ from asru_lab.data.hf_parquet import (
     read_table,
 )
 from asru_lab.data.prompts import mcq_prompt
-from asru_lab.data.schema import LETTERS, Benchmark, BenchmarkError, Person, QAItem, normalize_text
+from asru_lab.data.schema import (
+    LETTERS,
+    Benchmark,
+    BenchmarkError,
+    Person,
+    QAItem,
+    normalize_text,
+    shorten,
+)
 
 # forget_ratio -> the two digits of the released forget config (its retain config is 100 - N).
 RATIO_DIGITS = {0.01: "01", 0.05: "05", 0.1: "10"}
@@ -215,11 +223,6 @@ def text(row: dict[str, Any], column: str, where: str) -> str:
         found = "null" if value is None else f"{type(value).__name__} {shorten(repr(value))}"
         raise BenchmarkError(f"{where}: column {column!r} holds {found}, expected a text")
     return value.strip()
-
-
-def shorten(value: str, limit: int = 60) -> str:
-    """`value`, cut to `limit` characters with "..." when longer."""
-    return value if len(value) <= limit else value[: limit - 3] + "..."
 
 
 def texts(row: dict[str, Any], column: str, where: str) -> tuple[str, ...]:

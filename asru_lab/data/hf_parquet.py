@@ -2,13 +2,14 @@
 
 A local copy has one folder per config holding `*.parquet` files (at any depth: `forget_10/`
 or `forget_10/data/`). Images are embedded in the rows as {bytes, path} structs; the loaders
-keep them encoded in memory (`blobs`: benchmark path -> bytes) and decode one when it is first
-opened, so loading a benchmark never decodes thousands of images.
+keep them encoded in memory (`blobs`: benchmark path -> bytes), check every header at load and
+decode one when it is first opened, so loading a benchmark never decodes thousands of images.
+The parquet files are not required to lie inside the directory: the Hugging Face cache links
+them to its blobs folder, and they are read as parquet only, never as paths.
 """
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from asru_lab.data.files import check_image, open_image
 from asru_lab.data.schema import BenchmarkError, ImageLoader
 
 
@@ -25,6 +27,9 @@ def config_files(folder: Path) -> list[Path]:
     files = sorted(folder.glob("**/*.parquet"))
     if not files:
         raise BenchmarkError(f"no parquet files under {folder}; is the download complete?")
+    for file in files:
+        if not file.is_file():  # a FIFO would block the read forever
+            raise BenchmarkError(f"{file} is not a regular file; re-download the dataset")
     return files
 
 
@@ -60,16 +65,15 @@ def image_bytes(cell: Any) -> Any:
 
 
 def bytes_loader(blobs: dict[str, bytes], source: str) -> ImageLoader:
-    """An image loader decoding the in-memory bytes behind a path into an RGB image; errors
-    name `source` (the benchmark, e.g. "MLLMU-Bench") and the path."""
+    """An image loader decoding the in-memory bytes behind a path into an RGB image, once every
+    image's header has been checked here against the pixel budget (`data.files`); errors name
+    `source` (the benchmark, e.g. "MLLMU-Bench") and the path."""
+    for path, data in blobs.items():
+        check_image(data, f"{source} image {path!r}")
 
     def load(path: str) -> Image.Image:
         if path not in blobs:
             raise BenchmarkError(f"no {source} image at {path!r}")
-        try:
-            with Image.open(io.BytesIO(blobs[path])) as img:
-                return img.convert("RGB")
-        except Exception as exc:  # PIL raises several unrelated types for bad bytes
-            raise BenchmarkError(f"{source} image {path!r} does not decode ({exc})") from exc
+        return open_image(blobs[path], f"{source} image {path!r}")
 
     return load

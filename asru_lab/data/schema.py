@@ -12,11 +12,11 @@ import random
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
-from asru_lab.errors import AsruLabError
+from asru_lab.data.files import BenchmarkError, dataset_file, open_image
 
 # Splits a question item may belong to. `stranger` holds training-only refusal data.
 EVAL_SPLITS = ("forget", "retain", "test", "general", "unseen", "real")
@@ -25,10 +25,9 @@ ITEM_SPLITS = (*EVAL_SPLITS, "stranger")
 PERSON_SPLITS = ("forget", "retain", "unseen", "stranger", "real", "known")
 TASKS = ("qa", "mcq", "cloze")
 LETTERS = "ABCDEFGH"
-
-
-class BenchmarkError(AsruLabError, ValueError):
-    """A dataset is malformed or inconsistent; the message names the file, line or field."""
+# How many decoded pixels the image cache keeps (768 MB as RGB): all the synthetic portraits,
+# without holding thousands of camera photos in memory.
+CACHE_PIXELS = 2**28
 
 
 @dataclass(frozen=True)
@@ -103,7 +102,8 @@ def contains_value(answer: str, value: str) -> bool:
 class Benchmark:
     """People + question items + a way to open the images they refer to.
 
-    `root` is the directory image paths are relative to (None for a purely in-memory source);
+    `root` is the dataset directory image paths are relative to, none leading outside it (None
+    for a source built in code, whose paths are opened as given);
     `image_loader` overrides how a path becomes a PIL image (the synthetic benchmark draws
     its portraits on demand instead of reading files).
     """
@@ -133,6 +133,7 @@ class Benchmark:
         # whole vocabulary): a judge counts any of them in an answer as a hallucination
         self.declared_pools = {a: tuple(v) for a, v in (value_pools or {}).items()}
         self._image_cache: dict[str, Image.Image] = {}
+        self._cached_pixels = 0
         self._fingerprint: tuple | None = None
 
     # --- access -----------------------------------------------------------------------------
@@ -187,16 +188,22 @@ class Benchmark:
         return [p for p in self.people.values() if p.split == split]
 
     def load_image(self, path: str) -> Image.Image:
-        """Open an item's image as RGB; a clear error if it is missing or not an image."""
+        """Open an item's image as RGB; a clear error if it is missing, not an image, over the
+        pixel budget or (with a `root`) outside the dataset directory (`data.files`)."""
         if path in self._image_cache:
             return self._image_cache[path]
         if self._image_loader is not None:
             image = self._image_loader(path)
+        elif self.root is None:  # built in code: its paths are the caller's own
+            image = open_image(Path(path))
         else:
-            full = Path(path) if self.root is None else self.root / path
-            image = open_image(full)
-        if len(self._image_cache) < 4096:
+            image = open_image(
+                dataset_file(self.root, path, str(self.root)), f"image {path!r} of {self.root}"
+            )
+        pixels = image.width * image.height
+        if self._cached_pixels + pixels <= CACHE_PIXELS:
             self._image_cache[path] = image
+            self._cached_pixels += pixels
         return image
 
     def subset(
@@ -246,8 +253,9 @@ class Benchmark:
         counts = {s: len(self.split(s)) for s in self.splits()}
         return f"Benchmark({self.name!r}, people={len(self.people)}, items={counts})"
 
-    def validate(self) -> None:
-        """Check the invariants every loader must hold; raise BenchmarkError naming the problem."""
+    def validate(self, where: Callable[[Sequence[int]], str] | None = None) -> None:
+        """Check the invariants every loader must hold; raise BenchmarkError naming the problem
+        (`where` names items by their indices, e.g. as lines of a file; default: by position)."""
         forget = {p.id for p in self.people.values() if p.split == "forget"}
         for item in self.items:
             if item.split not in ITEM_SPLITS:
@@ -275,6 +283,57 @@ class Benchmark:
         for split in ("forget", "retain"):
             if self.people_in(split) and not self.split(split):
                 raise BenchmarkError(f"split {split!r} has people but no question items")
+        check_questions(self.items, where or items_at)
+
+
+def items_at(indices: Sequence[int]) -> str:
+    """Items named by their 1-based positions in the benchmark."""
+    return ("item " if len(indices) == 1 else "items ") + ", ".join(str(k + 1) for k in indices)
+
+
+def question_key(item: QAItem) -> tuple:
+    """What makes two items one question: the same split, task, person, image (as a normalised
+    path), options, and question words (case and spacing aside). One wording asked about two
+    images, or about two people, is two questions."""
+    image = None if item.image is None else str(PurePosixPath(item.image))
+    words = " ".join(item.question.split()).casefold()
+    return (item.split, item.task, item.person_id, image, item.options, words)
+
+
+def check_questions(items: Sequence[QAItem], where: Callable[[Sequence[int]], str]) -> None:
+    """Raise a BenchmarkError naming the items (`where`) that have an empty question, answer or
+    ground truth, or that ask a question already asked: each would be scored without a word."""
+    for k, item in enumerate(items):
+        for name, text in (("question", item.question), ("answer", item.answer)):
+            if not text.strip():
+                raise BenchmarkError(
+                    f"{where([k])}: the {name} is empty ({text!r}); write it, or remove the item"
+                )
+        if not item.value.strip():
+            raise BenchmarkError(
+                f"{where([k])}: its short ground truth is empty (value {item.value!r}, from the "
+                f"answer {item.answer!r}); no reply could ever match it: give a 'value' or an "
+                "answer with words in it"
+            )
+    groups: dict[tuple, list[int]] = {}
+    for k, item in enumerate(items):
+        groups.setdefault(question_key(item), []).append(k)
+    repeated = [ks for ks in groups.values() if len(ks) > 1]
+    if repeated:
+        first = repeated[0]
+        item = items[first[0]]
+        others = f" ({len(repeated) - 1} more questions are repeated)" if len(repeated) > 1 else ""
+        raise BenchmarkError(
+            f"{where(first)} ask the same {item.task} question {len(first)} times (split "
+            f"{item.split!r}, person {item.person_id!r}, image {item.image!r}: "
+            f"{shorten(item.question)!r}){others}; each copy would be scored as another item: "
+            "keep one"
+        )
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """`text`, cut to `limit` characters with "..." when longer."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def stratified_sample(items: Sequence[QAItem], n: int, rng: random.Random) -> list[QAItem]:
@@ -296,17 +355,3 @@ def stratified_sample(items: Sequence[QAItem], n: int, rng: random.Random) -> li
             if queue and len(picked) < n:
                 picked.append(queue.pop())
     return picked
-
-
-def open_image(path: Path) -> Image.Image:
-    """Open `path` as an RGB image; BenchmarkError if it does not exist or is not an image."""
-    path = Path(path)
-    if not path.is_file():
-        raise BenchmarkError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            return img.convert("RGB")
-    except Exception as exc:  # PIL raises several unrelated types for bad files
-        raise BenchmarkError(
-            f"not a readable image: {path} ({exc.__class__.__name__}: {exc})"
-        ) from exc

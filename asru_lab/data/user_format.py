@@ -7,6 +7,7 @@ generation item. An item's short ground truth (`value`) is derived from the pers
 `derive_value`); an optional `value` field overrides it and is written only where the
 derivation would not reproduce it. A generation item may carry `paraphrased_answer` (a string)
 and `perturbed_answers` (a list of wrong answers): the truth ratio and forget quality need them.
+Every file the directory names must lie inside it, links followed (`data.files`).
 """
 
 from __future__ import annotations
@@ -21,10 +22,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from tqdm.auto import tqdm
 
 from asru_lab.artifacts import atomic_dir
+from asru_lab.data.files import check_image, dataset_file
 from asru_lab.data.prompts import CLOZE_PREFIX
 from asru_lab.data.schema import (
     ITEM_SPLITS,
@@ -45,6 +46,10 @@ BLANK = "___"
 BLANK_PATTERN = re.compile(r"_{2,}")
 TRAILING_PUNCTUATION = ".!?,;: "
 SAFE_IMAGE_PATH = re.compile(r"images/[A-Za-z0-9_.-]+\.png")
+MISSING_IMAGE = (
+    "; put the file there (paths are relative to the dataset directory) or set image to null "
+    "for a text-only question"
+)
 
 
 # --- export ----------------------------------------------------------------------------------
@@ -162,7 +167,7 @@ def load_user_dataset(path: str | os.PathLike, *, forget_ratio: float | None = N
             "(asru-lab export-benchmark --out DIR writes an example)"
         )
     for required in (PROFILES, QA):
-        if not (root / required).is_file():
+        if not os.path.lexists(root / required):
             hint = (
                 f"; {root} looks like MLLMU-Bench, load it with 'mllmu:{root}'"
                 if any((root / c).is_dir() for c in ("forget_10", "forget_5", "forget_15"))
@@ -172,9 +177,9 @@ def load_user_dataset(path: str | os.PathLike, *, forget_ratio: float | None = N
                 f"{required} is missing from {root}: a user dataset needs {PROFILES} (one person "
                 f"per line) and {QA} (one question per line){hint}"
             )
-    people = read_profiles(root / PROFILES)
-    items, image_lines = read_questions(root / QA, people)
-    check_images(root, image_lines)
+    people = read_profiles(dataset_file(root, PROFILES, str(root), "file"))
+    items, lines = read_questions(dataset_file(root, QA, str(root), "file"), people)
+    check_images(root, items, lines)
     check_splits(people, items, root)
     meta = read_meta(root)
     known = [p for p in people.values() if p.split in ("forget", "retain")]
@@ -191,7 +196,9 @@ def load_user_dataset(path: str | os.PathLike, *, forget_ratio: float | None = N
         value_pools=meta.get("value_pools"),
     )
     try:
-        bench.validate()
+        bench.validate(
+            lambda ks: f"{QA} line{'s' * (len(ks) > 1)} " + ", ".join(str(lines[k]) for k in ks)
+        )
     except BenchmarkError as exc:
         raise BenchmarkError(f"{root}: {exc}") from exc
     return bench
@@ -292,18 +299,16 @@ def read_profiles(path: Path) -> dict[str, Person]:
     return people
 
 
-def read_questions(path: Path, people: dict[str, Person]) -> tuple[list[QAItem], dict[str, int]]:
-    """Items from `qa.jsonl` and, for each image path, the first line that uses it."""
+def read_questions(path: Path, people: dict[str, Person]) -> tuple[list[QAItem], list[int]]:
+    """Items from `qa.jsonl` and the line each was read from."""
     items: list[QAItem] = []
-    image_lines: dict[str, int] = {}
+    lines: list[int] = []
     for number, row in read_jsonl(path):
-        where = f"{path.name} line {number}"
-        items.append(parse_item(row, where, people))
-        if items[-1].image is not None:
-            image_lines.setdefault(items[-1].image, number)
+        items.append(parse_item(row, f"{path.name} line {number}", people))
+        lines.append(number)
     if not items:
         raise BenchmarkError(f"{path.name} holds no questions; add one JSON object per question")
-    return items, image_lines
+    return items, lines
 
 
 def parse_item(row: dict[str, Any], where: str, people: dict[str, Person]) -> QAItem:
@@ -460,25 +465,17 @@ def derive_value(
     return answer.strip().rstrip(TRAILING_PUNCTUATION).lower()
 
 
-def check_images(root: Path, image_lines: dict[str, int]) -> None:
-    """Every referenced image exists under `root` and decodes; errors name the qa.jsonl line."""
-    for image, number in tqdm(image_lines.items(), desc="check images", unit="img", leave=False):
+def check_images(root: Path, items: list[QAItem], lines: list[int]) -> None:
+    """Every referenced image is a file inside `root` (`data.files.dataset_file`) whose header
+    is within the pixel budget and whose structure is intact; errors name the qa.jsonl line."""
+    first_line: dict[str, int] = {}
+    for item, number in zip(items, lines, strict=True):
+        if item.image is not None:
+            first_line.setdefault(item.image, number)
+    for image, number in tqdm(first_line.items(), desc="check images", unit="img", leave=False):
         where = f"{QA} line {number}"
-        full = root / image
-        if not full.is_file():
-            raise BenchmarkError(
-                f"{where}: image {image!r} not found (looked for {full}); put the file there "
-                "(paths are relative to the dataset directory) or set image to null for a "
-                "text-only question"
-            )
-        try:
-            with Image.open(full) as img:
-                img.verify()
-        except Exception as exc:  # PIL raises several unrelated types for bad files
-            raise BenchmarkError(
-                f"{where}: image {image!r} is not a readable image ({exc.__class__.__name__}: "
-                f"{exc}); replace it with a PNG or JPEG file"
-            ) from exc
+        full = dataset_file(root, image, where, hint=MISSING_IMAGE)
+        check_image(full, f"{where}: image {image!r}")
 
 
 def check_splits(people: dict[str, Person], items: list[QAItem], root: Path) -> None:
@@ -510,9 +507,9 @@ def check_splits(people: dict[str, Person], items: list[QAItem], root: Path) -> 
 
 def read_meta(root: Path) -> dict[str, Any]:
     """`meta.json` if present (name, fingerprint, forget_ratio, value_pools), else {}."""
-    path = root / META
-    if not path.is_file():
+    if not os.path.lexists(root / META):
         return {}
+    path = dataset_file(root, META, str(root), "file")
     try:
         meta = json.loads(decode_utf8(path.read_bytes(), f"{META} in {root}", bom=True))
     except json.JSONDecodeError as exc:

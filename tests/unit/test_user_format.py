@@ -180,8 +180,8 @@ def test_values_are_derived_from_facts_names_and_answers(tmp_path: Path) -> None
         qa("p2", "retain", attribute="background", answer="Olive."),
         qa(None, "general", attribute="background", answer="Olive!"),
         qa(options=["rowing", "chess", "golf"], correct="B"),
-        qa(options=["rowing", "chess", "golf"], correct=1, attribute="sport"),
-        qa(options=["rowing", "chess", "golf"], correct="golf", attribute="sport"),
+        qa(options=["rowing", "chess", "golf"], correct=1, attribute="sport", question="Sport?"),
+        qa(options=["rowing", "chess", "golf"], correct="golf", attribute="sport", question="Or?"),
         qa(cloze="Their hobby is __.", question=None, answer="chess"),
     ]
     del rows[-1]["question"]
