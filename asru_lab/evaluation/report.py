@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,14 +96,15 @@ class EvalReport:
         return "\n".join(lines)
 
     def _repr_html_(self) -> str:
-        """The same table in a notebook, in the library's one table style."""
+        """The same table in a notebook, in the library's one table style (every cell and the
+        model's name escaped)."""
         from asru_lab.table_style import html_table
 
         names, rows = self.rows()
         total = sum(w for _, w in TABLE_COLUMNS)
         return html_table(
             names,
-            [[html.escape(c) for c in cells] for cells in rows],
+            rows,
             widths=[f"{100 * w / total:.1f}%" for _, w in TABLE_COLUMNS],
             caption=f"{self.model} [{self.method}]",
         )

@@ -14,6 +14,7 @@ from pathlib import Path
 from asru_lab.artifacts import write_json_atomic, write_text_atomic
 from asru_lab.data.schema import EVAL_SPLITS
 from asru_lab.probe import SteeringProbe
+from asru_lab.table_style import escape_text
 
 
 def flatten(data: dict, prefix: str = "") -> dict[str, object]:
@@ -43,12 +44,14 @@ SUMMARY_COLUMNS = (
 
 
 def summary_markdown(rows: list[dict], head: list[dict]) -> str:
-    """The main columns per (forget ratio, method) and the headline ratios, as markdown."""
+    """The main columns per (forget ratio, method) and the headline ratios, as markdown (cells
+    read from a results table escaped: a notebook renders the HTML in markdown)."""
     lines = ["| forget ratio | method | " + " | ".join(t for _, t in SUMMARY_COLUMNS) + " |"]
     lines.append("|---|---|" + "---|" * len(SUMMARY_COLUMNS))
     for r in rows:
-        cells = [_fmt(r.get(k)) for k, _ in SUMMARY_COLUMNS]
-        lines.append(f"| {r['forget_ratio']:g} | {r['method']} | " + " | ".join(cells) + " |")
+        cells = [escape_text(_fmt(r.get(k))) for k, _ in SUMMARY_COLUMNS]
+        method = escape_text(r["method"])
+        lines.append(f"| {r['forget_ratio']:g} | {method} | " + " | ".join(cells) + " |")
     if head:
         lines += [
             "",
@@ -62,7 +65,8 @@ def summary_markdown(rows: list[dict], head: list[dict]) -> str:
             gq = _pair(h["gq_baseline"], h["gq_asru"], ".2f")
             factor = "–" if h["gq_factor"] is None else f"{h['gq_factor']:.1f}×"
             lines.append(
-                f"| {h['forget_ratio']:g} | {h['baseline']} | {ue} | {gain} | {gq} | {factor} |"
+                f"| {h['forget_ratio']:g} | {escape_text(h['baseline'])} | {ue} | {gain} | {gq} "
+                f"| {factor} |"
             )
     return "\n".join(lines) + "\n"
 

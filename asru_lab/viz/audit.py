@@ -1,6 +1,7 @@
 """Figures of an audit (`asru_lab.auditing`): leak under each attack, relearning curves, and the
 per-layer linear-probe accuracy and logit-lens hits. Each takes the saved report's data (a
-dict, as in `audit.json`), so a notebook can draw a loaded report or several."""
+dict, as in `audit.json`), so a notebook can draw a loaded report or several. Every name from
+a report or an argument is escaped (`escape_text`) where it enters a figure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import plotly.graph_objects as go
+
+from asru_lab.table_style import escape_text
 
 SPLIT_COLORS = {"forget": "#d62728", "test": "#ff7f0e"}
 TAUGHT = {"forget": "other forget facts", "benign": "retain facts"}
@@ -35,12 +38,12 @@ def attack_leak_chart(data: Mapping) -> go.Figure:
     for split, color in SPLIT_COLORS.items():
         fig.add_bar(
             name=f"{split} leak",
-            x=list(bars),
+            x=[escape_text(b) for b in bars],
             y=[b.get(f"{split}_leak") for b in bars.values()],
             marker_color=color,
         )
     fig.update_layout(
-        title=f"Leak under each attack — {_label(data)}",
+        title=escape_text(f"Leak under each attack — {_label(data)}"),
         yaxis={"title": "share of answers with the fact", "range": [0, 1]},
         barmode="group",
         height=420,
@@ -68,7 +71,7 @@ def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
                     y=[p.get("forget_leak") for p in points],
                     mode="lines+markers",
                     line={"dash": dash},
-                    name=f"{label}: taught {TAUGHT[variant]}",
+                    name=escape_text(f"{label}: taught {TAUGHT[variant]}"),
                 )
     fig.update_layout(
         title="Relearning attack: leak on facts the attack never showed",
@@ -104,12 +107,14 @@ def layer_readout_chart(data: Mapping) -> go.Figure:
             fig.add_scatter(
                 x=list(range(len(shares))),
                 y=shares,
-                name=f"logit lens: fact in top {lens['top_k']} ({split})",
+                name=escape_text(f"logit lens: fact in top {lens['top_k']} ({split})"),
                 line={"color": SPLIT_COLORS[split], "dash": "dot"},
             )
     attr = probe.get("attribute", "")
     fig.update_layout(
-        title=f"Is the fact still readable? Linear probe ({attr}) and logit lens per layer",
+        title=escape_text(
+            f"Is the fact still readable? Linear probe ({attr}) and logit lens per layer"
+        ),
         xaxis={"title": "decoder layer"},
         yaxis={"title": "share", "range": [0, 1.02]},
         height=420,
@@ -135,7 +140,8 @@ def probe_layers_chart(reports: Mapping[str, Mapping]) -> go.Figure:
     for label, data in reports.items():
         probe = data["results"].get("linear_probe", {})
         if "accuracy" in probe:
-            fig.add_scatter(y=probe["accuracy"], x=list(range(len(probe["accuracy"]))), name=label)
+            layers = list(range(len(probe["accuracy"])))
+            fig.add_scatter(y=probe["accuracy"], x=layers, name=escape_text(label))
             chance = probe["chance"]
     if chance is not None:
         fig.add_hline(y=chance, line_dash="dot", annotation_text="best constant guess")
@@ -155,7 +161,7 @@ def lens_layers_chart(reports: Mapping[str, Mapping]) -> go.Figure:
         lens = data["results"].get("logit_lens", {}).get("forget")
         if lens:
             shares = lens["top_k_share_per_layer"]
-            fig.add_scatter(y=shares, x=list(range(len(shares))), name=label)
+            fig.add_scatter(y=shares, x=list(range(len(shares))), name=escape_text(label))
     fig.update_layout(
         title="Logit lens: the forgotten fact in the top k at each layer (forget questions)",
         xaxis={"title": "decoder layer"},

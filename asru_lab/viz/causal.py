@@ -1,9 +1,12 @@
-"""Causal tracing's heatmaps: recovered fraction (or probability) per layer and token group."""
+"""Causal tracing's heatmaps: recovered fraction (or probability) per layer and token group.
+People's names, the target token and the split enter a figure escaped (`escape_text`)."""
 
 from __future__ import annotations
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
+
+from asru_lab.table_style import escape_text
 
 COMPONENT_TITLES = {"residual": "residual stream", "attention": "attention output", "mlp": "MLP"}
 GROUP_LABELS = {
@@ -28,9 +31,9 @@ def _causal_title(trace, person: str | None, value: str) -> str:
     what = "recovered fraction" if value == "fraction" else "p(fact token), restored"
     if person is None:
         n = len(trace.effective()) if value == "fraction" else len(trace.people)
-        return f"Causal tracing: {what}, mean over {n} {trace.config['split']} people"
+        return escape_text(f"Causal tracing: {what}, mean over {n} {trace.config['split']} people")
     p = trace.person(person)
-    return (
+    return escape_text(
         f"Causal tracing: {what}, {p.name} ({p.person_id}): {p.target_token.strip()!r} "
         f"p clean {p.p_clean:.3f}, corrupted {p.p_corrupt:.3f}"
     )
@@ -50,7 +53,7 @@ def causal_heatmap(trace, person: str | None = None, value: str = "fraction") ->
         subplot_titles=[COMPONENT_TITLES[c] for c in components],
     )
     x = [GROUP_LABELS[g] for g in trace.groups]
-    y = [f"layer {k}" for k in trace.layers]
+    y = [escape_text(f"layer {k}") for k in trace.layers]
     for col, grid in enumerate(_causal_z(trace, person, value), start=1):
         fig.add_trace(
             go.Heatmap(
@@ -76,7 +79,7 @@ def causal_heatmap(trace, person: str | None = None, value: str = "fraction") ->
         grids = _causal_z(trace, pid, value)
         buttons.append(
             {
-                "label": label,
+                "label": escape_text(label),
                 "method": "update",
                 "args": [
                     {"z": grids, "text": [_causal_text(g) for g in grids]},

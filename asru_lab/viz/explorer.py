@@ -3,17 +3,19 @@ as sliders, with the next-token distribution."""
 
 from __future__ import annotations
 
-import html
 from collections.abc import Callable, Sequence
 
 import plotly.graph_objects as go
 from PIL import Image
 
+from asru_lab.table_style import Html, escape_text
+
 
 def next_token_figure(comparison) -> go.Figure:
     """Bars of the first answer token's probability, unsteered vs steered, for the tokens in a
-    `explore.NextTokenComparison` (token strings shown with repr, so spaces are visible)."""
-    labels = [repr(t) for t in comparison.tokens]
+    `explore.NextTokenComparison` (token strings shown with repr, so spaces are visible; a
+    model's vocabulary is text, escaped)."""
+    labels = [escape_text(repr(t)) for t in comparison.tokens]
     fig = go.Figure(
         [
             go.Bar(name="unsteered", x=labels, y=comparison.unsteered, marker_color="#7f7f7f"),
@@ -70,11 +72,9 @@ def steering_explorer(
         image.value = buf.getvalue()
         args = (person.value, question.value, layer_w.value, alpha_w.value)
         plain, steered = answer(*args)
-        result.value = (
-            f"<b>unsteered:</b> {html.escape(plain)}<br>"
-            f"<b>steered (layer {layer_w.value}, alpha {alpha_w.value:g}):</b> "
-            f"{html.escape(steered)}"
-        )
+        result.value = Html(
+            "<b>unsteered:</b> {}<br><b>steered (layer {}, alpha {:g}):</b> {}"
+        ).format(plain, layer_w.value, alpha_w.value, steered)
         if figure is not None:
             fresh = next_token_figure(next_token(*args))
             if not figure.data:

@@ -1,4 +1,5 @@
-"""Stage 1.1's figures: separability heatmaps, the sweep and the layer cosines."""
+"""Stage 1.1's figures: separability heatmaps, the sweep and the layer cosines. What they show
+of a probe's evidence (read from its file) enters a figure escaped (`escape_text`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from asru_lab.table_style import escape_text
 from asru_lab.viz.pages import figures_html
 
 
@@ -28,7 +30,7 @@ def separability_heatmap(evidence: dict, comparison: str = "forget_vs_retain") -
         go.Heatmap(
             z=z,
             x=[_position_label(p) for p in positions],
-            y=[f"layer {k}" for k in evidence["layers"]],
+            y=[escape_text(f"layer {k}") for k in evidence["layers"]],
             zmin=0.5,
             zmax=1.0,
             colorscale="Viridis",
@@ -54,7 +56,7 @@ def _position_label(position: str) -> str:
         return "last prompt token"
     if position == "prompt":
         return "mean over prompt"
-    return f"token {position}"
+    return escape_text(f"token {position}")
 
 
 def sweep_chart(evidence: dict) -> go.Figure:
@@ -70,7 +72,7 @@ def sweep_chart(evidence: dict) -> go.Figure:
         rows=len(positions),
         cols=len(layers),
         shared_yaxes=True,
-        subplot_titles=[f"layer {k}, steer {p}" for p in positions for k in layers],
+        subplot_titles=[escape_text(f"layer {k}, steer {p}") for p in positions for k in layers],
     )
     variants = sorted({r["gate_max_fpr"] for r in rows}, key=lambda v: (v is not None, v or 0))
     palette = ["#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3"]
@@ -134,7 +136,7 @@ def sweep_chart(evidence: dict) -> go.Figure:
 
 def layer_cosine_heatmap(evidence: dict) -> go.Figure:
     """Cosine similarity of the knowledge-absence direction between layers."""
-    labels = [f"layer {k}" for k in evidence["layers"]]
+    labels = [escape_text(f"layer {k}") for k in evidence["layers"]]
     fig = go.Figure(
         go.Heatmap(z=evidence["cosines"], x=labels, y=labels, zmin=-1, zmax=1, colorscale="RdBu")
     )
@@ -143,7 +145,8 @@ def layer_cosine_heatmap(evidence: dict) -> go.Figure:
 
 
 def write_locate_page(evidence: dict, path: str | os.PathLike, model_name: str) -> Path:
-    """`locate.html`: the separability heatmaps, the sweep and the layer cosines, one page."""
+    """`locate.html`: the separability heatmaps, the sweep and the layer cosines, one page
+    titled with `model_name` (text, escaped)."""
     figures = [
         separability_heatmap(evidence),
         separability_heatmap(evidence, "forget_vs_unseen"),

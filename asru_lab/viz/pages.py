@@ -1,5 +1,6 @@
-"""Writing figures: one self-contained HTML page of several figures (plotly.js beside it,
-not inlined), and a figure as HTML + PNG."""
+"""Writing pages: `write_page`, the one writer of every HTML page asru_lab saves (its text
+escaped), one page of several figures (plotly.js beside it, or inlined), and a figure as HTML +
+PNG."""
 
 from __future__ import annotations
 
@@ -10,6 +11,40 @@ from pathlib import Path
 import plotly.graph_objects as go
 
 from asru_lab.artifacts import record_output, write_text_atomic
+from asru_lab.table_style import Html, as_html
+
+PLOTLYJS_BESIDE = Html('<script src="plotly.min.js"></script>')
+FILL_WINDOW = Html("<style>html, body {height: 100%;}</style>")  # a lone figure fills the page
+
+
+def write_page(
+    path: str | os.PathLike,
+    title: str,
+    parts: Sequence[object],
+    *,
+    head: Html | None = None,
+    heading: bool = True,
+) -> Path:
+    """Write an HTML page atomically: `title` in <title> and, with `heading`, an <h1>; then
+    `parts` in order. `title` and every part but an `Html` one are text, escaped here;
+    `head`: our own tags for <head> (e.g. `PLOTLYJS_BESIDE`). Returns the path."""
+    page = Html(
+        "<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>{head}"
+        "</head><body>{heading}{body}</body></html>"
+    ).format(
+        title=title,
+        head=head or Html(""),
+        heading=Html("<h1>{}</h1>").format(title) if heading else Html(""),
+        body=Html("\n".join(as_html(part) for part in parts)),
+    )
+    return write_text_atomic(path, page)
+
+
+def figure_html(fig: go.Figure, include_plotlyjs: bool | str = False) -> Html:
+    """A figure's <div> and plotly's <script> that draws it (plotly writes each `<` in its JSON
+    as an escape, so no text can close the script). Text inside the figure is escaped where the
+    figure is built (`escape_text`), since plotly reads a few HTML tags in labels."""
+    return Html(fig.to_html(full_html=False, include_plotlyjs=include_plotlyjs))
 
 
 def figures_html(
@@ -20,21 +55,19 @@ def figures_html(
     plotlyjs: str = "inline",
 ) -> Path:
     """One HTML page with every figure, written atomically; it works offline. `plotlyjs`:
-    "inline" (one self-contained file) or "directory" (a shared `plotly.min.js` beside it)."""
+    "inline" (one self-contained file) or "directory" (a shared `plotly.min.js` beside it).
+    `title`: text (escaped)."""
     path = Path(path)
     if plotlyjs == "directory":
         _plotlyjs_beside(path)
-        head, first = '<script src="plotly.min.js"></script>', False
+        head, first = PLOTLYJS_BESIDE, False
     else:
-        head, first = "", True
+        head, first = None, True
     parts = [
-        fig.to_html(full_html=False, include_plotlyjs=first and i == 0)
+        Html("<div>{}</div>").format(figure_html(fig, first and i == 0))
         for i, fig in enumerate(figures)
     ]
-    body = "\n".join(f"<div>{p}</div>" for p in parts)
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title>{head}"
-    page += f"</head><body><h1>{title}</h1>{body}</body></html>"
-    return write_text_atomic(path, page)
+    return write_page(path, title, parts, head=head)
 
 
 def _plotlyjs_beside(path: Path) -> None:
@@ -52,8 +85,9 @@ def save_figure(fig: go.Figure, stem: str | os.PathLike, *, png: bool = True) ->
     Chromium the PNG is skipped with a warning naming the fix — the HTML is always written."""
     stem = Path(stem)
     _plotlyjs_beside(stem)
-    html_page = fig.to_html(include_plotlyjs="directory")
-    written = [write_text_atomic(stem.with_suffix(".html"), html_page).name, "plotly.min.js"]
+    parts = [figure_html(fig, "directory")]
+    page = write_page(stem.with_suffix(".html"), stem.name, parts, head=FILL_WINDOW, heading=False)
+    written = [page.name, "plotly.min.js"]
     if not png:
         return written
     target = stem.with_suffix(".png")

@@ -1,5 +1,5 @@
 """`reproduce`'s figures: the trade-off scatter, answer categories, layer sweep and reward
-curves."""
+curves. Method names (read back from a results table) enter a figure escaped (`escape_text`)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from asru_lab.evaluation.headline import retain_accuracy as headline_retain_accuracy
+from asru_lab.table_style import escape_text
 from asru_lab.viz.locate import separability_heatmap
 from asru_lab.viz.pages import figures_html, save_figure
 from asru_lab.viz.training import reward_figure
@@ -74,7 +75,7 @@ def tradeoff_scatter(rows: Sequence[dict]) -> go.Figure:
                 "line": {"width": 1, "color": "white"},
                 "color": palette[k % len(palette)],
             },
-            name=METHOD_LABELS.get(method, method),
+            name=escape_text(METHOD_LABELS.get(method, method)),
             customdata=[[r["forget_ratio"], r.get("forget.leak_rate"), r["gq"]] for r in mine],
             hovertemplate="forget ratio %{customdata[0]}<br>UE %{x:.3f}<br>retain accuracy "
             "%{y:.3f}<br>forget leak %{customdata[1]:.3f}<br>GQ %{customdata[2]:.2f}",
@@ -159,7 +160,7 @@ def _placed_labels(rows, x_range, y_range, *, several: bool, near_px: float = 14
             if overlaps and top + shift < box[3] and box[2] < top + shift + height:
                 shift = box[3] - top + 2
         placed.append((left, right, top + shift, top + shift + LINE_PX * len(lines)))
-        yield "<br>".join(lines), x, y, shift, side
+        yield "<br>".join(escape_text(line) for line in lines), x, y, shift, side
 
 
 def quality_bars(rows: Sequence[dict]) -> go.Figure:
@@ -171,7 +172,7 @@ def quality_bars(rows: Sequence[dict]) -> go.Figure:
     )
     for col, ratio in enumerate(ratios, start=1):
         mine = [r for r in rows if r["forget_ratio"] == ratio]
-        labels = [METHOD_LABELS.get(r["method"], r["method"]) for r in mine]
+        labels = [escape_text(METHOD_LABELS.get(r["method"], r["method"])) for r in mine]
         for category, color in CATEGORY_COLORS.items():
             fig.add_bar(
                 x=labels,

@@ -2,23 +2,22 @@
 
 from __future__ import annotations
 
-import html
 from collections.abc import Sequence
 
-from asru_lab.table_style import html_table
+from asru_lab.table_style import Html, html_table
 
 
 def answer_changes_table(
     rows: Sequence[dict], labels: tuple[str, str] = ("before", "after")
-) -> str:
+) -> Html:
     """Rows of `explore.compare_models` as a table: who and what was asked, then each
     model's answer with its verdict ("knows", "refuses", "other"); `labels` name the models."""
     cells = [
         [
-            f"{html.escape(r['person'])}<br><i>{html.escape(r['split'])}</i>",
-            f"{html.escape(r['question'])}<br><i>fact: {html.escape(str(r['fact']))}</i>",
-            f"{html.escape(r['before'])}<br><b>{html.escape(r['before_verdict'])}</b>",
-            f"{html.escape(r['after'])}<br><b>{html.escape(r['after_verdict'])}</b>",
+            Html("{}<br><i>{}</i>").format(r["person"], r["split"]),
+            Html("{}<br><i>fact: {}</i>").format(r["question"], r["fact"]),
+            Html("{}<br><b>{}</b>").format(r["before"], r["before_verdict"]),
+            Html("{}<br><b>{}</b>").format(r["after"], r["after_verdict"]),
         ]
         for r in rows
     ]

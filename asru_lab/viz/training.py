@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import os
@@ -14,8 +13,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 from transformers import TrainerCallback
 
-from asru_lab.artifacts import write_text_atomic
-from asru_lab.viz.tables import html_table
+from asru_lab.table_style import Html, escape_text, html_table
+from asru_lab.viz.pages import figure_html, write_page
 
 
 def redirect_loss_chart(sgd: dict, closed_form: dict | None = None) -> go.Figure:
@@ -55,13 +54,14 @@ def projection_histograms(projections: dict[str, dict[str, Sequence[float]]]) ->
     """One panel per model ("before", "after", ...): histograms of each set's projections on
     the probe's unit direction (`SteeringProbe.project`)."""
     models = list(projections)
-    fig = make_subplots(rows=1, cols=len(models), subplot_titles=models, shared_yaxes=True)
+    titles = [escape_text(m) for m in models]
+    fig = make_subplots(rows=1, cols=len(models), subplot_titles=titles, shared_yaxes=True)
     colours = {"forget": "#d62728", "retain": "#1f77b4", "test": "#ff7f0e", "unseen": "#2ca02c"}
     for col, model in enumerate(models, start=1):
         for name, values in projections[model].items():
             fig.add_histogram(
                 x=list(values),
-                name=name,
+                name=escape_text(name),
                 legendgroup=name,
                 showlegend=col == 1,
                 marker_color=colours.get(name),
@@ -92,7 +92,7 @@ def _reward_traces(rewards: Sequence[str]) -> list[tuple[str, str, int]]:
     """(metrics key, legend name, panel) of every trace the reward figure shows; the total
     only with several rewards (with one it is that reward's curve again)."""
     traces = [("reward", "total reward", 1)] if len(rewards) > 1 else []
-    traces += [(f"rewards/{name}/mean", name, 1) for name in rewards]
+    traces += [(f"rewards/{name}/mean", escape_text(name), 1) for name in rewards]
     traces += [("kl", "KL", 2), ("completions/mean_length", "mean length", 3)]
     traces += [
         ("probe/forget_refusal", "forget refusal", 4),
@@ -154,20 +154,18 @@ def latest_samples(history: Sequence[dict]) -> list[dict]:
     return next((r["samples"] for r in reversed(history) if r.get("samples")), [])
 
 
-def _sample_cell(row: dict | None, empty: str) -> str:
+def _sample_cell(row: dict | None, empty: str) -> Html:
     if row is None:
-        return f"<div style='{SAMPLE_CELL_STYLE};color:#888'><i>{html.escape(empty)}</i></div>"
+        return Html("<div style='{};color:#888'><i>{}</i></div>").format(SAMPLE_CELL_STYLE, empty)
     step = f"step {row['step']} · " if "step" in row else ""
     lines = row["question"].splitlines() or [""]
     question = lines[0] + (" (multiple choice)" if len(lines) > 1 else "")  # options: no room
-    return (
-        f"<div style='{SAMPLE_CELL_STYLE}'>"
-        f"<span style='color:#666'>{step}reward {row['reward']:.2f}</span><br>"
-        f"<b>{html.escape(question)}</b><br>{html.escape(row['completion'])}</div>"
-    )
+    return Html(
+        "<div style='{}'><span style='color:#666'>{}reward {:.2f}</span><br><b>{}</b><br>{}</div>"
+    ).format(SAMPLE_CELL_STYLE, step, row["reward"], question, row["completion"])
 
 
-def samples_table_html(rows: Sequence[dict], per_column: int = SAMPLE_ROWS) -> str:
+def samples_table_html(rows: Sequence[dict], per_column: int = SAMPLE_ROWS) -> Html:
     """The most recent sampled completions, forget and retain side by side: the `per_column`
     newest of each split (newest first), each with its step, reward and question. Places
     without a sample say why, so the table keeps its size from the first draw to the last."""
@@ -186,11 +184,12 @@ def write_reward_dashboard(
     history: Sequence[dict], rewards: Sequence[str], path: str | os.PathLike
 ) -> Path:
     """`dashboard.html`: the reward figure and the latest samples, self-contained, atomic."""
-    figure = reward_figure(history, rewards).to_html(full_html=False, include_plotlyjs=True)
-    page = "<!doctype html><html><head><meta charset='utf-8'><title>asru_lab stage 2</title>"
-    page += f"</head><body>{figure}<h2>Latest samples</h2>"
-    page += samples_table_html(latest_samples(history))
-    return write_text_atomic(path, page + "</body></html>")
+    parts = [
+        figure_html(reward_figure(history, rewards), include_plotlyjs=True),
+        Html("<h2>Latest samples</h2>"),
+        samples_table_html(latest_samples(history)),
+    ]
+    return write_page(path, "asru_lab stage 2", parts, heading=False)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
