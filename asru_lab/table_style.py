@@ -21,10 +21,11 @@ CAPTION_STYLE = "text-align:left;font-weight:600;padding:4px 0"
 
 def escape_text(value: object) -> str:
     """`str(value)` as HTML text, safe in an element and in a quoted attribute: `&`, `<`, `>`
-    and both quotes as entities. Quotes are numeric entities, the ones plotly's labels (which
-    read a few HTML tags) decode too, so a figure shows the text as it was."""
+    and both quotes as entities. Quotes and `$` (plotly typesets `$...$` as TeX, links included,
+    where MathJax is loaded) are numeric entities, the ones plotly's labels decode too, so a
+    figure shows the text as it was."""
     text = html.escape(str(value), quote=False)
-    return text.replace('"', "&#34;").replace("'", "&#39;")
+    return text.replace('"', "&#34;").replace("'", "&#39;").replace("$", "&#36;")
 
 
 class Html(str):

@@ -31,8 +31,10 @@ HOSTILE = [
     "' onmouseover='alert(1)",  # leaves a single-quoted attribute
     "<b style='font-size:90px'>big</b>",  # markup plotly's labels would render
     "&lt;script&gt;",  # already escaped: shown as these characters, not decoded into a tag
+    r"$\href{javascript:alert(1)}{click}$",  # TeX, which plotly typesets where MathJax is loaded
 ]
 MODEL, PERSON, QUESTION, ANSWER, METHOD, REWARD = HOSTILE[:6]
+TEX = HOSTILE[-1]
 OUR_TAGS = {"html", "head", "meta", "title", "style", "script", "body", "h1", "h2", "div"}
 OUR_TAGS |= {"table", "caption", "colgroup", "col", "thead", "tbody", "tr", "th", "td"}
 OUR_TAGS |= {"br", "b", "i", "span"}
@@ -119,7 +121,7 @@ def assert_figure_escaped(fig, shown: list[str]) -> None:
     it back as the text: it decodes `&lt;`, `&gt;`, `&amp;` and numeric entities)."""
     texts = figure_texts(fig)
     for text in texts:
-        assert not re.search(r"<(?!br>)[a-z/]", text, re.IGNORECASE), text
+        assert not re.search(r"<(?!br>)[a-z/]", text, re.IGNORECASE) and "$" not in text, text
     for want in shown:
         assert any(escape_text(want) in text for text in texts), want
 
@@ -128,7 +130,7 @@ def assert_figure_escaped(fig, shown: list[str]) -> None:
 @pytest.mark.parametrize("text", HOSTILE)
 def test_escaped_text_reads_back_as_written_in_a_page_and_in_plotly(text):
     escaped = escape_text(text)
-    assert not re.search(r"[<>\"']", escaped)
+    assert not re.search(r"[<>\"'$]", escaped)
     assert html.unescape(escaped) == text
     # plotly's labels decode these entities only (plotly.js svg_text_utils.convertEntities)
     entities = re.findall(r"&([^;]*);", escaped)
@@ -299,8 +301,8 @@ def test_figures_of_other_views_escape_their_labels():
         tokens=[ANSWER, " Oslo"], unsteered=[0.5, 0.4], steered=[0.1, 0.8], layer=4, alpha=1.0
     )
     assert_figure_escaped(viz.next_token_figure(tokens), [repr(ANSWER)])
-    projections = {MODEL: {PERSON: [0.1, 0.2]}, "after": {"retain": [0.3]}}
-    assert_figure_escaped(viz.projection_histograms(projections), [MODEL, PERSON])
+    projections = {MODEL: {PERSON: [0.1, 0.2]}, TEX: {"retain": [0.3]}}
+    assert_figure_escaped(viz.projection_histograms(projections), [MODEL, PERSON, TEX])
 
 
 # --- notebook tables and widgets ---------------------------------------------------------------
