@@ -11,10 +11,21 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from asru_lab.data.schema import Benchmark, QAItem, open_image
+from asru_lab.data.files import open_image
+from asru_lab.data.schema import Benchmark, QAItem, shorten
+from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
 
 ImageLike = Image.Image | str | os.PathLike | None
+# The most text tokens one prompt may hold (chat template and any appended answer included,
+# each image counting as its placeholder): 25x the longest prompt of any protocol on any
+# supported benchmark (about 150), while a batch of 32 prompts padded to it already needs
+# some 15 GB of KV cache at 2B. The model's max_position_embeddings lowers it further.
+PROMPT_TOKEN_LIMIT = 4096
+
+
+class PromptTooLongError(AsruLabError, ValueError):
+    """A prompt holds more tokens than the model may be given; the message names it."""
 
 
 def as_image(image: ImageLike) -> Image.Image | None:
@@ -59,10 +70,44 @@ def build_chat_prompt(lm: LoadedModel, turns: Sequence[Turn]) -> str:
     return lm.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
 
+def prompt_token_limit(lm: LoadedModel) -> int:
+    """The most text tokens one prompt for `lm` may hold: PROMPT_TOKEN_LIMIT, or the model's
+    max_position_embeddings when smaller."""
+    positions = getattr(lm.model.config.get_text_config(), "max_position_embeddings", None)
+    return min(PROMPT_TOKEN_LIMIT, positions or PROMPT_TOKEN_LIMIT)
+
+
+def check_prompt_lengths(lm: LoadedModel, texts: Sequence[str], names: Sequence[str]) -> None:
+    """Raise a PromptTooLongError naming the first of `texts` (`names[k]` says what it asks)
+    holding more tokens than `prompt_token_limit`: before any forward pass, not after memory
+    runs out."""
+    limit = prompt_token_limit(lm)
+    # a token covers at least one byte of the text: only longer texts need counting
+    suspect = [k for k, text in enumerate(texts) if len(text.encode()) > limit]
+    if not suspect:
+        return
+    ids = lm.tokenizer([texts[k] for k in suspect], add_special_tokens=False, verbose=False)
+    for k, tokens in zip(suspect, ids["input_ids"], strict=True):
+        if len(tokens) > limit:
+            raise PromptTooLongError(
+                f"{names[k]} makes a prompt of {len(tokens)} tokens; {lm.name} is given at most "
+                f"{limit} (the smaller of its max_position_embeddings and asru_lab's cap of "
+                f"{PROMPT_TOKEN_LIMIT}, which keeps one item from exhausting memory): shorten it "
+                "or remove it from the dataset"
+            )
+
+
+def asked(question: str) -> str:
+    """How errors name a prompt: by its question's opening words."""
+    return f"the question {shorten(question)!r}"
+
+
 def _processor_batch(
-    lm: LoadedModel, texts: Sequence[str], images: Sequence[Image.Image]
+    lm: LoadedModel, texts: Sequence[str], images: Sequence[Image.Image], names: Sequence[str]
 ) -> dict[str, torch.Tensor]:
-    """Processor outputs for left-padded `texts`; `images` fill their placeholders in order."""
+    """Processor outputs for left-padded `texts` once each is within the token limit (`names`
+    say what each asks, for the error); `images` fill their placeholders in order."""
+    check_prompt_lengths(lm, texts, names)
     batch = lm.processor(
         text=list(texts), images=list(images) or None, return_tensors="pt", padding=True
     )
@@ -74,10 +119,14 @@ def encode(
     images: Sequence[Image.Image | None],
     questions: Sequence[str],
     answers: Sequence[str] | None = None,
+    *,
+    names: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Processor outputs for a left-padded batch of prompts (+ optional answers appended).
 
     Every key the processor returns is kept (Qwen3-VL needs `mm_token_type_ids` for M-RoPE).
+    A prompt over `prompt_token_limit` raises a PromptTooLongError naming it (`names`, one per
+    question; default: the question's opening words).
     """
     if len(images) != len(questions):
         raise ValueError(f"{len(images)} images for {len(questions)} questions")
@@ -85,7 +134,8 @@ def encode(
     if answers is not None:
         eos = lm.tokenizer.eos_token or ""
         texts = [t + a + eos for t, a in zip(texts, answers, strict=True)]
-    return _processor_batch(lm, texts, [img for img in images if img is not None])
+    names = [asked(q) for q in questions] if names is None else names
+    return _processor_batch(lm, texts, [img for img in images if img is not None], names)
 
 
 def encode_items(
@@ -96,7 +146,8 @@ def encode_items(
 ) -> dict[str, torch.Tensor]:
     """`encode` for benchmark items: each item's image (opened by `bench`) and question, with
     `answers` appended when given (one per item)."""
-    return encode(lm, bench.images(items), [i.question for i in items], answers)
+    names = [f"the {i.split} item about {i.person_id!r}, {asked(i.question)}," for i in items]
+    return encode(lm, bench.images(items), [i.question for i in items], answers, names=names)
 
 
 @torch.no_grad()
@@ -133,7 +184,8 @@ def generate_chats(
         if len(shown) != wanted:
             raise ValueError(f"a chat with {wanted} image turns got {len(shown)} images")
     texts = [build_chat_prompt(lm, turns) for turns in chats]
-    batch = _processor_batch(lm, texts, [img for shown in images for img in shown])
+    names = [asked(turns[-1].text) for turns in chats]
+    batch = _processor_batch(lm, texts, [img for shown in images for img in shown], names)
     return _generate(lm, batch, max_new_tokens, do_sample, **gen_kwargs)
 
 
@@ -167,7 +219,8 @@ def encode_prefilled(
         build_prompt(lm, q, img is not None) + prefix
         for img, q, prefix in zip(images, questions, prefixes, strict=True)
     ]
-    return _processor_batch(lm, texts, [img for img in images if img is not None])
+    names = [asked(q) for q in questions]
+    return _processor_batch(lm, texts, [img for img in images if img is not None], names)
 
 
 def fact_prefix(answer: str, value: str) -> tuple[str, str]:

@@ -14,7 +14,7 @@ import torch
 
 from asru_lab.causal.config import GROUPS, CausalTraceConfig, CausalTraceError
 from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
-from asru_lab.generation import build_prompt, fact_prefix, fact_token
+from asru_lab.generation import asked, build_prompt, check_prompt_lengths, fact_prefix, fact_token
 from asru_lab.models.loading import LoadedModel
 
 
@@ -106,6 +106,7 @@ def _encode_case(lm: LoadedModel, image, question: str, prefix: str) -> tuple[di
     """Batch-of-one processor outputs for prompt + prefix, and each token's group."""
     prompt = build_prompt(lm, question, True)
     text = prompt + prefix
+    check_prompt_lengths(lm, [text], [asked(question)])
     enc = lm.processor(
         text=[text], images=[image], return_tensors="pt", return_offsets_mapping=True
     )
