@@ -144,9 +144,15 @@ def encode_items(
     items: Sequence[QAItem],
     answers: Sequence[str] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """`encode` for benchmark items: each item's image (opened by `bench`) and question, with
-    `answers` appended when given (one per item)."""
-    names = [f"the {i.split} item about {i.person_id!r}, {asked(i.question)}," for i in items]
+    """`encode` for benchmark items (or training Examples: anything with an image path and a
+    question): each one's image (opened by `bench`) and question, with `answers` appended when
+    given (one per item)."""
+    names = [
+        f"the {i.split} item about {i.person_id!r}, {asked(i.question)},"
+        if isinstance(i, QAItem)
+        else asked(i.question)  # a training Example: its question is all it has
+        for i in items
+    ]
     return encode(lm, bench.images(items), [i.question for i in items], answers, names=names)
 
 

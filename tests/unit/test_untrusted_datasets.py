@@ -413,6 +413,14 @@ def test_a_long_answer_in_training_data_is_refused_naming_the_item(lm, bench) ->
         encode_items(lm, bench, [item], ["Lisbon. " * 600])
 
 
+def test_a_long_training_example_is_refused(lm, bench) -> None:
+    from asru_lab.training import Example
+
+    example = Example(None, "Where was Ada Lind born?", "In Lisbon. " * 300)
+    with pytest.raises(PromptTooLongError, match=r"the question 'Where was Ada Lind born\?'"):
+        encode_items(lm, bench, [example], [example.answer])
+
+
 def test_the_cap_applies_below_the_model_s_own_limit(lm, monkeypatch) -> None:
     import asru_lab.generation as generation
 
