@@ -10,18 +10,24 @@ there. That list is what makes a folder "asru_lab's own earlier output":
   one of them is never replaced (the new output is kept beside it and the error names both);
 - an existing *file* where a folder should go is always refused.
 
-What is written follows the user's umask (temporary files are private while they are written).
+Replacing the entries of an existing folder is not one rename: the marker says "incomplete"
+while they are swapped, and `check_complete` (called by every loader of asru_lab's folders)
+refuses a folder whose writer was killed half-way. `writing_lock` keeps two processes from
+writing the same output at once. What is written follows the user's umask (temporary files are
+private while they are written).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
+import hashlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from asru_lab.errors import AsruLabError
@@ -33,6 +39,13 @@ _SHOWN = 5  # unrelated entries named in an error
 
 class OutputError(AsruLabError, ValueError):
     """An output location cannot be written without destroying something, or at all."""
+
+
+class IncompleteOutputError(AsruLabError, ValueError):
+    """An asru_lab folder whose writer stopped while it replaced the folder's entries."""
+
+
+_SAME = object()  # `_write_marker`: keep the marker's record of an unfinished replacement
 
 
 def _umask() -> int:
@@ -89,19 +102,57 @@ def _unrelated(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if p.name not in own)
 
 
-def _write_marker(folder: Path, entries: Iterable[str], *, whole: bool | None = None) -> None:
+def _write_marker(
+    folder: Path,
+    entries: Iterable[str],
+    *,
+    whole: bool | None = None,
+    replacing: dict | None | object = _SAME,
+) -> None:
     """Write the marker of `folder`; `whole`: everything in it is asru_lab's (a training run's
-    working folder), None keeps what the marker said."""
+    working folder), None keeps what the marker said; `replacing`: the temporary folders of a
+    replacement that has begun (the folder is incomplete until it is rewritten with None)."""
+    old = _read_marker(folder) or {}
     if whole is None:
-        whole = bool((_read_marker(folder) or {}).get("whole_folder"))
+        whole = bool(old.get("whole_folder"))
+    if replacing is _SAME:
+        replacing = old.get("replacing")
     data = {
         "written_by": "asru_lab",
         "asru_lab_version": __version__,
         "updated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "entries": sorted(set(entries) - {MARKER}),
         "whole_folder": whole,
+        "complete": replacing is None,
     }
+    if replacing is not None:
+        data["replacing"] = replacing
     _write_text(folder / MARKER, json.dumps(data, indent=2) + "\n")
+
+
+def check_complete(folder: str | os.PathLike | None) -> None:
+    """Raise `IncompleteOutputError` when `folder` is an asru_lab output whose entries were being
+    replaced when its writer stopped (killed, power cut): it may mix old and new files. Any
+    other path (a missing one, a hub id, None) passes."""
+    if folder is None:
+        return
+    marker = _read_marker(Path(folder))
+    if marker is not None and marker.get("complete") is False:
+        raise IncompleteOutputError(
+            f"{folder} was being written when the process stopped (asru_lab was replacing its "
+            f"files, {marker.get('updated', 'at an unknown time')}): it may mix old and new "
+            "files, so it is not read. Rerun the command that wrote it (it writes the folder "
+            "anew) or delete the folder"
+        )
+
+
+def is_complete(folder: str | os.PathLike) -> bool:
+    """False for a folder that `check_complete` refuses (for caches: recompute instead)."""
+    try:
+        check_complete(folder)
+    except IncompleteOutputError:
+        return False
+    return True
 
 
 def _listing(names: list[str]) -> str:
@@ -135,6 +186,38 @@ def check_output(target: str | os.PathLike, *, overwrite: bool = False) -> Path:
         return target
     _check_parent(target)
     return target
+
+
+def check_apart(
+    inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike]
+) -> None:
+    """Raise `OutputError` when an output (name -> path, e.g. "--out") is one of the inputs,
+    lies inside one or holds one (writing it would change or replace what is read), or when two
+    outputs are the same path. Symlinks and relative spellings are resolved first."""
+    ins = {name: Path(p).expanduser().resolve() for name, p in inputs.items()}
+    outs = {name: Path(p).expanduser().resolve() for name, p in outputs.items()}
+    for out_name, out in outs.items():
+        for in_name, read in ins.items():
+            if out == read:
+                why = f"{out_name} {outputs[out_name]} is also {in_name}"
+            elif read in out.parents:
+                why = f"{out_name} {outputs[out_name]} lies inside {in_name} {inputs[in_name]}"
+            elif out in read.parents:
+                why = f"{in_name} {inputs[in_name]} lies inside {out_name} {outputs[out_name]}"
+            else:
+                continue
+            raise OutputError(
+                f"{why}: asru_lab never writes where it reads (the output would change or "
+                f"replace its own input); choose another {out_name}"
+            )
+    names = list(outs)
+    for k, first in enumerate(names):
+        for second in names[k + 1 :]:
+            if outs[first] == outs[second]:
+                raise OutputError(
+                    f"{first} and {second} both name {outputs[first]}: one output would "
+                    "replace the other; give them different paths"
+                )
 
 
 def _check_parent(target: Path) -> None:
@@ -258,8 +341,12 @@ def _install(tmp: Path, target: Path, entries: list[str], keep: set[str]) -> Non
             f"nothing there was changed. The new output was saved to {kept}: move it into place "
             "yourself, or write to another folder"
         )
-    stale = sorted(n for n in _listed(target) - keep - set(entries) if (target / n).exists())
+    _remove_leftovers(target)
+    listed = _listed(target)
+    stale = sorted(n for n in listed - keep - set(entries) if (target / n).exists())
     backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    # from here until the last marker write the folder is incomplete: a kill leaves it refused
+    _write_marker(target, listed | set(entries), replacing={"new": tmp.name, "old": backup.name})
     moved: list[str] = []  # entries of target moved to backup
     placed: list[str] = []  # new entries now in target
     try:
@@ -272,16 +359,28 @@ def _install(tmp: Path, target: Path, entries: list[str], keep: set[str]) -> Non
         for name in stale:
             (target / name).rename(backup / name)
             moved.append(name)
-        _write_marker(target, (_listed(target) - set(stale)) | set(entries))
+        _write_marker(target, (listed - set(stale)) | set(entries), replacing=None)
     except BaseException:
         for name in placed:
             (target / name).rename(tmp / name)
         for name in moved:
             (backup / name).rename(target / name)
+        _write_marker(target, listed, replacing=None)
         shutil.rmtree(backup, ignore_errors=True)
         raise
     shutil.rmtree(backup, ignore_errors=True)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _remove_leftovers(target: Path) -> None:
+    """Delete the temporary folders of a replacement of `target` that was killed half-way (its
+    marker names them; both are asru_lab's, beside `target`)."""
+    replacing = (_read_marker(target) or {}).get("replacing")
+    if not isinstance(replacing, dict):
+        return
+    for name in replacing.values():
+        if isinstance(name, str) and name.startswith(f".{target.name}.") and "/" not in name:
+            shutil.rmtree(target.parent / name, ignore_errors=True)
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -326,3 +425,57 @@ def set_aside(damaged: Iterable[Path]) -> None:
         aside = path.with_name(f"damaged-{path.name}")
         shutil.rmtree(aside, ignore_errors=True)
         path.rename(aside)
+
+
+def _lock_folder() -> Path:
+    """Where the write locks live: the user's cache (never the output's folder, which may not
+    exist yet and belongs to the user), else a private folder in the temp dir."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    for folder in (
+        cache / "asru_lab" / "locks",
+        Path(tempfile.gettempdir()) / f"asru_lab-locks-{os.getuid()}",
+    ):
+        try:
+            folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        except OSError:
+            continue
+        if folder.is_dir() and not folder.is_symlink() and folder.stat().st_uid == os.getuid():
+            return folder
+    raise OutputError(f"cannot create a lock folder in {cache} nor in {tempfile.gettempdir()}")
+
+
+@contextmanager
+def _locked(path: Path, folder: Path) -> Iterator[None]:
+    key = hashlib.sha256(str(path).encode()).hexdigest()[:32]
+    fd = os.open(folder / f"{key}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").split("\n")[0] or "unknown"
+            raise OutputError(
+                f"another asru-lab process (pid {holder}) is writing {path}; wait until it "
+                "finishes, or write to another path"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n{path}\n".encode(), 0)
+        yield
+        os.ftruncate(fd, 0)
+    finally:
+        os.close(fd)  # closing releases the lock, also when the process is killed
+
+
+@contextmanager
+def writing_lock(paths: Iterable[str | os.PathLike]) -> Iterator[None]:
+    """Hold asru_lab's write lock on every output path in `paths` for the block (one process at
+    a time per path, whatever the working folder or symlinks spell); `OutputError` naming the
+    other process's pid when it holds one. Locks are advisory: they bind asru-lab processes."""
+    targets = sorted({Path(p).expanduser().resolve() for p in paths})
+    if not targets:
+        yield
+        return
+    folder = _lock_folder()
+    with ExitStack() as stack:
+        for path in targets:
+            stack.enter_context(_locked(path, folder))
+        yield

@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from asru_lab import steering
-from asru_lab.artifacts import atomic_dir, write_json_atomic
+from asru_lab.artifacts import atomic_dir, check_complete, write_json_atomic
 from asru_lab.capture import check_site
 from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
@@ -214,6 +214,7 @@ class SteeringProbe:
     def load(cls, path: str | os.PathLike) -> SteeringProbe:
         """Read a probe directory; a clear `ProbeError` names what is missing or wrong."""
         path = Path(path)
+        check_complete(path)
         meta_path, tensor_path = path / "probe.json", path / "probe.safetensors"
         for p in (meta_path, tensor_path):
             if not p.is_file():

@@ -8,7 +8,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from asru_lab.artifacts import atomic_dir
+from asru_lab.artifacts import atomic_dir, check_complete
 
 from .config import AuditError
 
@@ -113,6 +113,7 @@ class AuditReport:
         """Read a saved audit folder (or its `audit.json`) back."""
         path = Path(path)
         folder = path.parent if path.name == REPORT_FILE else path
+        check_complete(folder)
         try:
             data = json.loads((folder / REPORT_FILE).read_text())
         except FileNotFoundError:

@@ -28,16 +28,61 @@ class UsageError(AsruLabError):
     """Command-line options that do not go together."""
 
 
+# the options that name a path a command reads, and those that name a path it writes
+INPUT_OPTIONS = ("model", "data", "probe", "reference", "oracle", "answers")
+OUTPUT_OPTIONS = ("out", "items_out", "cache_dir")
+
+
+def command_paths(args) -> tuple[dict[str, Path], dict[str, Path]]:
+    """(inputs, outputs) of a command line, by option ("--model" -> path). Inputs are the local
+    paths it reads: an omitted --model is the embedded model, audit's omitted --reference and
+    --oracle and evaluate's `--reference oracle` the shipped models; a hub id is none. Outputs
+    are every path it writes (evaluate's answers file too)."""
+    from asru_lab.models.embedded import embedded_dir, oracle_dir
+
+    shipped_oracles = oracle_dir().parent
+    inputs: dict[str, Path] = {}
+    for name in INPUT_OPTIONS:
+        if not hasattr(args, name):
+            continue
+        value = getattr(args, name)
+        if value is None and name == "model":
+            value = embedded_dir()
+        elif value is None and args.command == "audit" and name in ("reference", "oracle"):
+            value = embedded_dir() if name == "reference" else shipped_oracles
+        elif value == "oracle" and name == "reference":
+            value = shipped_oracles
+        if not isinstance(value, str | Path) or value == "none":
+            continue  # a flag (build-embedded --oracle), or nothing read
+        if name == "data":
+            value = str(value).removeprefix("mllmu:").removeprefix("clear:")
+        if Path(value).expanduser().exists():
+            inputs["--" + name.replace("_", "-")] = Path(value)
+    outputs = {
+        "--" + name.replace("_", "-"): Path(getattr(args, name))
+        for name in OUTPUT_OPTIONS
+        if getattr(args, name, None) is not None
+    }
+    if args.command == "evaluate" and not args.answers:
+        outputs["the answers file"] = answers_path(args)
+    if args.command == "build-embedded" and args.out is None:
+        outputs["--out"] = (
+            oracle_dir(args.forget_ratio, args.split_seed) if args.oracle else embedded_dir()
+        )
+    return inputs, outputs
+
+
 def check_out(args) -> None:
-    """Refuse an unusable --out before any model is loaded (`artifacts.check_output`)."""
-    from asru_lab.artifacts import check_output, check_output_file
+    """Refuse an unusable output before any model is loaded: one that is (or lies inside, or
+    holds) an input, or two outputs at one path (`artifacts.check_apart`); an --out that
+    cannot be written (`artifacts.check_output`)."""
+    from asru_lab.artifacts import check_apart, check_output, check_output_file
     from asru_lab.evaluation.report import is_report_file
 
+    check_apart(*command_paths(args))
     out = getattr(args, "out", None)
     if args.command == "build-embedded" and out is None:
-        from asru_lab.models.embedded import embedded_dir, oracle_dir
-
-        out = oracle_dir(args.forget_ratio, args.split_seed) if args.oracle else embedded_dir()
+        out = command_paths(args)[1]["--out"]
     if out is None:
         return
     if args.command == "evaluate":

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from asru_lab.artifacts import check_output_file, read_json_object, write_json_atomic
 
+REPORT_KEYS = ("model", "method", "splits", "meta")  # the evaluation JSON's top level
+
 # (name, characters in the text table): the columns of `EvalReport.table()`
 TABLE_COLUMNS = (
     ("split", 8),
@@ -122,6 +124,12 @@ def _num(x: float | None, digits: int = 2) -> str:
 
 
 def is_report_file(path: str | Path) -> bool:
-    """True when `path` holds an evaluation JSON (an earlier result that may be replaced)."""
+    """True when `path` holds an evaluation JSON (an earlier result that may be replaced):
+    exactly its keys, and metrics (not answers) per split, so an answers file is not one."""
     data = read_json_object(path)
-    return data is not None and {"model", "method", "splits"} <= data.keys()
+    return (
+        data is not None
+        and {"model", "method", "splits"} <= data.keys() <= set(REPORT_KEYS)
+        and isinstance(data["splits"], dict)
+        and all(isinstance(metrics, dict) for metrics in data["splits"].values())
+    )

@@ -22,7 +22,7 @@ from transformers import (
     PreTrainedModel,
 )
 
-from asru_lab.artifacts import atomic_dir
+from asru_lab.artifacts import atomic_dir, check_complete
 from asru_lab.models.adapters import ArchitectureAdapter, adapter_for
 from asru_lab.models.folder import ModelLoadError, check_chat_templates, open_model_folder
 from asru_lab.models.processor import register_image_only_processor
@@ -176,6 +176,7 @@ def load_model(
     """
     torch_dtype = _checked_dtype(dtype)
     register_image_only_processor()
+    check_complete(name_or_path)  # a folder whose writer was killed half-way is not read
     folder = open_model_folder(name_or_path)  # every check on the folder's files, first
     source = str(folder.path)
     adapter = adapter_for(_vision_language_config(source))

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from asru_lab.artifacts import claim_output, write_json_atomic
+from asru_lab.artifacts import claim_output, is_complete, write_json_atomic
 from asru_lab.auditing import AUDIT_PROTOCOL, AuditConfig, AuditError, audit, load_oracle
 from asru_lab.baselines import METHODS, get_method, unlearn
 from asru_lab.baselines.registry import Unlearned, UnlearnError
@@ -630,7 +630,7 @@ def _probe(lm, bench, config, base, cache, located) -> SteeringProbe:
     if "probe" in located:
         return located["probe"]
     path = _probe_dir(cache, base, config)
-    if config.cache and (path / "probe.json").is_file():
+    if config.cache and (path / "probe.json").is_file() and is_complete(path):
         probe = SteeringProbe.load(path)
     else:
         probe = locate(lm, bench, seeded_config(config.locate, config.seed, config.progress))
