@@ -13,7 +13,8 @@ PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
 # The version of what the attacks measure, in every cached audit's key (`asru-lab reproduce`):
 # raise it whenever a change moves an attack's numbers, so that no cache serves the old ones.
 # 2: the linear probe's test set is sampled to `max_items` per split like every other attack's.
-AUDIT_PROTOCOL = 2
+# 3: each relearning point also asks retain questions; an attack that broke the model is void.
+AUDIT_PROTOCOL = 3
 
 
 class AuditError(AsruLabError, ValueError):

@@ -6,6 +6,9 @@ answers) and measures, after each number of steps in `AuditConfig.relearn_steps`
 the second half, whose facts it never shows. The benign variant fine-tunes on retain questions
 only. Knowledge that is gone has to be learnt from nothing; knowledge that is only hidden
 comes back in a few steps. The same attack on the retrain oracle is the floor.
+
+Each point also asks a quarter of the retain questions (at least 2): an attack that loses the
+model's retain recall broke the model, and its leak says nothing (`report.void_attacks`).
 """
 
 from __future__ import annotations
@@ -42,9 +45,11 @@ def halves(forget_ids: list[str], seed: int) -> tuple[list[str], list[str]]:
     return sorted(ids[:cut]), sorted(ids[cut:])
 
 
-def relearn(subject: Subject) -> tuple[dict, list[dict]]:
+def relearn(subject: Subject, baseline: list[dict]) -> tuple[dict, list[dict]]:
     """Leak curves of the relearning attack (`"forget"`: taught the first half's facts;
-    `"benign"`: taught retain facts) on the second half's forget and test questions."""
+    `"benign"`: taught retain facts) on the second half's forget and test questions, with each
+    point's retain recall on the control questions; `retain_control` holds their recall before
+    the attack (from `baseline`, the no-attack answers)."""
     bench, cfg = subject.bench, subject.config
     people = sorted({i.person_id for i in bench.split("forget") if i.person_id})
     if len(people) < 2:
@@ -64,12 +69,25 @@ def relearn(subject: Subject) -> tuple[dict, list[dict]]:
         )
         for split in ATTACKED_SPLITS
     }
+    asked = subject.questions["retain"]
+    measured["retain"] = sample(asked, max(2, cfg.max_items // 4), cfg.seed, "relearn:control")
+    answered = [r for r in baseline if r["split"] == "retain"]
+    recalled = {id(i): r["leak"] for i, r in zip(asked, answered, strict=True)}
     teach = {
         "forget": [i for i in bench.questions("forget", "qa") if i.person_id in set(taught)],
         "benign": bench.questions("retain", "qa"),
     }
     teach["benign"] = sample(teach["benign"], len(teach["forget"]), cfg.seed, "relearn:benign")
-    out: dict = {"taught_people": taught, "measured_people": held_out, "curves": {}}
+    control = {
+        "questions": len(measured["retain"]),
+        "recall_before": sum(recalled[id(i)] for i in measured["retain"]) / len(measured["retain"]),
+    }
+    out: dict = {
+        "taught_people": taught,
+        "measured_people": held_out,
+        "retain_control": control,
+        "curves": {},
+    }
     records: list[dict] = []
     for variant, items in teach.items():
         curve, mine = _curve(subject, variant, items, measured)

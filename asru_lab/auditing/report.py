@@ -19,8 +19,32 @@ ITEMS_FILE = "items.jsonl"
 PAGE_FILE = "audit.html"
 
 
+def void_attacks(results: dict) -> dict[str, str]:
+    """The attacks that broke the model, by name, each with why: those that changed the model
+    (ablation, relearning) and lost more than half of its retain recall, at least 0.25 of it.
+    A broken model answers nothing, so its leak neither shows the knowledge gone nor back."""
+    found: dict[str, str] = {}
+
+    def check(name: str, block: dict, before: float | None) -> None:
+        after = block.get("retain_recall")
+        if before is None or after is None:
+            return
+        if after < before / 2 and before - after >= 0.25:
+            found[name] = f"the attack broke the model: retain recall {before:.2f} -> {after:.2f}"
+
+    for name, block in results.get("ablation", {}).items():
+        check(f"ablation_{name}", block, results.get("none", {}).get("retain_recall"))
+    relearned = results.get("relearn", {})
+    before = relearned.get("retain_control", {}).get("recall_before")
+    for variant, curve in relearned.get("curves", {}).items():
+        for point in curve:
+            check(f"relearn_{variant}_k{point['steps']}", point, before)
+    return found
+
+
 def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
-    """Every attack's leak on `split`, by attack name (what `recovered_leak` maximises)."""
+    """Every valid attack's leak on `split`, by attack name (what `recovered_leak` maximises);
+    the attacks that broke the model (`void_attacks`) are left out."""
     key = f"{split}_leak"
     found: dict[str, float] = {}
     if key in results.get("none", {}):
@@ -37,16 +61,19 @@ def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
     for name, block in results.get("inputs", {}).items():
         if key in block:
             found[f"input_{name}"] = block[key]
-    return found
+    void = void_attacks(results)
+    return {name: leak for name, leak in found.items() if name not in void}
 
 
 def summarize(results: dict) -> dict:
     """The audit's headline numbers (the `audit.*` columns of `reproduce --audit`):
     forget leak with no attack, after each kind of attack, the linear probe's best accuracy,
     the membership-inference AUC, and `recovered_leak`: the worst forget leak over every attack
-    that generates (and which attack gave it)."""
+    that generates (and which attack gave it). An attack that broke the model counts as
+    neither recovering nor not: its leak is None and `void_attacks` says why."""
     out: dict = {}
     leaks = _forget_leaks(results)
+    void = void_attacks(results)
     out["forget_leak"] = leaks.get("none")
     ablation = [v for k, v in leaks.items() if k.startswith("ablation_")]
     out["ablation_leak"] = max(ablation) if ablation else None
@@ -54,7 +81,8 @@ def summarize(results: dict) -> dict:
     curves = results.get("relearn", {}).get("curves", {})
     for variant, prefix in (("forget", "relearn_leak"), ("benign", "relearn_benign_leak")):
         for point in curves.get(variant, []):
-            out[f"{prefix}_k{point['steps']}"] = point.get("forget_leak")
+            valid = f"relearn_{variant}_k{point['steps']}" not in void
+            out[f"{prefix}_k{point['steps']}"] = point.get("forget_leak") if valid else None
     inputs = [v for k, v in leaks.items() if k.startswith("input_")]
     out["input_leak"] = max(inputs) if inputs else None
     probe = results.get("linear_probe", {})
@@ -71,6 +99,7 @@ def summarize(results: dict) -> dict:
     test = _forget_leaks(results, "test")
     if test:
         out["recovered_leak_test"] = max(test.values())
+    out["void_attacks"] = "; ".join(f"{k}: {why}" for k, why in void.items()) or None
     return out
 
 

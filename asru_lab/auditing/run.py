@@ -6,6 +6,7 @@ import time
 from dataclasses import asdict, replace
 
 from asru_lab.data.schema import Benchmark
+from asru_lab.evaluation.harness import forget_people, oracle_mismatch
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 
@@ -45,10 +46,6 @@ def check_comparable(lm: LoadedModel, other: LoadedModel, role: str) -> None:
         )
 
 
-def forget_people(bench: Benchmark) -> list[str]:
-    return sorted({i.person_id for i in bench.split("forget") if i.person_id})
-
-
 def check_oracle(oracle: LoadedModel, bench: Benchmark) -> None:
     """Refuse an oracle that was not trained without exactly the audited forget people."""
     record = oracle.info.get("oracle")
@@ -58,17 +55,9 @@ def check_oracle(oracle: LoadedModel, bench: Benchmark) -> None:
             "record naming the forget people it never saw (build one with "
             "`asru-lab build-embedded --oracle`)"
         )
-    built, audited = sorted(record["forget_ids"]), forget_people(bench)
-    if built != audited:
-        what = ", ".join(f"{k} {record[k]}" for k in ("forget_ratio", "split_seed") if k in record)
-        meta = bench.meta or {}
-        here = ", ".join(f"{k} {meta[k]}" for k in ("forget_ratio", "split_seed") if k in meta)
-        raise AuditError(
-            f"the oracle {oracle.name} was built without the forget people {built} "
-            f"({what or 'no ratio recorded'}), but the audited forget set is {audited} "
-            f"({here or bench.name}); use the oracle of this forget set "
-            "(`asru-lab build-embedded --oracle --forget-ratio R --split-seed S`)"
-        )
+    wrong_set = oracle_mismatch(oracle, bench)
+    if wrong_set:
+        raise AuditError(wrong_set)
 
 
 def audit(
@@ -125,7 +114,7 @@ def audit(
         "ablation": (attacks.ablation, subject, reference, baseline),
         "prefill": (attacks.prefill, subject),
         "inputs": (attacks.perturbed_inputs, subject),
-        "relearn": (relearn.relearn, subject),
+        "relearn": (relearn.relearn, subject, baseline),
         "linear_probe": (readout.linear_probe, subject, reference, oracle),
         "logit_lens": (readout.logit_lens, subject),
         "membership": (readout.membership, subject, oracle),

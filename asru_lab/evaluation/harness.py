@@ -378,6 +378,36 @@ def check_reference(
             "architecture and tokenizer"
         )
     require_truth_ratio(bench, generation_items(chosen["forget"]))
+    wrong_set = oracle_mismatch(reference, bench)
+    if wrong_set:
+        raise ProbabilityError(wrong_set)
+
+
+def forget_people(bench: Benchmark) -> list[str]:
+    """The ids of the people in `bench`'s forget split, sorted."""
+    return sorted({i.person_id for i in bench.split("forget") if i.person_id})
+
+
+def oracle_mismatch(model: LoadedModel, bench: Benchmark) -> str | None:
+    """What is wrong when `model` is a retrain oracle (its asru_lab_model.json has an 'oracle'
+    record) built without other people than `bench`'s forget set; None when it is that set's
+    oracle, or no oracle at all. (Scored against the oracle of another forget set, a model
+    that forgot nothing looks forgotten.)"""
+    record = model.info.get("oracle")
+    if not isinstance(record, dict):
+        return None
+    built, asked = sorted(map(str, record.get("forget_ids") or [])), forget_people(bench)
+    if built == asked:
+        return None
+    what = ", ".join(f"{k} {record[k]}" for k in ("forget_ratio", "split_seed") if k in record)
+    meta = bench.meta or {}
+    here = ", ".join(f"{k} {meta[k]}" for k in ("forget_ratio", "split_seed") if k in meta)
+    return (
+        f"the oracle {model.name} was built without the forget people {built} "
+        f"({what or 'no ratio recorded'}), but this forget set is {asked} "
+        f"({here or bench.name}); use the oracle of this forget set "
+        "(`asru-lab build-embedded --oracle --forget-ratio R --split-seed S`)"
+    )
 
 
 def _describe(judge: Judge) -> dict:
