@@ -189,13 +189,21 @@ def check_output(target: str | os.PathLike, *, overwrite: bool = False) -> Path:
 
 
 def check_apart(
-    inputs: Mapping[str, str | os.PathLike], outputs: Mapping[str, str | os.PathLike]
+    inputs: Mapping[str, str | os.PathLike],
+    outputs: Mapping[str, str | os.PathLike],
+    writes: Mapping[str, Iterable[str]] | None = None,
 ) -> None:
     """Raise `OutputError` when an output (name -> path, e.g. "--out") is one of the inputs,
     lies inside one or holds one (writing it would change or replace what is read), or when two
-    outputs are the same path. Symlinks and relative spellings are resolved first."""
+    outputs are the same path. Symlinks and relative spellings are resolved first.
+
+    `writes`: for an output folder filled entry by entry (`claim_output`), the names of the
+    only entries the command writes there; an input inside that folder but in none of them is
+    never touched, so it is allowed (`trace-causal --probe OUT/probe --out OUT`). An output
+    not named there may be replaced whole, so no input may lie inside it."""
     ins = {name: Path(p).expanduser().resolve() for name, p in inputs.items()}
     outs = {name: Path(p).expanduser().resolve() for name, p in outputs.items()}
+    writes = {name: set(entries) for name, entries in (writes or {}).items()}
     for out_name, out in outs.items():
         for in_name, read in ins.items():
             if out == read:
@@ -203,6 +211,9 @@ def check_apart(
             elif read in out.parents:
                 why = f"{out_name} {outputs[out_name]} lies inside {in_name} {inputs[in_name]}"
             elif out in read.parents:
+                entry = read.relative_to(out).parts[0]
+                if out_name in writes and entry not in writes[out_name]:
+                    continue
                 why = f"{in_name} {inputs[in_name]} lies inside {out_name} {outputs[out_name]}"
             else:
                 continue

@@ -72,6 +72,19 @@ def command_paths(args) -> tuple[dict[str, Path], dict[str, Path]]:
     return inputs, outputs
 
 
+def folder_entries_written(args) -> dict[str, set[str]]:
+    """For a command that fills its --out entry by entry, the only entries it writes there
+    (`artifacts.check_apart`): trace-causal's trace, heatmap and, without --probe, the probe
+    that its own locate found; an input elsewhere in that folder stays untouched."""
+    if args.command != "trace-causal":
+        return {}
+    from asru_lab.artifacts import MARKER
+    from asru_lab.causal.result import TRACE_FILE
+
+    written = {MARKER, TRACE_FILE, "causal_heatmap.html", "causal_heatmap.png", "plotly.min.js"}
+    return {"--out": written if args.probe else written | {"probe"}}
+
+
 def check_out(args) -> None:
     """Refuse an unusable output before any model is loaded: one that is (or lies inside, or
     holds) an input, or two outputs at one path (`artifacts.check_apart`); an --out that
@@ -79,7 +92,7 @@ def check_out(args) -> None:
     from asru_lab.artifacts import check_apart, check_output, check_output_file
     from asru_lab.evaluation.report import is_report_file
 
-    check_apart(*command_paths(args))
+    check_apart(*command_paths(args), writes=folder_entries_written(args))
     out = getattr(args, "out", None)
     if args.command == "build-embedded" and out is None:
         out = command_paths(args)[1]["--out"]

@@ -51,6 +51,13 @@ def attack_leak_chart(data: Mapping) -> go.Figure:
     return fig
 
 
+def void_attack_names(data: Mapping) -> set[str]:
+    """The attacks of one audit report that broke the model (its summary's `void_attacks`,
+    "name: why; name: why"), whose leaks measure nothing."""
+    void = (data.get("summary") or {}).get("void_attacks") or ""
+    return {part.split(":")[0].strip() for part in void.split(";") if part.strip()}
+
+
 def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
     """Relearning curves: leak on the forget people whose facts were never shown, after k
     fine-tuning steps on the other half's facts (solid) or on retain facts (dotted). Takes one
@@ -61,6 +68,7 @@ def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
     fig = go.Figure()
     for label, data in reports.items():
         curves = data["results"].get("relearn", {}).get("curves", {})
+        void = void_attack_names(data)
         for variant, dash in (("forget", "solid"), ("benign", "dot")):
             points = curves.get(variant, [])
             if many and variant == "benign":
@@ -68,7 +76,11 @@ def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
             if points:
                 fig.add_scatter(
                     x=[p["steps"] for p in points],
-                    y=[p.get("forget_leak") for p in points],
+                    # a point whose attack broke the model measured nothing: a gap, not 0
+                    y=[
+                        None if f"relearn_{variant}_k{p['steps']}" in void else p.get("forget_leak")
+                        for p in points
+                    ],
                     mode="lines+markers",
                     line={"dash": dash},
                     name=escape_text(f"{label}: taught {TAUGHT[variant]}"),

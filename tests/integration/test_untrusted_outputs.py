@@ -104,6 +104,10 @@ def test_a_relearning_attack_that_breaks_the_model_is_void_not_a_recovery(lm, be
     assert s["relearn_leak_k0"] == 1.0  # the untouched twin is a valid point
     saved = al.AuditReport.load(report.save(tmp_path / "audit"))
     assert saved.summary == s
+    from asru_lab.viz.audit import relearn_chart
+
+    drawn = {t.line.dash: list(t.y) for t in relearn_chart(report.to_dict()).data}
+    assert drawn["solid"][0] == 1.0 and drawn["solid"][-1] is None  # a gap, never "leak 0"
     # a sane learning rate keeps the model: every point is valid
     sane = audit(lm, bench, config=TINY_RELEARN).summary
     assert sane["void_attacks"] is None and sane["relearn_leak_k2"] is not None

@@ -147,6 +147,26 @@ def test_an_output_that_is_an_input_is_refused_before_any_work(
         assert (files(kept) if kept.is_dir() else kept.read_bytes()) == before, argv
 
 
+def test_an_input_beside_what_a_folder_writer_writes_is_allowed(tmp_path):
+    """trace-causal fills --out entry by entry: its own earlier probe/ inside --out can be the
+    --probe it reads (never written when given); an input named like a written entry cannot."""
+    from asru_lab.artifacts import check_apart
+    from asru_lab.cli.commands import folder_entries_written
+
+    out = tmp_path / "causal"
+    args = cli.build_parser().parse_args(
+        ["trace-causal", "--probe", str(out / "probe"), "--out", str(out)]
+    )
+    writes = folder_entries_written(args)
+    check_apart({"--probe": out / "probe"}, {"--out": out}, writes)
+    with pytest.raises(OutputError, match="lies inside --out"):
+        check_apart({"--probe": out / "trace.json"}, {"--out": out}, writes)
+    with pytest.raises(OutputError, match="lies inside --out"):  # replaced whole elsewhere
+        check_apart({"--probe": out / "probe"}, {"--out": out})
+    without_probe = cli.build_parser().parse_args(["trace-causal", "--out", str(out)])
+    assert "probe" in folder_entries_written(without_probe)["--out"]
+
+
 def test_every_path_option_is_known_as_an_input_or_an_output():
     """A new option naming a path must be added to INPUT_OPTIONS or OUTPUT_OPTIONS."""
     from asru_lab.cli.commands import INPUT_OPTIONS, OUTPUT_OPTIONS
