@@ -29,25 +29,9 @@ from asru_lab.generation import (
     generate_chats,
 )
 from tests.mllmu_layout import BLUE, RED, row, write_config, write_mllmu
+from tests.user_dataset import PEOPLE, qa
 
-PEOPLE = [
-    {"id": "p1", "name": "Ada Lind", "split": "forget", "facts": {"hobby": "chess"}},
-    {"id": "p2", "name": "Bo Falk", "split": "retain", "facts": {"hobby": "rowing"}},
-]
 OUTSIDE_COLOR = (201, 7, 7)
-
-
-def qa(person_id: str = "p1", split: str = "forget", **extra) -> dict:
-    row = {
-        "person_id": person_id,
-        "split": split,
-        "image": "images/a.png",
-        "question": "What is this person's hobby?",
-        "answer": "Their hobby is chess.",
-        "attribute": "hobby",
-    }
-    row.update(extra)
-    return row
 
 
 def write(root: Path, rows: list[dict], people: list[dict] = PEOPLE) -> Path:

@@ -19,6 +19,7 @@ from asru_lab.data import (
     load_synthetic,
 )
 from asru_lab.data.user_format import load_user_dataset
+from tests.user_dataset import PEOPLE, qa
 
 PER_GROUP = 4
 
@@ -143,25 +144,6 @@ def test_non_synthetic_values_survive_a_round_trip(small_bench: Benchmark, tmp_p
 
 
 # --- hand-written datasets -------------------------------------------------------------------
-PEOPLE = [
-    {"id": "p1", "name": "Ada Lind", "split": "forget", "facts": {"hobby": "chess"}},
-    {"id": "p2", "name": "Bo Falk", "split": "retain", "facts": {"hobby": "rowing"}},
-]
-
-
-def qa(person_id: str | None = "p1", split: str = "forget", **extra) -> dict:
-    row = {
-        "person_id": person_id,
-        "split": split,
-        "image": "images/a.png",
-        "question": "What is this person's hobby?",
-        "answer": "Their hobby is chess.",
-        "attribute": "hobby",
-    }
-    row.update(extra)
-    return row
-
-
 def write(root: Path, people: list[dict] | None = None, rows: list[dict] | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     (root / "images").mkdir(exist_ok=True)
