@@ -83,15 +83,18 @@ def _has_ipv6_loopback() -> bool:
     return True
 
 
-def _lan_address() -> str | None:
-    """This machine's address on a non-loopback interface (a UDP connect sends nothing)."""
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            s.connect(("192.0.2.1", 9))
-            address = s.getsockname()[0]
-    except OSError:
-        return None
-    return None if address.startswith("127.") else address
+OTHER_HOST = "judge-host.test"  # not loopback by name: a plain-http judge "on another host"
+
+
+def _resolve_to_loopback(monkeypatch, name: str) -> None:
+    """Make `name` resolve to 127.0.0.1 inside this test, so that a judge "on another host"
+    is served by a loopback server: no request of these tests leaves the machine."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, *args, **kwargs):
+        return real("127.0.0.1" if host == name else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
 
 
 @pytest.fixture(scope="module")
@@ -153,14 +156,12 @@ def test_every_proxy_variable_at_once_changes_nothing_for_loopback(proxy, item, 
 
 
 def test_plain_http_to_another_host_goes_direct_not_through_the_proxy(proxy, item, monkeypatch):
-    address = _lan_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
     monkeypatch.setenv("http_proxy", f"http://127.0.0.1:{proxy.port}")
     monkeypatch.setenv("ALL_PROXY", f"http://127.0.0.1:{proxy.port}")
-    judge_server = Server(address, REAL)
+    _resolve_to_loopback(monkeypatch, OTHER_HOST)
+    judge_server = Server("127.0.0.1", REAL)
     try:
-        url = f"http://{address}:{judge_server.port}/v1"
+        url = f"http://{OTHER_HOST}:{judge_server.port}/v1"
         judge = OpenAIJudge(url, "m", api_key=KEY, allow_insecure_http=True)
         verdict = judge.judge_one(item, "an answer")
     finally:
@@ -170,15 +171,13 @@ def test_plain_http_to_another_host_goes_direct_not_through_the_proxy(proxy, ite
 
 
 def test_an_unreachable_plain_http_judge_says_the_proxy_was_not_used(proxy, item, monkeypatch):
-    address = _lan_address()
-    if address is None:
-        pytest.skip("this machine has no non-loopback IPv4 address")
     with socket.socket() as s:  # a port where nothing listens
-        s.bind((address, 0))
+        s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+    _resolve_to_loopback(monkeypatch, OTHER_HOST)
     judge = OpenAIJudge(
-        f"http://{address}:{port}/v1", "m", api_key=KEY, allow_insecure_http=True, max_retries=0
+        f"http://{OTHER_HOST}:{port}/v1", "m", api_key=KEY, allow_insecure_http=True, max_retries=0
     )
     with pytest.raises(JudgeError, match=r"could not reach .* never through \$http_proxy"):
         judge.judge_one(item, "an answer")
