@@ -54,10 +54,11 @@ def _padded(values: Sequence[float], low: float, high: float) -> list[float]:
     return [lo - margin, hi + margin]
 
 
-def tradeoff_scatter(rows: Sequence[dict]) -> go.Figure:
+def tradeoff_scatter(rows: Sequence[dict], title: str = "Forget–retain trade-off") -> go.Figure:
     """Unlearning effectiveness (x) against retain accuracy (y: the mean of retain recall and
-    retain MCQ accuracy), one marker per method and forget ratio (its symbol): the best methods
-    sit top right. Methods whose markers coincide share one label, so no label hides another."""
+    retain MCQ accuracy, those the rows have), one marker per method and forget ratio (its
+    symbol): the best methods sit top right. Methods whose markers coincide share one label, so
+    no label hides another. `title` is escaped."""
     fig = go.Figure()
     symbols = ["circle", "square", "diamond", "triangle-up", "x"]
     ratios = sorted({r["forget_ratio"] for r in rows})
@@ -90,7 +91,7 @@ def tradeoff_scatter(rows: Sequence[dict]) -> go.Figure:
             xshift=9 if side == "left" else -9, yshift=7 - shift, font={"size": 11},
             align="left", bgcolor="rgba(255,255,255,0.7)",
         )  # fmt: skip
-    title = "Forget–retain trade-off"
+    title = escape_text(title)
     if len(ratios) > 1:
         title += (
             " (symbol: forget ratio "
@@ -100,11 +101,21 @@ def tradeoff_scatter(rows: Sequence[dict]) -> go.Figure:
     fig.update_layout(
         title=title,
         xaxis={"title": "unlearning effectiveness UE (1 = forgotten)", "range": x_range},
-        yaxis={"title": "retain accuracy (mean of recall and MCQ)", "range": y_range},
+        yaxis={"title": _retain_title(shown), "range": y_range},
         width=900,
         height=560,
     )
     return fig
+
+
+def _retain_title(rows: Sequence[dict]) -> str:
+    """The y axis's name: what `retain_accuracy` averaged in these rows (a protocol without
+    retain recall, such as mllmu, leaves MCQ alone)."""
+    recall = any(r.get("retain.leak_rate") is not None for r in rows)
+    mcq = any(r.get("retain.mcq_acc") is not None for r in rows)
+    if recall and mcq:
+        return "retain accuracy (mean of recall and MCQ)"
+    return "retain recall" if recall else "retain MCQ accuracy"
 
 
 PLOT_PX = (650, 380)  # the plotting area of the 900 x 560 figure, in pixels (x, y)
@@ -223,5 +234,30 @@ def write_reproduce_figures(
         written += save_figure(fig, out / stem, png=png)
     figures_html(
         list(figures.values()), out / "figures.html", "asru-lab reproduce", plotlyjs="directory"
+    )
+    return [*dict.fromkeys(written), "figures.html"]
+
+
+def write_paper_figures(
+    rows: Sequence[dict], out_dir: str | os.PathLike, protocol: str, *, png: bool = True
+) -> list[str]:
+    """The paper layout's figures: one trade-off scatter per forget ratio (`tradeoff_ratio0_1`
+    for 0.1: HTML and PNG unless `png=False`; its title names the ratio and the protocol) and
+    `figures.html` with all of them; returns the file names."""
+    out = Path(out_dir)
+    figures = {}
+    for ratio in sorted({r["forget_ratio"] for r in rows}):
+        mine = [r for r in rows if r["forget_ratio"] == ratio]
+        title = f"Forget–retain trade-off, forget ratio {ratio:g} (protocol {protocol})"
+        stem = f"tradeoff_ratio{ratio:g}".replace(".", "_")  # a dot would start a suffix
+        figures[stem] = tradeoff_scatter(mine, title)
+    written = []
+    for stem, fig in figures.items():
+        written += save_figure(fig, out / stem, png=png)
+    figures_html(
+        list(figures.values()),
+        out / "figures.html",
+        f"asru-lab reproduce: paper layout, protocol {protocol}",
+        plotlyjs="directory",
     )
     return [*dict.fromkeys(written), "figures.html"]
