@@ -646,10 +646,11 @@ def cmd_reproduce(args) -> int:
     result = reproduce(args.out, config, model=args.model, data=args.data, overwrite=args.overwrite)
     print(result.summary())
     cached = sum(c["cached"] for c in result.manifest["cells"])
+    paper = f", and the paper's layout in {args.out}/paper/" if "paper" in result.manifest else ""
     print(
         f"{len(result.manifest['cells'])} cells ({cached} from cache) in "
         f"{result.manifest['wall_seconds']:.0f} s; wrote {args.out}/main_table.csv, "
-        "main_table.md, summary.md, manifest.json and the figures"
+        f"main_table.md, summary.md, manifest.json and the figures{paper}"
     )
     return 0
 

@@ -323,7 +323,8 @@ def _reproduce_options(sub) -> None:
     p.add_argument(
         "--no-oracle",
         action="store_true",
-        help="no retrain-oracle row and no forget quality (synthetic benchmark)",
+        help="no retrain-oracle row and no forget quality (synthetic benchmark; without it, "
+        "each forget ratio's oracle must be built: build-embedded --oracle --forget-ratio R)",
     )
     p.add_argument(
         "--no-probabilities",

@@ -14,9 +14,18 @@
     out_dir/*.html, *.png                   trade-off scatter, answer categories, layer sweep,
                                             stage 2 reward curves
     out_dir/cache/                          one JSON per (method, ratio) and the located probes
+    out_dir/paper/                          under a protocol that scores by MLLMU-Bench's rules
+                                            (`tables.PAPER_PROTOCOLS`): the same rows in the
+                                            paper's layout (`paper_table.csv`, `.md`) and a
+                                            trade-off figure per forget ratio
 
 The headline metrics (UE, GQ and ASRU's ratios over the baselines) are defined in
 `asru_lab.evaluation.headline`.
+
+Everything a run can be refused for is checked before any model is loaded or any folder is
+written: unknown methods, no forget ratio, an unknown protocol, more few-shot examples than the
+protocol's pool at some ratio, and (with the oracle row, on the synthetic benchmark) a forget
+ratio whose retrain oracle is not built.
 
 A cell is cached under a key of (method and its config, model weights, data fingerprint, forget
 ratio, seed, evaluation config, asru_lab version); a re-run recomputes only cells whose key
@@ -29,6 +38,7 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
 import time
 import warnings
 from dataclasses import asdict, dataclass, field, is_dataclass, replace
@@ -43,7 +53,7 @@ from asru_lab.baselines import METHODS, get_method, unlearn
 from asru_lab.baselines.registry import Unlearned, UnlearnError
 from asru_lab.data import benchmark_kind, load_benchmark
 from asru_lab.data.schema import Benchmark
-from asru_lab.evaluation.harness import EvalConfig, evaluate
+from asru_lab.evaluation.harness import EvalConfig, evaluate, sample_items
 from asru_lab.evaluation.headline import (
     DEFINITIONS,
     HeadlineError,
@@ -52,10 +62,19 @@ from asru_lab.evaluation.headline import (
     unlearning_effectiveness,
 )
 from asru_lab.evaluation.probability import forget_quality
+from asru_lab.evaluation.protocols import PROTOCOLS, get_protocol
 from asru_lab.generation import generate_batch
+from asru_lab.models.embedded import oracle_dir
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
-from asru_lab.runs.tables import flatten, summary_markdown, write_tables
+from asru_lab.runs.tables import (
+    PAPER_PROTOCOLS,
+    PaperContext,
+    flatten,
+    summary_markdown,
+    write_paper_table,
+    write_tables,
+)
 from asru_lab.runs.tuning import (
     RULE,
     TuningConfig,
@@ -84,6 +103,7 @@ FORGET_RATIOS = (0.05, 0.1, 0.15)
 VANILLA = "vanilla"
 ORACLE = "oracle"  # the retrain oracle's row: the model that never saw the forget people
 CACHE_DIR = "cache"
+PAPER_DIR = "paper"  # the paper's layout of the rows, beside the main table they come from
 # config fields that change how a run is shown, stored or fitted in memory, not what it computes
 # (activation checkpointing recomputes the same activations: the same gradients, tested)
 NOT_IN_KEY = {
@@ -148,8 +168,9 @@ class ReproduceConfig:
     oracle: bool = field(
         default=True,
         metadata={
-            "help": "add the retrain oracle as a row (synthetic benchmark, where its oracle is "
-            "built) and every row's forget quality against it"
+            "help": "add the retrain oracle as a row (synthetic benchmark: each forget ratio's "
+            "oracle must be built, `asru-lab build-embedded --oracle`) and every row's forget "
+            "quality against it"
         },
     )
     tuning: TuningConfig | None = field(
@@ -336,25 +357,18 @@ def reproduce(
     An `out_dir` holding files asru_lab did not write needs `overwrite` (they are kept).
     """
     config = config or ReproduceConfig()
-    for name in config.methods:
-        get_method(name)  # unknown names fail before any work
-    if not config.forget_ratios:
-        raise UnlearnError("ReproduceConfig.forget_ratios is empty: give at least one ratio")
-    kind = benchmark_kind(data)  # an unknown source fails before any work
     started = time.time()
+    kind, ratios = _checked_request(config, data)
     out = claim_output(out_dir, overwrite=overwrite)
     cache = claim_output(Path(config.cache_dir) if config.cache_dir else out / CACHE_DIR)
     lm = model if isinstance(model, LoadedModel) else load_model(model)
     model_fp = {**lm.fingerprint(), "weights_sha256": weights_fingerprint(lm)}
     methods = (VANILLA, *[m for m in config.methods if m != VANILLA])
     got = _Collected()
-    # a user dataset fixes its forget set: one pass, labelled with that set's ratio
-    ratios = (None,) if kind == "user" else config.forget_ratios
     bar = tqdm(total=len(methods) * len(ratios), desc="reproduce", disable=not config.progress)
     try:
         for asked in ratios:
-            seed = config.seed if kind == "synthetic" else None  # MLLMU's sets are fixed too
-            bench = load_benchmark(data, forget_ratio=asked, seed=seed)
+            bench = _benchmark(data, kind, asked, config.seed)
             ratio = bench.meta["forget_ratio"] if asked is None else asked
             base = {
                 "model": model_fp,
@@ -387,6 +401,12 @@ def reproduce(
     head = headline(got.rows)
     write_tables(got.rows, head, out)
     manifest = _manifest(config, model, data, model_fp, methods, got, head, started)
+    if config.evaluate.protocol in PAPER_PROTOCOLS:
+        context = _paper_context(config, lm, model_fp, data)
+        manifest["paper"] = [
+            f"{PAPER_DIR}/{name}"
+            for name in _write_paper(got.rows, head, context, out / PAPER_DIR, config)
+        ]
     if config.figures:
         from asru_lab import viz
 
@@ -399,6 +419,85 @@ def reproduce(
             manifest["figures"] += write_audit_figures(got.audits, out, png=config.png)
     write_json_atomic(out / "manifest.json", manifest)
     return ReproduceResult(got.rows, head, manifest, out)
+
+
+def _checked_request(config: ReproduceConfig, data: str | None) -> tuple[str, tuple]:
+    """The benchmark's kind and the forget ratios to run (a user dataset's own split: one,
+    None), after refusing what would fail later: an unknown method, source or protocol, no
+    ratio, more few-shot examples than a ratio's pool or items the protocol cannot evaluate
+    (it selects them and draws its examples in `evaluation.harness.sample_items`), or a
+    synthetic ratio without its retrain oracle while the oracle row is asked for."""
+    for name in config.methods:
+        get_method(name)
+    if not config.forget_ratios:
+        raise UnlearnError("ReproduceConfig.forget_ratios is empty: give at least one ratio")
+    get_protocol(config.evaluate.protocol)  # a config changed after it was made
+    kind = benchmark_kind(data)
+    if kind == "synthetic" and config.oracle:
+        missing = [r for r in config.forget_ratios if not _oracle_built(r, config.seed)]
+        if missing:
+            commands = "; ".join(
+                f"`asru-lab build-embedded --oracle --forget-ratio {r:g} --split-seed "
+                f"{config.seed}`"
+                for r in missing
+            )
+            raise AuditError(
+                f"no retrain oracle for forget ratio {', '.join(f'{r:g}' for r in missing)} "
+                f"(split seed {config.seed}) in {oracle_dir(missing[0], config.seed).parent}: "
+                f"its row and every row's forget quality need it. Build it once with {commands} "
+                "(about 40 minutes each on 2 CPU cores), or run without the oracle row: "
+                "--no-oracle (ReproduceConfig(oracle=False))"
+            )
+    # a user dataset fixes its forget set: one pass, labelled with that set's ratio
+    ratios = (None,) if kind == "user" else tuple(config.forget_ratios)
+    for ratio in ratios:  # loaded again when run: one benchmark's images in memory at a time
+        sample_items(_benchmark(data, kind, ratio, config.seed), config.evaluate)
+    return kind, ratios
+
+
+def _benchmark(data: str | None, kind: str, ratio: float | None, seed: int) -> Benchmark:
+    """The benchmark at `ratio`; the seed draws the forget set of the synthetic one only
+    (MLLMU-Bench's and a user dataset's sets are fixed)."""
+    return load_benchmark(data, forget_ratio=ratio, seed=seed if kind == "synthetic" else None)
+
+
+def _oracle_built(ratio: float, seed: int) -> bool:
+    return (oracle_dir(ratio, seed) / "config.json").is_file()
+
+
+def _paper_context(config: ReproduceConfig, lm: LoadedModel, model_fp: dict, data) -> PaperContext:
+    """What the paper table's numbers were measured under (`tables.PaperContext`)."""
+    protocol = PROTOCOLS[config.evaluate.protocol]
+    about = " ".join(sys.modules[protocol.__module__].__doc__.split())
+    judge = (
+        "asru_lab's closed-world judge (rules over the benchmark's facts, evaluation.judge), "
+        "not the paper's GPT judge"
+        if protocol.uses_judge
+        else "none, this protocol does not judge generation answers"
+    )
+    return PaperContext(
+        protocol=protocol.name,
+        about=about.split(". ")[0].rstrip(".") + ".",
+        model=lm.name,
+        weights_sha256=model_fp["weights_sha256"],
+        data=data or "the embedded synthetic benchmark",
+        seed=config.seed,
+        eval_seed=config.evaluate.seed,
+        max_items=config.evaluate.max_items,
+        shots=config.evaluate.shots,
+        judge=judge,
+    )
+
+
+def _write_paper(rows, head, context: PaperContext, out: Path, config) -> list[str]:
+    """`out/` (`PAPER_DIR`): the paper table and, with `config.figures`, the trade-off figure
+    per forget ratio; returns the file names."""
+    written = write_paper_table(rows, head, context, out)
+    if config.figures:
+        from asru_lab.viz.reproduce import write_paper_figures
+
+        written += write_paper_figures(rows, out, context.protocol, png=config.png)
+    return written
 
 
 @dataclass

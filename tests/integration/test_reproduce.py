@@ -11,6 +11,7 @@ import time
 import pytest
 
 import asru_lab as al
+from asru_lab.auditing import AuditError
 from asru_lab.baselines import UnlearnConfig, UnlearnError
 from asru_lab.cli import main
 from asru_lab.evaluation.headline import (
@@ -19,11 +20,14 @@ from asru_lab.evaluation.headline import (
     headline,
     unlearning_effectiveness,
 )
+from asru_lab.evaluation.protocols.mllmu import MllmuProtocol
+from asru_lab.runs import reproduce as reproduce_module
 from asru_lab.runs.demo import demo_config, demo_report
 from asru_lab.runs.reproduce import ReproduceConfig, reproduce
 from asru_lab.runs.tables import flatten, load_results
 from asru_lab.runs.tuning import TuningConfig
 from asru_lab.stages.locate import LocateConfig
+from asru_lab.validation import ConfigError
 
 TINY_LOCATE = LocateConfig(
     layers=(5,),
@@ -171,6 +175,90 @@ def test_bad_requests_fail_before_any_work(tmp_path, capsys):
     assert "registered:" in capsys.readouterr().err
 
 
+class NoModelWork(Exception):
+    """Raised where `reproduce` would load its model: a refusal must come before it."""
+
+
+@pytest.fixture
+def no_model_work(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise NoModelWork
+
+    monkeypatch.setattr(reproduce_module, "load_model", refuse)
+
+
+def test_a_ratio_without_its_oracle_names_the_command_that_builds_it(
+    tmp_path, monkeypatch, no_model_work, capsys
+):
+    out = tmp_path / "out"
+    with pytest.raises(AuditError) as refused:
+        reproduce(out, tiny_config(forget_ratios=(0.1, 0.2)))
+    message = str(refused.value)
+    assert "forget ratio 0.2 (split seed 0)" in message and "0.1," not in message
+    assert "`asru-lab build-embedded --oracle --forget-ratio 0.2 --split-seed 0`" in message
+    assert "--no-oracle" in message
+    assert not out.exists()  # refused before any folder is written
+    # another split seed has no oracle at the shipped ratio either
+    with pytest.raises(AuditError, match="--forget-ratio 0.1 --split-seed 4`"):
+        reproduce(out, tiny_config(seed=4))
+    # the paper's three ratios with none built: one command per missing ratio
+    monkeypatch.setattr(reproduce_module, "oracle_dir", lambda r, s: tmp_path / "none" / f"{r}")
+    with pytest.raises(AuditError) as refused:
+        reproduce(out, tiny_config(forget_ratios=(0.05, 0.1, 0.15)))
+    for ratio in ("0.05", "0.1", "0.15"):
+        assert f"--forget-ratio {ratio} --split-seed 0`" in str(refused.value)
+    args = ["reproduce", "--out", str(out), "--methods", "ga", "--forget-ratios", "0.05", "0.15"]
+    assert main(args) == 2
+    assert "build-embedded --oracle --forget-ratio 0.15" in capsys.readouterr().err
+    # without the oracle row nothing needs it: the run goes on to its model
+    with pytest.raises(NoModelWork):
+        reproduce(out, tiny_config(forget_ratios=(0.2,), oracle=False))
+
+
+def test_a_protocol_typo_lists_the_three_protocols(tmp_path, no_model_work, capsys):
+    expected = "expected one of asru_lab, mllmu, asru_paper"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["reproduce", "--out", str(tmp_path / "cli"), "--protocol", "MLLMU"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "'MLLMU'" in err and all(p in err for p in ("'asru_lab'", "'mllmu'", "'asru_paper'"))
+    with pytest.raises(ConfigError, match=expected):
+        al.EvalConfig(protocol="asru-paper")
+    with pytest.raises(ConfigError, match=expected):
+        tiny_config(evaluate=al.EvalConfig(protocol="mllmu_bench"))
+    config = tiny_config()
+    config.evaluate.protocol = "paper"  # changed after the config checked it
+    with pytest.raises(ConfigError, match=f"'paper'; {expected}"):
+        reproduce(tmp_path / "lib", config)
+    assert not (tmp_path / "lib").exists() and not (tmp_path / "cli").exists()
+
+
+def test_more_shots_than_the_pool_names_its_size_before_any_model_work(
+    bench, tmp_path, no_model_work, capsys
+):
+    at = {r: al.load_benchmark(forget_ratio=r) for r in (0.05, 0.15)}
+    pool = {
+        r: len({i.person_id for i in b.split("retain", "mcq") if i.has_image})
+        for r, b in at.items()
+    }
+    assert pool[0.05] > pool[0.15]  # the more people forgotten, the fewer retain examples
+    out = tmp_path / "out"
+    for protocol in ("mllmu", "asru_paper"):
+        evaluation = al.EvalConfig(max_items=4, protocol=protocol, shots=pool[0.05])
+        config = tiny_config(forget_ratios=(0.05, 0.15), evaluate=evaluation, oracle=False)
+        with pytest.raises(ConfigError, match=f"pool of few-shot examples holds {pool[0.15]}"):
+            reproduce(out, config)  # 0.05 could show them all; 0.15 cannot, checked up front
+        assert not out.exists()
+    args = ["reproduce", "--out", str(out), "--protocol", "mllmu", "--shots", "10000"]
+    assert main([*args, "--forget-ratios", "0.1", "--no-oracle"]) == 2
+    assert "shots=10000, but the pool of few-shot examples holds" in capsys.readouterr().err
+    # the protocol draws its examples as it selects any split's items, not only retain's
+    forget = bench.split("forget")
+    with pytest.raises(ConfigError, match="--shots"):
+        MllmuProtocol(bench, shots=10_000).select("forget", forget)
+    assert MllmuProtocol(bench, shots=0).select("forget", forget) == forget
+
+
 def test_demo_report_explains_the_table_and_shows_answers(first_run):
     _, result, _ = first_run
     text = demo_report(result)
@@ -239,6 +327,19 @@ def test_the_protocol_reaches_every_cell_its_key_and_the_manifest(lm, first_run,
     assert "forget.rougeL_f" in vanilla and "forget.leak_rate" not in vanilla
     # mllmu has no judge: GQ is left empty, not made up (and so is UE when no term applies)
     assert all(r["gq"] is None for r in other.rows)
+    # beside the main table, the same rows in the paper's layout, each ratio's oracle a row
+    assert other.manifest["paper"][:2] == ["paper/paper_table.csv", "paper/paper_table.md"]
+    with open(tmp_path / "paper" / "paper_table.csv") as fh:
+        paper = list(csv.DictReader(fh))
+    assert [(r["questions"], r["method"]) for r in paper] == [
+        (m, name) for m in ("image", "text") for name in ("vanilla", "ga", "oracle")
+    ]
+    assert {(r["protocol"], r["max_items"], r["seed"]) for r in paper} == {("mllmu", "4", "0")}
+    assert {r["forget_quality"] for r in paper if r["method"] == "oracle"} == {"1.0"}
+    caption = (tmp_path / "paper" / "paper_table.md").read_text()
+    assert "MLLMU-Bench&#39;s own evaluation" in caption and lm.name in caption
+    assert "GQ: none" in caption
+    assert not (out / "paper").exists()  # the asru_lab protocol has no paper layout
 
 
 def test_tuning_sweeps_each_knob_on_validation_people_and_reports_the_choice(lm, tmp_path):

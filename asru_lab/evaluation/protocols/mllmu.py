@@ -115,12 +115,11 @@ class MllmuProtocol(Protocol):
 
     def select(self, split: str, items: Sequence[QAItem]) -> list[QAItem]:
         items = [i for i in items if self.evaluates(i)]
+        # drawn here, before any answer is generated, so too many shots fail at once
+        shown = {
+            s for m in {modality(i) for i in items if i.task == "mcq"} for s in self.shot_items(m)
+        }
         if split == "retain":
-            shown = {
-                s
-                for m in {modality(i) for i in items if i.task == "mcq"}
-                for s in self.shot_items(m)
-            }
             items = [i for i in items if i not in shown]
         if split == "test":
             items = [
@@ -139,9 +138,10 @@ class MllmuProtocol(Protocol):
             if self.shots > len(first):
                 what = "an image" if kind == "image" else "a text-only"
                 raise ConfigError(
-                    f"shots={self.shots}, but only {len(first)} retain people of "
-                    f"{self.bench.name} have {what} multiple-choice item to show as an example; "
-                    f"pass --shots {len(first)} or fewer"
+                    f"shots={self.shots}, but the pool of few-shot examples holds "
+                    f"{len(first)}: only {len(first)} retain people of {self.bench.name} have "
+                    f"{what} multiple-choice item to show as an example; pass --shots "
+                    f"{len(first)} or fewer"
                 )
             rng = random.Random(f"{self.seed}:shots:{kind}")
             self._shots[kind] = [first[p] for p in rng.sample(list(first), self.shots)]
