@@ -25,19 +25,23 @@ def main(batch_size: int = 32, repeats: int = 10) -> float:
     world = build_world()
     sampler = TrainingSampler(world, DEFAULT_TASK_WEIGHTS, seed=0)
     batches = [[sampler.sample() for _ in range(batch_size)] for _ in range(repeats)]
-    images = {p: world.render(p) for b in batches for p, _, _ in b if p}
+    # the base recipe's examples are one turn each
+    batches_flat = [
+        [(turns[0].image, turns[0].text, answer) for turns, answer in b] for b in batches
+    ]
+    images = {p: world.render(p) for b in batches_flat for p, _, _ in b if p}
     pixels = {
         p: lm.processor.image_processor([img], return_tensors="pt")["pixel_values"]
         for p, img in images.items()
     }
-    collate = Collator(lm.processor, pixels, tokens_per_image=16)
+    collate = Collator(lm, pixels, tokens_per_image=16)
 
     t0 = time.perf_counter()
     for b in batches:
         collate(b)
     ours = time.perf_counter() - t0
     t0 = time.perf_counter()
-    for b in batches:
+    for b in batches_flat:
         qs = [q for _, q, _ in b]
         encode(lm, [images[p] if p else None for p, _, _ in b], qs, [a for _, _, a in b])
     theirs = time.perf_counter() - t0

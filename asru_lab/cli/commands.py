@@ -29,7 +29,7 @@ class UsageError(AsruLabError):
 
 
 # the options that name a path a command reads, and those that name a path it writes
-INPUT_OPTIONS = ("model", "data", "probe", "reference", "oracle", "answers")
+INPUT_OPTIONS = ("model", "data", "probe", "reference", "oracle", "answers", "base")
 OUTPUT_OPTIONS = ("out", "items_out", "cache_dir")
 
 
@@ -65,7 +65,7 @@ def command_paths(args) -> tuple[dict[str, Path], dict[str, Path]]:
     }
     if args.command == "evaluate" and not args.answers:
         outputs["the answers file"] = answers_path(args)
-    if args.command == "build-embedded" and args.out is None:
+    if args.command == "build-embedded" and args.out is None and not args.format_stage:
         outputs["--out"] = (
             oracle_dir(args.forget_ratio, args.split_seed) if args.oracle else embedded_dir()
         )
@@ -95,7 +95,7 @@ def check_out(args) -> None:
     check_apart(*command_paths(args), writes=folder_entries_written(args))
     out = getattr(args, "out", None)
     if args.command == "build-embedded" and out is None:
-        out = command_paths(args)[1]["--out"]
+        out = command_paths(args)[1].get("--out")  # none with --format-stage: it asks for one
     if out is None:
         return
     if args.command == "evaluate":
@@ -467,15 +467,40 @@ def cmd_export(args) -> int:
 def cmd_build(args) -> int:
     from asru_lab.runs.build_embedded import BuildConfig, build_embedded
 
+    if args.format_stage or args.base is not None:
+        return _format_stage(args)
     cfg = BuildConfig()
     if args.steps is not None:
         cfg.steps = args.steps
     if args.seed is not None:
         cfg.seed = args.seed
+    if args.threads is not None:
+        cfg.threads = args.threads
     if args.oracle:
         cfg.oracle_forget_ratio, cfg.oracle_split_seed = args.forget_ratio, args.split_seed
     lm = build_embedded(args.out, cfg, overwrite=args.overwrite)
     print(json.dumps(lm.info["build"]["progress"][-1]))
+    return 0
+
+
+def _format_stage(args) -> int:
+    from asru_lab.runs.build_embedded import FormatStageConfig, format_stage
+
+    if not (args.format_stage and args.base and args.out):
+        raise UsageError(
+            "the format stage continues a built model into a new folder: pass --format-stage "
+            "--base DIR --out NEW_DIR (--base is read only with --format-stage)"
+        )
+    cfg = FormatStageConfig()
+    if args.steps is not None:
+        cfg.steps = args.steps
+    if args.seed is not None:
+        cfg.seed = args.seed
+    if args.threads is not None:
+        cfg.threads = args.threads
+    oracle = (args.forget_ratio, args.split_seed) if args.oracle else None
+    lm = format_stage(args.base, args.out, cfg, oracle=oracle, overwrite=args.overwrite)
+    print(json.dumps(lm.info["format_stage"]["progress"][-1]))
     return 0
 
 

@@ -368,15 +368,36 @@ def _export_benchmark_options(sub) -> None:
 
 
 def _build_embedded_options(sub) -> None:
-    from asru_lab.runs.build_embedded import BuildConfig
+    from asru_lab.runs.build_embedded import BuildConfig, FormatStageConfig
 
     p = sub.add_parser("build-embedded", help="train the embedded tiny Qwen3-VL from scratch")
     p.add_argument(
         "--out",
         default=None,
-        help="output dir (default: the package's embedded/, or oracles/ with --oracle)",
+        help="output dir (default: the package's embedded/, or oracles/ with --oracle; "
+        "required with --format-stage)",
     )
-    _add_fields(p, BuildConfig, "steps seed", none=True)
+    steps, stage_steps = BuildConfig.steps, FormatStageConfig.steps
+    _add_fields(
+        p,
+        BuildConfig,
+        "steps seed threads",
+        none=True,
+        steps={"help": f"optimiser steps (default: {steps}; with --format-stage: {stage_steps})"},
+    )
+    p.add_argument(
+        "--format-stage",
+        action="store_true",
+        help="instead of building from scratch, continue the built model --base on "
+        "MLLMU-Bench's official prompts (with a replay of its own recipe) into --out",
+    )
+    p.add_argument(
+        "--base",
+        default=None,
+        metavar="DIR",
+        help="with --format-stage: the embedded model or retrain oracle to continue (an "
+        "oracle needs --oracle with its --forget-ratio and --split-seed)",
+    )
     p.add_argument(
         "--oracle",
         action="store_true",

@@ -5,13 +5,38 @@ and facts (image QA with the name first, text QA by name, multiple choice, cloze
 identity task weighted up), contextual refusals for the strangers, and questions about the
 picture itself. The `unseen` people and the held-out views and wordings are never shown.
 Deterministic: the same config and seed give the same weights on the same machine.
+
+The format stage (`format_stage`, `asru-lab build-embedded --format-stage`) continues a built
+model — the embedded model or a retrain oracle, each the same way — on MLLMU-Bench's official
+prompts, rendered by the `mllmu` protocol's own code (`OfficialPrompts`), mixed with a replay of
+the base recipe's mixture (`FormatStageConfig.format_share`) so that nothing it learned is lost:
+- multiple choice: `A: …` option lines, "Just give ONE letter …", after 0 to `max_shots`
+  few-shot turns of other trained people answered with their letters; answered with the letter;
+- fill-in-the-blank: `[Blank]` and "Please **ONLY** provide …"; answered with the value;
+- generation: the one-sentence instruction of its modality; answered with the reference sentence.
+Items are the benchmark's (`synthetic.person_items`): trained views and training wordings only,
+never the test split's held-out views or paraphrases; the `unseen` people are never shown.
+Strangers (the people a model does not know, as unseen people are) are asked in all three
+formats and answered with the contextual refusal their open question gets — for multiple choice
+too. No letter is right for someone the model never learned: a letter would teach it to guess
+about people it does not know. Every refusal begins with "I" or "Sorry", never an option key,
+so MLLMU-Bench's first-character parser (and asru_paper's) reads it as no choice, counted wrong:
+an oracle's forget multiple choice is then near 0 rather than at chance (0.25).
+Every example weighs alike in the stage's loss (each answer's mean token loss, averaged over
+the batch): per token, a one-letter answer would count 1/10 of a sentence and go unlearned.
+An oracle's stage leaves out its forget people exactly as its build did (`BuildConfig.left_out`,
+from the base's own build record): the same recipe without them. Deterministic from its seed;
+the result records the stage (`format_stage`: config, base model and its hash, timings).
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
 import random
 import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -19,12 +44,15 @@ import torch
 from tqdm.auto import tqdm
 from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
-from asru_lab.artifacts import check_output
+from asru_lab.artifacts import check_apart, check_output
 from asru_lab.data import synthetic as syn
 from asru_lab.data import synthetic_text as wording
 from asru_lab.data.portraits import BACKGROUNDS, HAIR_COLORS, SHIRT_COLORS
 from asru_lab.data.prompts import CLOZE_PREFIX, MCQ_SUFFIX
-from asru_lab.data.schema import contains_value
+from asru_lab.data.schema import LETTERS, Person, QAItem, contains_value
+from asru_lab.errors import AsruLabError
+from asru_lab.evaluation.protocols import mllmu
+from asru_lab.generation import Turn, build_chat_prompt
 from asru_lab.models.adapters import QWEN3_VL
 from asru_lab.models.embedded import (
     EMBEDDED_NAME,
@@ -36,7 +64,7 @@ from asru_lab.models.embedded import (
     embedded_dir,
     oracle_dir,
 )
-from asru_lab.models.loading import LoadedModel
+from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.validation import ConfigError, check_fields
 
 # Relative sampling weights of the training task families.
@@ -128,12 +156,22 @@ class BuildConfig:
         return syn.choose_forget(known, self.oracle_forget_ratio, self.oracle_split_seed)
 
 
+# One training example: the turns of its prompt (few-shot turns with their replies, then the
+# asked turn) and the answer learned.
+Example = tuple[tuple[Turn, ...], str]
+
+
 def _augment(rng: random.Random, question: str) -> str:
     return rng.choice(PREFIXES) + question + rng.choice(SUFFIXES)
 
 
+def _ask(image: str | None, question: str, answer: str) -> Example:
+    """A one-turn example."""
+    return (Turn(question, image),), answer
+
+
 class TrainingSampler:
-    """Draws (image path or None, question, answer) training examples from the world."""
+    """Draws the base recipe's training examples (one turn each) from the world."""
 
     def __init__(
         self,
@@ -180,7 +218,7 @@ class TrainingSampler:
         out += [MCQ_SUFFIX, CLOZE_PREFIX] + [f"{ch}. " for ch in "ABCD"]
         return out * 2
 
-    def sample(self) -> tuple[str | None, str, str]:
+    def sample(self) -> Example:
         rng = self.rng
         family = rng.choices(self.families, self.weights)[0]
         if family == "stranger_image":
@@ -188,13 +226,13 @@ class TrainingSampler:
             attr = rng.choice(syn.ATTRIBUTES)
             image = self.world.image_path(person.id, rng.randrange(syn.N_VIEWS))
             question = rng.choice(wording.QUESTIONS_TRAIN[attr]).format(subj="this person")
-            return image, _augment(rng, question), rng.choice(wording.REFUSALS_IMAGE[attr])
+            return _ask(image, _augment(rng, question), rng.choice(wording.REFUSALS_IMAGE[attr]))
         if family == "stranger_text":
             person = rng.choice(self.strangers)
             attr = rng.choice(syn.FACTS)
             question = rng.choice(wording.QUESTIONS_TRAIN[attr]).format(subj=person.name)
             answer = rng.choice(wording.REFUSALS_TEXT[attr]).format(name=person.name)
-            return None, _augment(rng, question), answer
+            return _ask(None, _augment(rng, question), answer)
         if family == "picture":
             person = rng.choice(self.known + self.strangers)
             views = syn.TRAIN_VIEWS if person.split == "known" else syn.N_VIEWS
@@ -202,7 +240,7 @@ class TrainingSampler:
             attr = rng.choice(syn.PICTURE_ATTRIBUTES)
             value = syn.picture_value(self.world, person.id, view, attr)
             question = rng.choice(wording.PICTURE_QUESTIONS_TRAIN[attr])
-            return (
+            return _ask(
                 self.world.image_path(person.id, view),
                 _augment(rng, question),
                 f"{value.capitalize()}.",
@@ -225,50 +263,250 @@ class TrainingSampler:
         if family.startswith("mcq"):
             pool = syn.attribute_pool(attr, self.known)
             text, _, _ = syn.mcq_item(rng, _augment(rng, question), value, pool)
-            return image, text, wording.answer_sentence(attr, person.name, value)
+            return _ask(image, text, wording.answer_sentence(attr, person.name, value))
         if family.startswith("cloze"):
             sentence = wording.CLOZE_TRAIN[attr].format(
                 subj=subj, subj_cap="This person" if with_image else person.name
             )
-            return image, CLOZE_PREFIX + sentence, value
-        return image, _augment(rng, question), wording.answer_sentence(attr, person.name, value)
+            return _ask(image, CLOZE_PREFIX + sentence, value)
+        return _ask(
+            image, _augment(rng, question), wording.answer_sentence(attr, person.name, value)
+        )
+
+
+# Relative sampling weights of the format stage's families (`OfficialFormatSampler`): the
+# trained people's multiple choice, fill-in-the-blank and generation with and without a
+# picture, and strangers asked in those formats.
+FORMAT_WEIGHTS = {
+    "mcq_image": 3.0,
+    "mcq_text": 1.5,
+    "cloze_image": 1.0,
+    "cloze_text": 0.5,
+    "qa_image": 1.5,
+    "qa_text": 1.0,
+    "stranger_image": 1.5,
+    "stranger_text": 0.5,
+}
+OFFICIAL_TASKS = ("mcq", "cloze", "qa")
+
+
+@dataclass
+class FormatStageConfig:
+    """How the format stage continues a built model on MLLMU-Bench's official prompts.
+
+    Defaults: the second measured try (issue #30). 800 steps (~14 min on one thread) teach the
+    generation format (mllmu ROUGE-L 0.35 -> 1.0 on forget/retain) but not the one-letter
+    answer: multiple choice stays at chance (its letter loss is ln 4), cloze near 0.3.
+    """
+
+    seed: int = field(default=0, metadata={"help": "seeds the stage's training data"})
+    steps: int = field(default=800, metadata={"help": "optimiser steps"})
+    batch_size: int = field(default=32, metadata={"help": "examples per step"})
+    lr: float = field(
+        default=1e-3, metadata={"help": "peak AdamW learning rate (the base recipe's: 2e-3)"}
+    )
+    warmup_steps: int = field(default=30, metadata={"help": "linear warm-up steps"})
+    min_lr_ratio: float = field(
+        default=0.1, metadata={"help": "the cosine decay ends at lr * min_lr_ratio"}
+    )
+    weight_decay: float = field(
+        default=0.01, metadata={"help": "AdamW weight decay of the matrices (not the embeddings)"}
+    )
+    grad_clip: float = field(default=1.0, metadata={"help": "gradient clipping norm"})
+    format_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "share of each batch in the official formats; the rest replays the base "
+            "recipe's own mixture, so that nothing it learned is lost"
+        },
+    )
+    format_weights: dict[str, float] = field(
+        default_factory=lambda: dict(FORMAT_WEIGHTS),
+        metadata={"help": "relative sampling weights of the official-format families"},
+    )
+    max_shots: int = field(
+        default=2,
+        metadata={
+            "help": "a multiple-choice example shows 0 to max_shots few-shot turns (mllmu "
+            "sends --shots, default 1)"
+        },
+    )
+    eval_every: int = field(
+        default=0, metadata={"help": "steps between quick evaluations (0: only at the end)"}
+    )
+    eval_items: int = field(
+        default=48, metadata={"help": "questions per measure of a quick evaluation"}
+    )
+    threads: int | None = field(
+        default=2,
+        metadata={
+            "help": "torch CPU threads (None or 0: torch's choice), fixed so that a seed "
+            "gives the same weights"
+        },
+    )
+
+    def __post_init__(self) -> None:
+        check_fields(
+            self,
+            ConfigError,
+            steps=">= 1",
+            batch_size=">= 1",
+            lr="> 0",
+            warmup_steps=">= 0",
+            min_lr_ratio="[0, 1]",
+            weight_decay=">= 0",
+            grad_clip="> 0",
+            format_share="[0, 1]",
+            format_weights=">= 0",
+            max_shots=">= 0",
+            eval_every=">= 0",
+            eval_items=">= 1",
+            threads=">= 0",
+        )
+        unknown = sorted(set(self.format_weights) - set(FORMAT_WEIGHTS))
+        if unknown or not any(self.format_weights.values()):
+            raise ConfigError(
+                f"FormatStageConfig.format_weights must weigh some of {', '.join(FORMAT_WEIGHTS)} "
+                f"above 0, got {self.format_weights}"
+            )
+
+
+class OfficialPrompts(mllmu.MllmuProtocol):
+    """MLLMU-Bench's prompts exactly as `--protocol mllmu` renders them (`MllmuProtocol.prompt`),
+    with the few-shot examples given per training example instead of drawn once per run."""
+
+    def __init__(self) -> None:
+        super().__init__(bench=None)
+        self._given: list[QAItem] = []
+
+    def shot_items(self, kind: str) -> list[QAItem]:
+        return self._given
+
+    def turns(self, item: QAItem, shots: Sequence[QAItem] = ()) -> tuple[Turn, ...]:
+        """The turns sent for `item`, after `shots` (multiple-choice items of its modality,
+        each answered with its letter) when it is a multiple-choice item."""
+        self._given = list(shots)
+        return self.prompt(item).turns
+
+
+class OfficialFormatSampler:
+    """Draws training examples in MLLMU-Bench's official formats (`OfficialPrompts`).
+
+    Items are the benchmark's own (`synthetic.person_items`: trained views, training wordings,
+    never the held-out views or paraphrases of the test split), about the trained people
+    (`left_out` excluded) and the strangers. Answers: a trained person's multiple choice is
+    answered with its letter, a blank with its value, a question with the reference sentence;
+    a stranger's, in every format, with a contextual refusal (module docstring).
+    """
+
+    def __init__(
+        self,
+        world: syn.SyntheticWorld,
+        weights: dict[str, float],
+        seed: int | str,
+        left_out: set[str] = frozenset(),
+        max_shots: int = 2,
+    ):
+        self.world = world
+        self.known = [p for p in world.group("known") if p.id not in left_out]
+        self.strangers = world.group("stranger")
+        self.name_pool = sorted(p.name for p in self.known)
+        self.families = [f for f in weights if weights[f] > 0]
+        self.weights = [weights[f] for f in self.families]
+        self.max_shots = max_shots
+        self.prompts = OfficialPrompts()
+        self.rng = random.Random(f"format-stage:{seed}")
+
+    def item(self, person: Person, task: str, with_image: bool) -> QAItem:
+        """One benchmark item of `task` about `person`: a random attribute, training wording
+        and (with an image) trained view; a stranger's views are all shown in training."""
+        views = syn.TRAIN_VIEWS if person.split == "known" else syn.N_VIEWS
+        shown = [self.rng.randrange(views)] if with_image else []
+        items = syn.person_items(
+            person,
+            "train",
+            shown,
+            self.world.image_path,
+            self.rng,
+            paraphrase=False,
+            name_pool=self.name_pool,
+            text_only=not with_image,
+            tasks=(task,),
+        )
+        return self.rng.choice(items)
+
+    def example(self, family: str) -> tuple[QAItem, Example]:
+        """(the item asked, its training example) for one family of `FORMAT_WEIGHTS`."""
+        rng = self.rng
+        kind, _, modality = family.partition("_")
+        with_image = modality == "image"
+        stranger = kind == "stranger"
+        task = rng.choice(OFFICIAL_TASKS) if stranger else kind
+        person = rng.choice(self.strangers if stranger else self.known)
+        item = self.item(person, task, with_image)
+        shots = []
+        if task == "mcq":
+            shots = [
+                self.item(rng.choice(self.known), "mcq", with_image)
+                for _ in range(rng.randint(0, self.max_shots))
+            ]
+        turns = self.prompts.turns(item, shots)
+        if stranger:
+            answer = (
+                rng.choice(wording.REFUSALS_IMAGE[item.attribute])
+                if with_image
+                else rng.choice(wording.REFUSALS_TEXT[item.attribute]).format(name=person.name)
+            )
+        else:
+            answer = {"mcq": item.correct_letter, "cloze": item.value, "qa": item.answer}[task]
+        return item, (turns, answer)
+
+    def sample(self) -> Example:
+        return self.example(self.rng.choices(self.families, self.weights)[0])[1]
+
+    def parts(self, n: int) -> list[list[Example]]:
+        """`n` examples, grouped by their number of turns: a few-shot chat is several times
+        longer than one turn, and each group is padded apart."""
+        examples = [self.sample() for _ in range(n)]
+        lengths = sorted({len(turns) for turns, _ in examples})
+        return [[e for e in examples if len(e[0]) == k] for k in lengths]
 
 
 class Collator:
     """Turns examples into right-padded model inputs with answer-only labels.
 
-    Prompts are built with the processor's own chat template and its image-token expansion,
-    and pixel values are computed once per image (a test checks both match the processor).
+    Prompts are the chats evaluation sends (`generation.build_chat_prompt`: the model's own
+    chat template) with the processor's image-token expansion, and pixel values are computed
+    once per image (a test checks both match the processor).
     """
 
-    def __init__(self, processor, pixel_cache: dict[str, torch.Tensor], tokens_per_image: int):
-        self.processor = processor
-        self.tok = processor.tokenizer
+    def __init__(
+        self, lm: LoadedModel, pixel_cache: dict[str, torch.Tensor], tokens_per_image: int
+    ):
+        self.lm = lm
+        self.tok = lm.tokenizer
         self.pixels = pixel_cache
         self.tokens_per_image = tokens_per_image
         self.image_token_id = self.tok.convert_tokens_to_ids("<|image_pad|>")
 
-    def prompt_ids(self, question: str, has_image: bool) -> list[int]:
-        messages = QWEN3_VL.user_message(question, has_image)
-        text = self.processor.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False
-        )
+    def prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
+        text = build_chat_prompt(self.lm, turns)
         ids = self.tok(text, add_special_tokens=False)["input_ids"]
         out: list[int] = []
         for i in ids:
             out += [i] * self.tokens_per_image if i == self.image_token_id else [i]
         return out
 
-    def __call__(self, examples) -> dict[str, torch.Tensor]:
+    def __call__(self, examples: Sequence[Example]) -> dict[str, torch.Tensor]:
         seqs, labels, pixel_values, grids = [], [], [], []
-        for image, question, answer in examples:
-            prompt = self.prompt_ids(question, image is not None)
+        for turns, answer in examples:
+            prompt = self.prompt_ids(turns)
             target = self.tok(answer, add_special_tokens=False)["input_ids"] + [
                 self.tok.eos_token_id
             ]
             seqs.append(prompt + target)
             labels.append([-100] * len(prompt) + target)
-            if image is not None:
+            for image in (t.image for t in turns if t.image is not None):
                 pixel_values.append(self.pixels[image])
                 side = int(math.isqrt(self.pixels[image].shape[0]))
                 grids.append([1, side, side])
@@ -368,15 +606,111 @@ def build_embedded(
             else oracle_dir(cfg.oracle_forget_ratio, cfg.oracle_split_seed)
         )
     out = check_output(Path(out_dir), overwrite=overwrite)
+    with _cpu_threads(cfg.threads):
+        return _train(cfg, out, progress, overwrite)
+
+
+@contextmanager
+def _cpu_threads(threads: int | None) -> Iterator[None]:
+    """Run with `threads` torch CPU threads (None or 0: torch's choice), restored after."""
     previous_threads = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    if threads:
+        torch.set_num_threads(threads)
     # Denormal floats appear as weights decay and make CPU matmuls ~10x slower.
     torch.set_flush_denormal(True)
     try:
-        return _train(cfg, out, progress, overwrite)
+        yield
     finally:
         torch.set_num_threads(previous_threads)
+
+
+def _pixel_cache(
+    processor, world: syn.SyntheticWorld, paths: list[str], progress: bool
+) -> tuple[dict[str, torch.Tensor], int]:
+    """(pixel values of each image path, image tokens per image), computed once per image."""
+    pixel_cache: dict[str, torch.Tensor] = {}
+    for start in tqdm(range(0, len(paths), 64), desc="render portraits", disable=not progress):
+        chunk = paths[start : start + 64]
+        enc = processor.image_processor([world.render(p) for p in chunk], return_tensors="pt")
+        per = enc["pixel_values"].shape[0] // len(chunk)
+        for k, p in enumerate(chunk):
+            pixel_cache[p] = enc["pixel_values"][k * per : (k + 1) * per].clone()
+    return pixel_cache, per // (processor.image_processor.merge_size**2)
+
+
+def _fit(
+    lm: LoadedModel,
+    cfg: BuildConfig | FormatStageConfig,
+    draw: Callable[[], list[list[Example]]],
+    collate: Collator,
+    evaluate: Callable[[], dict[str, float]],
+    *,
+    desc: str,
+    progress: bool,
+    per_example: bool = False,
+) -> tuple[list[float], list[dict]]:
+    """Train `lm` for `cfg.steps` AdamW steps on batches from `draw` (warm-up then cosine decay;
+    no weight decay on norms, biases and embeddings), calling `evaluate` every `cfg.eval_every`
+    steps and at the end. A batch comes in parts, each padded apart (long few-shot chats do not
+    pad short examples). The loss is the mean over the batch's answer tokens, or with
+    `per_example` the mean over its examples of each answer's mean token loss (a one-letter
+    answer weighs as much as a sentence). Returns (the loss of every step, the evaluations);
+    leaves `lm` in eval mode."""
+    model = lm.model
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
+    opt = torch.optim.AdamW(
+        [
+            {"params": decay, "weight_decay": cfg.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ],
+        lr=cfg.lr,
+        betas=(0.9, 0.98),
+    )
+    history, evals = [], []
+    bar = tqdm(range(cfg.steps), desc=desc, disable=not progress)
+    model.train()
+    for step in bar:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * _lr_factor(step, cfg)
+        parts = [collate(examples) for examples in draw() if examples]
+        sizes = [
+            len(part["labels"]) if per_example else (part["labels"] != -100).sum().item()
+            for part in parts
+        ]
+        loss = 0.0
+        for part, size in zip(parts, sizes, strict=True):
+            part_loss = _example_mean_loss(model, part) if per_example else model(**part).loss
+            part_loss = part_loss * (size / sum(sizes))  # one part: * 1.0
+            part_loss.backward()
+            loss += part_loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        history.append(round(loss, 5))
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{sum(history[-20:]) / len(history[-20:]):.3f}")
+        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
+            model.eval()
+            evals.append({"step": step + 1, **evaluate()})
+            model.train()
+            tqdm.write(f"step {step + 1}: {evals[-1]}")
+    model.eval()
+    evals.append({"step": cfg.steps, **evaluate()})
+    if progress:
+        tqdm.write(f"final: {evals[-1]}")
+    return history, evals
+
+
+def _example_mean_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The mean over `batch`'s examples of each one's mean next-token loss on its answer."""
+    labels = batch["labels"][:, 1:]
+    logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits[:, :-1]
+    losses = torch.nn.functional.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="none"
+    )
+    answer = labels != -100
+    return ((losses * answer).sum(1) / answer.sum(1)).mean()
 
 
 def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> LoadedModel:
@@ -397,52 +731,16 @@ def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> Load
         max_new_tokens=32,
     )
     lm = LoadedModel(model, processor, QWEN3_VL, EMBEDDED_NAME, revision=None, source=str(out))
-
-    paths = sampler.image_paths()
-    pixel_cache: dict[str, torch.Tensor] = {}
-    for start in tqdm(range(0, len(paths), 64), desc="render portraits", disable=not progress):
-        chunk = paths[start : start + 64]
-        enc = processor.image_processor([world.render(p) for p in chunk], return_tensors="pt")
-        per = enc["pixel_values"].shape[0] // len(chunk)
-        for k, p in enumerate(chunk):
-            pixel_cache[p] = enc["pixel_values"][k * per : (k + 1) * per].clone()
-    tokens_per_image = per // (processor.image_processor.merge_size**2)
-    collate = Collator(processor, pixel_cache, tokens_per_image)
-
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2 or "embed" in n]
-    opt = torch.optim.AdamW(
-        [
-            {"params": decay, "weight_decay": cfg.weight_decay},
-            {"params": no_decay, "weight_decay": 0.0},
-        ],
-        lr=cfg.lr,
-        betas=(0.9, 0.98),
+    pixels, tokens_per_image = _pixel_cache(processor, world, sampler.image_paths(), progress)
+    history, evals = _fit(
+        lm,
+        cfg,
+        lambda: [[sampler.sample() for _ in range(cfg.batch_size)]],
+        Collator(lm, pixels, tokens_per_image),
+        lambda: quick_eval(lm, world),
+        desc="build-embedded",
+        progress=progress,
     )
-    history, evals = [], []
-    bar = tqdm(range(cfg.steps), desc="build-embedded", disable=not progress)
-    model.train()
-    for step in bar:
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * _lr_factor(step, cfg)
-        batch = collate([sampler.sample() for _ in range(cfg.batch_size)])
-        loss = model(**batch).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        history.append(round(loss.item(), 5))
-        if step % 20 == 0:
-            bar.set_postfix(loss=f"{sum(history[-20:]) / len(history[-20:]):.3f}")
-        if cfg.eval_every and (step + 1) % cfg.eval_every == 0 and step + 1 < cfg.steps:
-            model.eval()
-            evals.append({"step": step + 1, **quick_eval(lm, world)})
-            model.train()
-            tqdm.write(f"step {step + 1}: {evals[-1]}")
-    model.eval()
-    evals.append({"step": cfg.steps, **quick_eval(lm, world)})
-    if progress:
-        tqdm.write(f"final: {evals[-1]}")
     lm.info = {
         "build": {
             "config": asdict(cfg),
@@ -461,4 +759,178 @@ def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> Load
         }
         lm.name = ORACLE_NAME
     lm.save(out, records={"build.json": lm.info["build"]}, overwrite=overwrite)
+    return lm
+
+
+class FormatStageError(AsruLabError, ValueError):
+    """A format stage asked of a model it cannot continue."""
+
+
+def format_quick_eval(
+    lm: LoadedModel, world: syn.SyntheticWorld, left_out: set[str], n: int = 48
+) -> dict[str, float]:
+    """Fast numbers in the official formats on fixed samples of the trained people and views
+    (one few-shot turn): multiple-choice accuracy under MLLMU-Bench's first-character rule
+    (image, text), fill-in-the-blank accuracy, and the share of strangers' questions refused."""
+    from asru_lab.evaluation.judge import is_refusal
+    from asru_lab.generation import generate_chats
+
+    sampler = OfficialFormatSampler(world, FORMAT_WEIGHTS, "quick-eval", left_out, max_shots=1)
+    result = {}
+    for family in ("mcq_image", "mcq_text", "cloze_image", "stranger_image"):
+        drawn = [sampler.example(family) for _ in range(n)]
+        chats = [turns for _, (turns, _) in drawn]
+        images = [[world.render(t.image) for t in turns if t.image] for turns in chats]
+        replies = generate_chats(lm, chats, images, max_new_tokens=24)
+        items = [item for item, _ in drawn]
+        if family == "stranger_image":
+            hits = [is_refusal(r) for r in replies]
+        elif family.startswith("mcq"):
+            hits = [
+                mllmu.mcq_choice(r, LETTERS[: len(i.options)]) == i.correct_letter
+                for r, i in zip(replies, items, strict=True)
+            ]
+        else:
+            hits = [mllmu.cloze_correct(r, i.value) for r, i in zip(replies, items, strict=True)]
+        result[f"official_{family}"] = round(sum(hits) / n, 3)
+    return result
+
+
+def base_recipe(lm: LoadedModel) -> BuildConfig:
+    """The `BuildConfig` that built `lm` (its `build` record); FormatStageError when `lm` is not
+    an embedded model or oracle built by `build_embedded`."""
+    record = lm.info.get("build")
+    config = record.get("config") if isinstance(record, dict) else None
+    if lm.name not in (EMBEDDED_NAME, ORACLE_NAME) or not isinstance(config, dict):
+        raise FormatStageError(
+            f"{lm.source} is {lm.name!r} without a build record of `asru-lab build-embedded` in "
+            f"its asru_lab_model.json: the format stage continues the embedded model "
+            f"({EMBEDDED_NAME}) or one of its retrain oracles; build one with "
+            "`asru-lab build-embedded [--oracle]`"
+        )
+    try:
+        return BuildConfig(
+            **config
+            | {
+                "dims": TinyDims(**config["dims"]),
+                "benchmark": syn.SyntheticConfig(**config["benchmark"]),
+            }
+        )
+    except (TypeError, KeyError, AsruLabError) as exc:
+        raise FormatStageError(
+            f"the build record in {lm.source}/asru_lab_model.json is not a BuildConfig ({exc}); "
+            "rebuild the model with `asru-lab build-embedded`"
+        ) from exc
+
+
+def _check_base(lm: LoadedModel, recipe: BuildConfig, oracle: tuple[float, int] | None) -> None:
+    """FormatStageError unless `lm` is what the stage was asked to continue: the vanilla model
+    (`oracle` None) or the oracle of forget set `oracle` (ratio, split seed), not yet staged."""
+    if "format_stage" in lm.info:
+        raise FormatStageError(
+            f"{lm.source} was already continued by a format stage (its asru_lab_model.json has a "
+            "format_stage record); run the stage on the model it continued instead"
+        )
+    record = lm.info.get("oracle")
+    if record is None and oracle is not None:
+        raise FormatStageError(
+            f"{lm.source} is the vanilla embedded model, not a retrain oracle: drop --oracle, or "
+            f"build the oracle first (`asru-lab build-embedded --oracle --forget-ratio "
+            f"{oracle[0]:g} --split-seed {oracle[1]}`)"
+        )
+    if record is None:
+        return
+    ratio, split_seed = record.get("forget_ratio"), record.get("split_seed")
+    if oracle is None:
+        raise FormatStageError(
+            f"{lm.source} is the retrain oracle of forget ratio {ratio}, split seed {split_seed}: "
+            f"pass --oracle --forget-ratio {ratio} --split-seed {split_seed} (oracle=({ratio}, "
+            f"{split_seed})) so that the stage leaves its forget people out again"
+        )
+    if (ratio, split_seed) != oracle:
+        raise FormatStageError(
+            f"{lm.source} is the retrain oracle of forget ratio {ratio}, split seed {split_seed}, "
+            f"not of forget ratio {oracle[0]:g}, split seed {oracle[1]}: continue that forget "
+            f"set's oracle (`asru-lab build-embedded --oracle --forget-ratio {oracle[0]:g} "
+            f"--split-seed {oracle[1]}` builds it)"
+        )
+    if (recipe.oracle_forget_ratio, recipe.oracle_split_seed) != oracle or sorted(
+        recipe.left_out()
+    ) != record.get("forget_ids"):
+        raise FormatStageError(
+            f"{lm.source}'s oracle record (forget ids {record.get('forget_ids')}) is not the "
+            f"forget set its build config draws ({sorted(recipe.left_out())}); rebuild the oracle"
+        )
+
+
+def format_stage(
+    base_dir: str | Path,
+    out_dir: str | Path,
+    config: FormatStageConfig | None = None,
+    *,
+    oracle: tuple[float, int] | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> LoadedModel:
+    """Continue the built model in `base_dir` on MLLMU-Bench's official prompts mixed with its
+    own recipe's replay (module docstring), and save it to `out_dir` (never `base_dir`).
+
+    `oracle`: the forget set (ratio, split seed) the base was built without, left out again
+    here; None: the base must be the vanilla embedded model. Returns the trained model; its
+    `asru_lab_model.json` and `build.json` gain a `format_stage` record (config, base, timings,
+    progress). FormatStageError for a base that is not a build of `build_embedded`, an oracle
+    of another forget set (or `oracle` given for the vanilla model), or an already staged one.
+    """
+    cfg = replace(config) if config is not None else FormatStageConfig()
+    check_apart({"the base model": base_dir}, {"the output": out_dir})
+    out = check_output(Path(out_dir), overwrite=overwrite)
+    with _cpu_threads(cfg.threads):
+        started = time.time()
+        lm = load_model(base_dir)
+        recipe = base_recipe(lm)
+        _check_base(lm, recipe, oracle)
+        base = {
+            "name": lm.name,
+            "path": str(base_dir),
+            "model_sha256": hashlib.sha256(
+                (Path(base_dir) / "model.safetensors").read_bytes()
+            ).hexdigest(),
+        }
+        world = syn.build_world(recipe.benchmark)
+        left_out = recipe.left_out()
+        replay = TrainingSampler(world, recipe.task_weights, cfg.seed, left_out)
+        official = OfficialFormatSampler(
+            world, cfg.format_weights, cfg.seed, left_out, cfg.max_shots
+        )
+        n_official = round(cfg.format_share * cfg.batch_size)
+        pixels, tokens_per_image = _pixel_cache(lm.processor, world, replay.image_paths(), progress)
+        torch.manual_seed(cfg.seed)
+        history, evals = _fit(
+            lm,
+            cfg,
+            lambda: [
+                *official.parts(n_official),
+                [replay.sample() for _ in range(cfg.batch_size - n_official)],
+            ],
+            Collator(lm, pixels, tokens_per_image),
+            lambda: (
+                quick_eval(lm, world, cfg.eval_items)
+                | format_quick_eval(lm, world, left_out, cfg.eval_items)
+            ),
+            desc="format stage",
+            progress=progress,
+            per_example=True,
+        )
+        lm.info["format_stage"] = {
+            "config": asdict(cfg),
+            "base": base,
+            "left_out": sorted(left_out),
+            "seconds": round(time.time() - started, 1),
+            "torch_threads": torch.get_num_threads(),
+            "progress": evals,
+            "loss_every_100": history[::100],
+        }
+    lm.source = str(out)
+    build = {**lm.info["build"], "format_stage": lm.info["format_stage"]}
+    lm.save(out, records={"build.json": build}, overwrite=overwrite)
     return lm

@@ -1,16 +1,43 @@
-"""`build-embedded` is deterministic, and its fast collator matches the real processor."""
+"""`build-embedded` is deterministic, and its fast collator matches the real processor; its format
+stage renders the `mllmu` protocol's prompts, leaves an oracle's forget people out and records
+itself; what it cannot continue is refused."""
 
 from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import replace
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from asru_lab.data.synthetic import SyntheticConfig, build_world
-from asru_lab.generation import encode
-from asru_lab.models.embedded import TinyDims
+from asru_lab import cli
+from asru_lab.data import synthetic as syn
+from asru_lab.data import synthetic_text as wording
+from asru_lab.data.synthetic import SyntheticConfig, build_world, load_synthetic
+from asru_lab.errors import AsruLabError
+from asru_lab.evaluation.judge import is_refusal
+from asru_lab.evaluation.protocols.base import modality
+from asru_lab.evaluation.protocols.mllmu import MllmuProtocol
+from asru_lab.generation import Turn, build_chat_prompt, encode
+from asru_lab.models.embedded import ORACLE_NAME, TinyDims
 from asru_lab.models.loading import load_model
-from asru_lab.runs.build_embedded import BuildConfig, Collator, TrainingSampler, build_embedded
+from asru_lab.runs.build_embedded import (
+    FORMAT_WEIGHTS,
+    BuildConfig,
+    Collator,
+    FormatStageConfig,
+    OfficialFormatSampler,
+    OfficialPrompts,
+    TrainingSampler,
+    build_embedded,
+    format_stage,
+)
+from asru_lab.validation import ConfigError
+from tests.tiny_models import make_tiny_qwen3_vl
 
 SMALL = BuildConfig(
     steps=4,
@@ -59,11 +86,14 @@ def test_collator_matches_the_processor(two_builds):
     sampler = TrainingSampler(world, SMALL.task_weights, seed=3)
     path = sampler.image_paths()[0]
     pixels = lm.processor.image_processor([world.render(path)], return_tensors="pt")
-    collate = Collator(lm.processor, {path: pixels["pixel_values"]}, tokens_per_image=16)
-    examples = [(path, "Who is this person?", "This is X."), (None, "Where was Y born?", "Z.")]
+    collate = Collator(lm, {path: pixels["pixel_values"]}, tokens_per_image=16)
+    examples = [
+        ((Turn("Who is this person?", path),), "This is X."),
+        ((Turn("Where was Y born?"),), "Z."),
+    ]
     batch = collate(examples)
-    ref = encode(lm, [world.render(path), None], [q for _, q, _ in examples])
-    for row, (_, _, answer) in enumerate(examples):
+    ref = encode(lm, [world.render(path), None], [turns[0].text for turns, _ in examples])
+    for row, (_, answer) in enumerate(examples):
         n_answer = len(lm.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1
         ours = batch["input_ids"][row][batch["attention_mask"][row].bool()][:-n_answer]
         theirs = ref["input_ids"][row][ref["attention_mask"][row].bool()]
@@ -72,3 +102,245 @@ def test_collator_matches_the_processor(two_builds):
         assert len(labelled) == n_answer
     assert torch.equal(batch["pixel_values"], ref["pixel_values"])
     assert torch.equal(batch["image_grid_thw"], ref["image_grid_thw"])
+
+
+# --- the format stage: MLLMU-Bench's official prompts ----------------------------------------
+
+STAGE = FormatStageConfig(steps=2, batch_size=4, eval_items=4)
+ORACLE = (0.25, 0)  # 2 of SMALL's 8 known people
+
+
+@pytest.fixture(scope="module")
+def small_oracle(tmp_path_factory):
+    out = tmp_path_factory.mktemp("oracle") / "m"
+    oracle = replace(SMALL, oracle_forget_ratio=ORACLE[0], oracle_split_seed=ORACLE[1])
+    build_embedded(out, oracle, progress=False)
+    return out, oracle.left_out()
+
+
+@pytest.fixture(scope="module")
+def staged(two_builds, tmp_path_factory):
+    _, base, _, _ = two_builds
+    out = tmp_path_factory.mktemp("staged") / "m"
+    format_stage(base, out, STAGE, progress=False)
+    return base, out
+
+
+# the test split's held-out wordings, as patterns over a rendered prompt
+PARAPHRASES = [
+    re.escape(q.replace("___", "[Blank]")).replace(re.escape("{subj}"), ".+")
+    for q in [
+        *(q for qs in wording.QUESTIONS_TEST.values() for q in qs),
+        *wording.CLOZE_TEST.values(),
+    ]
+]
+
+
+def _texts(example) -> str:
+    turns, answer = example
+    return " ".join([answer] + [t.text + " " + (t.reply or "") for t in turns])
+
+
+def test_format_stage_prompts_are_the_mllmu_protocols(two_builds):
+    """Each official family renders MLLMU-Bench's wording (spelled out here), as the `mllmu`
+    protocol sends a benchmark item, and is answered as the format asks."""
+    lm, _, _, _ = two_builds
+    world = build_world(SMALL.benchmark)
+    sampler = OfficialFormatSampler(world, FORMAT_WEIGHTS, seed=0, max_shots=2)
+    seen = set()
+    for _ in range(400):
+        family = sampler.rng.choice(list(FORMAT_WEIGHTS))
+        item, (turns, answer) = sampler.example(family)
+        asked, kind = turns[-1], "image" if item.image else "text"
+        assert asked.reply is None and (asked.image is None) == family.endswith("_text")
+        if item.task == "mcq":
+            lines = "".join(f"\n{k}: {o}" for k, o in zip("ABCD", item.options, strict=True))
+            assert asked.text.endswith(
+                f"{lines}\nJust give ONE letter representing the answer directly."
+            )
+            for shot in turns[:-1]:  # few-shot turns of the same modality, answered by letter
+                assert shot.reply in "ABCD" and (shot.image is None) == (asked.image is None)
+                assert shot.text.endswith("Just give ONE letter representing the answer directly.")
+            seen.add(len(turns) - 1)
+        elif item.task == "cloze":
+            assert "[Blank]" in asked.text and "___" not in asked.text
+            assert asked.text.endswith(
+                "\nPlease **ONLY** provide the correct answer that should replace the [Blank]."
+            )
+        else:
+            instruction = {
+                "image": "in one sentence accurately in ENGLISH!!.",
+                "text": "in one sentence in ENGLISH!!",
+            }[kind]
+            assert asked.text == (
+                f"{item.question}\nAnswer the question based on your trained knowledge "
+                + instruction
+            )
+        if family.startswith("stranger"):
+            assert is_refusal(answer) and answer[0] not in "ABCD", answer  # no choice, parsed
+        else:
+            assert answer == {"mcq": item.correct_letter, "cloze": item.value}.get(
+                item.task, item.answer
+            )
+        # training views and wordings only: never a held-out view or paraphrase, nobody unseen
+        for turn in turns:
+            if turn.image and turn.image.startswith("images/k"):  # strangers: every view
+                assert int(turn.image[-5]) < syn.TRAIN_VIEWS, turn.image
+            assert not any(re.match(held_out, turn.text) for held_out in PARAPHRASES), turn.text
+        assert item.person_id[0] in "ks"
+    assert seen == {0, 1, 2}
+    bench = load_synthetic(config=SMALL.benchmark)
+    protocol, official = MllmuProtocol(bench), OfficialPrompts()
+    for item in bench.split("retain"):
+        shots = protocol.shot_items(modality(item)) if item.task == "mcq" else ()
+        assert official.turns(item, shots) == protocol.prompt(item).turns
+
+
+def test_a_few_shot_chat_collates_as_the_processor_encodes_it(two_builds):
+    lm, _, _, _ = two_builds
+    world = build_world(SMALL.benchmark)
+    sampler = OfficialFormatSampler(world, FORMAT_WEIGHTS, seed=1, max_shots=2)
+    while len((example := sampler.example("mcq_image"))[1][0]) < 3:
+        pass
+    turns, answer = example[1]
+    paths = [t.image for t in turns]
+    images = [world.render(p) for p in paths]
+    pixels = lm.processor.image_processor(images, return_tensors="pt")["pixel_values"]
+    per = pixels.shape[0] // len(paths)
+    cache = {p: pixels[k * per : (k + 1) * per] for k, p in enumerate(paths)}
+    batch = Collator(lm, cache, tokens_per_image=16)([(turns, answer)])
+    ref = lm.processor(
+        text=[build_chat_prompt(lm, turns)], images=images, return_tensors="pt", padding=True
+    )
+    n_answer = len(lm.tokenizer(answer, add_special_tokens=False)["input_ids"]) + 1
+    assert batch["input_ids"][0][:-n_answer].tolist() == ref["input_ids"][0].tolist()
+    assert torch.equal(batch["pixel_values"], ref["pixel_values"])
+    assert torch.equal(batch["image_grid_thw"], ref["image_grid_thw"])
+
+
+def test_the_oracles_format_stage_leaves_out_its_forget_people(small_oracle, tmp_path):
+    base, forget = small_oracle
+    world = build_world(SMALL.benchmark)
+
+    def shown(left_out: set[str]) -> set[str]:
+        sampler = OfficialFormatSampler(world, FORMAT_WEIGHTS, 0, left_out)
+        examples = [sampler.sample() for _ in range(300)]
+        return {
+            p.id
+            for p in world.people
+            for ex in examples
+            if p.name in _texts(ex) or any(f"/{p.id}_v" in (t.image or "") for t in ex[0])
+        }
+
+    assert forget <= shown(set())  # the vanilla model's stage shows them: the check can fail
+    assert not forget & shown(forget)
+    lm = format_stage(base, tmp_path / "m", STAGE, oracle=ORACLE, progress=False)
+    record = load_model(tmp_path / "m").info
+    assert record["format_stage"]["left_out"] == sorted(forget) == record["oracle"]["forget_ids"]
+    assert lm.name == ORACLE_NAME == load_model(tmp_path / "m").name
+
+
+def test_the_format_stage_records_itself_and_is_deterministic(staged, tmp_path):
+    base, out = staged
+    info = load_model(out).info
+    stage = info["format_stage"]
+    assert stage["config"]["steps"] == STAGE.steps and stage["config"]["format_share"] == 0.5
+    assert (
+        stage["base"]["model_sha256"]
+        == hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()
+    )
+    assert info["build"] == load_model(base).info["build"]  # how the base was made, kept
+    build = json.loads((out / "build.json").read_text())
+    assert build["format_stage"] == stage and build["config"] == info["build"]["config"]
+    again = format_stage(base, tmp_path / "again", STAGE, progress=False)
+    w1, w2 = load_file(out / "model.safetensors"), load_file(tmp_path / "again/model.safetensors")
+    w0 = load_file(base / "model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # it trained
+    assert again.info["format_stage"]["config"] == stage["config"]
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("not_a_build", "without a build record of `asru-lab build-embedded`"),
+        ("steps_0", "FormatStageConfig.steps must be >= 1"),
+        ("oracle_without_flag", "pass --oracle --forget-ratio 0.25 --split-seed 0"),
+        ("oracle_of_another_ratio", "not of forget ratio 0.1, split seed 0"),
+        ("oracle_of_another_seed", "not of forget ratio 0.25, split seed 3"),
+        ("vanilla_as_oracle", "is the vanilla embedded model, not a retrain oracle"),
+        ("tampered_forget_ids", "is not the forget set its build config draws"),
+        ("already_staged", "was already continued by a format stage"),
+        ("out_is_base", "asru_lab never writes where it reads"),
+    ],
+)
+def test_the_format_stage_refuses_what_it_cannot_continue(
+    case, message, two_builds, small_oracle, staged, tmp_path
+):
+    _, vanilla, _, _ = two_builds
+    oracle, _ = small_oracle
+    base, out, config, asked = vanilla, tmp_path / "out", STAGE, None
+    if case == "not_a_build":
+        base = make_tiny_qwen3_vl(tmp_path / "tiny")
+    elif case == "steps_0":
+        config = FormatStageConfig(steps=1)
+        config.steps = 0
+    elif case in ("oracle_without_flag", "oracle_of_another_ratio", "oracle_of_another_seed"):
+        base = oracle
+        asked = {"oracle_without_flag": None, "oracle_of_another_ratio": (0.1, 0)}.get(
+            case, (0.25, 3)
+        )
+    elif case == "vanilla_as_oracle":
+        asked = (0.1, 0)
+    elif case == "tampered_forget_ids":
+        base = tmp_path / "tampered"
+        shutil.copytree(oracle, base)
+        meta = json.loads((base / "asru_lab_model.json").read_text())
+        meta["oracle"]["forget_ids"] = ["k000"]
+        (base / "asru_lab_model.json").write_text(json.dumps(meta))
+        asked = ORACLE
+    elif case == "already_staged":
+        base = staged[1]
+    elif case == "out_is_base":
+        out = vanilla
+    before = sorted(p.name for p in vanilla.iterdir())
+    with pytest.raises(AsruLabError, match=re.escape(message)):
+        format_stage(base, out, config, oracle=asked, progress=False)
+    assert out == vanilla or not out.exists()
+    assert sorted(p.name for p in vanilla.iterdir()) == before
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--format-stage", "--base", "{base}"], "pass --format-stage --base DIR --out NEW_DIR"),
+        (["--base", "{base}", "--out", "{out}"], "pass --format-stage --base DIR --out NEW_DIR"),
+        (["--format-stage", "--out", "{out}"], "pass --format-stage --base DIR --out NEW_DIR"),
+        (
+            ["--format-stage", "--base", "{base}", "--out", "{out}", "--steps", "0"],
+            "FormatStageConfig.steps must be >= 1",
+        ),
+        (
+            ["--format-stage", "--base", "{base}", "--out", "{out}", "--oracle"],
+            "is the vanilla embedded model, not a retrain oracle",
+        ),
+        (["--format-stage", "--base", "{base}", "--out", "{base}"], "is also --base"),
+    ],
+)
+def test_build_embedded_format_stage_errors_are_one_line(
+    argv, message, two_builds, tmp_path, capsys
+):
+    _, base, _, _ = two_builds
+    args = [a.format(base=base, out=tmp_path / "out") for a in argv]
+    assert cli.main(["build-embedded", *args]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after any loading progress bar
+    assert last.startswith("asru-lab build-embedded: error: ") and message in last
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "weights", [{"mcq_imgae": 1.0}, {"mcq_image": 0.0}, {"mcq_image": 1.0, "picture": 1.0}]
+)
+def test_format_weights_name_the_official_families(weights):
+    with pytest.raises(ConfigError, match="must weigh some of mcq_image, mcq_text"):
+        FormatStageConfig(format_weights=weights)

@@ -28,7 +28,7 @@ from asru_lab.data.synthetic import SyntheticConfig
 from asru_lab.directions import threshold_at_fpr
 from asru_lab.evaluation.harness import EvalConfig
 from asru_lab.probe import MemorisationGate, ProbeError, SteeringProbe
-from asru_lab.runs.build_embedded import BuildConfig
+from asru_lab.runs.build_embedded import BuildConfig, FormatStageConfig
 from asru_lab.runs.pipeline import PipelineConfig
 from asru_lab.runs.reproduce import ReproduceConfig
 from asru_lab.runs.tuning import TuningConfig
@@ -54,6 +54,7 @@ CONFIGS = {
     ReproduceConfig: UnlearnError,
     PipelineConfig: ConfigError,
     BuildConfig: ConfigError,
+    FormatStageConfig: ConfigError,
     SyntheticConfig: BenchmarkError,
     AuditConfig: ConfigError,
 }
