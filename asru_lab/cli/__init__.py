@@ -7,6 +7,7 @@ The parser is in `options.py` (generated from the config dataclasses), the subco
 from __future__ import annotations
 
 import errno
+import os
 import sys
 
 from asru_lab.cli.commands import COMMANDS, UsageError, check_out, command_paths
@@ -25,7 +26,9 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        with writing_lock(command_paths(args)[1].values()):
+        # the processes of one `accelerate launch` are one job: its main process holds the lock
+        outputs = command_paths(args)[1].values() if _main_process() else ()
+        with writing_lock(outputs):
             check_out(args)
             return COMMANDS[args.command](args)
     except KeyboardInterrupt:
@@ -48,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
+
+
+def _main_process() -> bool:
+    """False in the other processes of a distributed launch (torchrun / accelerate set RANK)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _one_line(exc: BaseException) -> str:

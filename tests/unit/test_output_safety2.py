@@ -283,6 +283,25 @@ def test_a_second_writer_of_the_same_output_is_refused(tmp_path, capsys, no_load
         assert not out.exists()
 
 
+def test_the_other_ranks_of_one_distributed_launch_take_no_lock(tmp_path, monkeypatch):
+    """`accelerate launch` runs the command in every process: rank 0 holds the lock, and rank
+    1 must not be refused as "another asru-lab process" (it reaches the work: here, the load)."""
+    import asru_lab.models.loading as loading
+
+    def started(*args, **kwargs):
+        raise RuntimeError("work started")
+
+    monkeypatch.setattr(al, "load_model", started)
+    monkeypatch.setattr(loading, "load_model", started)
+    out = tmp_path / "final"
+    with writing_lock([out]):  # rank 0, writing
+        monkeypatch.setenv("RANK", "1")
+        with pytest.raises(RuntimeError, match="work started"):
+            cli.main(["reinforce", "--out", str(out), "--debug"])
+        monkeypatch.setenv("RANK", "0")
+        assert cli.main(["reinforce", "--out", str(out)]) == 2  # a second job's main process
+
+
 def test_another_process_holding_the_output_is_named_and_its_death_frees_it(tmp_path):
     out = tmp_path / "probe"
     ready, told = os.pipe()
