@@ -469,18 +469,20 @@ def cmd_build(args) -> int:
 
     if args.format_stage or args.base is not None:
         return _format_stage(args)
-    cfg = BuildConfig()
-    if args.steps is not None:
-        cfg.steps = args.steps
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.threads is not None:
-        cfg.threads = args.threads
+    cfg = _training_overrides(BuildConfig(), args)
     if args.oracle:
         cfg.oracle_forget_ratio, cfg.oracle_split_seed = args.forget_ratio, args.split_seed
     lm = build_embedded(args.out, cfg, overwrite=args.overwrite)
     print(json.dumps(lm.info["build"]["progress"][-1]))
     return 0
+
+
+def _training_overrides(cfg, args):
+    """`cfg` (a build or format-stage config) with the --steps, --seed, --threads given."""
+    for name in ("steps", "seed", "threads"):
+        if getattr(args, name) is not None:
+            setattr(cfg, name, getattr(args, name))
+    return cfg
 
 
 def _format_stage(args) -> int:
@@ -491,13 +493,7 @@ def _format_stage(args) -> int:
             "the format stage continues a built model into a new folder: pass --format-stage "
             "--base DIR --out NEW_DIR (--base is read only with --format-stage)"
         )
-    cfg = FormatStageConfig()
-    if args.steps is not None:
-        cfg.steps = args.steps
-    if args.seed is not None:
-        cfg.seed = args.seed
-    if args.threads is not None:
-        cfg.threads = args.threads
+    cfg = _training_overrides(FormatStageConfig(), args)
     oracle = (args.forget_ratio, args.split_seed) if args.oracle else None
     lm = format_stage(args.base, args.out, cfg, oracle=oracle, overwrite=args.overwrite)
     print(json.dumps(lm.info["format_stage"]["progress"][-1]))
