@@ -67,6 +67,18 @@ from asru_lab.models.embedded import (
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.validation import ConfigError, check_fields
 
+# The ranges of the optimisation fields that the base build and the format stage share.
+TRAINING_CHECKS = {
+    "steps": ">= 1",
+    "batch_size": ">= 1",
+    "lr": "> 0",
+    "warmup_steps": ">= 0",
+    "min_lr_ratio": "[0, 1]",
+    "weight_decay": ">= 0",
+    "grad_clip": "> 0",
+    "eval_every": ">= 0",
+    "threads": ">= 0",
+}
 # Relative sampling weights of the training task families.
 DEFAULT_TASK_WEIGHTS = {
     "identity_image": 3.0,
@@ -135,16 +147,8 @@ class BuildConfig:
         check_fields(
             self,
             ConfigError,
-            steps=">= 1",
-            batch_size=">= 1",
-            lr="> 0",
-            warmup_steps=">= 0",
-            min_lr_ratio="[0, 1]",
-            weight_decay=">= 0",
-            grad_clip="> 0",
+            **TRAINING_CHECKS,
             task_weights=">= 0",
-            eval_every=">= 0",
-            threads=">= 0",
             oracle_forget_ratio="(0, 1)",
         )
 
@@ -349,19 +353,11 @@ class FormatStageConfig:
         check_fields(
             self,
             ConfigError,
-            steps=">= 1",
-            batch_size=">= 1",
-            lr="> 0",
-            warmup_steps=">= 0",
-            min_lr_ratio="[0, 1]",
-            weight_decay=">= 0",
-            grad_clip="> 0",
+            **TRAINING_CHECKS,
             format_share="[0, 1]",
             format_weights=">= 0",
             max_shots=">= 0",
-            eval_every=">= 0",
             eval_items=">= 1",
-            threads=">= 0",
         )
         unknown = sorted(set(self.format_weights) - set(FORMAT_WEIGHTS))
         if unknown or not any(self.format_weights.values()):
