@@ -42,8 +42,7 @@ def _add_fields(
     then applies). `changes` maps a field to the add_argument keywords that differ, with `flag`
     for another option name; a `help` given there is the whole text. A `functools.partial` of
     a config (a config with other defaults) gives the options of its class."""
-    while isinstance(config, functools.partial):
-        config = config.func
+    config = _config_class(config)
     what = " ".join(config.__doc__.split()).split(". ")[0].rstrip(".")  # its first sentence
     group = parser.add_argument_group(f"{config.__name__}: {what[0].lower()}{what[1:]}")
     hints = typing.get_type_hints(config)
@@ -58,6 +57,13 @@ def _add_fields(
         kind, nargs = _option_type(hints[name])
         option = {"type": kind, "nargs": nargs, "default": None if none else default, "help": text}
         group.add_argument(options.pop("flag", "--" + name.replace("_", "-")), **option | options)
+
+
+def _config_class(config):
+    """The dataclass behind `config`, which may be a `functools.partial` of it."""
+    while isinstance(config, functools.partial):
+        config = config.func
+    return config
 
 
 def _option_type(hint) -> tuple[type | None, str | None]:
@@ -377,7 +383,8 @@ def _build_embedded_options(sub) -> None:
         help="output dir (default: the package's embedded/, or oracles/ with --oracle; "
         "required with --format-stage)",
     )
-    steps, stage_steps = BuildConfig.steps, FormatStageConfig.steps
+    steps = _config_class(BuildConfig).steps
+    stage_steps = _config_class(FormatStageConfig).steps
     _add_fields(
         p,
         BuildConfig,
