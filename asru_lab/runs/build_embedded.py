@@ -4,6 +4,11 @@ One run does "pretraining + stage 0" on the synthetic benchmark: the known peopl
 and facts (image QA with the name first, text QA by name, multiple choice, cloze, and an
 identity task weighted up), contextual refusals for the strangers, and questions about the
 picture itself. The `unseen` people and the held-out views and wordings are never shown.
+The recipe may also show MLLMU-Bench's official prompts from the first step (`task_weights`
+families `official_<family of FORMAT_WEIGHTS>`, drawn as the format stage draws them, with at most
+one few-shot turn; `official_lookup`: a multiple choice whose question names its answer, "Which
+option is Oslo?", the lookup from a value to its letter on its own); the tokenizer then also
+learns the official prompts' words. The shipped build's weights have none of them.
 Deterministic: the same config and seed give the same weights on the same machine.
 
 The format stage (`format_stage`, `asru-lab build-embedded --format-stage`) continues a built
@@ -48,7 +53,7 @@ from asru_lab.artifacts import check_apart, check_output
 from asru_lab.data import synthetic as syn
 from asru_lab.data import synthetic_text as wording
 from asru_lab.data.portraits import BACKGROUNDS, HAIR_COLORS, SHIRT_COLORS
-from asru_lab.data.prompts import CLOZE_PREFIX, MCQ_SUFFIX
+from asru_lab.data.prompts import CLOZE_PREFIX, MCQ_SUFFIX, mcq_prompt
 from asru_lab.data.schema import LETTERS, Person, QAItem, contains_value
 from asru_lab.errors import AsruLabError
 from asru_lab.evaluation.protocols import mllmu
@@ -151,6 +156,12 @@ class BuildConfig:
             task_weights=">= 0",
             oracle_forget_ratio="(0, 1)",
         )
+        unknown = sorted(set(self.task_weights) - set(base_families()))
+        if unknown or not any(self.task_weights.values()):
+            raise ConfigError(
+                f"BuildConfig.task_weights must weigh some of {', '.join(base_families())} "
+                f"above 0, got {self.task_weights}"
+            )
 
     def left_out(self) -> set[str]:
         """Ids of the people this build never shows (the oracle's forget set; empty otherwise)."""
@@ -189,9 +200,20 @@ class TrainingSampler:
         self.known = [p for p in world.group("known") if p.id not in left_out]
         self.strangers = world.group("stranger")
         self.name_pool = sorted(p.name for p in self.known)
-        self.families = list(weights)
+        self.families = [f for f in weights if weights[f] > 0]
         self.weights = [weights[f] for f in self.families]
         self.rng = random.Random(seed)
+        # the official formats' families draw their items from their own sampler
+        official = {
+            f.removeprefix(OFFICIAL): w
+            for f, w in weights.items()
+            if f.startswith(OFFICIAL) and f != OFFICIAL_LOOKUP
+        }
+        self.official = (
+            OfficialFormatSampler(world, official or {"mcq_text": 1.0}, f"base:{seed}", left_out, 1)
+            if any(f.startswith(OFFICIAL) for f in self.families)
+            else None
+        )
 
     def image_paths(self) -> list[str]:
         """Every image the training can show."""
@@ -220,11 +242,18 @@ class TrainingSampler:
         colors = [*BACKGROUNDS, *SHIRT_COLORS, *HAIR_COLORS]
         out += [f"{c.capitalize()}." for c in colors] + list(PREFIXES) + list(SUFFIXES)
         out += [MCQ_SUFFIX, CLOZE_PREFIX] + [f"{ch}. " for ch in "ABCD"]
+        if self.official is not None:  # the official prompts' own words
+            out += [mllmu.MCQ_INSTRUCTION, mllmu.CLOZE_INSTRUCTION, *mllmu.QA_INSTRUCTION.values()]
+            out += [f"{ch}: " for ch in "ABCD"] + [s.format(value="") for s in LOOKUP_STEMS]
         return out * 2
 
     def sample(self) -> Example:
         rng = self.rng
         family = rng.choices(self.families, self.weights)[0]
+        if family == OFFICIAL_LOOKUP:
+            return self.official.lookup()
+        if family.startswith(OFFICIAL):
+            return self.official.example(family.removeprefix(OFFICIAL))[1]
         if family == "stranger_image":
             person = rng.choice(self.strangers)
             attr = rng.choice(syn.ATTRIBUTES)
@@ -292,6 +321,16 @@ FORMAT_WEIGHTS = {
     "stranger_text": 0.5,
 }
 OFFICIAL_TASKS = ("mcq", "cloze", "qa")
+# The base recipe's families in the official formats: OFFICIAL + a family of FORMAT_WEIGHTS, and
+# OFFICIAL_LOOKUP (`OfficialFormatSampler.lookup`), whose stems name the answer.
+OFFICIAL = "official_"
+OFFICIAL_LOOKUP = "official_lookup"
+LOOKUP_STEMS = ("Which option is {value}?", "Which option says {value}?", "Find {value} below.")
+
+
+def base_families() -> tuple[str, ...]:
+    """Every family the base recipe's `task_weights` may weigh."""
+    return (*DEFAULT_TASK_WEIGHTS, *(OFFICIAL + f for f in FORMAT_WEIGHTS), OFFICIAL_LOOKUP)
 
 
 @dataclass
@@ -457,15 +496,28 @@ class OfficialFormatSampler:
             answer = {"mcq": item.correct_letter, "cloze": item.value, "qa": item.answer}[task]
         return item, (turns, answer)
 
+    def lookup(self) -> Example:
+        """A multiple choice whose question names its answer ("Which option is Oslo?"), about
+        a trained person's options, answered with the letter: the lookup from a value to its
+        letter on its own, apart from recalling the value."""
+        item = self.item(self.rng.choice(self.known), "mcq", with_image=False)
+        stem = self.rng.choice(LOOKUP_STEMS).format(value=item.value)
+        item = replace(item, question=mcq_prompt(stem, item.options))
+        return self.prompts.turns(item), item.correct_letter
+
     def sample(self) -> Example:
         return self.example(self.rng.choices(self.families, self.weights)[0])[1]
 
     def parts(self, n: int) -> list[list[Example]]:
-        """`n` examples, grouped by their number of turns: a few-shot chat is several times
-        longer than one turn, and each group is padded apart."""
-        examples = [self.sample() for _ in range(n)]
-        lengths = sorted({len(turns) for turns, _ in examples})
-        return [[e for e in examples if len(e[0]) == k] for k in lengths]
+        """`n` examples, grouped by their number of turns (`by_turns`)."""
+        return by_turns([self.sample() for _ in range(n)])
+
+
+def by_turns(examples: list[Example]) -> list[list[Example]]:
+    """`examples` grouped by their number of turns, in order of it: a few-shot chat is several
+    times longer than one turn, and each group is padded apart."""
+    lengths = sorted({len(turns) for turns, _ in examples})
+    return [[e for e in examples if len(e[0]) == k] for k in lengths]
 
 
 class Collator:
@@ -731,9 +783,12 @@ def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> Load
     history, evals = _fit(
         lm,
         cfg,
-        lambda: [[sampler.sample() for _ in range(cfg.batch_size)]],
+        lambda: by_turns([sampler.sample() for _ in range(cfg.batch_size)]),
         Collator(lm, pixels, tokens_per_image),
-        lambda: quick_eval(lm, world),
+        lambda: (
+            quick_eval(lm, world)
+            | (format_quick_eval(lm, world, left_out) if sampler.official else {})
+        ),
         desc="build-embedded",
         progress=progress,
     )

@@ -1,6 +1,7 @@
 """`build-embedded` is deterministic, and its fast collator matches the real processor; its format
 stage renders the `mllmu` protocol's prompts, leaves an oracle's forget people out and records
-itself; what it cannot continue is refused."""
+itself; what it cannot continue is refused. The base recipe can show the official formats too
+(`official_*` families), an oracle's forget people left out of them as of everything."""
 
 from __future__ import annotations
 
@@ -26,6 +27,7 @@ from asru_lab.generation import Turn, build_chat_prompt, encode
 from asru_lab.models.embedded import ORACLE_NAME, TinyDims
 from asru_lab.models.loading import load_model
 from asru_lab.runs.build_embedded import (
+    DEFAULT_TASK_WEIGHTS,
     FORMAT_WEIGHTS,
     BuildConfig,
     Collator,
@@ -34,6 +36,7 @@ from asru_lab.runs.build_embedded import (
     OfficialPrompts,
     TrainingSampler,
     build_embedded,
+    by_turns,
     format_stage,
 )
 from asru_lab.validation import ConfigError
@@ -344,3 +347,68 @@ def test_build_embedded_format_stage_errors_are_one_line(
 def test_format_weights_name_the_official_families(weights):
     with pytest.raises(ConfigError, match="must weigh some of mcq_image, mcq_text"):
         FormatStageConfig(format_weights=weights)
+
+
+# the base recipe's official families, weighted as an experiment might
+OFFICIAL_WEIGHTS = {f"official_{f}": 1.0 for f in FORMAT_WEIGHTS} | {"official_lookup": 1.0}
+
+
+@pytest.mark.parametrize(
+    "weights",
+    [{"identity_imgae": 1.0}, {"official_mcq_imgae": 1.0}, {"picture": 0.0}, {"lookup": 1.0}],
+)
+def test_task_weights_name_the_base_families(weights):
+    with pytest.raises(ConfigError, match="must weigh some of identity_image.*official_lookup"):
+        BuildConfig(task_weights=weights)
+
+
+def test_the_base_recipe_can_show_the_official_formats():
+    """`official_<family>` draws the format stage's examples inside the base recipe, and
+    `official_lookup` asks for the letter of a value the question names; an oracle's forget
+    people stay out of both."""
+    world = build_world(SMALL.benchmark)
+    weights = DEFAULT_TASK_WEIGHTS | OFFICIAL_WEIGHTS
+    sampler = TrainingSampler(world, weights, seed=0)
+    drawn = [sampler.sample() for _ in range(600)]
+    letters = [(t, a) for t, a in drawn if a in ("A", "B", "C", "D")]
+    assert len(letters) > 600 * 3 / sum(weights.values()) / 2  # official mcq and lookup: 3
+    lookups = 0
+    for turns, answer in letters:
+        asked = turns[-1].text
+        assert asked.endswith("\nJust give ONE letter representing the answer directly.")
+        options = dict(re.findall(r"^([ABCD]): (.+)$", asked, re.M))
+        stem = asked.split("\n")[0]
+        named = re.fullmatch(
+            r"(?:Which option is|Which option says|Find) (.+?)(?:\?| below\.)", stem
+        )
+        if named:  # the lookup: the stem names the answer's value
+            lookups += 1
+            assert options[answer] == named.group(1) and turns[-1].image is None
+    assert lookups > 0
+    assert any("[Blank]" in t[-1].text for t, _ in drawn)
+    assert {len(t) for t, _ in drawn} == {1, 2}  # one few-shot turn at most
+    groups = by_turns(drawn)
+    assert [len(g[0][0]) for g in groups] == [1, 2] and sum(map(len, groups)) == len(drawn)
+    left_out = syn.choose_forget(world.group("known"), *ORACLE)
+    oracle = TrainingSampler(world, weights, seed=0, left_out=left_out)
+    names = {p.name for p in world.people if p.id in left_out}
+    for turns, answer in [oracle.sample() for _ in range(600)]:
+        text = _texts((turns, answer))
+        assert not any(n in text for n in names)
+        assert not any(f"/{i}_v" in (t.image or "") for i in left_out for t in turns)
+
+
+def test_the_official_words_join_the_tokenizer_only_when_the_recipe_shows_them():
+    world = build_world(SMALL.benchmark)
+    plain = TrainingSampler(world, DEFAULT_TASK_WEIGHTS, 0).texts()
+    shown = TrainingSampler(world, DEFAULT_TASK_WEIGHTS | OFFICIAL_WEIGHTS, 0).texts()
+    instruction = "Just give ONE letter representing the answer directly."
+    assert instruction not in plain and instruction in shown  # the shipped recipe: unchanged
+    assert set(plain) < set(shown)
+
+
+def test_a_build_with_the_official_formats_measures_them(tmp_path):
+    cfg = replace(SMALL, task_weights=DEFAULT_TASK_WEIGHTS | OFFICIAL_WEIGHTS)
+    build_embedded(tmp_path / "m", cfg, progress=False)
+    progress = load_model(tmp_path / "m").info["build"]["progress"][-1]
+    assert {"official_mcq_image", "official_mcq_text", "official_cloze_image"} <= set(progress)
