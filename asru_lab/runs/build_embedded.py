@@ -822,12 +822,20 @@ def format_quick_eval(
 ) -> dict[str, float]:
     """Fast numbers in the official formats on fixed samples of the trained people and views
     (one few-shot turn): multiple-choice accuracy under MLLMU-Bench's first-character rule
-    (image, text), fill-in-the-blank accuracy, and the share of strangers' questions refused."""
+    (image, text), fill-in-the-blank accuracy, the share of strangers' questions refused, and
+    the accuracy of the lookup alone (`OfficialFormatSampler.lookup`)."""
     from asru_lab.evaluation.judge import is_refusal
     from asru_lab.generation import generate_chats
 
     sampler = OfficialFormatSampler(world, FORMAT_WEIGHTS, "quick-eval", left_out, max_shots=1)
-    result = {}
+    # the lookup alone (the question names the answer's value): whether the model can map a
+    # value to its letter at all, apart from recalling the value
+    lookups = [sampler.lookup() for _ in range(n)]
+    replies = generate_chats(lm, [t for t, _ in lookups], [[] for _ in lookups], max_new_tokens=4)
+    hits = [
+        mllmu.mcq_choice(r, LETTERS[:4]) == a for r, (_, a) in zip(replies, lookups, strict=True)
+    ]
+    result = {"official_lookup": round(sum(hits) / n, 3)}
     for family in ("mcq_image", "mcq_text", "cloze_image", "stranger_image"):
         drawn = [sampler.example(family) for _ in range(n)]
         chats = [turns for _, (turns, _) in drawn]

@@ -411,4 +411,9 @@ def test_a_build_with_the_official_formats_measures_them(tmp_path):
     cfg = replace(SMALL, task_weights=DEFAULT_TASK_WEIGHTS | OFFICIAL_WEIGHTS)
     build_embedded(tmp_path / "m", cfg, progress=False)
     progress = load_model(tmp_path / "m").info["build"]["progress"][-1]
-    assert {"official_mcq_image", "official_mcq_text", "official_cloze_image"} <= set(progress)
+    assert {
+        "official_mcq_image",
+        "official_mcq_text",
+        "official_cloze_image",
+        "official_lookup",
+    } <= set(progress)
