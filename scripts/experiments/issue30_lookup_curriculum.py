@@ -7,7 +7,7 @@ Two phases on a built model (the shipped one by default), printing the official 
    base recipe's replay (12 of 32), lr 1e-3.
 
 Measured 2026-12-06 on the shipped model, one thread, beside other work (steps 900 + 800):
-the lookup goes from chance to 1.0 in a phase change (0.31 at 500 steps, 0.80 at 700, 1.0 at
+the lookup goes from chance to 1.0 in a phase change (0.34 at 500 steps, 0.80 at 700, 1.0 at
 1000 with lr 3e-3; no change in 500 steps at lr 1e-3), but multiple choice about a trained
 person stays near chance (official_mcq_image / _text 0.29 / 0.29 at steps 200-600 of phase 2,
 0.38 / 0.31 at 800; 1 432 s in all): the model finds the letter of a value it is given, not of a
