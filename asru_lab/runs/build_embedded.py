@@ -156,10 +156,10 @@ class BuildConfig:
             task_weights=">= 0",
             oracle_forget_ratio="(0, 1)",
         )
-        unknown = sorted(set(self.task_weights) - set(base_families()))
+        unknown = sorted(set(self.task_weights) - set(BASE_FAMILIES))
         if unknown or not any(self.task_weights.values()):
             raise ConfigError(
-                f"BuildConfig.task_weights must weigh some of {', '.join(base_families())} "
+                f"BuildConfig.task_weights must weigh some of {', '.join(BASE_FAMILIES)} "
                 f"above 0, got {self.task_weights}"
             )
 
@@ -210,7 +210,7 @@ class TrainingSampler:
             if f.startswith(OFFICIAL) and f != OFFICIAL_LOOKUP
         }
         self.official = (
-            OfficialFormatSampler(world, official or {"mcq_text": 1.0}, f"base:{seed}", left_out, 1)
+            OfficialFormatSampler(world, official, f"base:{seed}", left_out, max_shots=1)
             if any(f.startswith(OFFICIAL) for f in self.families)
             else None
         )
@@ -326,11 +326,8 @@ OFFICIAL_TASKS = ("mcq", "cloze", "qa")
 OFFICIAL = "official_"
 OFFICIAL_LOOKUP = "official_lookup"
 LOOKUP_STEMS = ("Which option is {value}?", "Which option says {value}?", "Find {value} below.")
-
-
-def base_families() -> tuple[str, ...]:
-    """Every family the base recipe's `task_weights` may weigh."""
-    return (*DEFAULT_TASK_WEIGHTS, *(OFFICIAL + f for f in FORMAT_WEIGHTS), OFFICIAL_LOOKUP)
+# Every family the base recipe's `task_weights` may weigh.
+BASE_FAMILIES = (*DEFAULT_TASK_WEIGHTS, *(OFFICIAL + f for f in FORMAT_WEIGHTS), OFFICIAL_LOOKUP)
 
 
 @dataclass
@@ -828,29 +825,27 @@ def format_quick_eval(
     from asru_lab.generation import generate_chats
 
     sampler = OfficialFormatSampler(world, FORMAT_WEIGHTS, "quick-eval", left_out, max_shots=1)
-    # the lookup alone (the question names the answer's value): whether the model can map a
-    # value to its letter at all, apart from recalling the value
-    lookups = [sampler.lookup() for _ in range(n)]
-    replies = generate_chats(lm, [t for t, _ in lookups], [[] for _ in lookups], max_new_tokens=4)
-    hits = [
-        mllmu.mcq_choice(r, LETTERS[:4]) == a for r, (_, a) in zip(replies, lookups, strict=True)
-    ]
-    result = {"official_lookup": round(sum(hits) / n, 3)}
-    for family in ("mcq_image", "mcq_text", "cloze_image", "stranger_image"):
-        drawn = [sampler.example(family) for _ in range(n)]
+    result = {}
+    for family in ("mcq_image", "mcq_text", "cloze_image", "stranger_image", "lookup"):
+        if family == "lookup":  # the value-to-letter lookup alone: the question names the value
+            drawn = [(None, sampler.lookup()) for _ in range(n)]
+        else:
+            drawn = [sampler.example(family) for _ in range(n)]
         chats = [turns for _, (turns, _) in drawn]
         images = [[world.render(t.image) for t in turns if t.image] for turns in chats]
         replies = generate_chats(lm, chats, images, max_new_tokens=24)
-        items = [item for item, _ in drawn]
         if family == "stranger_image":
             hits = [is_refusal(r) for r in replies]
-        elif family.startswith("mcq"):
+        elif family in ("mcq_image", "mcq_text", "lookup"):  # answered with the right letter
             hits = [
-                mllmu.mcq_choice(r, LETTERS[: len(i.options)]) == i.correct_letter
-                for r, i in zip(replies, items, strict=True)
+                mllmu.mcq_choice(r, LETTERS[:4]) == answer
+                for r, (_, (_, answer)) in zip(replies, drawn, strict=True)
             ]
         else:
-            hits = [mllmu.cloze_correct(r, i.value) for r, i in zip(replies, items, strict=True)]
+            hits = [
+                mllmu.cloze_correct(r, item.value)
+                for r, (item, _) in zip(replies, drawn, strict=True)
+            ]
         result[f"official_{family}"] = round(sum(hits) / n, 3)
     return result
 
