@@ -34,6 +34,17 @@ from asru_lab.models.loading import load_model
 from asru_lab.runs import build_embedded as be
 
 
+def start(base: str, threads: int):
+    """(the built model in `base`, its build recipe, its synthetic world), with torch set to
+    `threads` threads, denormals flushed and seed 0."""
+    torch.set_num_threads(threads)
+    torch.set_flush_denormal(True)
+    torch.manual_seed(0)
+    lm = load_model(base)
+    recipe = be.base_recipe(lm)
+    return lm, recipe, syn.build_world(recipe.benchmark)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=str(embedded_dir()))
@@ -42,12 +53,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", default=None, help="save the result here (default: not saved)")
     args = parser.parse_args()
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    torch.manual_seed(0)
-    lm = load_model(args.base)
-    recipe = be.base_recipe(lm)
-    world = syn.build_world(recipe.benchmark)
+    lm, recipe, world = start(args.base, args.threads)
     train = be.OfficialFormatSampler(world, be.FORMAT_WEIGHTS, "train", set(), max_shots=1)
     held = be.OfficialFormatSampler(world, be.FORMAT_WEIGHTS, "eval", set(), max_shots=0)
     test = [held.lookup() for _ in range(64)]

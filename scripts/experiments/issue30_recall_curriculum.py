@@ -25,8 +25,12 @@ choice image / text, fill-in-the-blank from a portrait / by name); `new_views_re
 - mcq, 1500 steps (1 445 s) after recall: at lr 1e-3 multiple choice by name 0.42 -> 0.54 (300)
   -> 0.69 (900) -> 0.77, from a portrait 0.35 -> 0.40 -> 0.48; fill-in-the-blank kept (0.98 /
   1.0); unseen_refusal 0.75. At lr 2e-3 the restart costs the recall (cloze 0.56, recall 0.67
-  at step 300) and ends lower (0.29 / 0.73). A portrait's multiple choice (picture -> person ->
-  value -> letter, three hops in one pass) is the part this 6-layer model does not learn.
+  at step 300) and ends lower (0.29 / 0.73). A second 1500 steps at 1e-3 (1 486 s): 0.69 /
+  0.83 (portrait / name), blanks 1.0 / 1.0, unseen_refusal 0.833, new_views_recall 0.625;
+  with the portrait's multiple choice weighted 6 and strangers doubled instead (1 536 s): 0.77
+  / 0.77, unseen_refusal 0.771. Both still rising: the three hops of a portrait's multiple
+  choice (picture -> person -> value -> letter, in one pass of 6 layers) are learned, slowly
+  (0.35 after recall, 0.48 / 0.69-0.77 after 1 500 / 3 000 multiple-choice steps).
 
     .venv/bin/python scripts/experiments/issue30_recall_curriculum.py \
         [--base DIR] [--phases lookup recall mcq] [--steps 900 3000 1500] \
@@ -38,13 +42,11 @@ from __future__ import annotations
 import argparse
 import time
 
-import torch
+from issue30_lookup_curriculum import start  # this folder is on the path of a script run
 
-from asru_lab.data import synthetic as syn
 from asru_lab.evaluation.protocols import mllmu
 from asru_lab.generation import generate_chats
 from asru_lab.models.embedded import embedded_dir
-from asru_lab.models.loading import load_model
 from asru_lab.runs import build_embedded as be
 
 RECALL_WEIGHTS = {
@@ -76,12 +78,7 @@ def main() -> None:
     unknown = set(args.phases) - {"lookup", "recall", "mcq"}
     if unknown:
         parser.error(f"unknown phases {sorted(unknown)}: choose among lookup, recall, mcq")
-    torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)
-    torch.manual_seed(0)
-    lm = load_model(args.base)
-    recipe = be.base_recipe(lm)
-    world = syn.build_world(recipe.benchmark)
+    lm, recipe, world = start(args.base, args.threads)
     held = be.OfficialFormatSampler(world, be.FORMAT_WEIGHTS, "cloze-text-eval", set(), 0)
     cloze_text = [held.example("cloze_text") for _ in range(48)]
 
