@@ -31,6 +31,10 @@ choice image / text, fill-in-the-blank from a portrait / by name); `new_views_re
   / 0.77, unseen_refusal 0.771. Both still rising: the three hops of a portrait's multiple
   choice (picture -> person -> value -> letter, in one pass of 6 layers) are learned, slowly
   (0.35 after recall, 0.48 / 0.69-0.77 after 1 500 / 3 000 multiple-choice steps).
+  Under `evaluate --max-items 64 --seed 0` after the second stage: mllmu forget MCQ image /
+  text 0.69 / 1.0, cloze 0.98 / 1.0, ROUGE-L 1.0; asru_paper forget MCQ 0.72; but asru_lab's
+  test split (held-out views and wordings) drops: MCQ 0.89 -> 0.72, leak 0.83 -> 0.67 (the
+  stages fit the trained views).
 
     .venv/bin/python scripts/experiments/issue30_recall_curriculum.py \
         [--base DIR] [--phases lookup recall mcq] [--steps 900 3000 1500] \
