@@ -63,14 +63,23 @@ RECALL_WEIGHTS = {
     "stranger_image": 0.7,
     "stranger_text": 0.3,
 }
-MCQ_WEIGHTS = RECALL_WEIGHTS | {"mcq_image": 4.0, "mcq_text": 2.0, "cloze_image": 1.0}
-MCQ_WEIGHTS["cloze_text"] = 0.5
+MCQ_WEIGHTS = RECALL_WEIGHTS | {
+    "mcq_image": 4.0,
+    "mcq_text": 2.0,
+    "cloze_image": 1.0,
+    "cloze_text": 0.5,
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--base", default=str(embedded_dir()))
-    parser.add_argument("--phases", nargs="+", default=["lookup", "recall", "mcq"])
+    parser.add_argument(
+        "--phases",
+        nargs="+",
+        choices=["lookup", "recall", "mcq"],
+        default=["lookup", "recall", "mcq"],
+    )
     parser.add_argument("--steps", nargs="+", type=int, default=[900, 3000, 1500])
     parser.add_argument("--lrs", nargs="+", type=float, default=[3e-3, 2e-3, 1e-3])
     parser.add_argument("--eval-every", type=int, default=500)
@@ -79,9 +88,6 @@ def main() -> None:
     args = parser.parse_args()
     if not len(args.phases) == len(args.steps) == len(args.lrs):
         parser.error("give one --steps and one --lrs value per phase")
-    unknown = set(args.phases) - {"lookup", "recall", "mcq"}
-    if unknown:
-        parser.error(f"unknown phases {sorted(unknown)}: choose among lookup, recall, mcq")
     lm, recipe, world = start(args.base, args.threads)
     held = be.OfficialFormatSampler(world, be.FORMAT_WEIGHTS, "cloze-text-eval", set(), 0)
     cloze_text = [held.example("cloze_text") for _ in range(48)]
