@@ -147,6 +147,14 @@ class BuildConfig:
     oracle_split_seed: int = field(
         default=0, metadata={"help": "the split seed of the oracle's forget set"}
     )
+    per_example_loss: bool = field(
+        default=False,
+        metadata={
+            "help": "every example weighs alike in the loss (each answer's mean token loss, "
+            "averaged over the batch) instead of every answer token: a one-letter answer then "
+            "counts as much as a sentence (the format stage's loss)"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(
@@ -788,6 +796,7 @@ def _train(cfg: BuildConfig, out: Path, progress: bool, overwrite: bool) -> Load
         ),
         desc="build-embedded",
         progress=progress,
+        per_example=cfg.per_example_loss,
     )
     lm.info = {
         "build": {

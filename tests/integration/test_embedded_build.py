@@ -35,6 +35,7 @@ from asru_lab.runs.build_embedded import (
     OfficialFormatSampler,
     OfficialPrompts,
     TrainingSampler,
+    _example_mean_loss,
     build_embedded,
     by_turns,
     format_stage,
@@ -417,3 +418,27 @@ def test_a_build_with_the_official_formats_measures_them(tmp_path):
         "official_cloze_image",
         "official_lookup",
     } <= set(progress)
+
+
+def test_the_per_example_loss_is_the_mean_of_each_answers_own_loss(two_builds):
+    lm, _, _, _ = two_builds
+    collate = Collator(lm, {}, tokens_per_image=16)
+    examples = [
+        ((Turn("Where was Y born?"),), "A"),  # one letter: 2 answer tokens with the EOS
+        ((Turn("What does Z do?"),), "Z works as a nurse in a large hospital."),
+    ]
+    with torch.no_grad():
+        ours = _example_mean_loss(lm.model, collate(examples))
+        each = [lm.model(**collate([e])).loss for e in examples]
+        per_token = lm.model(**collate(examples)).loss
+    assert torch.allclose(ours, torch.stack(each).mean(), atol=1e-5)
+    assert not torch.allclose(ours, per_token, atol=1e-3)  # the sentence outweighs the letter
+
+
+def test_a_build_with_the_per_example_loss_records_it_and_trains_otherwise(two_builds, tmp_path):
+    _, a, _, _ = two_builds
+    build_embedded(tmp_path / "m", replace(SMALL, per_example_loss=True), progress=False)
+    assert load_model(tmp_path / "m").info["build"]["config"]["per_example_loss"] is True
+    assert load_model(a).info["build"]["config"]["per_example_loss"] is False
+    wa, wb = load_file(a / "model.safetensors"), load_file(tmp_path / "m" / "model.safetensors")
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
