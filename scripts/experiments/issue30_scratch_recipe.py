@@ -29,27 +29,24 @@ from dataclasses import replace
 from asru_lab.models.embedded import TinyDims
 from asru_lab.runs import build_embedded as be
 
+# per family of FORMAT_WEIGHTS, in its order (mcq, cloze, qa, stranger; image then text)
+SHARES = (4.0, 2.0, 2.0, 1.0, 1.0, 0.5, 1.5, 0.5)
 OFFICIAL_WEIGHTS = {
-    "official_mcq_image": 4.0,
-    "official_mcq_text": 2.0,
-    "official_cloze_image": 2.0,
-    "official_cloze_text": 1.0,
-    "official_qa_image": 1.0,
-    "official_qa_text": 0.5,
-    "official_stranger_image": 1.5,
-    "official_stranger_text": 0.5,
-    "official_lookup": 1.5,
-}
+    be.OFFICIAL + family: share for family, share in zip(be.FORMAT_WEIGHTS, SHARES, strict=True)
+} | {be.OFFICIAL_LOOKUP: 1.5}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="save the built model here")
-    parser.add_argument("--layers", type=int, default=6)
-    parser.add_argument("--steps", type=int, default=5000)
-    parser.add_argument("--lr", type=float, default=2e-3)
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--eval-every", type=int, default=1000)
+    for flag, default in (
+        ("--layers", 6),
+        ("--steps", 5000),
+        ("--lr", 2e-3),
+        ("--threads", 1),
+        ("--eval-every", 1000),
+    ):
+        parser.add_argument(flag, type=type(default), default=default)
     args = parser.parse_args()
     cfg = be.BuildConfig(
         steps=args.steps,
