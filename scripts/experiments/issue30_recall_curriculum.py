@@ -35,6 +35,13 @@ choice image / text, fill-in-the-blank from a portrait / by name); `new_views_re
   text 0.69 / 1.0, cloze 0.98 / 1.0, ROUGE-L 1.0; asru_paper forget MCQ 0.72; but asru_lab's
   test split (held-out views and wordings) drops: MCQ 0.89 -> 0.72, leak 0.83 -> 0.67 (the
   stages fit the trained views).
+- A third multiple-choice stage (1 500 steps at 1e-3, 1 637 s, new sampler seeds): 0.81 / 0.90,
+  still rising by about 0.1 per 1 500 steps. `evaluate --max-items 64 --seed 0`: mllmu forget
+  MCQ image / text 0.81 / 1.0, retain 0.78 / 0.80, test 0.81 / 0.91, cloze 0.98 / 1.0, ROUGE-L
+  1.0; asru_paper forget / retain / test MCQ 0.83 / 0.80 / 0.67; asru_lab's test split falls
+  further: MCQ 0.89 -> 0.58, leak 0.83 -> 0.55. Its failures are held-out wordings ("Tell me
+  which pet this person has.") answered as "Who is this?" ("This is Quinn Castell."): the
+  stages, on training wordings only, cost the base recipe's reading of new paraphrases.
 
     .venv/bin/python scripts/experiments/issue30_recall_curriculum.py \
         [--base DIR] [--phases lookup recall mcq] [--steps 900 3000 1500] \
