@@ -40,8 +40,10 @@ choice image / text, fill-in-the-blank from a portrait / by name); `new_views_re
   MCQ image / text 0.81 / 1.0, retain 0.78 / 0.80, test 0.81 / 0.91, cloze 0.98 / 1.0, ROUGE-L
   1.0; asru_paper forget / retain / test MCQ 0.83 / 0.80 / 0.67; asru_lab's test split falls
   further: MCQ 0.89 -> 0.58, leak 0.83 -> 0.55. Its failures are held-out wordings ("Tell me
-  which pet this person has.") answered as "Who is this?" ("This is Quinn Castell."): the
-  stages, on training wordings only, cost the base recipe's reading of new paraphrases.
+  which pet this person has.") answered as "Who is this?" ("This is Quinn Castell."). Not a
+  steady erosion: 900 steps from D2 with other seeds ended at asru_lab test MCQ / leak 0.92 /
+  0.84 (replay 8 of 32) and 0.77 / 0.70 (replay 16 of 32). The reading of held-out wordings
+  swings by about 0.2 between checkpoints: judge a recipe on two seeds, never on one.
 
     .venv/bin/python scripts/experiments/issue30_recall_curriculum.py \
         [--base DIR] [--phases lookup recall mcq] [--steps 900 3000 1500] \
