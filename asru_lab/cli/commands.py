@@ -467,7 +467,7 @@ def cmd_export(args) -> int:
 def cmd_build(args) -> int:
     from asru_lab.runs.build_embedded import BuildConfig, build_embedded
 
-    if args.format_stage or args.base is not None:
+    if args.format_stage or args.base is not None or args.stages:
         return _format_stage(args)
     cfg = _training_overrides(BuildConfig(), args)
     if args.oracle:
@@ -486,17 +486,20 @@ def _training_overrides(cfg, args):
 
 
 def _format_stage(args) -> int:
-    from asru_lab.runs.build_embedded import FormatStageConfig, format_stage
+    from asru_lab.runs.build_embedded import FORMAT_CURRICULUM, curriculum, format_stage
 
     if not (args.format_stage and args.base and args.out):
         raise UsageError(
             "the format stage continues a built model into a new folder: pass --format-stage "
-            "--base DIR --out NEW_DIR (--base is read only with --format-stage)"
+            "--base DIR --out NEW_DIR (--base and --stages are read only with --format-stage)"
         )
-    cfg = _training_overrides(FormatStageConfig(), args)
+    given = {k: getattr(args, k) for k in ("steps", "seed", "threads")}
+    stages = curriculum(
+        args.stages or FORMAT_CURRICULUM, **{k: v for k, v in given.items() if v is not None}
+    )
     oracle = (args.forget_ratio, args.split_seed) if args.oracle else None
-    lm = format_stage(args.base, args.out, cfg, oracle=oracle, overwrite=args.overwrite)
-    print(json.dumps(lm.info["format_stage"]["progress"][-1]))
+    lm = format_stage(args.base, args.out, stages, oracle=oracle, overwrite=args.overwrite)
+    print(json.dumps(lm.info["format_stage"]["stages"][-1]["progress"][-1]))
     return 0
 
 

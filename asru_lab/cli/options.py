@@ -374,7 +374,7 @@ def _export_benchmark_options(sub) -> None:
 
 
 def _build_embedded_options(sub) -> None:
-    from asru_lab.runs.build_embedded import BuildConfig, FormatStageConfig
+    from asru_lab.runs.build_embedded import FORMAT_CURRICULUM, FORMAT_STAGES, BuildConfig
 
     p = sub.add_parser("build-embedded", help="train the embedded tiny Qwen3-VL from scratch")
     p.add_argument(
@@ -384,19 +384,30 @@ def _build_embedded_options(sub) -> None:
         "required with --format-stage)",
     )
     steps = _config_class(BuildConfig).steps
-    stage_steps = _config_class(FormatStageConfig).steps
     _add_fields(
         p,
         BuildConfig,
         "steps seed threads",
         none=True,
-        steps={"help": f"optimiser steps (default: {steps}; with --format-stage: {stage_steps})"},
+        steps={
+            "help": f"optimiser steps (default: {steps}; with --format-stage: every stage's "
+            "steps, default each stage's own)"
+        },
     )
     p.add_argument(
         "--format-stage",
         action="store_true",
         help="instead of building from scratch, continue the built model --base on "
         "MLLMU-Bench's official prompts (with a replay of its own recipe) into --out",
+    )
+    p.add_argument(
+        "--stages",
+        nargs="+",
+        choices=list(FORMAT_STAGES),
+        default=None,
+        metavar="STAGE",
+        help="with --format-stage: the stages to run, in order (default: the curriculum "
+        f"{' '.join(FORMAT_CURRICULUM)}; one of {', '.join(FORMAT_STAGES)} each)",
     )
     p.add_argument(
         "--base",

@@ -14,7 +14,12 @@ Deterministic: the same config and seed give the same weights on the same machin
 The format stage (`format_stage`, `asru-lab build-embedded --format-stage`) continues a built
 model — the embedded model or a retrain oracle, each the same way — on MLLMU-Bench's official
 prompts, rendered by the `mllmu` protocol's own code (`OfficialPrompts`), mixed with a replay of
-the base recipe's mixture (`FormatStageConfig.format_share`) so that nothing it learned is lost:
+the base recipe's mixture (`FormatStageConfig.format_share`) so that nothing it learned is lost.
+It runs one stage or a curriculum of them (`FORMAT_STAGES`, `FORMAT_CURRICULUM`, issue #30): the
+lookup from a value to its letter alone ("Which option is Oslo?", `lookup_share`), then every
+official format, then the formats weighted to fill-in-the-blank (one-pass recall of a value,
+which the base recipe never asks: it recalls after saying the person's name), then to multiple
+choice (that recall composed with the lookup, in one pass). The official formats:
 - multiple choice: `A: …` option lines, "Just give ONE letter …", after 0 to `max_shots`
   few-shot turns of other trained people answered with their letters; answered with the letter;
 - fill-in-the-blank: `[Blank]` and "Please **ONLY** provide …"; answered with the value;
@@ -200,7 +205,7 @@ class TrainingSampler:
         self,
         world: syn.SyntheticWorld,
         weights: dict[str, float],
-        seed: int,
+        seed: int | str,
         left_out: set[str] = frozenset(),
     ):
         self.world = world
@@ -347,6 +352,9 @@ class FormatStageConfig:
     answer: multiple choice stays at chance (its letter loss is ln 4), cloze near 0.3.
     """
 
+    name: str = field(
+        default="formats", metadata={"help": "the stage's name in progress bars and records"}
+    )
     seed: int = field(default=0, metadata={"help": "seeds the stage's training data"})
     steps: int = field(default=800, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=32, metadata={"help": "examples per step"})
@@ -366,6 +374,14 @@ class FormatStageConfig:
         metadata={
             "help": "share of each batch in the official formats; the rest replays the base "
             "recipe's own mixture, so that nothing it learned is lost"
+        },
+    )
+    lookup_share: float = field(
+        default=0.0,
+        metadata={
+            "help": "share of each batch that is the value-to-letter lookup alone "
+            "(`OfficialFormatSampler.lookup`); the replay gets what format_share and "
+            "lookup_share leave"
         },
     )
     format_weights: dict[str, float] = field(
@@ -399,16 +415,95 @@ class FormatStageConfig:
             ConfigError,
             **TRAINING_CHECKS,
             format_share="[0, 1]",
+            lookup_share="[0, 1]",
             format_weights=">= 0",
             max_shots=">= 0",
             eval_items=">= 1",
         )
+        if self.format_share + self.lookup_share > 1:
+            raise ConfigError(
+                f"FormatStageConfig.format_share + lookup_share must be <= 1 (the replay gets "
+                f"the rest), got {self.format_share} + {self.lookup_share}"
+            )
         unknown = sorted(set(self.format_weights) - set(FORMAT_WEIGHTS))
         if unknown or not any(self.format_weights.values()):
             raise ConfigError(
                 f"FormatStageConfig.format_weights must weigh some of {', '.join(FORMAT_WEIGHTS)} "
                 f"above 0, got {self.format_weights}"
             )
+
+
+# The official families weighted to fill-in-the-blank (one-pass recall of a value), then to
+# multiple choice (recall composed with the lookup of its letter): issue #30's curriculum.
+RECALL_WEIGHTS = {
+    "mcq_image": 2.0,
+    "mcq_text": 1.0,
+    "cloze_image": 3.0,
+    "cloze_text": 1.5,
+    "qa_image": 0.5,
+    "qa_text": 0.3,
+    "stranger_image": 0.7,
+    "stranger_text": 0.3,
+}
+MCQ_WEIGHTS = RECALL_WEIGHTS | {
+    "mcq_image": 4.0,
+    "mcq_text": 2.0,
+    "cloze_image": 1.0,
+    "cloze_text": 0.5,
+}
+# The stages of the format curriculum (`format_stage` with a sequence of configs), by name.
+FORMAT_STAGES = {
+    # the lookup from a value to its letter alone
+    "lookup": FormatStageConfig(
+        name="lookup", steps=900, lr=3e-3, warmup_steps=20, format_share=0.0, lookup_share=1.0
+    ),
+    # every official format, half the batch replaying the base recipe
+    "formats": FormatStageConfig(
+        name="formats",
+        steps=800,
+        warmup_steps=20,
+        format_share=0.5,
+        lookup_share=0.125,
+        max_shots=1,
+    ),
+    # one-pass recall: the official formats weighted to fill-in-the-blank
+    "recall": FormatStageConfig(
+        name="recall",
+        steps=3000,
+        lr=2e-3,
+        warmup_steps=50,
+        format_share=0.625,
+        lookup_share=0.125,
+        format_weights=dict(RECALL_WEIGHTS),
+        max_shots=1,
+    ),
+    # recall composed with the lookup: the official formats weighted to multiple choice
+    "mcq": FormatStageConfig(
+        name="mcq",
+        steps=1500,
+        lr=1e-3,
+        warmup_steps=50,
+        format_share=0.625,
+        lookup_share=0.125,
+        format_weights=dict(MCQ_WEIGHTS),
+        max_shots=1,
+    ),
+}
+# The curriculum that continues every model alike (the embedded model and each oracle).
+FORMAT_CURRICULUM = ("lookup", "formats", "recall", "mcq", "mcq", "mcq")
+
+
+def curriculum(
+    names: Sequence[str] = FORMAT_CURRICULUM, **overrides
+) -> tuple[FormatStageConfig, ...]:
+    """The configs of the stages `names` (keys of `FORMAT_STAGES`), each with `overrides`
+    (e.g. `threads=1`, or `steps=2` for a quick try); ConfigError for an unknown name."""
+    unknown = [n for n in names if n not in FORMAT_STAGES]
+    if unknown or not names:
+        raise ConfigError(
+            f"format stages must be some of {', '.join(FORMAT_STAGES)}, got {list(names)}"
+        )
+    return tuple(replace(FORMAT_STAGES[n], **overrides) for n in names)
 
 
 class OfficialPrompts(mllmu.MllmuProtocol):
@@ -926,10 +1021,54 @@ def _check_base(lm: LoadedModel, recipe: BuildConfig, oracle: tuple[float, int] 
         )
 
 
+def _run_stage(
+    lm: LoadedModel,
+    world: syn.SyntheticWorld,
+    recipe: BuildConfig,
+    left_out: set[str],
+    cfg: FormatStageConfig,
+    seed: str,
+    collate: Collator,
+    progress: bool,
+) -> dict:
+    """Train `lm` for one format stage; its record (config, timings, progress, loss)."""
+    started = time.time()
+    replay = TrainingSampler(world, recipe.task_weights, f"replay:{seed}", left_out)
+    official = OfficialFormatSampler(world, cfg.format_weights, seed, left_out, cfg.max_shots)
+    n_official = round(cfg.format_share * cfg.batch_size)
+    n_lookup = round(cfg.lookup_share * cfg.batch_size)
+    n_replay = max(0, cfg.batch_size - n_official - n_lookup)
+    torch.manual_seed(cfg.seed)
+    history, evals = _fit(
+        lm,
+        cfg,
+        lambda: [
+            *official.parts(n_official),
+            [official.lookup() for _ in range(n_lookup)],
+            [replay.sample() for _ in range(n_replay)],
+        ],
+        collate,
+        lambda: (
+            quick_eval(lm, world, cfg.eval_items)
+            | format_quick_eval(lm, world, left_out, cfg.eval_items)
+        ),
+        desc=f"format stage: {cfg.name}",
+        progress=progress,
+        per_example=True,
+    )
+    return {
+        "config": asdict(cfg),
+        "seconds": round(time.time() - started, 1),
+        "torch_threads": torch.get_num_threads(),
+        "progress": evals,
+        "loss_every_100": history[::100],
+    }
+
+
 def format_stage(
     base_dir: str | Path,
     out_dir: str | Path,
-    config: FormatStageConfig | None = None,
+    config: FormatStageConfig | Sequence[FormatStageConfig] | None = None,
     *,
     oracle: tuple[float, int] | None = None,
     progress: bool = True,
@@ -938,61 +1077,54 @@ def format_stage(
     """Continue the built model in `base_dir` on MLLMU-Bench's official prompts mixed with its
     own recipe's replay (module docstring), and save it to `out_dir` (never `base_dir`).
 
-    `oracle`: the forget set (ratio, split seed) the base was built without, left out again
-    here; None: the base must be the vanilla embedded model. Returns the trained model; its
-    `asru_lab_model.json` and `build.json` gain a `format_stage` record (config, base, timings,
-    progress). FormatStageError for a base that is not a build of `build_embedded`, an oracle
-    of another forget set (or `oracle` given for the vanilla model), or an already staged one.
+    `config`: one stage, or a curriculum of stages run in order (`curriculum()`; each with its
+    own optimiser, schedule and samplers, seeded by its seed and place). None: one default
+    `FormatStageConfig`. `oracle`: the forget set (ratio, split seed) the base was built
+    without, left out again here; None: the base must be the vanilla embedded model. Returns the
+    trained model; its `asru_lab_model.json` and `build.json` gain a `format_stage` record (each
+    stage's config, timings and progress; the base). FormatStageError for a base that is not a
+    build of `build_embedded`, an oracle of another forget set (or `oracle` given for the
+    vanilla model), or an already staged one.
     """
-    cfg = replace(config) if config is not None else FormatStageConfig()
+    if config is None:
+        config = FormatStageConfig()
+    configs = [config] if isinstance(config, FormatStageConfig) else list(config)
+    if not configs or not all(isinstance(c, FormatStageConfig) for c in configs):
+        raise ConfigError(f"format_stage needs FormatStageConfig stages, got {config!r}")
+    # a copy runs __post_init__ again: fields set after construction are checked too
+    configs = [replace(c) for c in configs]
     check_apart({"the base model": base_dir}, {"the output": out_dir})
     out = check_output(Path(out_dir), overwrite=overwrite)
-    with _cpu_threads(cfg.threads):
-        started = time.time()
-        lm = load_model(base_dir)
-        recipe = base_recipe(lm)
-        _check_base(lm, recipe, oracle)
-        base = {
-            "name": lm.name,
-            "path": str(base_dir),
-            "model_sha256": hashlib.sha256(
-                (Path(base_dir) / "model.safetensors").read_bytes()
-            ).hexdigest(),
-        }
-        world = syn.build_world(recipe.benchmark)
-        left_out = recipe.left_out()
-        replay = TrainingSampler(world, recipe.task_weights, cfg.seed, left_out)
-        official = OfficialFormatSampler(
-            world, cfg.format_weights, cfg.seed, left_out, cfg.max_shots
-        )
-        n_official = round(cfg.format_share * cfg.batch_size)
-        pixels, tokens_per_image = _pixel_cache(lm.processor, world, replay.image_paths(), progress)
-        torch.manual_seed(cfg.seed)
-        history, evals = _fit(
-            lm,
-            cfg,
-            lambda: [
-                *official.parts(n_official),
-                [replay.sample() for _ in range(cfg.batch_size - n_official)],
-            ],
-            Collator(lm, pixels, tokens_per_image),
-            lambda: (
-                quick_eval(lm, world, cfg.eval_items)
-                | format_quick_eval(lm, world, left_out, cfg.eval_items)
-            ),
-            desc="format stage",
-            progress=progress,
-            per_example=True,
-        )
-        lm.info["format_stage"] = {
-            "config": asdict(cfg),
-            "base": base,
-            "left_out": sorted(left_out),
-            "seconds": round(time.time() - started, 1),
-            "torch_threads": torch.get_num_threads(),
-            "progress": evals,
-            "loss_every_100": history[::100],
-        }
+    started = time.time()
+    lm = load_model(base_dir)
+    recipe = base_recipe(lm)
+    _check_base(lm, recipe, oracle)
+    base = {
+        "name": lm.name,
+        "path": str(base_dir),
+        "model_sha256": hashlib.sha256(
+            (Path(base_dir) / "model.safetensors").read_bytes()
+        ).hexdigest(),
+    }
+    world = syn.build_world(recipe.benchmark)
+    left_out = recipe.left_out()
+    paths = TrainingSampler(world, recipe.task_weights, 0, left_out).image_paths()
+    pixels, tokens_per_image = _pixel_cache(lm.processor, world, paths, progress)
+    collate = Collator(lm, pixels, tokens_per_image)
+    stages = []
+    for k, cfg in enumerate(configs):
+        with _cpu_threads(cfg.threads):
+            stages.append(
+                _run_stage(lm, world, recipe, left_out, cfg, f"{cfg.seed}:{k}", collate, progress)
+            )
+        if len(configs) > 1 and progress:
+            tqdm.write(f"stage {k + 1}/{len(configs)} ({cfg.name}): {stages[-1]['progress'][-1]}")
+    lm.info["format_stage"] = {
+        "stages": stages,
+        "base": base,
+        "left_out": sorted(left_out),
+        "seconds": round(time.time() - started, 1),
+    }
     lm.source = str(out)
     build = {**lm.info["build"], "format_stage": lm.info["format_stage"]}
     lm.save(out, records={"build.json": build}, overwrite=overwrite)

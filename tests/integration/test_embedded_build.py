@@ -21,6 +21,7 @@ from asru_lab.data import synthetic_text as wording
 from asru_lab.data.synthetic import SyntheticConfig, build_world, load_synthetic
 from asru_lab.errors import AsruLabError
 from asru_lab.evaluation.judge import is_refusal
+from asru_lab.evaluation.protocols import mllmu
 from asru_lab.evaluation.protocols.base import modality
 from asru_lab.evaluation.protocols.mllmu import MllmuProtocol
 from asru_lab.generation import Turn, build_chat_prompt, encode
@@ -28,7 +29,10 @@ from asru_lab.models.embedded import ORACLE_NAME, TinyDims
 from asru_lab.models.loading import load_model
 from asru_lab.runs.build_embedded import (
     DEFAULT_TASK_WEIGHTS,
+    FORMAT_CURRICULUM,
+    FORMAT_STAGES,
     FORMAT_WEIGHTS,
+    MCQ_WEIGHTS,
     BuildConfig,
     Collator,
     FormatStageConfig,
@@ -38,6 +42,7 @@ from asru_lab.runs.build_embedded import (
     _example_mean_loss,
     build_embedded,
     by_turns,
+    curriculum,
     format_stage,
 )
 from asru_lab.validation import ConfigError
@@ -248,7 +253,9 @@ def test_the_format_stage_records_itself_and_is_deterministic(staged, tmp_path):
     base, out = staged
     info = load_model(out).info
     stage = info["format_stage"]
-    assert stage["config"]["steps"] == STAGE.steps and stage["config"]["format_share"] == 0.5
+    (only,) = stage["stages"]
+    assert only["config"]["steps"] == STAGE.steps and only["config"]["format_share"] == 0.5
+    assert len(only["progress"]) == 1 and only["seconds"] > 0
     assert (
         stage["base"]["model_sha256"]
         == hashlib.sha256((base / "model.safetensors").read_bytes()).hexdigest()
@@ -261,7 +268,97 @@ def test_the_format_stage_records_itself_and_is_deterministic(staged, tmp_path):
     w0 = load_file(base / "model.safetensors")
     assert all(torch.equal(w1[k], w2[k]) for k in w1)
     assert any(not torch.equal(w0[k], w1[k]) for k in w0)  # it trained
-    assert again.info["format_stage"]["config"] == stage["config"]
+    assert again.info["format_stage"]["stages"][0]["config"] == only["config"]
+
+
+def test_a_curriculum_runs_its_stages_in_order_each_with_its_own_mixture(two_builds, tmp_path):
+    """A curriculum trains each stage after the previous one (a lookup-only stage draws nothing
+    but lookups, a multiple-choice stage its own weights), records each, and is deterministic."""
+    _, base, _, _ = two_builds
+    stages = curriculum(("lookup", "mcq"), steps=2, batch_size=8, eval_items=4)
+    assert [s.name for s in stages] == ["lookup", "mcq"]
+    assert stages[0].lookup_share == 1.0 and stages[1].format_weights == MCQ_WEIGHTS
+    lm = format_stage(base, tmp_path / "c", stages, progress=False)
+    record = load_model(tmp_path / "c").info["format_stage"]
+    assert [s["config"]["name"] for s in record["stages"]] == ["lookup", "mcq"]
+    assert [s["config"]["lr"] for s in record["stages"]] == [3e-3, 1e-3]
+    assert record["stages"] == lm.info["format_stage"]["stages"]
+    one = format_stage(base, tmp_path / "one", stages[:1], progress=False)
+    format_stage(base, tmp_path / "again", stages, progress=False)
+    weights = [load_file(tmp_path / d / "model.safetensors") for d in ("c", "one", "again")]
+    assert all(torch.equal(weights[0][k], weights[2][k]) for k in weights[0])
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])  # mcq trained
+    assert one.info["format_stage"]["stages"][0] == {
+        **record["stages"][0],
+        "seconds": one.info["format_stage"]["stages"][0]["seconds"],
+    }
+
+
+def test_the_stages_draw_the_shares_they_are_given(two_builds, monkeypatch):
+    """Each step's batch: format_share official examples, lookup_share lookups, the rest the
+    base recipe's replay."""
+    import asru_lab.runs.build_embedded as be
+
+    _, base, _, _ = two_builds
+    drawn = []
+
+    def record_fit(lm, cfg, draw, collate, evaluate, **kwargs):
+        drawn.append((cfg.name, draw()))
+        return [], [{}]
+
+    monkeypatch.setattr(be, "_fit", record_fit)
+    stages = curriculum(("lookup", "formats", "mcq"), batch_size=16)
+    format_stage(base, base.parent / "shares", stages, progress=False)
+    lookup = re.compile(
+        "|".join(re.escape(s).replace(re.escape("{value}"), ".+") for s in be.LOOKUP_STEMS)
+    )
+    instructions = [mllmu.MCQ_INSTRUCTION, mllmu.CLOZE_INSTRUCTION, *mllmu.QA_INSTRUCTION.values()]
+    for name, parts in drawn:
+        examples = [e for part in parts for e in part]
+        n_lookup = sum(bool(lookup.match(turns[-1].text)) for turns, _ in examples)
+        n_official = sum(
+            any(i in turns[-1].text for i in instructions) and not lookup.match(turns[-1].text)
+            for turns, _ in examples
+        )
+        cfg = FORMAT_STAGES[name]
+        assert n_lookup == round(16 * cfg.lookup_share), name
+        assert n_official == round(16 * cfg.format_share), name
+        assert len(examples) == 16, name
+    assert [name for name, _ in drawn] == ["lookup", "formats", "mcq"]
+
+
+def test_an_unknown_stage_is_refused_with_the_stages_there_are(tmp_path, capsys):
+    argv = ["--format-stage", "--base", str(tmp_path), "--out", str(tmp_path / "o")]
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["build-embedded", *argv, "--stages", "mcqs"])
+    assert exit_.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "argument --stages: invalid choice: 'mcqs'" in last
+    assert "'lookup', 'formats', 'recall', 'mcq'" in last
+
+
+def test_build_embedded_format_stage_runs_the_stages_asked(two_builds, tmp_path, capsys):
+    _, base, _, _ = two_builds
+    argv = ["--format-stage", "--base", str(base), "--out", str(tmp_path / "o")]
+    assert cli.main(["build-embedded", *argv, "--stages", "lookup", "mcq", "--steps", "1"]) == 0
+    record = load_model(tmp_path / "o").info["format_stage"]
+    assert [(s["config"]["name"], s["config"]["steps"]) for s in record["stages"]] == [
+        ("lookup", 1),
+        ("mcq", 1),
+    ]
+    assert (
+        json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+        == (record["stages"][-1]["progress"][-1])
+    )
+
+
+def test_the_curriculum_names_known_stages_and_shares_that_fit():
+    assert [c.name for c in curriculum()] == list(FORMAT_CURRICULUM)
+    assert all(c.threads == 1 for c in curriculum(threads=1))
+    with pytest.raises(ConfigError, match="format stages must be some of lookup, formats"):
+        curriculum(("lookup", "mcqs"))
+    with pytest.raises(ConfigError, match=r"format_share \+ lookup_share must be <= 1"):
+        FormatStageConfig(format_share=0.9, lookup_share=0.2)
 
 
 @pytest.mark.parametrize(
@@ -329,6 +426,7 @@ def test_the_format_stage_refuses_what_it_cannot_continue(
             "is the vanilla embedded model, not a retrain oracle",
         ),
         (["--format-stage", "--base", "{base}", "--out", "{base}"], "is also --base"),
+        (["--stages", "lookup", "--out", "{out}"], "pass --format-stage --base DIR --out NEW_DIR"),
     ],
 )
 def test_build_embedded_format_stage_errors_are_one_line(
