@@ -467,7 +467,7 @@ def cmd_export(args) -> int:
 def cmd_build(args) -> int:
     from asru_lab.runs.build_embedded import BuildConfig, build_embedded
 
-    if args.format_stage or args.base is not None or args.stages:
+    if args.format_stage or args.base is not None or args.stages or args.resume:
         return _format_stage(args)
     cfg = _training_overrides(BuildConfig(), args)
     if args.oracle:
@@ -491,14 +491,17 @@ def _format_stage(args) -> int:
     if not (args.format_stage and args.base and args.out):
         raise UsageError(
             "the format stage continues a built model into a new folder: pass --format-stage "
-            "--base DIR --out NEW_DIR (--base and --stages are read only with --format-stage)"
+            "--base DIR --out NEW_DIR (--base, --stages and --resume are read only with "
+            "--format-stage)"
         )
     given = {k: getattr(args, k) for k in ("steps", "seed", "threads")}
     stages = curriculum(
         args.stages or FORMAT_CURRICULUM, **{k: v for k, v in given.items() if v is not None}
     )
     oracle = (args.forget_ratio, args.split_seed) if args.oracle else None
-    lm = format_stage(args.base, args.out, stages, oracle=oracle, overwrite=args.overwrite)
+    lm = format_stage(
+        args.base, args.out, stages, oracle=oracle, overwrite=args.overwrite, resume=args.resume
+    )
     print(json.dumps(lm.info["format_stage"]["stages"][-1]["progress"][-1]))
     return 0
 

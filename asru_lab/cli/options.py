@@ -410,6 +410,12 @@ def _build_embedded_options(sub) -> None:
         f"{' '.join(FORMAT_CURRICULUM)}; one of {', '.join(FORMAT_STAGES)} each)",
     )
     p.add_argument(
+        "--resume",
+        action="store_true",
+        help="with --format-stage: continue from the stages --out already holds (it is saved "
+        "after every stage) when they are the first of those asked",
+    )
+    p.add_argument(
         "--base",
         default=None,
         metavar="DIR",

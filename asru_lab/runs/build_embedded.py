@@ -1073,6 +1073,7 @@ def format_stage(
     oracle: tuple[float, int] | None = None,
     progress: bool = True,
     overwrite: bool = False,
+    resume: bool = False,
 ) -> LoadedModel:
     """Continue the built model in `base_dir` on MLLMU-Bench's official prompts mixed with its
     own recipe's replay (module docstring), and save it to `out_dir` (never `base_dir`).
@@ -1082,9 +1083,14 @@ def format_stage(
     `FormatStageConfig`. `oracle`: the forget set (ratio, split seed) the base was built
     without, left out again here; None: the base must be the vanilla embedded model. Returns the
     trained model; its `asru_lab_model.json` and `build.json` gain a `format_stage` record (each
-    stage's config, timings and progress; the base). FormatStageError for a base that is not a
-    build of `build_embedded`, an oracle of another forget set (or `oracle` given for the
-    vanilla model), or an already staged one.
+    stage's config, timings and progress; the base; `complete`). FormatStageError for a base
+    that is not a build of `build_embedded`, an oracle of another forget set (or `oracle` given
+    for the vanilla model), or an already staged one.
+
+    `out_dir` holds the model after every finished stage (`complete` false until the last).
+    `resume`: continue from the stages `out_dir` already holds when they are the first of these
+    stages on this base (the same weights as one uninterrupted run: a stage starts from nothing
+    but the model's weights and its own seeds); FormatStageError when they are not.
     """
     if config is None:
         config = FormatStageConfig()
@@ -1095,7 +1101,6 @@ def format_stage(
     configs = [replace(c) for c in configs]
     check_apart({"the base model": base_dir}, {"the output": out_dir})
     out = check_output(Path(out_dir), overwrite=overwrite)
-    started = time.time()
     lm = load_model(base_dir)
     recipe = base_recipe(lm)
     _check_base(lm, recipe, oracle)
@@ -1108,24 +1113,52 @@ def format_stage(
     }
     world = syn.build_world(recipe.benchmark)
     left_out = recipe.left_out()
+    record = {"stages": [], "base": base, "left_out": sorted(left_out), "complete": False}
+    if resume and (out / "asru_lab_model.json").is_file():
+        lm, record["stages"] = _finished(out, configs, record)
     paths = TrainingSampler(world, recipe.task_weights, 0, left_out).image_paths()
     pixels, tokens_per_image = _pixel_cache(lm.processor, world, paths, progress)
     collate = Collator(lm, pixels, tokens_per_image)
-    stages = []
-    for k, cfg in enumerate(configs):
-        with _cpu_threads(cfg.threads):
-            stages.append(
-                _run_stage(lm, world, recipe, left_out, cfg, f"{cfg.seed}:{k}", collate, progress)
-            )
-        if len(configs) > 1 and progress:
-            tqdm.write(f"stage {k + 1}/{len(configs)} ({cfg.name}): {stages[-1]['progress'][-1]}")
-    lm.info["format_stage"] = {
-        "stages": stages,
-        "base": base,
-        "left_out": sorted(left_out),
-        "seconds": round(time.time() - started, 1),
-    }
     lm.source = str(out)
-    build = {**lm.info["build"], "format_stage": lm.info["format_stage"]}
-    lm.save(out, records={"build.json": build}, overwrite=overwrite)
+    for k in range(len(record["stages"]), len(configs)):
+        cfg = configs[k]
+        with _cpu_threads(cfg.threads):
+            stage = _run_stage(
+                lm, world, recipe, left_out, cfg, f"{cfg.seed}:{k}", collate, progress
+            )
+        record["stages"].append(stage)
+        record["complete"] = k + 1 == len(configs)
+        record["seconds"] = round(sum(s["seconds"] for s in record["stages"]), 1)
+        lm.info["format_stage"] = record
+        build = {**lm.info["build"], "format_stage": record}
+        lm.save(out, records={"build.json": build}, overwrite=overwrite)
+        if len(configs) > 1 and progress:
+            tqdm.write(f"stage {k + 1}/{len(configs)} ({cfg.name}): {stage['progress'][-1]}")
     return lm
+
+
+def _finished(
+    out: Path, configs: list[FormatStageConfig], record: dict
+) -> tuple[LoadedModel, list[dict]]:
+    """(the model in `out`, its finished stages) when they are the first of `configs` on the
+    base and forget set of `record`; FormatStageError otherwise."""
+    partial = load_model(out)
+    held = partial.info.get("format_stage")
+    stages = held.get("stages") if isinstance(held, dict) else None
+    asked = [asdict(c) for c in configs]
+    mismatch = None
+    if not isinstance(stages, list) or not all(isinstance(s, dict) for s in stages):
+        mismatch = "no format-stage record of finished stages"
+    elif held.get("base", {}).get("model_sha256") != record["base"]["model_sha256"]:
+        mismatch = "stages on another base model"
+    elif held.get("left_out") != record["left_out"]:
+        mismatch = "stages with another forget set left out"
+    elif [s.get("config") for s in stages] != asked[: len(stages)]:
+        done = [s.get("config", {}).get("name") for s in stages]
+        mismatch = f"the stages {done}, not the first of those asked ({[c.name for c in configs]})"
+    if mismatch:
+        raise FormatStageError(
+            f"cannot resume in {out}: it holds {mismatch} (or settings that differ); choose a "
+            "new --out, or drop --resume to start over there"
+        )
+    return partial, stages

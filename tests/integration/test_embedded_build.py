@@ -294,6 +294,33 @@ def test_a_curriculum_runs_its_stages_in_order_each_with_its_own_mixture(two_bui
     }
 
 
+def test_a_curriculum_resumes_where_it_stopped_with_the_same_weights(two_builds, tmp_path):
+    """The output holds the model after every stage; --resume continues from the stages it
+    holds and ends with the weights of one uninterrupted run; other stages are refused."""
+    _, base, _, _ = two_builds
+    stages = curriculum(("lookup", "mcq"), steps=2, batch_size=8, eval_items=4)
+    format_stage(base, tmp_path / "straight", stages, progress=False)
+    format_stage(base, tmp_path / "cut", stages[:1], progress=False)  # stopped after stage 1
+    partial = load_model(tmp_path / "cut").info["format_stage"]
+    assert partial["complete"] is True and len(partial["stages"]) == 1  # all it was asked
+    resumed = format_stage(base, tmp_path / "cut", stages, progress=False, resume=True)
+    record = resumed.info["format_stage"]
+    assert record["complete"] and [s["config"]["name"] for s in record["stages"]] == [
+        "lookup",
+        "mcq",
+    ]
+    assert record["stages"][0] == partial["stages"][0]  # stage 1 not run again
+    w1 = load_file(tmp_path / "straight/model.safetensors")
+    w2 = load_file(tmp_path / "cut/model.safetensors")
+    assert all(torch.equal(w1[k], w2[k]) for k in w1)
+    other = curriculum(("formats", "mcq"), steps=2, batch_size=8, eval_items=4)
+    with pytest.raises(AsruLabError, match="cannot resume in .*the stages \\['lookup', 'mcq'\\]"):
+        format_stage(base, tmp_path / "cut", other, progress=False, resume=True)
+    # an empty output resumes from nothing
+    fresh = format_stage(base, tmp_path / "new", stages[:1], progress=False, resume=True)
+    assert len(fresh.info["format_stage"]["stages"]) == 1
+
+
 def test_the_stages_draw_the_shares_they_are_given(two_builds, monkeypatch):
     """Each step's batch: format_share official examples, lookup_share lookups, the rest the
     base recipe's replay."""
@@ -427,6 +454,7 @@ def test_the_format_stage_refuses_what_it_cannot_continue(
         ),
         (["--format-stage", "--base", "{base}", "--out", "{base}"], "is also --base"),
         (["--stages", "lookup", "--out", "{out}"], "pass --format-stage --base DIR --out NEW_DIR"),
+        (["--resume", "--out", "{out}"], "pass --format-stage --base DIR --out NEW_DIR"),
     ],
 )
 def test_build_embedded_format_stage_errors_are_one_line(
