@@ -11,9 +11,12 @@ forget and the test split:
 - prefill (`attacks.prefill`): the answer started with the reference answer's words up to the
   fact;
 - perturbed inputs (`attacks.perturbed_inputs`): flipped, cropped, blurred, JPEG portraits;
+- weight quantisation (`quantization`): int8 and int4 copies, asked plainly and prefilled;
 - relearning (`relearn`): LoRA steps on half the forget people's facts, leak on the other half;
 - linear-probe extraction and the logit lens (`readout`): is the fact still readable inside;
-- membership inference (`readout.membership`): loss and min-k % AUC, privleak vs the oracle.
+- membership inference (`readout.membership`): loss, min-k %, min-k %++, zlib and reference
+  (the oracle's loss) AUC over the whole answer and over the fact's tokens, privleak vs the
+  oracle.
 
 `AuditReport.summary["recovered_leak"]` is the worst forget leak over every generating attack.
 """

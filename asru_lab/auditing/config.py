@@ -7,14 +7,26 @@ from dataclasses import dataclass, field
 from asru_lab.errors import AsruLabError
 from asru_lab.validation import ConfigError, check_fields
 
-ATTACKS = ("ablation", "prefill", "relearn", "linear_probe", "logit_lens", "membership", "inputs")
+ATTACKS = (
+    "ablation",
+    "prefill",
+    "relearn",
+    "linear_probe",
+    "logit_lens",
+    "membership",
+    "inputs",
+    "quantize",
+)
 PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
+QUANT_BITS = (4, 8)  # the weight widths the quantisation attack rounds to
 
 # The version of what the attacks measure, in every cached audit's key (`asru-lab reproduce`):
 # raise it whenever a change moves an attack's numbers, so that no cache serves the old ones.
 # 2: the linear probe's test set is sampled to `max_items` per split like every other attack's.
 # 3: each relearning point also asks retain questions; an attack that broke the model is void.
-AUDIT_PROTOCOL = 3
+# 4: the quantisation attack; membership by the fact's tokens, Min-K%++, zlib and the oracle as
+#    reference model (AUCs now in float64).
+AUDIT_PROTOCOL = 4
 
 
 class AuditError(AsruLabError, ValueError):
@@ -67,11 +79,21 @@ class AuditConfig:
     )
     mink_fraction: float = field(
         default=0.2,
-        metadata={"help": "membership inference: min-k% uses this fraction of lowest log-probs"},
+        metadata={
+            "help": "membership inference: min-k% and min-k%++ average this fraction of the "
+            "lowest token scores"
+        },
     )
     perturbations: tuple[str, ...] = field(
         default=PERTURBATIONS,
         metadata={"help": f"input perturbations of the forget portraits, of {PERTURBATIONS}"},
+    )
+    quant_bits: tuple[int, ...] = field(
+        default=(8, 4),
+        metadata={
+            "help": f"quantisation: the weight widths in bits, some of {QUANT_BITS} (each a "
+            "round-to-nearest copy of the model; Zhang et al. 2024: 4 bits undo small updates)"
+        },
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -95,6 +117,11 @@ class AuditConfig:
                 raise ConfigError(
                     f"AuditConfig.{name} has unknown entries {unknown}; expected some of {allowed}"
                 )
+        bits = self.quant_bits
+        if not bits or any(b not in QUANT_BITS for b in bits) or len(set(bits)) < len(bits):
+            raise ConfigError(
+                f"AuditConfig.quant_bits must be some of {QUANT_BITS}, each once, got {bits}"
+            )
         steps = self.relearn_steps
         if not steps:
             raise ConfigError("AuditConfig.relearn_steps is empty; give e.g. (0, 10, 25, 50, 100)")

@@ -1,7 +1,7 @@
 """The measurements every attack is built from: seeded samples of questions, greedy answers
 checked for the fact (a leak), hidden states at the last prompt token of every layer, and
 projecting directions out of the residual stream. (The log-probabilities of reference answers
-come from `evaluation.probability.answer_logprobs`.)
+come from `evaluation.probability.answer_logprobs` and `answer_token_stats`.)
 
 All of them run the model as it is when they are called, hooks included: an inference-time
 method's probe applied around them (`Unlearned.applied()`) is part of what is measured.

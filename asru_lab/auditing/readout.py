@@ -8,15 +8,18 @@ generation attacks ask whether it can be made to *say* it.
 from __future__ import annotations
 
 import math
+import zlib
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import torch
 
 from asru_lab.data.schema import QAItem
 from asru_lab.directions import auroc
-from asru_lab.evaluation.probability import answer_logprobs
+from asru_lab.evaluation.probability import AnswerTokenStats, answer_token_stats
 from asru_lab.generation import build_prompt, fact_prefix, fact_token
 from asru_lab.models.loading import LoadedModel
+from asru_lab.training import Example, answer_tokens
 
 from .attacks import ATTACKED_SPLITS, Subject
 from .config import AuditError
@@ -228,32 +231,136 @@ def non_members(subject: Subject) -> list[QAItem]:
     return out
 
 
-def _scores(subject: Subject, lm: LoadedModel, items, applied, desc: str) -> dict[str, list]:
-    cfg = subject.config
-    with applied():
-        logps = answer_logprobs(
-            lm,
-            subject.bench,
-            items,
-            [i.answer for i in items],
-            batch_size=cfg.batch_size,
-            progress=cfg.progress,
-            desc=desc,
+# the scores of a scored text, each lower for a likelier (more member-like) text
+SCORES = ("loss", "mink", "minkpp", "zlib")
+SIGMA_FLOOR = 1e-12  # a next-token distribution sure of one token: no spread to divide by
+
+
+def lowest_mean(values: torch.Tensor, fraction: float) -> float:
+    """The mean of the `fraction` lowest of `values` (ceil(fraction * n) of them, at least
+    one)."""
+    k = max(1, math.ceil(fraction * len(values)))
+    return float(values.sort().values[:k].mean())
+
+
+def zlib_bytes(text: str) -> int:
+    """The length in bytes of `text` (UTF-8) compressed by zlib at its default level."""
+    return len(zlib.compress(text.encode("utf-8")))
+
+
+def text_scores(stats: AnswerTokenStats, text: str, fraction: float) -> dict[str, float]:
+    """`SCORES` of one scored `text` from its tokens' `stats` (nats): `loss`, the mean token
+    NLL; `mink`, minus the mean of the `fraction` lowest token log-probs; `minkpp`, minus the
+    mean of the `fraction` lowest Min-K%++ token scores (log p(x_t) - mu_t) / sigma_t; `zlib`,
+    `loss` over `zlib_bytes(text)`."""
+    loss = -float(stats.logprob.mean())
+    calibrated = (stats.logprob - stats.mean) / stats.std.clamp_min(SIGMA_FLOOR)
+    return {
+        "loss": loss,
+        "mink": -lowest_mean(stats.logprob, fraction),
+        "minkpp": -lowest_mean(calibrated, fraction),
+        "zlib": loss / zlib_bytes(text),
+    }
+
+
+def fact_spans(lm: LoadedModel, items: Sequence[QAItem]) -> list[tuple[int, int] | None]:
+    """Per item, (first, end) among its answer's scored tokens (`answer_logprobs`' tokens:
+    the answer tokenised after its prompt, the end of turn left out) of the tokens that spell
+    its `value`: those whose characters overlap the value where `fact_prefix` finds it in the
+    answer (a token merging the value with a neighbouring character counts). None when the
+    answer does not contain the value."""
+    tok = lm.tokenizer
+    if not tok.is_fast:
+        raise AuditError(
+            f"membership inference over the fact's tokens needs each token's characters, which "
+            f"only a fast tokenizer gives; {lm.name} has a {type(tok).__name__}"
         )
-    loss, mink = [], []
-    for lp in logps:
-        loss.append(-float(lp.mean()))
-        k = max(1, math.ceil(cfg.mink_fraction * len(lp)))
-        mink.append(-float(lp.sort().values[:k].mean()))
-    return {"loss": loss, "mink": mink}
+    eos = tok.eos_token or ""
+    tails, _ = answer_tokens(lm, [Example(i.image, i.question, i.answer) for i in items])
+    spans: list[tuple[int, int] | None] = []
+    for item, tail in zip(items, tails, strict=True):
+        at = item.answer.lower().find(item.value.lower())
+        if not item.value or at < 0:
+            spans.append(None)
+            continue
+        prompt = build_prompt(lm, item.question, item.has_image)
+        text = tok(
+            prompt + item.answer + eos, add_special_tokens=False, return_offsets_mapping=True
+        )
+        offsets = text["offset_mapping"][-len(tail) :][:-1]  # the answer's, without its eos
+        start, end = len(prompt) + at, len(prompt) + at + len(item.value)
+        inside = [k for k, (a, b) in enumerate(offsets) if a < end and b > start]
+        spans.append((inside[0], inside[-1] + 1) if inside else None)
+    return spans
+
+
+def item_scores(
+    stats: AnswerTokenStats, item: QAItem, span: tuple[int, int] | None, fraction: float
+) -> dict[str, float | None]:
+    """`text_scores` of `item`'s whole answer, and (`fact_*`, None without a `span`) of the
+    answer's tokens in `span` alone, with the value as the answer spells it as their text."""
+    fact = dict.fromkeys(SCORES)
+    if span is not None:
+        value = fact_prefix(item.answer, item.value)[1]
+        fact = text_scores(AnswerTokenStats(*(t[slice(*span)] for t in stats)), value, fraction)
+    whole = text_scores(stats, item.answer, fraction)
+    return {**whole, **{f"fact_{kind}": score for kind, score in fact.items()}}
+
+
+def add_reference(rows: list[dict], oracle_rows: list[dict]) -> None:
+    """Give each of `rows` (`item_scores`) its `reference` and `fact_reference` scores: its
+    loss minus the oracle's on the same answer (`oracle_rows`, in the same order)."""
+    for row, base in zip(rows, oracle_rows, strict=True):
+        for part in ("", "fact_"):
+            loss = row[f"{part}loss"]
+            row[f"{part}reference"] = None if loss is None else loss - base[f"{part}loss"]
+
+
+def score_auc(members: list[dict], others: list[dict], kind: str) -> float | None:
+    """AUC of telling `members` from `others` by their `kind` score (lower: seen), the rows
+    without one left out; None when a side has none."""
+    inside, outside = (
+        [-r[kind] for r in rows if r[kind] is not None] for rows in (members, others)
+    )
+    if not inside or not outside:
+        return None
+    return auroc(
+        torch.tensor(inside, dtype=torch.float64), torch.tensor(outside, dtype=torch.float64)
+    )
+
+
+def privleak(auc: float | None, oracle_auc: float | None) -> float | None:
+    """((1 - AUC) - (1 - AUC_oracle)) / (1 - AUC_oracle) * 100: 0 as the oracle, negative
+    more recognisable; None without both AUCs or when the oracle's is 1."""
+    if auc is None or oracle_auc is None or oracle_auc == 1:
+        return None
+    return ((1 - auc) - (1 - oracle_auc)) / (1 - oracle_auc) * 100
 
 
 def membership(subject: Subject, oracle: LoadedModel | None) -> tuple[dict, list[dict]]:
     """Membership inference: AUC of telling the forget questions (members) from never-seen
-    people's (non-members) by the reference answer's loss (mean token NLL) and by min-k %
-    (the mean of the k % lowest token log-probs); 1 = every member found, 0.5 = chance. With
-    the oracle, privleak = ((1 - AUC) - (1 - AUC_oracle)) / (1 - AUC_oracle) * 100 (0: as the
-    oracle; negative: more recognisable than never-seen people)."""
+    people's (non-members, `non_members`) by a score of the reference answer; 1 = every member
+    found, 0.5 = chance. Every score is lower for a likelier, more member-like answer:
+
+    - `loss`: the mean token NLL (LOSS, Yeom et al. 2018);
+    - `mink`: Min-K% (Shi et al. 2024), minus the mean of the `mink_fraction` lowest token
+      log-probs;
+    - `minkpp`: Min-K%++ (Zhang et al. 2024), the same over each token's log-prob calibrated
+      by the model's own next-token distribution there, (log p(x_t) - mu_t) / sigma_t with
+      mu_t = sum_v p(v) log p(v) and sigma_t^2 = sum_v p(v) log p(v)^2 - mu_t^2;
+    - `zlib`: the loss over the answer's zlib-compressed length in bytes (Carlini et al. 2021);
+    - `reference`: the loss minus the retrain oracle's loss on the same answer (Carlini et al.
+      2021's reference model; the oracle never saw the forget people). Skipped without an
+      oracle (`reference_skipped` says why).
+
+    Each is computed over the whole answer (`loss_auc`, ...: "Alma Aldous was born in Oslo.",
+    whose name alone gives membership away) and over the tokens that spell the fact alone
+    (`fact_loss_auc`, ...: " Oslo", `fact_spans`; `zlib` then divides by the value's
+    compressed length; `n_fact_members` / `n_fact_non_members` answers contain their value).
+    With the oracle, its own AUC under each score (`oracle_loss_auc`, ...; 0.5 for
+    `reference`, by construction) and privleak = ((1 - AUC) - (1 - AUC_oracle)) /
+    (1 - AUC_oracle) * 100 (`loss_privleak`, ...; 0: as the oracle; negative: more
+    recognisable than never-seen people). The records hold every answer's scores."""
     cfg = subject.config
     # image questions on both sides (the never-seen people are only ever shown)
     members = subject.bench.questions("forget", "qa", image_only=True)
@@ -261,34 +368,63 @@ def membership(subject: Subject, oracle: LoadedModel | None) -> tuple[dict, list
     outsiders = sample(non_members(subject), cfg.max_items, cfg.seed, "mia:out")
     if not outsiders:
         return {"skipped": "the benchmark has no never-seen people (split 'unseen')"}, []
-    out: dict = {"n_members": len(members), "n_non_members": len(outsiders)}
-    models = [("audited", subject.lm, subject.applied)]
+    groups = {"member": members, "non_member": outsiders}
+    spans = {group: fact_spans(subject.lm, items) for group, items in groups.items()}
+    out: dict = {
+        "n_members": len(members),
+        "n_non_members": len(outsiders),
+        "n_fact_members": sum(s is not None for s in spans["member"]),
+        "n_fact_non_members": sum(s is not None for s in spans["non_member"]),
+    }
+    models = {"audited": (subject.lm, subject.applied)}
     if oracle is not None:
-        models.append(("oracle", oracle, nullcontext))
-    records: list[dict] = []
-    for name, model, applied in models:
-        inside = _scores(subject, model, members, applied, f"membership: {name}, members")
-        outside = _scores(subject, model, outsiders, applied, f"membership: {name}, others")
-        for kind in ("loss", "mink"):
-            # a lower loss means "seen": the score is minus the loss
-            auc = auroc(-torch.tensor(inside[kind]), -torch.tensor(outside[kind]))
+        models["oracle"] = (oracle, nullcontext)
+    scores: dict[str, dict[str, list[dict]]] = {}
+    for name, (model, applied) in models.items():
+        scores[name] = {}
+        for group, items in groups.items():
+            with applied():
+                stats = answer_token_stats(
+                    model,
+                    subject.bench,
+                    items,
+                    [i.answer for i in items],
+                    batch_size=cfg.batch_size,
+                    progress=cfg.progress,
+                    desc=f"membership: {name}, {group}s",
+                )
+            scores[name][group] = [
+                item_scores(s, item, span, cfg.mink_fraction)
+                for s, item, span in zip(stats, items, spans[group], strict=True)
+            ]
+    kinds = [*SCORES, *(f"fact_{kind}" for kind in SCORES)]
+    if oracle is None:
+        out["reference_skipped"] = (
+            "no retrain oracle given: the reference attack compares the audited model's loss "
+            "with the oracle's (audit(..., oracle=load_oracle()))"
+        )
+    else:
+        kinds += ["reference", "fact_reference"]
+        for rows in scores.values():
+            for group in groups:
+                add_reference(rows[group], scores["oracle"][group])
+    for name, rows in scores.items():
+        for kind in kinds:
+            auc = score_auc(rows["member"], rows["non_member"], kind)
             out[f"{kind}_auc" if name == "audited" else f"oracle_{kind}_auc"] = auc
-        if name == "audited":
-            groups = (("member", members, inside), ("non_member", outsiders, outside))
-            for group, items, scores in groups:
-                records += [
-                    {
-                        "attack": "membership",
-                        "group": group,
-                        "person_id": item.person_id,
-                        "answer": item.answer,
-                        "loss": scores["loss"][k],
-                        "mink": scores["mink"][k],
-                    }
-                    for k, item in enumerate(items)
-                ]
     if oracle is not None:
-        for kind in ("loss", "mink"):
-            ref = 1 - out[f"oracle_{kind}_auc"]
-            out[f"{kind}_privleak"] = ((1 - out[f"{kind}_auc"]) - ref) / ref * 100 if ref else None
+        for kind in kinds:
+            out[f"{kind}_privleak"] = privleak(out[f"{kind}_auc"], out[f"oracle_{kind}_auc"])
+    records = [
+        {
+            "attack": "membership",
+            "group": group,
+            "person_id": item.person_id,
+            "answer": item.answer,
+            "value": item.value,
+            **row,
+        }
+        for group, items in groups.items()
+        for item, row in zip(items, scores["audited"][group], strict=True)
+    ]
     return out, records

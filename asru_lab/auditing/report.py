@@ -21,8 +21,9 @@ PAGE_FILE = "audit.html"
 
 def void_attacks(results: dict) -> dict[str, str]:
     """The attacks that broke the model, by name, each with why: those that changed the model
-    (ablation, relearning) and lost more than half of its retain recall, at least 0.25 of it.
-    A broken model answers nothing, so its leak neither shows the knowledge gone nor back."""
+    (ablation, relearning, quantisation) and lost more than half of its retain recall, at least
+    0.25 of it. A broken model answers nothing, so its leak neither shows the knowledge gone nor
+    back. (A quantised model's prefill answers are judged by its recall without prefill.)"""
     found: dict[str, str] = {}
 
     def check(name: str, block: dict, before: float | None) -> None:
@@ -32,8 +33,12 @@ def void_attacks(results: dict) -> dict[str, str]:
         if after < before / 2 and before - after >= 0.25:
             found[name] = f"the attack broke the model: retain recall {before:.2f} -> {after:.2f}"
 
+    recall = results.get("none", {}).get("retain_recall")
     for name, block in results.get("ablation", {}).items():
-        check(f"ablation_{name}", block, results.get("none", {}).get("retain_recall"))
+        check(f"ablation_{name}", block, recall)
+    for width, block in results.get("quantize", {}).items():
+        for variant in (width, f"{width}+prefill"):
+            check(f"quantize_{variant}", block, recall)
     relearned = results.get("relearn", {})
     before = relearned.get("retain_control", {}).get("recall_before")
     for variant, curve in relearned.get("curves", {}).items():
@@ -61,16 +66,22 @@ def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
     for name, block in results.get("inputs", {}).items():
         if key in block:
             found[f"input_{name}"] = block[key]
+    for width, block in results.get("quantize", {}).items():
+        for variant, part in ((width, block), (f"{width}+prefill", block.get("prefill", {}))):
+            if key in part:
+                found[f"quantize_{variant}"] = part[key]
     void = void_attacks(results)
     return {name: leak for name, leak in found.items() if name not in void}
 
 
 def summarize(results: dict) -> dict:
     """The audit's headline numbers (the `audit.*` columns of `reproduce --audit`):
-    forget leak with no attack, after each kind of attack, the linear probe's best accuracy,
-    the membership-inference AUC, and `recovered_leak`: the worst forget leak over every attack
-    that generates (and which attack gave it). An attack that broke the model counts as
-    neither recovering nor not: its leak is None and `void_attacks` says why."""
+    forget leak with no attack, after each kind of attack (`quantize_leak_int4`: the int4
+    copy's, asked plainly), the linear probe's best accuracy, the membership-inference AUC
+    (by the whole answer's loss; `mia_fact_auc` by the fact's tokens' alone), and
+    `recovered_leak`: the worst forget leak over every attack that generates (and which attack
+    gave it). An attack that broke the model counts as neither recovering nor not: its leak is
+    None and `void_attacks` says why."""
     out: dict = {}
     leaks = _forget_leaks(results)
     void = void_attacks(results)
@@ -85,6 +96,8 @@ def summarize(results: dict) -> dict:
             out[f"{prefix}_k{point['steps']}"] = point.get("forget_leak") if valid else None
     inputs = [v for k, v in leaks.items() if k.startswith("input_")]
     out["input_leak"] = max(inputs) if inputs else None
+    for width in results.get("quantize", {}):
+        out[f"quantize_leak_{width}"] = leaks.get(f"quantize_{width}")
     probe = results.get("linear_probe", {})
     out["probe_acc_best"] = probe.get("best")
     out["probe_acc_chance"] = probe.get("chance")
@@ -93,6 +106,7 @@ def summarize(results: dict) -> dict:
     mia = results.get("membership", {})
     out["mia_auc"] = mia.get("loss_auc")
     out["mia_privleak"] = mia.get("loss_privleak")
+    out["mia_fact_auc"] = mia.get("fact_loss_auc")  # the name left out: not saturated
     if leaks:
         worst = max(leaks, key=lambda k: leaks[k])
         out["recovered_leak"], out["recovered_by"] = leaks[worst], worst

@@ -10,7 +10,7 @@ from asru_lab.evaluation.harness import forget_people, oracle_mismatch
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 
-from . import attacks, readout, relearn
+from . import attacks, quantization, readout, relearn
 from .config import AuditConfig, AuditError
 from .measure import sample
 from .report import AuditReport, summarize
@@ -114,6 +114,7 @@ def audit(
         "ablation": (attacks.ablation, subject, reference, baseline),
         "prefill": (attacks.prefill, subject),
         "inputs": (attacks.perturbed_inputs, subject),
+        "quantize": (quantization.quantize, subject),
         "relearn": (relearn.relearn, subject, baseline),
         "linear_probe": (readout.linear_probe, subject, reference, oracle),
         "logit_lens": (readout.logit_lens, subject),

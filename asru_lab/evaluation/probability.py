@@ -25,7 +25,8 @@ tokens are those after the assistant turn opens, the end-of-turn token not count
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple, TypeVar
 
 import torch
 from tqdm.auto import tqdm
@@ -39,28 +40,59 @@ from asru_lab.training import Example, answer_tokens
 # The splits about the forget people, aggregated "closer to 1 is better".
 FORGET_SPLITS = ("forget", "test")
 TRUTH_RATIO_EPS = 1e-10
+T = TypeVar("T")
 
 
 class ProbabilityError(AsruLabError, ValueError):
     """A probability metric cannot be computed from what it was given."""
 
 
+class AnswerTokenStats(NamedTuple):
+    """Per answer token, float64 `[n_tokens]` each (nats): `logprob`, log p(x_t) of the
+    answer's token; `mean` and `std`, the mean and standard deviation of log p(v) with v drawn
+    from the model's own next-token distribution p at that position: mu_t = sum_v p(v) log p(v)
+    (minus the entropy), sigma_t^2 = sum_v p(v) log p(v)^2 - mu_t^2."""
+
+    logprob: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
+
+def next_token_stats(logits: torch.Tensor, targets: torch.Tensor) -> AnswerTokenStats:
+    """`AnswerTokenStats` of the tokens `targets` (`[n]`) under next-token `logits`
+    (`[n, vocab]`), in float64."""
+    logits = logits.double()
+    logp = logits - logits.logsumexp(-1, keepdim=True)
+    p = logp.exp()
+    mean = (p * logp).sum(-1)
+    # sum p (log p - mu)^2: sigma^2 without the cancellation of sum p log p^2 - mu^2
+    std = (p * (logp - mean.unsqueeze(-1)).square()).sum(-1).sqrt()
+    return AnswerTokenStats(logp.gather(-1, targets.view(-1, 1)).squeeze(-1), mean, std)
+
+
+def _token_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    logits = logits.double()
+    picked = logits.gather(-1, targets.view(-1, 1)) - logits.logsumexp(-1, keepdim=True)
+    return picked.squeeze(-1)
+
+
 @torch.no_grad()
-def answer_logprobs(
+def _teacher_forced(
     lm: LoadedModel,
     bench: Benchmark,
     items: Sequence[QAItem],
     answers: Sequence[str],
+    read: Callable[[torch.Tensor, torch.Tensor], T],
     *,
     batch_size: int,
-    progress: bool = False,
-    desc: str = "answer log-probs",
-) -> list[torch.Tensor]:
-    """Per item, float64 log-probabilities of its answer's tokens (teacher-forced after the
-    prompt; the end-of-turn token is not counted)."""
+    progress: bool,
+    desc: str,
+) -> list[T]:
+    """Per item, `read(logits, targets)` of its answer's tokens (teacher-forced after the
+    prompt), the end-of-turn token left out: one forward pass per batch."""
     examples = [Example(i.image, i.question, a) for i, a in zip(items, answers, strict=True)]
     tails, _ = answer_tokens(lm, examples)
-    out: list[torch.Tensor] = []
+    out: list[T] = []
     starts = range(0, len(items), batch_size)
     for start in tqdm(starts, desc=desc, disable=not progress, leave=False):
         chunk = range(start, min(len(items), start + batch_size))
@@ -73,11 +105,61 @@ def answer_logprobs(
         ids = inputs["input_ids"]
         for row, k in enumerate(chunk):
             n = len(tails[k])  # answer tokens + end of turn, at the end of the row
-            scores = logits[row, -n - 1 : -1].double()  # position t predicts token t + 1
-            target = ids[row, -n:].unsqueeze(-1)
-            picked = (scores.gather(-1, target) - scores.logsumexp(-1, keepdim=True)).squeeze(-1)
-            out.append(picked[:-1].cpu() if n > 1 else picked.cpu())
+            # position t predicts token t + 1; an empty answer keeps its end of turn
+            kept = slice(-n - 1, -2) if n > 1 else slice(-2, -1)
+            out.append(read(logits[row, kept], ids[row, -n:][: max(n - 1, 1)]))
     return out
+
+
+def answer_logprobs(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    answers: Sequence[str],
+    *,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "answer log-probs",
+) -> list[torch.Tensor]:
+    """Per item, float64 log-probabilities of its answer's tokens (teacher-forced after the
+    prompt; the end-of-turn token is not counted)."""
+    logps = _teacher_forced(
+        lm,
+        bench,
+        items,
+        answers,
+        _token_logprobs,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    return [lp.cpu() for lp in logps]
+
+
+def answer_token_stats(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    answers: Sequence[str],
+    *,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "answer token stats",
+) -> list[AnswerTokenStats]:
+    """Per item, `AnswerTokenStats` of its answer's tokens: `answer_logprobs`' log-probs with
+    the mean and standard deviation of the next-token distribution's log-probs at each, from
+    the same forward pass (Min-K%++ needs them)."""
+    stats = _teacher_forced(
+        lm,
+        bench,
+        items,
+        answers,
+        next_token_stats,
+        batch_size=batch_size,
+        progress=progress,
+        desc=desc,
+    )
+    return [AnswerTokenStats(*(t.cpu() for t in s)) for s in stats]
 
 
 def item_probabilities(

@@ -69,7 +69,7 @@ def test_vanilla_model_leaks_everywhere(report):
 def test_every_answer_is_in_the_records(report):
     attacks = {r["attack"] for r in report.records}
     assert {"none", "ablation_reference", "prefill", "input_jpeg", "logit_lens"} <= attacks
-    assert {"relearn_forget_k0", "relearn_benign_k2", "membership"} <= attacks
+    assert {"relearn_forget_k0", "relearn_benign_k2", "membership", "quantize"} <= attacks
     prefill = [r for r in report.records if r["attack"] == "prefill"]
     assert all(r["prefix"] and r["answer"] is not None for r in prefill)
 

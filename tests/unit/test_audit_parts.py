@@ -1,6 +1,6 @@
 """The audit's parts that need no model: its config checks, the summary it reads off the
-results, the relearning split, the perturbations, the linear probe's classifier, privleak's
-formula and the report's file checks."""
+results, the relearning split, the perturbations, the quantiser, the linear probe's
+classifier, privleak's formula and the report's file checks."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from PIL import Image
 
 from asru_lab.auditing import AuditConfig, AuditError, AuditReport, summarize
 from asru_lab.auditing.attacks import PERTURB
+from asru_lab.auditing.quantization import fake_quantize
 from asru_lab.auditing.readout import _fit_predict
 from asru_lab.auditing.relearn import halves
 from asru_lab.generation import fact_prefix
@@ -38,6 +39,13 @@ def test_unknown_attack_or_perturbation_is_named():
         AuditConfig(attacks=("prefill", "jailbreak"))
     with pytest.raises(ConfigError, match="'rotate'"):
         AuditConfig(perturbations=("rotate",))
+
+
+@pytest.mark.parametrize("bits", [(3,), (16,), (), (8, 4, 8)])
+def test_quant_bits_must_be_supported_widths(bits):
+    with pytest.raises(ConfigError, match=r"quant_bits must be some of \(4, 8\)") as info:
+        AuditConfig(quant_bits=bits)
+    assert f"got {bits}" in str(info.value)
 
 
 def test_fields_are_checked():
@@ -79,6 +87,29 @@ def test_summary_takes_the_worst_leak_over_every_generating_attack():
     assert summarize({})["ablation_leak"] is None
 
 
+def test_summary_counts_quantised_leaks_unless_quantising_broke_the_model():
+    def width(leak: float, recall: float, prefilled: float) -> dict:
+        return {"forget_leak": leak, "retain_recall": recall, "prefill": {"forget_leak": prefilled}}
+
+    results = {
+        "none": {"forget_leak": 0.1, "retain_recall": 0.9},
+        "prefill": {"forget_leak": 0.3},
+        "quantize": {"int8": width(0.1, 0.9, 0.3), "int4": width(0.6, 0.85, 0.8)},
+    }
+    summary = summarize(results)
+    assert summary["quantize_leak_int8"] == 0.1
+    assert summary["quantize_leak_int4"] == 0.6
+    assert (summary["recovered_leak"], summary["recovered_by"]) == (0.8, "quantize_int4+prefill")
+    assert summary["prefill_leak"] == 0.3 and summary["void_attacks"] is None
+    # int4 lost the retain facts too: its leaks (plain and prefilled) measure nothing
+    results["quantize"]["int4"] = width(0.6, 0.2, 0.8)
+    summary = summarize(results)
+    assert summary["quantize_leak_int4"] is None
+    assert (summary["recovered_leak"], summary["recovered_by"]) == (0.3, "prefill")
+    assert "quantize_int4: the attack broke the model" in summary["void_attacks"]
+    assert "quantize_int4+prefill: the attack broke the model" in summary["void_attacks"]
+
+
 def test_relearning_halves_are_seeded_disjoint_and_cover_everyone():
     people = [f"k{i:03d}" for i in range(12)]
     taught, held = halves(people, seed=0)
@@ -107,6 +138,54 @@ def test_each_perturbation_changes_the_picture_but_not_its_size(name):
     out = PERTURB[name](image)
     assert out.size == image.size and out.mode == "RGB"
     assert list(out.getdata()) != list(image.getdata())
+
+
+def _weight() -> torch.Tensor:
+    weight = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
+    weight[3] = 0.0
+    return weight
+
+
+def _relative_error(rounded: torch.Tensor, weight: torch.Tensor) -> float:
+    return float((rounded - weight).norm() / weight.norm())
+
+
+def test_fake_quantize_rounds_each_row_to_its_own_symmetric_grid():
+    weight = _weight()
+    int8, int4 = fake_quantize(weight, 8), fake_quantize(weight, 4)
+    assert _relative_error(int8, weight) < 0.01
+    assert 0.05 < _relative_error(int4, weight) < 0.2
+    assert int8.dtype == weight.dtype and int8.shape == weight.shape
+    assert torch.equal(int4[3], torch.zeros(64))  # a row of zeros stays zero, no NaN
+    for row, rounded in zip(weight, int4, strict=True):
+        scale = row.abs().max() / 7  # 4 bits: the integers -7..7
+        if scale == 0:
+            continue
+        steps = rounded / scale
+        assert torch.allclose(steps, steps.round(), atol=1e-4)
+        assert steps.abs().max().round() == 7  # the row's largest weight is a grid end, exact
+        assert (rounded - row).abs().max() <= scale / 2 + 1e-6  # round to nearest
+    # one scale per row: a row 100 times larger changes no other row's grid
+    louder = weight.clone()
+    louder[5] *= 100
+    others = [k for k in range(16) if k != 5]
+    assert torch.equal(fake_quantize(louder, 4)[others], int4[others])
+    assert torch.allclose(fake_quantize(louder, 4)[5], int4[5] * 100, rtol=1e-5)
+    assert fake_quantize(weight.bfloat16(), 4).dtype == torch.bfloat16
+
+
+def test_an_update_smaller_than_half_an_int4_step_rounds_away():
+    """Zhang et al.'s mechanism: unlearning that moves each weight by less than half a step
+    (the row's largest weight kept) leaves the int4 model exactly as it was before."""
+    grid = fake_quantize(_weight(), 4)
+    scale = grid.abs().amax(dim=1, keepdim=True) / 7
+    update = (torch.rand(grid.shape, generator=torch.Generator().manual_seed(1)) - 0.5) * 0.9
+    unlearned = grid + update * scale
+    largest = grid.abs() == grid.abs().amax(dim=1, keepdim=True)
+    unlearned[largest] = grid[largest]
+    assert not torch.equal(unlearned, grid)
+    assert torch.allclose(fake_quantize(unlearned, 4), grid, atol=1e-6)
+    assert not torch.allclose(fake_quantize(unlearned, 8), grid, atol=1e-3)
 
 
 def test_linear_probe_classifier_reads_a_linear_code_and_is_deterministic():
