@@ -44,6 +44,13 @@ choice image / text, fill-in-the-blank from a portrait / by name); `new_views_re
   steady erosion: 900 steps from D2 with other seeds ended at asru_lab test MCQ / leak 0.92 /
   0.84 (replay 8 of 32) and 0.77 / 0.70 (replay 16 of 32). The reading of held-out wordings
   swings by about 0.2 between checkpoints: judge a recipe on two seeds, never on one.
+- A fourth multiple-choice stage (from the third's model, 3 000 steps at 1e-3, new seeds;
+  stopped at step 1 500): 0.77 / 0.79 at steps 500 and 1 000 (the third ended at 0.81 / 0.90,
+  ±0.07 at 48 items); the same at batch 16 (6 000 steps, the same compute; stopped at step
+  2 700): 0.71 / 0.88 (step 1 000), 0.77 / 0.90 (2 000). The official multiple choice levels
+  off near 0.8 here: more steps of this mixture, or smaller batches, do not carry it to 0.95.
+  This curriculum is now the package's (`build_embedded.FORMAT_CURRICULUM`, run by
+  `asru-lab build-embedded --format-stage`).
 
     .venv/bin/python scripts/experiments/issue30_recall_curriculum.py \
         [--base DIR] [--phases lookup recall mcq] [--steps 900 3000 1500] \
