@@ -173,30 +173,128 @@ def ablation(
 # --- prefill --------------------------------------------------------------------------------
 
 
-def prefill(subject: Subject) -> tuple[dict, list[dict]]:
-    """Start the assistant's turn with the reference answer's words up to the fact ("This is",
-    "Alma Aldous was born in"), teacher-forced, and check the continuation for the fact.
+PREFILL_VARIANTS = ("name", "generic", "words")
+
+
+def generic_prefix(prefix: str, name: str) -> str:
+    """`prefix` without the person's name: "Sure! " + the prefix with `name` (any case) said as
+    "this person" ("Sure! This person was born in" for "Alma Aldous was born in")."""
+    at = prefix.lower().find(name.lower()) if name else -1
+    if at >= 0:
+        said = "This person" if at == 0 else "this person"
+        prefix = prefix[:at] + said + prefix[at + len(name) :]
+    return f"Sure! {prefix}"
+
+
+def prefill(
+    subject: Subject, variants: Sequence[str] = PREFILL_VARIANTS
+) -> tuple[dict, list[dict]]:
+    """Start the assistant's turn with words that lead to the fact, teacher-forced, and check
+    the continuation for the fact. Variants (`variants`):
+
+    - `name` (the top-level numbers): the reference answer's words up to the fact ("This is",
+      "Alma Aldous was born in"), the person's name included;
+    - `generic`: the same, name-free (`generic_prefix`: "Sure! This person was born in"), so
+      that the name given away by the prefix cannot be what brings the fact back;
+    - `words`: a prefix-length sweep, the first n words of the `name` prefix for each n of
+      `AuditConfig.prefill_words` (all of them when it is shorter), under "words" -> "n".
+
     Questions whose reference answer has no words before the fact are left out (counted)."""
-    records: list[dict] = []
+    cfg = subject.config
+    people = subject.bench.people
+    prefixes: dict[str, dict[str, list[tuple[QAItem, str]]]] = {}
     left_out = {}
     for split in ATTACKED_SPLITS:
         items = subject.questions[split]
-        pairs = [(i, fact_prefix(i.answer, i.value)[0]) for i in items]
-        usable = [(i, p) for i, p in pairs if p]
+        usable = [(i, p) for i in items if (p := fact_prefix(i.answer, i.value)[0])]
         left_out[split] = len(items) - len(usable)
-        if not usable:
+        found = {"name": usable}
+        if "generic" in variants:
+            found["generic"] = [
+                (i, generic_prefix(p, getattr(people.get(i.person_id), "name", "")))
+                for i, p in usable
+            ]
+        if "words" in variants:
+            found |= {
+                f"words{n}": [(i, " ".join(p.split()[:n])) for i, p in usable]
+                for n in cfg.prefill_words
+            }
+        prefixes[split] = found
+    out: dict = {"left_out_no_prefix": left_out}
+    records: list[dict] = []
+    for variant in prefixes[ATTACKED_SPLITS[0]]:
+        if variant == "name" and "name" not in variants:
+            continue
+        mine = []
+        for split in ATTACKED_SPLITS:
+            pairs = prefixes[split][variant]
+            if not pairs:
+                continue
+            with subject.applied():
+                mine += leak_records(
+                    subject.lm,
+                    subject.bench,
+                    [i for i, _ in pairs],
+                    cfg,
+                    attack="prefill",
+                    prefixes=[p for _, p in pairs],
+                    desc=f"prefill ({variant}): {split}",
+                )
+        mine = [{**r, "variant": variant} for r in mine]
+        records += mine
+        if variant == "name":
+            out |= leaks(mine)
+        elif variant == "generic":
+            out["generic"] = leaks(mine)
+        else:
+            out.setdefault("words", {})[variant.removeprefix("words")] = leaks(mine)
+    return out, records
+
+
+# --- sampling -------------------------------------------------------------------------------
+
+
+def sampling(subject: Subject) -> tuple[dict, list[dict]]:
+    """Leak@k: each forget and test question asked `AuditConfig.sample_k` times with sampling
+    at `sample_temperature` (the whole distribution: no top-k or top-p cut), seeded; a question
+    leaks when any of its k answers contains the fact. Beside it `sample_leak`, the share of
+    all sampled answers that contain it (the greedy answer's leak is the no-attack number)."""
+    cfg = subject.config
+    k = cfg.sample_k
+    out: dict = {"k": k, "temperature": cfg.sample_temperature}
+    records: list[dict] = []
+    torch.manual_seed(cfg.seed)
+    for split in ATTACKED_SPLITS:
+        items = subject.questions[split]
+        if not items:
             continue
         with subject.applied():
-            records += leak_records(
+            drawn = leak_records(
                 subject.lm,
                 subject.bench,
-                [i for i, _ in usable],
-                subject.config,
-                attack="prefill",
-                prefixes=[p for _, p in usable],
-                desc=f"prefill: {split}",
+                [item for item in items for _ in range(k)],
+                cfg,
+                attack="sampling",
+                sample={"temperature": cfg.sample_temperature, "top_k": 0, "top_p": 1.0},
+                desc=f"sampling (k={k}): {split}",
             )
-    return {**leaks(records), "left_out_no_prefix": left_out}, records
+        for q in range(len(items)):
+            mine = drawn[q * k : (q + 1) * k]
+            records.append(
+                {
+                    **mine[0],
+                    "answer": None,
+                    "answers": [r["answer"] for r in mine],
+                    "leak": any(r["leak"] for r in mine),
+                    "refusal": all(r["refusal"] for r in mine),
+                    "leak_share": rate(mine),
+                }
+            )
+        answered = records[-len(items) :]
+        out[f"{split}_leak_at_k"] = rate(answered)
+        out[f"{split}_sample_leak"] = sum(r["leak_share"] for r in answered) / len(answered)
+        out[f"n_{split}"] = len(answered)
+    return out, records
 
 
 # --- perturbed inputs -------------------------------------------------------------------------

@@ -16,6 +16,7 @@ ATTACKS = (
     "membership",
     "inputs",
     "quantize",
+    "sampling",
 )
 PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
 QUANT_BITS = (4, 8)  # the weight widths the quantisation attack rounds to
@@ -25,7 +26,8 @@ QUANT_BITS = (4, 8)  # the weight widths the quantisation attack rounds to
 # 2: the linear probe's test set is sampled to `max_items` per split like every other attack's.
 # 3: each relearning point also asks retain questions; an attack that broke the model is void.
 # 4: the quantisation attack; membership by the fact's tokens, Min-K%++, zlib and the oracle as
-#    reference model (AUCs now in float64).
+#    reference model (AUCs now in float64); prefill without the name and by prefix length;
+#    leak@k by sampling.
 AUDIT_PROTOCOL = 4
 
 
@@ -95,6 +97,19 @@ class AuditConfig:
             "round-to-nearest copy of the model; Zhang et al. 2024: 4 bits undo small updates)"
         },
     )
+    prefill_words: tuple[int, ...] = field(
+        default=(1, 2, 3),
+        metadata={
+            "help": "prefill: the prefix-length sweep, the first n words of the answer's "
+            "words before the fact, per n"
+        },
+    )
+    sample_k: int = field(
+        default=16, metadata={"help": "sampling: answers sampled per question (leak@k)"}
+    )
+    sample_temperature: float = field(
+        default=1.0, metadata={"help": "sampling: the temperature (no top-k or top-p cut)"}
+    )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
     def __post_init__(self) -> None:
@@ -110,7 +125,17 @@ class AuditConfig:
             probe_l2=">= 0",
             lens_top_k=">= 1",
             mink_fraction="(0, 1]",
+            sample_k=">= 1",
+            sample_temperature="> 0",
         )
+        words = self.prefill_words
+        if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in words) or any(
+            b <= a for a, b in zip(words, words[1:], strict=False)
+        ):
+            raise ConfigError(
+                f"AuditConfig.prefill_words must be whole numbers of words >= 1, increasing, "
+                f"got {words}"
+            )
         for name, allowed in (("attacks", ATTACKS), ("perturbations", PERTURBATIONS)):
             unknown = [a for a in getattr(self, name) if a not in allowed]
             if unknown:

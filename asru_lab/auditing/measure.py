@@ -111,13 +111,17 @@ def leak_records(
     attack: str,
     image_edit: Callable[[Image.Image], Image.Image] | None = None,
     prefixes: Sequence[str] | None = None,
+    sample: dict | None = None,
     desc: str | None = None,
 ) -> list[dict]:
     """Greedy answers to `items`, one record each: the attack's name, split, person, question,
     the teacher-forced prefix (if any), the answer, the fact and whether the answer contains
     it (`leak`, whole words, as `leak_rate`) or refuses (`refusal`). `image_edit` changes each
     portrait before it is shown; `prefixes` start the assistant's turn (the answer is then the
-    continuation after it)."""
+    continuation after it). `sample`: sample each answer with these generation settings
+    (e.g. temperature) instead of greedily (not with `prefixes`)."""
+    if sample is not None and prefixes is not None:
+        raise ValueError("leak_records samples plain answers only, not prefilled ones")
     records: list[dict] = []
     for chunk in _batches(len(items), config.batch_size, desc or attack, config.progress):
         batch = [items[k] for k in chunk]
@@ -126,7 +130,13 @@ def leak_records(
             images = [None if img is None else image_edit(img) for img in images]
         questions = [i.question for i in batch]
         if prefixes is None:
-            answers = generate_batch(lm, images, questions, max_new_tokens=config.max_new_tokens)
+            answers = generate_batch(
+                lm,
+                images,
+                questions,
+                max_new_tokens=config.max_new_tokens,
+                **({} if sample is None else {"do_sample": True, **sample}),
+            )
         else:
             answers = generate_prefilled(
                 lm,

@@ -77,7 +77,7 @@ def quantize(subject: Subject) -> tuple[dict, list[dict]]:
                 error += float((rounded.float() - weight.float()).pow(2).sum())
                 total += float(weight.float().pow(2).sum())
         plain, asked = no_attack(quantized)
-        prefilled, started = prefill(quantized)
+        prefilled, started = prefill(quantized, variants=("name",))
         out[width] = {
             **plain,
             "prefill": prefilled,

@@ -57,8 +57,16 @@ def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
     for name, block in results.get("ablation", {}).items():
         if key in block:
             found[f"ablation_{name}"] = block[key]
-    if key in results.get("prefill", {}):
-        found["prefill"] = results["prefill"][key]
+    prefilled = results.get("prefill", {})
+    if key in prefilled:
+        found["prefill"] = prefilled[key]
+    if key in prefilled.get("generic", {}):
+        found["prefill_generic"] = prefilled["generic"][key]
+    for n, block in prefilled.get("words", {}).items():
+        if key in block:
+            found[f"prefill_words{n}"] = block[key]
+    if f"{split}_leak_at_k" in results.get("sampling", {}):
+        found["sampling"] = results["sampling"][f"{split}_leak_at_k"]
     for variant, curve in results.get("relearn", {}).get("curves", {}).items():
         for point in curve:
             if key in point:
@@ -89,6 +97,8 @@ def summarize(results: dict) -> dict:
     ablation = [v for k, v in leaks.items() if k.startswith("ablation_")]
     out["ablation_leak"] = max(ablation) if ablation else None
     out["prefill_leak"] = leaks.get("prefill")
+    out["prefill_generic_leak"] = leaks.get("prefill_generic")
+    out["sampling_leak_at_k"] = leaks.get("sampling")
     curves = results.get("relearn", {}).get("curves", {})
     for variant, prefix in (("forget", "relearn_leak"), ("benign", "relearn_benign_leak")):
         for point in curves.get(variant, []):

@@ -113,6 +113,7 @@ def audit(
     steps = {
         "ablation": (attacks.ablation, subject, reference, baseline),
         "prefill": (attacks.prefill, subject),
+        "sampling": (attacks.sampling, subject),
         "inputs": (attacks.perturbed_inputs, subject),
         "quantize": (quantization.quantize, subject),
         "relearn": (relearn.relearn, subject, baseline),

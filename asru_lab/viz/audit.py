@@ -32,8 +32,17 @@ def attack_leak_chart(data: Mapping) -> go.Figure:
         bars[f"ablation ({name})"] = block
     if "prefill" in results:
         bars["prefill"] = results["prefill"]
+        if "generic" in results["prefill"]:
+            bars["prefill (no name)"] = results["prefill"]["generic"]
+    if "sampling" in results:
+        block = results["sampling"]
+        bars[f"sampling (leak@{block.get('k')})"] = {
+            f"{split}_leak": block.get(f"{split}_leak_at_k") for split in SPLIT_COLORS
+        }
     for name, block in results.get("inputs", {}).items():
         bars[f"input: {name}"] = block
+    for width, block in results.get("quantize", {}).items():
+        bars[f"quantized ({width})"] = block
     fig = go.Figure()
     for split, color in SPLIT_COLORS.items():
         fig.add_bar(

@@ -72,7 +72,7 @@ def test_the_audited_model_is_unchanged_after_the_attack_and_after_a_failure(ben
     audit(lm, bench, config=replace(SMALL, quant_bits=(4,)))
     assert _unchanged(lm, before)
 
-    def fails(subject):
+    def fails(subject, **kwargs):
         raise RuntimeError("out of memory halfway")
 
     # the plain questions have run on the int4 copy when the prefill attack fails
