@@ -12,8 +12,13 @@ forget and the test split:
   fact;
 - perturbed inputs (`attacks.perturbed_inputs`): flipped, cropped, blurred, JPEG portraits;
 - weight quantisation (`quantization`): int8 and int4 copies, asked plainly and prefilled;
-- relearning (`relearn`): LoRA steps on half the forget people's facts, leak on the other half;
-- linear-probe extraction and the logit lens (`readout`): is the fact still readable inside;
+- relearning (`relearn`): LoRA and full fine-tuning over a learning-rate grid on half the forget
+  people's facts (or retain or unrelated picture questions), leak on the other half; void
+  unless the taught half is relearned (on the oracle too); area against the oracle's curve;
+- the readouts (`readout`): is the fact still readable inside: the logit lens ranked within
+  the attribute's value pool, at the fact's position and at the person's (image tokens, the
+  name, the prompt's last token), and linear probes of every fact at the person's positions,
+  each beside the oracle's (the floor) and the reference's (the ceiling);
 - membership inference (`readout.membership`): loss, min-k %, min-k %++, zlib and reference
   (the oracle's loss) AUC over the whole answer and over the fact's tokens, privleak vs the
   oracle.

@@ -20,6 +20,12 @@ ATTACKS = (
 )
 PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
 QUANT_BITS = (4, 8)  # the weight widths the quantisation attack rounds to
+RELEARN_MODES = ("lora", "full")  # relearning: a LoRA on the LM's linears, or every parameter
+# The longest relearning curve. Examples repeat, so the taught half's size bounds nothing; the
+# attack's budget does: 1000 steps of 8 are about 30 passes over the taught half at forget
+# ratio 0.1 (the literature relearns for a few: Łucki et al. 2024 3 epochs) and 5 % of the
+# examples that built the embedded model. Longer is retraining, not relearning.
+RELEARN_MAX_STEPS = 1000
 
 # The version of what the attacks measure, in every cached audit's key (`asru-lab reproduce`):
 # raise it whenever a change moves an attack's numbers, so that no cache serves the old ones.
@@ -27,7 +33,8 @@ QUANT_BITS = (4, 8)  # the weight widths the quantisation attack rounds to
 # 3: each relearning point also asks retain questions; an attack that broke the model is void.
 # 4: the quantisation attack; membership by the fact's tokens, Min-K%++, zlib and the oracle as
 #    reference model (AUCs now in float64); prefill without the name and by prefix length;
-#    leak@k by sampling.
+#    leak@k by sampling; readouts v2: the logit lens ranked within the value pool, at the
+#    fact's and the entity positions; ridge probes of every fact at the entity positions.
 AUDIT_PROTOCOL = 4
 
 
@@ -52,11 +59,26 @@ class AuditConfig:
     batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
     max_new_tokens: int = field(default=24, metadata={"help": "tokens generated per answer"})
     relearn_steps: tuple[int, ...] = field(
-        default=(0, 10, 25, 50, 100),
-        metadata={"help": "relearning: fine-tuning steps after which the leak is measured"},
+        default=(0, 25, 50, 100, 250),
+        metadata={
+            "help": "relearning: fine-tuning steps k after which the leak is measured "
+            f"(increasing, the last 1..{RELEARN_MAX_STEPS})"
+        },
     )
-    relearn_lr: float = field(
-        default=5e-4, metadata={"help": "relearning: AdamW learning rate (constant) of the LoRA"}
+    relearn_lr: tuple[float, ...] = field(
+        default=(1e-3,),
+        metadata={"help": "relearning: the LoRA's AdamW learning rates (constant), a setting each"},
+    )
+    relearn_full_lr: tuple[float, ...] = field(
+        default=(3e-4,),
+        metadata={
+            "help": "relearning: the AdamW learning rates (constant) of full fine-tuning (every "
+            "parameter, the vision tower and merger included), a setting each"
+        },
+    )
+    relearn_modes: tuple[str, ...] = field(
+        default=RELEARN_MODES,
+        metadata={"help": f"relearning: how the copy is fine-tuned, some of {RELEARN_MODES}"},
     )
     relearn_batch_size: int = field(default=8, metadata={"help": "relearning: examples per step"})
     relearn_lora_r: int = field(
@@ -69,15 +91,23 @@ class AuditConfig:
             "layer's activations instead of all; a 2B model's step fits in 24 GiB)"
         },
     )
-    probe_attribute: str = field(
-        default="birthplace",
-        metadata={"help": "linear-probe extraction: the attribute whose value is read out"},
+    probe_attribute: str | None = field(
+        default=None,
+        metadata={
+            "help": "linear-probe extraction: probe this fact attribute only (default: every "
+            "fact attribute of the forget people)"
+        },
     )
     probe_l2: float = field(
-        default=1e-3, metadata={"help": "linear-probe extraction: L2 penalty of the classifier"}
+        default=1e-3,
+        metadata={"help": "linear-probe extraction: L2 penalty of the ridge classifier"},
     )
     lens_top_k: int = field(
-        default=10, metadata={"help": "logit lens: a fact in the top k at some layer is found"}
+        default=10,
+        metadata={
+            "help": "logit lens over the whole vocabulary: a fact in the top k at some layer is "
+            "found (the pool lens ranks within the attribute's values instead)"
+        },
     )
     mink_fraction: float = field(
         default=0.2,
@@ -119,7 +149,6 @@ class AuditConfig:
             max_items=">= 2",
             batch_size=">= 1",
             max_new_tokens=">= 1",
-            relearn_lr="> 0",
             relearn_batch_size=">= 1",
             relearn_lora_r=">= 1",
             probe_l2=">= 0",
@@ -149,10 +178,29 @@ class AuditConfig:
             )
         steps = self.relearn_steps
         if not steps:
-            raise ConfigError("AuditConfig.relearn_steps is empty; give e.g. (0, 10, 25, 50, 100)")
+            raise ConfigError("AuditConfig.relearn_steps is empty; give e.g. (0, 25, 50, 100, 250)")
         if any(isinstance(k, bool) or not isinstance(k, int) or k < 0 for k in steps):
             raise ConfigError(
                 f"AuditConfig.relearn_steps must be whole numbers of steps >= 0, got {steps}"
             )
         if any(b <= a for a, b in zip(steps, steps[1:], strict=False)):
             raise ConfigError(f"AuditConfig.relearn_steps must be strictly increasing, got {steps}")
+        if not 1 <= steps[-1] <= RELEARN_MAX_STEPS:
+            raise ConfigError(
+                f"AuditConfig.relearn_steps must end at k from 1 (the control scores the taught "
+                f"half after some training) to {RELEARN_MAX_STEPS} (RELEARN_MAX_STEPS: examples "
+                "repeat, so the data bounds no k, the attack's budget does: about 30 passes over "
+                f"the taught half; longer is retraining), got {steps}"
+            )
+        modes = self.relearn_modes
+        if not modes or any(m not in RELEARN_MODES for m in modes) or len(set(modes)) < len(modes):
+            raise ConfigError(
+                f"AuditConfig.relearn_modes must be some of {RELEARN_MODES}, each once, got {modes}"
+            )
+        for name, what in (("relearn_lr", "the LoRA's"), ("relearn_full_lr", "full fine-tuning's")):
+            rates = getattr(self, name)
+            if not rates or any(lr <= 0 for lr in rates) or len(set(rates)) < len(rates):
+                raise ConfigError(
+                    f"AuditConfig.{name} ({what} learning rates) must be one or more rates > 0, "
+                    f"each once, got {rates}; e.g. (1e-4, 3e-4)"
+                )

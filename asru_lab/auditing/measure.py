@@ -19,7 +19,12 @@ from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem, contains_value
 from asru_lab.evaluation.judge import is_refusal
-from asru_lab.generation import encode_prefilled, generate_batch, generate_prefilled
+from asru_lab.generation import (
+    build_prompt,
+    encode_prefilled,
+    generate_batch,
+    generate_prefilled,
+)
 from asru_lab.hooks import editing, reading, residual_site
 from asru_lab.models.loading import LoadedModel
 
@@ -81,6 +86,88 @@ def last_states(
             lm.model(**inputs, logits_to_keep=1)  # the states are read; logits are not
         out.append(torch.stack([b["value"][:, -1, :].float().cpu() for b in boxes], dim=1))
     return torch.cat(out) if out else torch.zeros(0, lm.num_layers, lm.hidden_size)
+
+
+# where `position_states` reads a prompt: the fact's position (the last token of prompt +
+# answer prefix) and the entity positions, which no name prefix reaches
+READ_POSITIONS = ("fact", "image", "name", "last_prompt")
+
+
+def read_offsets(lm: LoadedModel, prompt: str, prefix: str, name: str | None) -> dict[str, int]:
+    """Where `prompt + prefix` is read, as offsets from the end of its tokens (-1: the last),
+    which padding and the expansion of an image placeholder (it comes before the question)
+    leave unchanged: "fact", the last token (the next one would say the fact);
+    "last_prompt", the prompt's last token (the assistant turn's opening, before `prefix`);
+    "name", the last token of `name`'s last occurrence in the prompt. A position is left out
+    when the prompt does not hold `name`, or when the tokenizer merges its last token with
+    what follows (the offset would point inside another word)."""
+    tok = lm.tokenizer
+    full = tok(prompt + prefix, add_special_tokens=False)["input_ids"]
+
+    def last_token_before(end: int) -> int | None:
+        head = tok((prompt + prefix)[:end], add_special_tokens=False)["input_ids"]
+        return len(head) - 1 - len(full) if head and full[: len(head)] == head else None
+
+    ends = {"fact": len(prompt + prefix), "last_prompt": len(prompt)}
+    at = prompt.rfind(name) if name else -1
+    if at >= 0:
+        ends["name"] = at + len(name)
+    offsets = {where: last_token_before(end) for where, end in ends.items()}
+    return {where: offset for where, offset in offsets.items() if offset is not None}
+
+
+@torch.no_grad()
+def position_states(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    *,
+    prefixes: Sequence[str] | None = None,
+    batch_size: int,
+    progress: bool = False,
+    desc: str = "hidden states",
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Per read position of `READ_POSITIONS` (`read_offsets`; "image": the mean over the
+    image's tokens), (long `[m]`: the indices of the `items` read there, float32
+    `[m, n_layers, hidden]`: the residual stream after every decoder layer there) from one
+    forward pass of each prompt + `prefixes[k]` (teacher-forced; "" without). "name" reads
+    the item's person's name where the question spells it (a question by name); "fact" is
+    only read with `prefixes`."""
+    sites = residual_sites(lm)
+    image_token = lm.adapter.image_token_id(lm.model)
+    rows: dict[str, list[int]] = {where: [] for where in READ_POSITIONS}
+    states: dict[str, list[torch.Tensor]] = {where: [] for where in READ_POSITIONS}
+    for chunk in _batches(len(items), batch_size, desc, progress):
+        batch = [items[k] for k in chunk]
+        starts = [""] * len(batch) if prefixes is None else [prefixes[k] for k in chunk]
+        inputs = encode_prefilled(lm, bench.images(batch), [i.question for i in batch], starts)
+        with ExitStack() as stack:
+            boxes = [stack.enter_context(reading(module, site)) for module, site in sites]
+            lm.model(**inputs, logits_to_keep=1)  # the states are read; logits are not
+        ids = inputs["input_ids"]
+        ends = inputs["attention_mask"].cumsum(1).argmax(1) + 1  # past each row's last token
+        for row, (k, item, start) in enumerate(zip(chunk, batch, starts, strict=True)):
+            person = bench.people.get(item.person_id) if item.person_id else None
+            prompt = build_prompt(lm, item.question, item.has_image)
+            at = read_offsets(lm, prompt, start, person.name if person else None)
+            if prefixes is None:
+                at.pop("fact", None)
+            where_read = {where: int(ends[row]) + offset for where, offset in at.items()}
+            image = (ids[row] == image_token).nonzero().flatten()
+            if len(image):
+                where_read["image"] = image
+            for where, index in where_read.items():
+                rows[where].append(k)
+                state = [b["value"][row, index].float() for b in boxes]
+                state = [s.mean(0) if s.dim() == 2 else s for s in state]  # image: the mean
+                states[where].append(torch.stack(state).cpu())
+    empty = torch.zeros(0, lm.num_layers, lm.hidden_size)
+    return {
+        where: (torch.tensor(rows[where], dtype=torch.long), torch.stack(states[where]))
+        if rows[where]
+        else (torch.zeros(0, dtype=torch.long), empty)
+        for where in READ_POSITIONS
+    }
 
 
 @contextmanager
@@ -170,14 +257,20 @@ def rate(records: Sequence[dict], key: str = "leak") -> float | None:
 
 
 @torch.no_grad()
+def lens_logits(lm: LoadedModel, hidden: torch.Tensor) -> torch.Tensor:
+    """float32 `[n, tokens]` on the CPU: the logit lens (final norm + LM head) of residual
+    states `hidden` `[n, hidden]`, one column per token (padded vocabulary rows left out)."""
+    hidden = hidden.to(device=lm.device, dtype=lm.model.dtype)
+    logits = lm.adapter.logits_from_hidden(lm.model, hidden).float()
+    return logits[:, : lm.token_rows].cpu()
+
+
 def lens_ranks(lm: LoadedModel, states: torch.Tensor, targets: Sequence[int]) -> torch.Tensor:
     """long `[n_items, n_layers]`: per layer, the rank (0 = top) of each item's target token in
     the logit lens (final norm + LM head) of its `states` (`last_states`' `[n, n_layers, D]`)."""
-    target = torch.tensor(list(targets), device=lm.device).view(-1, 1)
+    target = torch.tensor(list(targets)).view(-1, 1)
     ranks = []
     for layer in range(states.shape[1]):
-        hidden = states[:, layer, :].to(device=lm.device, dtype=lm.model.dtype)
-        logits = lm.adapter.logits_from_hidden(lm.model, hidden).float()
-        logits = logits[:, : lm.token_rows]  # padded vocabulary rows are no tokens
-        ranks.append((logits > logits.gather(-1, target)).sum(-1).cpu())
+        logits = lens_logits(lm, states[:, layer, :])
+        ranks.append((logits > logits.gather(-1, target)).sum(-1))
     return torch.stack(ranks, dim=1) if ranks else torch.zeros(len(targets), 0, dtype=torch.long)

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import math
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-from asru_lab.data.schema import QAItem
+from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.directions import auroc
 from asru_lab.evaluation.probability import AnswerTokenStats, answer_token_stats
 from asru_lab.generation import build_prompt, fact_prefix, fact_token
@@ -22,177 +25,513 @@ from asru_lab.models.loading import LoadedModel
 from asru_lab.training import Example, answer_tokens
 
 from .attacks import ATTACKED_SPLITS, Subject
-from .config import AuditError
-from .measure import last_states, lens_ranks, sample
+from .config import AuditConfig, AuditError
+from .measure import lens_logits, lens_ranks, position_states, sample
+
+# --- what the readouts read -------------------------------------------------------------------
+
+# where an entity is read with no name prefix to lean on (`measure.position_states`): the mean
+# of the image's tokens, the last token of the name in a question by name, the prompt's last
+ENTITY_POSITIONS = ("image", "name", "last_prompt")
+
+
+def fact_attributes(bench: Benchmark) -> list[str]:
+    """The attributes of the forget people's facts, in the order their facts list them (the
+    synthetic benchmark's five: birthplace, occupation, birth_year, hobby, pet)."""
+    found: dict[str, None] = {}
+    for person in bench.people_in("forget"):
+        found.update(dict.fromkeys(person.facts))
+    return list(found)
+
+
+def readout_items(
+    bench: Benchmark, split: str, n: int, seed: int, attributes: Sequence[str]
+) -> list[QAItem]:
+    """At most `n` generation questions of `split` about the people's `attributes`: a seeded
+    sample of `n // 2` questions by name (no image) and the rest image questions (all image
+    questions where there are too few by name)."""
+    about = [
+        i
+        for i in bench.questions(split, "qa")
+        if i.attribute in attributes and i.person_id in bench.people
+    ]
+    named = sample([i for i in about if not i.has_image], n // 2, seed, f"readout:{split}:name")
+    shown = [i for i in about if i.has_image]
+    return sample(shown, n - len(named), seed, f"readout:{split}:image") + named
+
+
+def probe_items(bench: Benchmark, config: AuditConfig) -> tuple[list[QAItem], list[QAItem]]:
+    """(the linear probes' training questions: `readout_items` of the retain split, 8 x
+    `max_items`; their test questions: `readout_items` of each attacked split, `max_items`
+    each). The probes learn from people outside the audited set only: no forget person's
+    question is ever in the training set."""
+    attributes = probed_attributes(bench, config)
+    train = readout_items(bench, "retain", 8 * config.max_items, config.seed, attributes)
+    test = [
+        item
+        for split in ATTACKED_SPLITS
+        for item in readout_items(bench, split, config.max_items, config.seed, attributes)
+    ]
+    if not train or not test:
+        raise AuditError(
+            f"linear-probe extraction: no questions about {attributes} in the "
+            f"{'retain' if not train else 'forget/test'} split of {bench.name}"
+        )
+    return train, test
+
+
+def probed_attributes(bench: Benchmark, config: AuditConfig) -> list[str]:
+    """The fact attributes the linear probes read: `AuditConfig.probe_attribute` alone when it
+    is set, else every one of `fact_attributes`."""
+    known = fact_attributes(bench)
+    wanted = config.probe_attribute
+    if wanted is None:
+        return known
+    if wanted not in known:
+        raise AuditError(
+            f"AuditConfig.probe_attribute is {wanted!r}, which is none of the forget people's "
+            f"facts: give one of {known}, or None for all of them"
+        )
+    return [wanted]
+
 
 # --- linear-probe extraction ------------------------------------------------------------------
-
-
-PROBE_STEPS = 300  # full-batch Adam steps of the linear probe
-PROBE_LR = 0.05
 
 
 def _fit_predict(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, classes: int, l2: float
 ) -> torch.Tensor:
-    """Multinomial logistic regression on standardised features (L2 penalty `l2` on the
-    weights; `PROBE_STEPS` full-batch Adam steps from zero, so the same data give the same
-    probe); the predicted class of each test row."""
+    """A least-squares (ridge) linear classifier on standardised features: W minimises
+    mean ||x W + b - onehot(y)||^2 + `l2` ||W||^2 over the training rows, in closed form (the
+    same data give the same probe; milliseconds, where 300 steps of logistic regression took
+    half a second a probe, 2 minutes an audit); the predicted class (the highest score) of
+    each test row."""
     mean, std = train_x.mean(0), train_x.std(0).clamp_min(1e-6)
-    x, t = (train_x - mean) / std, (test_x - mean) / std
-    weight = torch.zeros(x.shape[1], classes, dtype=x.dtype, requires_grad=True)
-    bias = torch.zeros(classes, dtype=x.dtype, requires_grad=True)
-    optimizer = torch.optim.Adam([weight, bias], lr=PROBE_LR)
-    with torch.enable_grad():
-        for _ in range(PROBE_STEPS):
-            optimizer.zero_grad()
-            loss = torch.nn.functional.cross_entropy(x @ weight + bias, train_y)
-            (loss + l2 * weight.pow(2).sum()).backward()
-            optimizer.step()
-    with torch.no_grad():
-        return (t @ weight + bias).argmax(-1)
+    ones = torch.ones(len(train_x), 1, dtype=train_x.dtype)
+    x = torch.cat([(train_x - mean) / std, ones], dim=1)
+    t = torch.cat([(test_x - mean) / std, torch.ones(len(test_x), 1, dtype=x.dtype)], dim=1)
+    penalty = l2 * len(x) * torch.eye(x.shape[1], dtype=x.dtype)
+    penalty[-1, -1] = 0.0  # the bias is not penalised
+    target = torch.nn.functional.one_hot(train_y, classes).to(x.dtype)
+    # least squares: a singular system (no penalty, fewer rows than features) has a solution
+    weight = torch.linalg.lstsq(x.T @ x + penalty, x.T @ target).solution
+    return (t @ weight).argmax(-1)
 
 
-def probe_items(subject: Subject) -> tuple[list[QAItem], list[QAItem]]:
-    """(retain image questions about the probed attribute: the training set, forget and test
-    image questions about it: the test set, at most `max_items` of each split, seeded as every
-    other measurement's sample)."""
-    attr = subject.config.probe_attribute
-    bench = subject.bench
-
-    def about(split: str) -> list[QAItem]:
-        return [i for i in bench.questions(split, "qa", image_only=True) if i.attribute == attr]
-
-    cfg = subject.config
-    train = about("retain")
-    test = [
-        i
-        for split in ATTACKED_SPLITS
-        for i in sample(about(split), cfg.max_items, cfg.seed, f"probe:{split}")
+def probe_scores(
+    train_x: torch.Tensor,
+    train_values: Sequence[str | None],
+    test_x: torch.Tensor,
+    test_values: Sequence[str | None],
+    l2: float,
+) -> tuple[list[float], float]:
+    """(per layer, the accuracy on the test rows (`test_x` `[m, n_layers, D]`) of a linear
+    probe (`_fit_predict`) trained on the training rows (`train_x` `[n, n_layers, D]`) to
+    predict their `train_values`; the accuracy of always answering the commonest training
+    value). Training rows without a value (None) are left out; a test value never seen in
+    training counts as a miss."""
+    kept = [k for k, v in enumerate(train_values) if v is not None]
+    values = sorted({train_values[k] for k in kept})
+    if not values:
+        return [0.0] * test_x.shape[1], 0.0
+    index = {v: k for k, v in enumerate(values)}
+    train_y = torch.tensor([index[train_values[k]] for k in kept])
+    test_y = torch.tensor([index.get(v, -1) for v in test_values])
+    x, t = train_x[kept].double(), test_x.double()
+    accuracy = [
+        float((_fit_predict(x[:, i], train_y, t[:, i], len(values), l2) == test_y).double().mean())
+        for i in range(t.shape[1])
     ]
-    if not train or not test:
-        known = sorted({i.attribute for i in bench.questions("forget", "qa")})
-        raise AuditError(
-            f"linear-probe extraction: no image questions about {attr!r} in the "
-            f"{'retain' if not train else 'forget/test'} split; AuditConfig.probe_attribute "
-            f"must be one of the forget split's attributes: {known}"
-        )
-    return train, test
+    commonest = int(torch.bincount(train_y, minlength=len(values)).argmax())
+    return accuracy, float((test_y == commonest).double().mean())
 
 
 def probe_accuracy(
-    subject: Subject, lm: LoadedModel, applied=nullcontext
-) -> tuple[list[float], dict]:
-    """Per layer, the accuracy on the forget people of a linear probe trained on retain people's
-    hidden states to predict the attribute's value; and the floor (the best constant guess).
-
-    The states are read where the fact is about to be said: an image question about the
-    attribute, then the reference answer's words before the fact, teacher-forced ("... was born
-    in"). (At the last prompt token the model is about to say the name, not the fact.)"""
-    cfg = subject.config
-    train, test = probe_items(subject)
-    train = sample(train, 8 * cfg.max_items, cfg.seed, "probe:train")
+    subject: Subject,
+    lm: LoadedModel,
+    train: Sequence[QAItem],
+    test: Sequence[QAItem],
+    applied=nullcontext,
+) -> dict[str, dict]:
+    """Per entity position (`ENTITY_POSITIONS`): per probed attribute and layer, the accuracy
+    on the `test` questions' people of a linear probe trained on the `train` questions'
+    people's states there to predict that person's value of the attribute (`probe_scores`;
+    `accuracy_by_attribute`), their mean per layer (`accuracy`) and its best layer, and
+    `most_frequent_label_accuracy`, that of always answering the commonest training value
+    (mean over the attributes)."""
+    cfg, bench = subject.config, subject.bench
+    attributes = probed_attributes(bench, cfg)
     with applied():
-        xs = [
-            last_states(
+        read = {
+            name: position_states(
                 lm,
-                subject.bench,
+                bench,
                 items,
-                prefixes=[fact_prefix(i.answer, i.value)[0] for i in items],
                 batch_size=cfg.batch_size,
                 progress=cfg.progress,
                 desc=f"probe states: {name}",
-            ).double()
+            )
             for name, items in (("retain", train), ("forget", test))
-        ]
-    values = sorted({i.value for i in train})
-    index = {v: k for k, v in enumerate(values)}
-    train_y = torch.tensor([index[i.value] for i in train])
-    test_y = torch.tensor([index.get(i.value, -1) for i in test])  # -1: never a probe's answer
-    accuracy = []
-    for layer in range(xs[0].shape[1]):
-        predicted = _fit_predict(
-            xs[0][:, layer], train_y, xs[1][:, layer], len(values), cfg.probe_l2
-        )
-        accuracy.append(float((predicted == test_y).double().mean()))
-    counts = torch.bincount(test_y[test_y >= 0], minlength=len(values))
-    return accuracy, {
-        "chance": float(counts.max()) / len(test) if len(counts) else 0.0,
-        "n_train": len(train),
-        "n_test": len(test),
-        "classes": len(values),
-        "test_values_unseen_in_training": int((test_y < 0).sum()),
-    }
+        }
+
+    def facts(items: Sequence[QAItem], rows: torch.Tensor, attribute: str) -> list[str | None]:
+        return [bench.people[items[k].person_id].facts.get(attribute) for k in rows.tolist()]
+
+    out: dict[str, dict] = {}
+    for where in ENTITY_POSITIONS:
+        (train_rows, train_x), (test_rows, test_x) = read["retain"][where], read["forget"][where]
+        if len(train_rows) < 2 or not len(test_rows):
+            out[where] = {"n_train": len(train_rows), "n_test": len(test_rows)}
+            continue
+        scores = {
+            a: probe_scores(
+                train_x,
+                facts(train, train_rows, a),
+                test_x,
+                facts(test, test_rows, a),
+                cfg.probe_l2,
+            )
+            for a in attributes
+        }
+        by_attribute = {a: accuracy for a, (accuracy, _) in scores.items()}
+        accuracy = torch.tensor(list(by_attribute.values()), dtype=torch.float64).mean(0).tolist()
+        out[where] = {
+            "accuracy": accuracy,
+            "best": max(accuracy),
+            "best_layer": accuracy.index(max(accuracy)),
+            "accuracy_by_attribute": by_attribute,
+            "most_frequent_label_accuracy": sum(c for _, c in scores.values()) / len(scores),
+            "n_train": len(train_rows),
+            "n_test": len(test_rows),
+        }
+    return out
 
 
 def linear_probe(
     subject: Subject, reference: LoadedModel | None, oracle: LoadedModel | None
 ) -> tuple[dict, list[dict]]:
-    """Linear-probe extraction on the audited model, with the floor (chance; the oracle) and
-    the ceiling (the reference, the model before unlearning) measured the same way."""
-    accuracy, info = probe_accuracy(subject, subject.lm, subject.applied)
-    out = {"attribute": subject.config.probe_attribute, "accuracy": accuracy, **info}
-    out["best"] = max(accuracy)
-    out["best_layer"] = accuracy.index(out["best"])
+    """Linear-probe extraction: can a forget person's facts be read, linearly, where the model
+    holds the person and has not been told the answer's first words? `positions[where]`
+    (`probe_accuracy`) for the audited model, with `reference_accuracy` / `reference_best`
+    (the model before unlearning, the ceiling) and `oracle_accuracy` / `oracle_best` (the
+    retrain oracle, the floor) measured by the identical probe on the same questions. The
+    probes train on retain people (`probe_items`: never a forget person) and are scored on
+    the forget people's forget and test questions.
+
+    The top level sums it up for the figures: per layer, the highest accuracy over the
+    positions (`accuracy`; `reference_accuracy`, `oracle_accuracy` alike), its best (`best`,
+    `best_layer`, `best_position`) and `chance`, the most-frequent-label accuracy at
+    `best_position` (the best constant guess).
+
+    Measured on the embedded model (max_items 64, seed 0; 14-16 s on one thread with the
+    reference and the oracle, forward passes of 640 questions per model, where the old probe
+    took 33 s): the entity positions
+    hold no fact that a probe trained on other people can read. Best-layer accuracy, vanilla /
+    oracle / most frequent label: image 0.04 / 0.09 / 0.08, name 0.06 / 0.07 / 0.00, last
+    prompt token 0.05 / 0.05 / 0.06 (the old probe, after "Alma Aldous was born in", read 0.73
+    at the last layer: the prefill, again). The tiny model looks a fact up where it says it,
+    which the pool logit lens reads (`logit_lens`); the probes stay for models that write
+    facts into the person's representation."""
+    train, test = probe_items(subject.bench, subject.config)
+    attributes = probed_attributes(subject.bench, subject.config)
+    positions = probe_accuracy(subject, subject.lm, train, test, subject.applied)
     for name, model in (("reference", reference), ("oracle", oracle)):
-        if model is not None:
-            acc, _ = probe_accuracy(subject, model)
-            out[f"{name}_accuracy"], out[f"{name}_best"] = acc, max(acc)
+        if model is None:
+            continue
+        for where, block in probe_accuracy(subject, model, train, test).items():
+            if "accuracy" in block:
+                positions[where][f"{name}_accuracy"] = block["accuracy"]
+                positions[where][f"{name}_best"] = block["best"]
+    read = {where: block for where, block in positions.items() if "accuracy" in block}
+    out: dict = {
+        "attribute": ", ".join(attributes),  # the figures' title names it
+        "attributes": attributes,
+        "positions": positions,
+        "n_train": len(train),
+        "n_test": len(test),
+    }
+    if not read:
+        return out, []
+    for key in ("accuracy", "reference_accuracy", "oracle_accuracy"):
+        curves = [block[key] for block in read.values() if key in block]
+        if curves:
+            out[key] = torch.tensor(curves, dtype=torch.float64).max(0).values.tolist()
+    out["best"] = max(out["accuracy"])
+    out["best_layer"] = out["accuracy"].index(out["best"])
+    out["best_position"] = max(read, key=lambda where: read[where]["best"])
+    out["chance"] = read[out["best_position"]]["most_frequent_label_accuracy"]
+    for name in ("reference", "oracle"):
+        if f"{name}_accuracy" in out:
+            out[f"{name}_best"] = max(out[f"{name}_accuracy"])
     return out, []
 
 
 # --- logit lens -------------------------------------------------------------------------------
 
 
-def logit_lens(subject: Subject) -> tuple[dict, list[dict]]:
-    """Per layer, the rank of the fact's first token in the logit lens at the position that
-    should say it (after the reference answer's words before the fact, teacher-forced); the
-    share of questions where it is in the top `lens_top_k` at some layer."""
-    cfg, lm = subject.config, subject.lm
-    out: dict = {"top_k": cfg.lens_top_k}
-    records: list[dict] = []
-    for split in ATTACKED_SPLITS:
-        items, prefixes, targets = [], [], []
-        for item in subject.questions[split]:
-            prefix, fact = fact_prefix(item.answer, item.value)
-            target = fact_token(lm, build_prompt(lm, item.question, item.has_image), prefix, fact)
-            if target is not None:
-                items.append(item)
-                prefixes.append(prefix)
-                targets.append(target)
-        if not items:
-            continue
-        with subject.applied():
-            states = last_states(
-                lm,
-                subject.bench,
-                items,
-                prefixes=prefixes,
-                batch_size=cfg.batch_size,
-                progress=cfg.progress,
-                desc=f"logit lens: {split}",
-            )
-        ranks = lens_ranks(lm, states, targets)
-        found = (ranks < cfg.lens_top_k).any(dim=1)
-        out[split] = {
-            "found_share": float(found.double().mean()),
-            "top_k_share_per_layer": (ranks < cfg.lens_top_k).double().mean(0).tolist(),
-            "median_rank_per_layer": ranks.double().median(0).values.tolist(),
-            "n": len(items),
-            "left_out_merged_tokens": len(subject.questions[split]) - len(items),
+@dataclass(frozen=True)
+class ValuePool:
+    """The values an attribute can take, as the pool logit lens ranks them: each value by its
+    first token after a space (as an answer says it: "born in Lisbon"). Values that share a
+    first token are one candidate (the lens cannot tell them apart; `shared`), and a value of
+    several tokens is ranked by its first (`multi_token`)."""
+
+    attribute: str
+    values: tuple[str, ...]
+    first_tokens: tuple[int, ...]  # one per value
+    multi_token: int  # values longer than their first token
+
+    @cached_property
+    def tokens(self) -> torch.Tensor:
+        """long `[P]`: the candidates, the distinct first tokens (sorted)."""
+        return torch.tensor(sorted(set(self.first_tokens)))
+
+    @property
+    def shared(self) -> int:
+        """How many values share their first token with another value."""
+        counts = Counter(self.first_tokens)
+        return sum(counts[t] > 1 for t in self.first_tokens)
+
+    @cached_property
+    def _by_value(self) -> dict[str, int]:
+        return dict(zip(self.values, self.first_tokens, strict=True))
+
+    def token(self, value: str | None) -> int | None:
+        """The candidate token of `value` (None for a value outside the pool)."""
+        return self._by_value.get(value) if value is not None else None
+
+    def info(self) -> dict:
+        return {
+            "values": len(self.values),
+            "candidates": len(self.tokens),
+            "values_sharing_a_first_token": self.shared,
+            "values_of_several_tokens": self.multi_token,
         }
-        for item, prefix, row in zip(items, prefixes, ranks.tolist(), strict=True):
+
+
+def value_pools(lm: LoadedModel, bench: Benchmark) -> dict[str, ValuePool]:
+    """Per fact attribute (`fact_attributes`) with at least two candidates, its `ValuePool`:
+    every value the benchmark knows for it (`Benchmark.value_pools`: the synthetic world's
+    16-52 per attribute, each its own token in the embedded vocabulary)."""
+    tok = lm.tokenizer
+    known = bench.value_pools()
+    pools = {}
+    for attribute in fact_attributes(bench):
+        values = tuple(sorted(known.get(attribute, ())))
+        ids = [tok(" " + v, add_special_tokens=False)["input_ids"] for v in values]
+        pool = ValuePool(
+            attribute,
+            tuple(v for v, t in zip(values, ids, strict=True) if t),
+            tuple(t[0] for t in ids if t),
+            sum(len(t) > 1 for t in ids),
+        )
+        if len(pool.tokens) >= 2:  # a single candidate is always ranked first
+            pools[attribute] = pool
+    return pools
+
+
+def pool_ranks(logits: torch.Tensor, pools: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """long `[n]`: each row's rank (0 = top) of its target token among its pool's tokens by
+    logit. `logits` `[n, tokens]`; `pools` long `[n, P]`, each row's candidate tokens padded
+    with -1; `targets` long `[n]`, each among its row's candidates. A candidate tied with the
+    target does not rank above it (as `measure.lens_ranks`)."""
+    scores = logits.gather(1, pools.clamp_min(0))
+    above = scores > logits.gather(1, targets.view(-1, 1))
+    return (above & (pools >= 0)).sum(1)
+
+
+def pool_scores(ranks: torch.Tensor, sizes: torch.Tensor) -> dict:
+    """The pool lens' numbers from `ranks` (long `[n, n_layers]`, `pool_ranks` per layer) of
+    cases whose pools have `sizes` candidates (`[n]`): per layer the top-1 accuracy (share of
+    rank 0) and the mean reciprocal rank (mean of 1 / (rank + 1)), their best layers, and
+    chance: a uniformly random ranking's top-1 (mean of 1 / P) and MRR (mean of H_P / P, H_P
+    the P-th harmonic number)."""
+    if not len(ranks):
+        return {"n": 0}
+    top1 = (ranks == 0).double().mean(0).tolist()
+    mrr = (1.0 / (ranks + 1).double()).mean(0).tolist()
+    sizes = sizes.double()
+    harmonic = torch.tensor([sum(1.0 / k for k in range(1, int(p) + 1)) for p in sizes.tolist()])
+    return {
+        "top1_per_layer": top1,
+        "mrr_per_layer": mrr,
+        "best_top1": max(top1),
+        "best_top1_layer": top1.index(max(top1)),
+        "best_mrr": max(mrr),
+        "chance_top1": float((1.0 / sizes).mean()),
+        "chance_mrr": float((harmonic / sizes).mean()),
+        "n": len(ranks),
+    }
+
+
+def _pool_block(
+    lm: LoadedModel,
+    states: torch.Tensor,
+    cases: Sequence[tuple[int, str, int]],
+    pools: dict[str, ValuePool],
+) -> tuple[dict, torch.Tensor]:
+    """`pool_scores` of `cases` (row of `states`, attribute, target token), with the top-1
+    accuracy per layer of each attribute; and the cases' ranks `[n, n_layers]`."""
+    if not cases:
+        return {"n": 0}, torch.zeros(0, states.shape[1], dtype=torch.long)
+    rows = torch.tensor([row for row, _, _ in cases])
+    attrs = [attribute for _, attribute, _ in cases]
+    targets = torch.tensor([target for _, _, target in cases])
+    width = max(len(pools[a].tokens) for a in attrs)
+    candidates = torch.full((len(cases), width), -1, dtype=torch.long)
+    for k, attribute in enumerate(attrs):
+        candidates[k, : len(pools[attribute].tokens)] = pools[attribute].tokens
+    ranks = torch.stack(
+        [
+            pool_ranks(lens_logits(lm, states[:, layer])[rows], candidates, targets)
+            for layer in range(states.shape[1])
+        ],
+        dim=1,
+    )
+    sizes = (candidates >= 0).sum(1)
+    block = pool_scores(ranks, sizes)
+    block["top1_per_layer_by_attribute"] = {
+        a: (ranks[torch.tensor([x == a for x in attrs])] == 0).double().mean(0).tolist()
+        for a in dict.fromkeys(attrs)
+    }
+    return block, ranks
+
+
+def _lens_split(
+    subject: Subject,
+    lm: LoadedModel,
+    applied,
+    items: Sequence[QAItem],
+    pools: dict[str, ValuePool],
+    split: str,
+) -> tuple[dict, list[dict]]:
+    """The logit lens of `lm` on one split's `items` (`logit_lens`): its numbers and a record
+    per question read at the fact's position."""
+    cfg, bench = subject.config, subject.bench
+    prefixes = [fact_prefix(i.answer, i.value)[0] for i in items]
+    with applied():
+        read = position_states(
+            lm,
+            bench,
+            items,
+            prefixes=prefixes,
+            batch_size=cfg.batch_size,
+            progress=cfg.progress,
+            desc=f"logit lens: {split}",
+        )
+    rows, states = read["fact"]
+    cases = []
+    for row, k in enumerate(rows.tolist()):
+        item, pool = items[k], pools.get(items[k].attribute)
+        fact = fact_prefix(item.answer, item.value)[1]
+        prompt = build_prompt(lm, item.question, item.has_image)
+        target = fact_token(lm, prompt, prefixes[k], fact)
+        if pool is not None and target is not None and target in pool.tokens:
+            cases.append((row, item.attribute, target))
+    blocks: dict[str, dict] = {}
+    blocks["fact"], fact_ranks = _pool_block(lm, states, cases, pools)
+    out: dict = {
+        "n": len(cases),
+        "left_out_no_pool_token": len(items) - len(cases),
+        "found_share": None,
+        "top_k_share_per_layer": [],
+        "median_rank_per_layer": [],
+    }
+    records: list[dict] = []
+    if cases:
+        picked = states[[row for row, _, _ in cases]]
+        ranks = lens_ranks(lm, picked, [target for _, _, target in cases])
+        found = (ranks < cfg.lens_top_k).any(dim=1)
+        out["found_share"] = float(found.double().mean())
+        out["top_k_share_per_layer"] = (ranks < cfg.lens_top_k).double().mean(0).tolist()
+        out["median_rank_per_layer"] = ranks.double().median(0).values.tolist()
+        for (row, _, _), whole, pooled in zip(
+            cases, ranks.tolist(), fact_ranks.tolist(), strict=True
+        ):
+            item = items[int(rows[row])]
             records.append(
                 {
                     "attack": "logit_lens",
                     "split": split,
                     "person_id": item.person_id,
                     "question": item.question,
-                    "prefix": prefix,
+                    "prefix": prefixes[int(rows[row])],
                     "value": item.value,
-                    "ranks": row,
+                    "ranks": whole,
+                    "pool_ranks": pooled,
                 }
             )
+    for where in ENTITY_POSITIONS:
+        rows, states = read[where]
+        cases = []
+        for row, k in enumerate(rows.tolist()):
+            facts = bench.people[items[k].person_id].facts
+            for attribute, pool in pools.items():
+                target = pool.token(facts.get(attribute))
+                if target is not None:
+                    cases.append((row, attribute, target))
+        blocks[where], _ = _pool_block(lm, states, cases, pools)
+    out["pool"] = blocks
+    return out, records
+
+
+def logit_lens(
+    subject: Subject, reference: LoadedModel | None, oracle: LoadedModel | None
+) -> tuple[dict, list[dict]]:
+    """The logit lens ranked within the attribute's value pool: per layer, the residual state
+    through the final norm and the LM head, the logits of the pool's candidates alone
+    (`ValuePool`: each value's first token; `pools` says how many values and candidates each
+    attribute has), and the rank of the person's value among them. Per split (forget, test;
+    `readout_items`: image questions and questions by name about a fact) and position,
+    `pool[where]` (`pool_scores`: top-1 accuracy and mean reciprocal rank per layer, their
+    best, chance beside them):
+
+    - "fact": where the fact is about to be said, after the reference answer's words before
+      it, teacher-forced ("Alma Aldous was born in"); the question's own fact. Questions whose
+      fact's token is no candidate of its pool (the tokenizer merges it with the prefix, or
+      the answer starts with it) are left out (`left_out_no_pool_token`);
+    - the entity positions, with no name prefix (`ENTITY_POSITIONS`: the mean of the image's
+      tokens, the last token of the name in a question by name, the prompt's last token):
+      every fact of the person, each among its own pool.
+
+    The whole-vocabulary lens at the fact's position stays beside it (`found_share`: the
+    share whose fact's first token is in the top `lens_top_k` at some layer, per layer in
+    `top_k_share_per_layer`; saturated: it cannot tell the vanilla model from most unlearned
+    ones). `reference` and `oracle` hold the same numbers for the model before unlearning
+    (the ceiling) and the retrain oracle (the floor), on the same questions.
+
+    Measured on the embedded model (max_items 64, seed 0; 3.3 s on one thread with the
+    reference and the oracle, forward passes of 128 questions per model). At the fact's
+    position, forget split: the vanilla model's top-1 is 0.72-1.00 over the layers (MRR
+    0.83-1.00), the oracle's 0.00-0.03 (MRR 0.11-0.14), chance 0.035 (MRR 0.14); the test
+    split alike (0.64-1.00 vs 0.03-0.08). At the entity positions both sit near chance: the
+    vanilla model's best top-1 is 0.05 (image), 0.08 (name), 0.14 (last prompt token, at the
+    last layer), the oracle's at most 0.06: the tiny model keeps no fact where it holds the
+    person, it looks the fact up where it says it."""
+    cfg = subject.config
+    pools = value_pools(subject.lm, subject.bench)
+    if not pools:
+        return {"skipped": "no fact attribute has a pool of two or more candidate tokens"}, []
+    items = {
+        split: readout_items(subject.bench, split, cfg.max_items, cfg.seed, list(pools))
+        for split in ATTACKED_SPLITS
+    }
+    out: dict = {"top_k": cfg.lens_top_k, "pools": {a: p.info() for a, p in pools.items()}}
+    records: list[dict] = []
+    models = {"audited": (subject.lm, subject.applied)}
+    for name, model in (("reference", reference), ("oracle", oracle)):
+        if model is not None:
+            models[name] = (model, nullcontext)
+    for name, (model, applied) in models.items():
+        for split, questions in items.items():
+            if not questions:
+                continue
+            block, mine = _lens_split(subject, model, applied, questions, pools, split)
+            if name == "audited":
+                out[split] = block
+                records += mine
+            else:
+                out.setdefault(name, {})[split] = block
     return out, records
 
 

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from asru_lab.artifacts import atomic_dir, check_complete
 
 from .config import AuditError
+from .measure import READ_POSITIONS
+from .readout import ENTITY_POSITIONS
+from .relearn import CONTROL_LEAK
 
 FORMAT = "asru_lab.audit"
 FORMAT_VERSION = 1
@@ -19,11 +23,41 @@ ITEMS_FILE = "items.jsonl"
 PAGE_FILE = "audit.html"
 
 
+def _relearn_points(relearned: dict) -> Iterator[tuple[dict, str, str, str, dict]]:
+    """(setting, data kind, curve name, point name, point) of every point of the audited
+    model's relearning curves ("relearn_forget_lora_lr0.002", "relearn_forget_lora_lr0.002_k50")."""
+    for setting in relearned.get("settings", []):
+        for kind, curve in setting["curves"].items():
+            name = f"relearn_{kind}_{setting['name']}"
+            for point in curve:
+                yield setting, kind, name, f"{name}_k{point['steps']}", point
+
+
+def _untrained(setting: dict) -> str | None:
+    """Why a relearning setting fails its control, or None: the taught half's leak at the last
+    k is below `CONTROL_LEAK` on the audited model or the oracle."""
+    why = []
+    for who, curves in (("", setting["curves"]), (" by the oracle", setting.get("oracle"))):
+        if curves is None:
+            continue  # no oracle: the audited model's control alone
+        taught = (curves.get("forget") or [{}])[-1].get("taught_leak")
+        if taught is None:
+            why.append(f"the taught half was not scored{who}")
+        elif taught < CONTROL_LEAK:
+            why.append(
+                f"the taught half was not relearned{who} (taught leak {taught:.2f} < "
+                f"{CONTROL_LEAK:g})"
+            )
+    return ", and ".join(why) or None
+
+
 def void_attacks(results: dict) -> dict[str, str]:
-    """The attacks that broke the model, by name, each with why: those that changed the model
+    """The attacks that measured nothing, by name, each with why: those that changed the model
     (ablation, relearning, quantisation) and lost more than half of its retain recall, at least
-    0.25 of it. A broken model answers nothing, so its leak neither shows the knowledge gone nor
-    back. (A quantised model's prefill answers are judged by its recall without prefill.)"""
+    0.25 of it — a broken model answers nothing, so its leak neither shows the knowledge gone
+    nor back (a quantised model's prefill answers are judged by its recall without prefill) —
+    and the relearning curves whose setting failed its control (`relearn`: the taught half's
+    leak at the last k below `CONTROL_LEAK`), every point of them."""
     found: dict[str, str] = {}
 
     def check(name: str, block: dict, before: float | None) -> None:
@@ -41,10 +75,75 @@ def void_attacks(results: dict) -> dict[str, str]:
             check(f"quantize_{variant}", block, recall)
     relearned = results.get("relearn", {})
     before = relearned.get("retain_control", {}).get("recall_before")
-    for variant, curve in relearned.get("curves", {}).items():
-        for point in curve:
-            check(f"relearn_{variant}_k{point['steps']}", point, before)
+    for setting in relearned.get("settings", []):
+        untrained = _untrained(setting)
+        for kind in setting["curves"]:
+            if untrained:
+                found[f"relearn_{kind}_{setting['name']}"] = untrained
+    for _, _, _, name, point in _relearn_points(relearned):
+        check(name, point, before)
     return found
+
+
+def worst_relearn_curves(relearned: dict, void: Mapping[str, str]) -> dict[str, list[dict]]:
+    """Per data kind, the relearning attack's worst case at each k over the valid settings:
+    the point with the highest held-out forget leak, with its `setting` name, or a point with
+    `forget_leak` None where no setting is valid (what the figures draw and
+    `relearn_leak_k*` report)."""
+    worst: dict[str, dict[int, dict]] = {}
+    for setting, kind, curve, name, point in _relearn_points(relearned):
+        k, leak = point["steps"], point.get("forget_leak")
+        at = worst.setdefault(kind, {}).setdefault(k, {"steps": k, "forget_leak": None})
+        if curve in void or name in void or leak is None:
+            continue
+        if at["forget_leak"] is None or leak > at["forget_leak"]:
+            worst[kind][k] = {**point, "setting": setting["name"]}
+    return {kind: [by_k[k] for k in sorted(by_k)] for kind, by_k in worst.items()}
+
+
+def _whole(setting: dict, void: Mapping[str, str]) -> bool:
+    """Whether a relearning setting's "forget" curve and every point of it are valid."""
+    curve = f"relearn_forget_{setting['name']}"
+    return not any(name == curve or name.startswith(f"{curve}_k") for name in void)
+
+
+def _relearn_summary(relearned: dict, void: Mapping[str, str]) -> dict:
+    """The relearning attack's headline numbers: the worst held-out forget leak over the valid
+    curves with its setting (data, mode, lr, k) and that setting's control (the taught half's
+    leak at the last k, on the audited model and the oracle); the area under the held-out curve
+    (the mean leak over k) of the valid "forget" setting that exceeds the oracle's most (the
+    largest area without an oracle), the oracle's and the excess; how many settings are valid."""
+    out: dict = dict.fromkeys(
+        ("leak", "data", "mode", "lr", "k", "taught_leak", "oracle_taught_leak")
+    )
+    for setting, kind, curve, name, point in _relearn_points(relearned):
+        leak = point.get("forget_leak")
+        if curve in void or name in void or leak is None:
+            continue
+        if out["leak"] is None or leak > out["leak"]:
+            oracle = (setting.get("oracle") or {}).get("forget") or [{}]
+            out.update(
+                leak=leak,
+                data=kind,
+                mode=setting["mode"],
+                lr=setting["lr"],
+                k=point["steps"],
+                taught_leak=setting["curves"]["forget"][-1].get("taught_leak"),
+                oracle_taught_leak=oracle[-1].get("taught_leak"),
+            )
+    out = {f"relearn_worst_{key}": value for key, value in out.items()}
+    settings = relearned.get("settings", [])
+    # an area counts when its whole curve is valid: the setting's control and every point
+    scored = [s for s in settings if s.get("auc") is not None and _whole(s, void)]
+    best = max(scored, key=lambda s: s.get("excess_auc", s["auc"]), default={})
+    out["relearn_auc"] = best.get("auc")
+    out["relearn_oracle_auc"] = best.get("oracle_auc")
+    out["relearn_excess_auc"] = best.get("excess_auc")
+    out["relearn_auc_setting"] = best.get("name")
+    out["relearn_settings"] = len(settings)
+    valid = {s["name"] for s in settings if f"relearn_forget_{s['name']}" not in void}
+    out["relearn_valid_settings"] = len(valid)
+    return out
 
 
 def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
@@ -67,10 +166,10 @@ def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
             found[f"prefill_words{n}"] = block[key]
     if f"{split}_leak_at_k" in results.get("sampling", {}):
         found["sampling"] = results["sampling"][f"{split}_leak_at_k"]
-    for variant, curve in results.get("relearn", {}).get("curves", {}).items():
-        for point in curve:
-            if key in point:
-                found[f"relearn_{variant}_k{point['steps']}"] = point[key]
+    void = void_attacks(results)
+    for _, _, curve, name, point in _relearn_points(results.get("relearn", {})):
+        if key in point and curve not in void:
+            found[name] = point[key]
     for name, block in results.get("inputs", {}).items():
         if key in block:
             found[f"input_{name}"] = block[key]
@@ -78,18 +177,25 @@ def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
         for variant, part in ((width, block), (f"{width}+prefill", block.get("prefill", {}))):
             if key in part:
                 found[f"quantize_{variant}"] = part[key]
-    void = void_attacks(results)
     return {name: leak for name, leak in found.items() if name not in void}
 
 
 def summarize(results: dict) -> dict:
     """The audit's headline numbers (the `audit.*` columns of `reproduce --audit`):
     forget leak with no attack, after each kind of attack (`quantize_leak_int4`: the int4
-    copy's, asked plainly), the linear probe's best accuracy, the membership-inference AUC
+    copy's, asked plainly), the readouts on the forget split (`probe_acc_image`, `_name`,
+    `_last_prompt`: the linear probes' best-layer accuracy at each entity position, mean over
+    the facts; `probe_acc_best` the best of them and `probe_acc_chance` that position's
+    most-frequent-label accuracy; `lens_top1_fact`, `lens_mrr_fact` and the same for each
+    entity position: the pool logit lens' best-layer top-1 accuracy and MRR, with
+    `lens_top1_chance` at the fact's position; `lens_found`, the whole-vocabulary lens' top-k
+    share), the membership-inference AUC
     (by the whole answer's loss; `mia_fact_auc` by the fact's tokens' alone), and
     `recovered_leak`: the worst forget leak over every attack that generates (and which attack
-    gave it). An attack that broke the model counts as neither recovering nor not: its leak is
-    None and `void_attacks` says why."""
+    gave it); the relearning attack's worst case with its setting and control and its area
+    against the oracle's (`relearn_*`, `_relearn_summary`). An attack that broke the model (or
+    a relearning curve that failed its control) counts as neither recovering nor not: its leak
+    is None and `void_attacks` says why."""
     out: dict = {}
     leaks = _forget_leaks(results)
     void = void_attacks(results)
@@ -99,11 +205,14 @@ def summarize(results: dict) -> dict:
     out["prefill_leak"] = leaks.get("prefill")
     out["prefill_generic_leak"] = leaks.get("prefill_generic")
     out["sampling_leak_at_k"] = leaks.get("sampling")
-    curves = results.get("relearn", {}).get("curves", {})
-    for variant, prefix in (("forget", "relearn_leak"), ("benign", "relearn_benign_leak")):
-        for point in curves.get(variant, []):
-            valid = f"relearn_{variant}_k{point['steps']}" not in void
-            out[f"{prefix}_k{point['steps']}"] = point.get("forget_leak") if valid else None
+    relearned = results.get("relearn", {})
+    curves = worst_relearn_curves(relearned, void)
+    for kind in curves:
+        prefix = "relearn_leak" if kind == "forget" else f"relearn_{kind}_leak"
+        for point in curves[kind]:
+            out[f"{prefix}_k{point['steps']}"] = point["forget_leak"]
+    if relearned:
+        out.update(_relearn_summary(relearned, void))
     inputs = [v for k, v in leaks.items() if k.startswith("input_")]
     out["input_leak"] = max(inputs) if inputs else None
     for width in results.get("quantize", {}):
@@ -111,8 +220,15 @@ def summarize(results: dict) -> dict:
     probe = results.get("linear_probe", {})
     out["probe_acc_best"] = probe.get("best")
     out["probe_acc_chance"] = probe.get("chance")
+    for where in ENTITY_POSITIONS:
+        out[f"probe_acc_{where}"] = probe.get("positions", {}).get(where, {}).get("best")
     lens = results.get("logit_lens", {}).get("forget", {})
     out["lens_found"] = lens.get("found_share")
+    for where in READ_POSITIONS:
+        pooled = lens.get("pool", {}).get(where, {})
+        out[f"lens_top1_{where}"] = pooled.get("best_top1")
+        out[f"lens_mrr_{where}"] = pooled.get("best_mrr")
+    out["lens_top1_chance"] = lens.get("pool", {}).get("fact", {}).get("chance_top1")
     mia = results.get("membership", {})
     out["mia_auc"] = mia.get("loss_auc")
     out["mia_privleak"] = mia.get("loss_privleak")

@@ -13,7 +13,7 @@ from asru_lab.probe import SteeringProbe
 from . import attacks, quantization, readout, relearn
 from .config import AuditConfig, AuditError
 from .measure import sample
-from .report import AuditReport, summarize
+from .report import AuditReport, summarize, void_attacks, worst_relearn_curves
 
 
 def load_oracle(forget_ratio: float = 0.1, split_seed: int = 0, **load_kwargs) -> LoadedModel:
@@ -73,10 +73,12 @@ def audit(
 
     `lm`: the audited model; `probe`: an inference-time method's probe, applied whenever the
     model runs (`steer_only`); `reference`: the model before unlearning (direction ablation (a)
-    and the linear probe's ceiling); `oracle`: the retrain oracle of the same forget set (the
-    linear probe's floor, privleak). Every attack runs on the forget split and the test split
-    (new views and wordings) with seeded samples (`AuditConfig`); definitions are in each
-    attack's docstring (`asru_lab.auditing.attacks`, `.relearn`, `.readout`) and the README.
+    and the readouts' ceiling: the linear probes' and the logit lens'); `oracle`: the retrain
+    oracle of the same forget set (the readouts' floor, privleak, and relearning's: the same
+    fine-tuning on it, its control and its held-out curve). Every attack runs on the
+    forget split and the test split (new views and wordings) with seeded samples
+    (`AuditConfig`); definitions are in each attack's docstring (`asru_lab.auditing.attacks`,
+    `.relearn`, `.readout`) and the README.
     """
     cfg = replace(config) if config is not None else AuditConfig()
     people = forget_people(bench)
@@ -92,6 +94,8 @@ def audit(
         check_oracle(oracle, bench)
     if probe is not None:
         probe.validate(lm)
+    if "linear_probe" in cfg.attacks:
+        readout.probed_attributes(bench, cfg)  # refuses an unknown attribute before any work
     subject = attacks.Subject(lm, bench, cfg, probe)
     for split in (*attacks.ATTACKED_SPLITS, "retain"):
         items = bench.questions(split, "qa")
@@ -116,14 +120,18 @@ def audit(
         "sampling": (attacks.sampling, subject),
         "inputs": (attacks.perturbed_inputs, subject),
         "quantize": (quantization.quantize, subject),
-        "relearn": (relearn.relearn, subject, baseline),
+        "relearn": (relearn.relearn, subject, baseline, oracle),
         "linear_probe": (readout.linear_probe, subject, reference, oracle),
-        "logit_lens": (readout.logit_lens, subject),
+        "logit_lens": (readout.logit_lens, subject, reference, oracle),
         "membership": (readout.membership, subject, oracle),
     }
     for name, (fn, *args) in steps.items():
         if name in cfg.attacks:
             run(name, fn, *args)
+    if "relearn" in results:
+        # per data kind, the worst case at each k over the settings: what the figures draw
+        found = results["relearn"]
+        found["curves"] = worst_relearn_curves(found, void_attacks(results))
     timing["total"] = round(sum(timing.values()), 1)
     meta = dict(bench.meta or {})
     return AuditReport(

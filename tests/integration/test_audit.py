@@ -24,7 +24,13 @@ from asru_lab.models.embedded import oracle_dir
 from tests.tiny_models import make_tiny_qwen2_5_vl
 
 SMALL = AuditConfig(max_items=4, relearn_steps=(0, 2), progress=False)
-GENERATING = ("none", "ablation_reference", "prefill", "input_flip", "relearn_forget_k2")
+GENERATING = (
+    "none",
+    "ablation_reference",
+    "prefill",
+    "input_flip",
+    "relearn_forget_lora_lr0.001_k2",
+)
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +75,12 @@ def test_vanilla_model_leaks_everywhere(report):
 def test_every_answer_is_in_the_records(report):
     attacks = {r["attack"] for r in report.records}
     assert {"none", "ablation_reference", "prefill", "input_jpeg", "logit_lens"} <= attacks
-    assert {"relearn_forget_k0", "relearn_benign_k2", "membership", "quantize"} <= attacks
+    relearnt = {
+        "relearn_k0",
+        "relearn_benign_lora_lr0.001_k2",
+        "relearn_unrelated_full_lr0.0003_k2",
+    }
+    assert {*relearnt, "membership", "quantize"} <= attacks
     prefill = [r for r in report.records if r["attack"] == "prefill"]
     assert all(r["prefix"] and r["answer"] is not None for r in prefill)
 
@@ -186,8 +197,10 @@ def test_reproduce_audit_adds_columns_the_oracle_row_and_figures(tmp_path):
     by_method = {r["method"]: r for r in result.rows}
     assert set(by_method) == {"vanilla", "ga", "oracle"}
     for row in by_method.values():
-        for column in ("audit.prefill_leak", "audit.relearn_leak_k1", "audit.probe_acc_best"):
+        for column in ("audit.prefill_leak", "audit.relearn_settings", "audit.probe_acc_best"):
             assert row[column] is not None, (row["method"], column)
+        # one step teaches the oracle nothing: every relearning curve fails its control
+        assert row["audit.relearn_leak_k1"] is None and row["audit.relearn_valid_settings"] == 0
         assert "audit.recovered_leak" in row
     # the oracle never saw the forget people: its prefill leak is far below the vanilla model's
     assert by_method["oracle"]["audit.prefill_leak"] < by_method["vanilla"]["audit.prefill_leak"]

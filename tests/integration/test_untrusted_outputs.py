@@ -91,24 +91,28 @@ TINY_RELEARN = AuditConfig(
 def test_a_relearning_attack_that_breaks_the_model_is_void_not_a_recovery(lm, bench, tmp_path):
     from dataclasses import replace
 
-    report = audit(lm, bench, config=replace(TINY_RELEARN, relearn_lr=10.0))  # absurd
+    config = replace(TINY_RELEARN, relearn_modes=("lora",), relearn_lr=(10.0,))  # absurd
+    report = audit(lm, bench, config=config)
     s = report.summary
-    broken = [r for r in report.records if r["attack"] == "relearn_forget_k2"]
+    broken = [r for r in report.records if r["attack"] == "relearn_forget_lora_lr10_k2"]
     assert broken and not any(r["leak"] for r in broken)  # the numbers that used to be shown
     assert s["relearn_leak_k2"] is None and s["relearn_benign_leak_k2"] is None
+    void = s["void_attacks"]
     assert (
-        "relearn_forget_k2: the attack broke the model: retain recall 1.00 -> 0.00"
-        in (s["void_attacks"])
+        "relearn_forget_lora_lr10_k2: the attack broke the model: retain recall 1.00 -> 0.00"
+        in (void)
     )
-    assert not s["recovered_by"].endswith("k2")
-    assert s["relearn_leak_k0"] == 1.0  # the untouched twin is a valid point
+    # the taught half went with the rest: the setting failed its control, so every k is void
+    assert "relearn_forget_lora_lr10: the taught half was not relearned (taught leak" in void
+    assert s["relearn_leak_k0"] is None
+    assert not s["recovered_by"].startswith("relearn")
     saved = al.AuditReport.load(report.save(tmp_path / "audit"))
     assert saved.summary == s
     from asru_lab.viz.audit import relearn_chart
 
     drawn = {t.line.dash: list(t.y) for t in relearn_chart(report.to_dict()).data}
-    assert drawn["solid"][0] == 1.0 and drawn["solid"][-1] is None  # a gap, never "leak 0"
-    # a sane learning rate keeps the model: every point is valid
+    assert drawn["solid"] == [None, None]  # gaps, never "leak 0"
+    # sane learning rates keep the model, and the vanilla model knows the taught half: valid
     sane = audit(lm, bench, config=TINY_RELEARN).summary
     assert sane["void_attacks"] is None and sane["relearn_leak_k2"] is not None
 
