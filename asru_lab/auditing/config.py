@@ -45,8 +45,9 @@ class AuditError(AsruLabError, ValueError):
 
 @dataclass
 class AuditConfig:
-    """How an audit attacks an unlearned model (defaults: about 5 minutes on 2 CPU cores for
-    the embedded model)."""
+    """How an audit attacks an unlearned model (defaults: about 8 minutes on 2 CPU cores for
+    the embedded model with its reference and oracle, relearning 7 of them; measured in
+    `relearn`)."""
 
     attacks: tuple[str, ...] = field(
         default=ATTACKS, metadata={"help": f"attacks to run, of {', '.join(ATTACKS)}"}

@@ -37,20 +37,22 @@ model's retain recall broke the model, and its leak says nothing (`report.void_a
 ("taught", "held_out", None for the retain control); the untouched model's (k = 0) once, as
 "relearn_k0"; the oracle's named "oracle_relearn_...".
 
-The default grid (`AuditConfig`): LoRA at 1e-3, full fine-tuning at 1e-4 and 3e-4, each for k up
-to 250 (0, 25, 50, 100, 250). Why, measured on the embedded model's oracle, which has to learn
-the taught half from nothing (taught leak at k = 50 / 100 / 250, retain recall at 250): LoRA 5e-4
-(the old single setting) .03 / .47 / .97 (.88): at its 100 steps it taught under half, so its flat
-curves said nothing; LoRA 1e-3 .44 / .97 / 1.0 (.75); 2e-3 .88 / 1.0 / 1.0 (.56); 5e-3 1.0 (.25,
-broken); full 1e-4 .25 / .91 / 1.0 (.88); 3e-4 .97 / 1.0 / 1.0 (.88); 1e-3 1.0 (.50). The grid
-keeps, a factor 3 apart, the rates that teach the oracle by k = 250 without costing it much of
-its retain recall; full fine-tuning (the literature's main setting, and the only one that reaches
-the vision tower) gets two. ASRU at these defaults: every setting passes the control on it and on
-the oracle; its held-out leak rises from 0.016 to 0.14 (full 3e-4, forget data) and 0.16 (benign
-data), the oracle's stays at most 0.08; excess area 0.11. Cost: the three settings with the oracle
-(12 curves of 250 steps) took 768 s on one thread of a 2-core machine busy with two training runs,
-where GA took 57 s against 26 s on 2 free cores: about 6 minutes on 2 cores. A wider sweep is
-config (`relearn_lr`, `relearn_full_lr`; each setting about 2 minutes more).
+The default grid (`AuditConfig`): LoRA at 1e-3 and full fine-tuning at 3e-4, each for k up to
+250 (0, 25, 50, 100, 250): a rate per mode, what one audit's time allows (below). Why these,
+measured on the embedded model's oracle, which has to learn the taught half from nothing (taught
+leak at k = 50 / 100 / 250, retain recall at 250): LoRA 5e-4 (the old single setting) .03 / .47
+/ .97 (.88), so at its 100 steps it taught under half and its flat curves said nothing; LoRA
+1e-3 .44 / .97 / 1.0 (.75); 2e-3 .88 / 1.0 / 1.0 (.56); 5e-3 1.0 (.25: broken); full 1e-4 .25 /
+.91 / 1.0 (.88); 3e-4 .97 / 1.0 / 1.0 (.88); 1e-3 1.0 (.50). Each default teaches the oracle
+the taught half by k = 100 and keeps three quarters of its retain recall: the strongest rate of
+its mode that does so without coming near breaking it (the next, 2e-3 and 1e-3, cost it half).
+ASRU at the defaults: both settings pass the control on it and on the oracle; its held-out leak
+rises from 0.016 to 0.125 (LoRA), 0.14 (full, forget data) and 0.16 (full, benign data), the
+oracle's stays at most 0.08; excess area 0.11 (full fine-tuning at 1e-4 recovered 0.06).
+Cost, measured: the whole default audit of ASRU with its reference and oracle took 475 s on one
+thread of the 2-core machine (a second thread does not speed this model up), relearning 420 s of
+it (8 curves of 250 steps). A wider sweep is config, e.g. `relearn_lr=(5e-4, 1e-3, 2e-3)`,
+`relearn_full_lr=(1e-4, 3e-4, 1e-3)`: about 3.5 minutes more per setting.
 """
 
 from __future__ import annotations

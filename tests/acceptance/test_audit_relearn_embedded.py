@@ -2,7 +2,7 @@
 setting teaches the retrain oracle, which never saw the forget people, the taught half within the
 default steps. So a flat held-out curve at these settings says the facts did not come back, not
 that the attack never trained (the old single setting, LoRA at 5e-4 for 100 steps, taught the
-oracle under half of it). About 4 minutes on one busy core, 1-2 on 2 free ones."""
+oracle under half of it). About 1.5 minutes on 2 cores."""
 
 from __future__ import annotations
 
