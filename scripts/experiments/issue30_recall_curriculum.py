@@ -69,22 +69,9 @@ from asru_lab.generation import generate_chats
 from asru_lab.models.embedded import embedded_dir
 from asru_lab.runs import build_embedded as be
 
-RECALL_WEIGHTS = {
-    "mcq_image": 2.0,
-    "mcq_text": 1.0,
-    "cloze_image": 3.0,
-    "cloze_text": 1.5,
-    "qa_image": 0.5,
-    "qa_text": 0.3,
-    "stranger_image": 0.7,
-    "stranger_text": 0.3,
-}
-MCQ_WEIGHTS = RECALL_WEIGHTS | {
-    "mcq_image": 4.0,
-    "mcq_text": 2.0,
-    "cloze_image": 1.0,
-    "cloze_text": 0.5,
-}
+# the stages' weights, now the package's (`build_embedded.FORMAT_STAGES`)
+RECALL_WEIGHTS = be.RECALL_WEIGHTS
+MCQ_WEIGHTS = be.MCQ_WEIGHTS
 
 
 def main() -> None:
