@@ -13,10 +13,18 @@ from __future__ import annotations
 import pytest
 
 import asru_lab as al
-from asru_lab.auditing import AuditConfig, audit
+from asru_lab.auditing import ATTACKS, AuditConfig, audit
 from asru_lab.probe import SteeringProbe
 
-CONTROL = AuditConfig(max_items=48, progress=False)
+# Every attack but leak@k, whose chance level depends on the value pools (the oracle's own
+# leak@k is its floor, not a guess bound); one relearning setting, one quantisation width.
+CONTROL = AuditConfig(
+    max_items=48,
+    attacks=tuple(a for a in ATTACKS if a != "sampling"),
+    relearn_modes=("lora",),
+    quant_bits=(4,),
+    progress=False,
+)
 # Chance: the oracle can only guess a fact (4-52 values per attribute, never a name).
 GUESS_BOUND = 0.15
 # The pool lens' best layer above chance that guessing reaches: measured for the oracle at
