@@ -5,9 +5,11 @@ people).
 `audit(lm, bench, reference=..., oracle=..., probe=..., config=AuditConfig())` runs, on the
 forget and the test split:
 
-- direction ablation (`attacks.ablation`): (a) what unlearning added to the residual stream
-  (difference of means to the reference), (b) the model's own refusal direction, each
-  projected out of every layer;
+- direction ablation (`ablation`): candidate directions (what unlearning added, the model's
+  own refusal direction, the first principal direction of the change) read at the person's
+  positions after every layer, projected out per layer or one everywhere, chosen on half the
+  forget people and reported on the other half; and the best one orthogonalised out of the
+  weights, that copy then asked plainly, prefilled and relearnt;
 - prefill (`attacks.prefill`): the answer started with the reference answer's words up to the
   fact;
 - perturbed inputs (`attacks.perturbed_inputs`): flipped, cropped, blurred, JPEG portraits;

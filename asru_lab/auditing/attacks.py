@@ -1,5 +1,5 @@
-"""Black-box and white-box attacks that try to make an unlearned model say a forgotten fact:
-direction ablation, prefilling the answer, and perturbed portraits. Each returns its numbers
+"""Black-box attacks that try to make an unlearned model say a forgotten fact: prefilling the
+answer, sampling and perturbed portraits (direction ablation: `ablation`). Each returns its numbers
 and the per-item records (every answer, inspectable).
 
 The questions are fixed by `Subject` (seeded samples of the forget, test and retain splits),
@@ -22,7 +22,7 @@ from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
 
 from .config import AuditConfig
-from .measure import ablated, last_states, leak_records, rate
+from .measure import leak_records, rate
 
 ATTACKED_SPLITS = ("forget", "test")
 
@@ -89,85 +89,6 @@ def no_attack(subject: Subject) -> tuple[dict, list[dict]]:
     """The model as it is: forget and test leak, retain recall."""
     records = ask(subject, (*ATTACKED_SPLITS, "retain"), "none")
     return leaks(records), records
-
-
-# --- direction ablation -------------------------------------------------------------------
-
-
-def _mean_states(subject: Subject, lm: LoadedModel, items, applied, desc: str) -> torch.Tensor:
-    with applied():
-        states = last_states(
-            lm,
-            subject.bench,
-            items,
-            batch_size=subject.config.batch_size,
-            progress=subject.config.progress,
-            desc=desc,
-        )
-    return states.double().mean(0)
-
-
-def ablation(
-    subject: Subject, reference: LoadedModel | None, baseline: list[dict]
-) -> tuple[dict, list[dict]]:
-    """Project directions out of every layer's residual stream, then ask again.
-
-    (a) `reference`: per layer, mean(audited) − mean(reference) of the residual stream at the
-    last prompt token over the forget questions — what unlearning added there — projected out
-    at that layer. (b) `refusal`: the audited model's own refusal direction per layer, mean over
-    the forget questions it refuses − mean over the retain questions it answers (from
-    `baseline`, the no-attack answers). Each reports forget/test leak and retain recall (an
-    attack that breaks the model recovers nothing: check that recall stays).
-    """
-    out: dict = {}
-    records: list[dict] = []
-    forget = subject.questions["forget"]
-    variants: dict[str, dict[int, torch.Tensor] | str] = {}
-    audited_mean = _mean_states(subject, subject.lm, forget, subject.applied, "states: audited")
-    if reference is None:
-        variants["reference"] = "no reference model given"
-    else:
-        ref_mean = _mean_states(subject, reference, forget, nullcontext, "states: reference")
-        diff = audited_mean - ref_mean
-        variants["reference"] = {layer: diff[layer] for layer in range(len(diff))}
-    refused = [
-        item
-        for item, r in zip(forget, [r for r in baseline if r["split"] == "forget"], strict=True)
-        if r["refusal"]
-    ]
-    answered = [
-        item
-        for item, r in zip(
-            subject.questions["retain"],
-            [r for r in baseline if r["split"] == "retain"],
-            strict=True,
-        )
-        if r["leak"]
-    ]
-    if not refused or not answered:
-        variants["refusal"] = (
-            f"the model refuses {len(refused)} forget questions and answers {len(answered)} "
-            "retain questions: a refusal direction needs both"
-        )
-    else:
-        refusing = _mean_states(subject, subject.lm, refused, subject.applied, "states: refused")
-        answering = _mean_states(subject, subject.lm, answered, subject.applied, "states: answered")
-        diff = refusing - answering
-        variants["refusal"] = {layer: diff[layer] for layer in range(len(diff))}
-    for name, directions in variants.items():
-        if isinstance(directions, str):
-            out[name] = {"skipped": directions}
-            continue
-        mine = ask(
-            subject,
-            (*ATTACKED_SPLITS, "retain"),
-            f"ablation_{name}",
-            inside=lambda d=directions: ablated(subject.lm, d),
-        )
-        norms = [float(directions[k].norm()) for k in sorted(directions)]
-        out[name] = {**leaks(mine), "direction_norms": norms}
-        records += mine
-    return out, records
 
 
 # --- prefill --------------------------------------------------------------------------------

@@ -19,8 +19,14 @@ ATTACKS = (
     "sampling",
 )
 PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
+# direction ablation (`ablation`): the kinds of candidate direction and where they are read
+ABLATION_KINDS = ("reference", "refusal", "pc1")
+ABLATION_POSITIONS = ("last_prompt", "image", "name")
 QUANT_BITS = (4, 8)  # the weight widths the quantisation attack rounds to
 RELEARN_MODES = ("lora", "full")  # relearning: a LoRA on the LM's linears, or every parameter
+# relearning: what the copy is fine-tuned on (`relearn.teaching_data`); "forget" carries the
+# control (the taught half's leak), so every audit that relearns teaches it
+RELEARN_DATA = ("forget", "benign", "unrelated")
 # The longest relearning curve. Examples repeat, so the taught half's size bounds nothing; the
 # attack's budget does: 1000 steps of 8 are about 30 passes over the taught half at forget
 # ratio 0.1 (the literature relearns for a few: Łucki et al. 2024 3 epochs) and 5 % of the
@@ -35,7 +41,9 @@ RELEARN_MAX_STEPS = 1000
 #    reference model (AUCs now in float64); prefill without the name and by prefix length;
 #    leak@k by sampling; readouts v2: the logit lens ranked within the value pool, at the
 #    fact's and the entity positions; ridge probes of every fact at the entity positions.
-AUDIT_PROTOCOL = 4
+# 5: direction ablation v2: candidates over positions x layers x kinds, chosen on half the forget
+#    people and reported on the other half; weight orthogonalisation. Relearning: `relearn_data`.
+AUDIT_PROTOCOL = 5
 
 
 class AuditError(AsruLabError, ValueError):
@@ -59,6 +67,42 @@ class AuditConfig:
     seed: int = field(default=0, metadata={"help": "seeds every sample, split and training run"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
     max_new_tokens: int = field(default=24, metadata={"help": "tokens generated per answer"})
+    ablation_kinds: tuple[str, ...] = field(
+        default=ABLATION_KINDS,
+        metadata={
+            "help": "direction ablation: the kinds of candidate direction, some of "
+            f"{ABLATION_KINDS}"
+        },
+    )
+    ablation_positions: tuple[str, ...] = field(
+        default=ABLATION_POSITIONS,
+        metadata={
+            "help": "direction ablation: the prompt positions the directions are read at, some "
+            f"of {ABLATION_POSITIONS}"
+        },
+    )
+    ablation_layer_stride: int = field(
+        default=1,
+        metadata={
+            "help": "direction ablation: one-direction-everywhere candidates from every n-th "
+            "layer (raise it for deep models: each candidate is one forward pass of the fitted "
+            "questions)"
+        },
+    )
+    ablation_top: int = field(
+        default=3,
+        metadata={
+            "help": "direction ablation: the candidates (best answer likelihood on the fitted "
+            "half) asked there; the one that leaks most is reported on the held-out half"
+        },
+    )
+    ablation_orthogonalize: bool = field(
+        default=True,
+        metadata={
+            "help": "direction ablation: also project the best one-direction candidate out of "
+            "the weights, and prefill and relearn the orthogonalised copy"
+        },
+    )
     relearn_steps: tuple[int, ...] = field(
         default=(0, 25, 50, 100, 250),
         metadata={
@@ -80,6 +124,14 @@ class AuditConfig:
     relearn_modes: tuple[str, ...] = field(
         default=RELEARN_MODES,
         metadata={"help": f"relearning: how the copy is fine-tuned, some of {RELEARN_MODES}"},
+    )
+    relearn_data: tuple[str, ...] = field(
+        default=RELEARN_DATA,
+        metadata={
+            "help": "relearning: what the copy is fine-tuned on, 'forget' (half the forget "
+            "people's facts; it carries the control) and some of 'benign' (retain facts), "
+            "'unrelated' (picture questions about others)"
+        },
     )
     relearn_batch_size: int = field(default=8, metadata={"help": "relearning: examples per step"})
     relearn_lora_r: int = field(
@@ -157,6 +209,8 @@ class AuditConfig:
             mink_fraction="(0, 1]",
             sample_k=">= 1",
             sample_temperature="> 0",
+            ablation_layer_stride=">= 1",
+            ablation_top=">= 1",
         )
         words = self.prefill_words
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in words) or any(
@@ -197,6 +251,29 @@ class AuditConfig:
         if not modes or any(m not in RELEARN_MODES for m in modes) or len(set(modes)) < len(modes):
             raise ConfigError(
                 f"AuditConfig.relearn_modes must be some of {RELEARN_MODES}, each once, got {modes}"
+            )
+        for name, allowed in (
+            ("ablation_kinds", ABLATION_KINDS),
+            ("ablation_positions", ABLATION_POSITIONS),
+        ):
+            chosen = getattr(self, name)
+            if (
+                not chosen
+                or any(c not in allowed for c in chosen)
+                or len(set(chosen)) < len(chosen)
+            ):
+                raise ConfigError(
+                    f"AuditConfig.{name} must be some of {allowed}, each once, got {chosen}"
+                )
+        data = self.relearn_data
+        if (
+            "forget" not in data
+            or any(d not in RELEARN_DATA for d in data)
+            or len(set(data)) < len(data)
+        ):
+            raise ConfigError(
+                f"AuditConfig.relearn_data must be 'forget' (the taught half, which carries the "
+                f"control) and any others of {RELEARN_DATA}, each once, got {data}"
             )
         for name, what in (("relearn_lr", "the LoRA's"), ("relearn_full_lr", "full fine-tuning's")):
             rates = getattr(self, name)

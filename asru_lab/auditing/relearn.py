@@ -1,8 +1,8 @@
 """The relearning attack: fine-tune a copy of the audited model on *other* data, then ask again.
 
 The forget people are split in two halves (seeded). The attack fine-tunes a copy of the
-audited model on one kind of data (`DATA`) and measures, after each number of steps k in
-`AuditConfig.relearn_steps`, the leak on the second half, whose facts it never shows:
+audited model on one kind of data (`AuditConfig.relearn_data`) and measures, after each number
+of steps k in `AuditConfig.relearn_steps`, the leak on the second half, whose facts it never shows:
 
 - "forget": the first half's facts (their forget-split questions with the reference answers;
   Deeb & Roger 2024);
@@ -82,7 +82,6 @@ from .attacks import ATTACKED_SPLITS, Subject, leaks
 from .config import AuditConfig, AuditError
 from .measure import leak_records, rate, sample
 
-DATA = ("forget", "benign", "unrelated")
 # the taught half's leak at the last k that shows a setting trained: far above an untrained
 # oracle's (0) and below what every default setting teaches it (0.97-1.0 at k = 250, measured)
 CONTROL_LEAK = 0.8
@@ -131,8 +130,8 @@ def area(points: Sequence[dict], key: str = "forget_leak") -> float | None:
 
 
 def teaching_data(bench: Benchmark, config: AuditConfig, taught: Sequence[str]) -> dict:
-    """Per data kind of `DATA`, the questions the attack fine-tunes on (as many of each kind
-    as the taught half has), or a str saying why the benchmark has none."""
+    """Per data kind of `AuditConfig.relearn_data`, the questions the attack fine-tunes on (as
+    many of each kind as the taught half has), or a str saying why the benchmark has none."""
     shown = set(taught)
     forget = [i for i in bench.questions("forget", "qa") if i.person_id in shown]
     forgotten = {i.person_id for i in bench.split("forget")}
@@ -142,7 +141,7 @@ def teaching_data(bench: Benchmark, config: AuditConfig, taught: Sequence[str]) 
         if i.person_id not in forgotten
     ]
     seed, n = config.seed, len(forget)
-    return {
+    every = {
         "forget": forget,
         "benign": sample(bench.questions("retain", "qa"), n, seed, "relearn:benign"),
         "unrelated": sample(unrelated, n, seed, "relearn:unrelated")
@@ -150,6 +149,7 @@ def teaching_data(bench: Benchmark, config: AuditConfig, taught: Sequence[str]) 
         else f"{bench.name} has no picture questions (split {UNRELATED_SPLIT!r}) about people "
         "outside the forget set",
     }
+    return {kind: every[kind] for kind in config.relearn_data}
 
 
 def relearn(

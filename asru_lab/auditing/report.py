@@ -69,6 +69,8 @@ def void_attacks(results: dict) -> dict[str, str]:
 
     recall = results.get("none", {}).get("retain_recall")
     for name, block in results.get("ablation", {}).items():
+        if "void" in block:  # the orthogonalised copy's relearning failed its control
+            found[f"ablation_{name}"] = block["void"]
         check(f"ablation_{name}", block, recall)
     for width, block in results.get("quantize", {}).items():
         for variant in (width, f"{width}+prefill"):

@@ -10,7 +10,7 @@ from asru_lab.evaluation.harness import forget_people, oracle_mismatch
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 
-from . import attacks, quantization, readout, relearn
+from . import ablation, attacks, quantization, readout, relearn
 from .config import AuditConfig, AuditError
 from .measure import sample
 from .report import AuditReport, summarize, void_attacks, worst_relearn_curves
@@ -115,7 +115,7 @@ def audit(
     run("none", attacks.no_attack, subject)
     baseline = [r for r in records if r["attack"] == "none"]
     steps = {
-        "ablation": (attacks.ablation, subject, reference, baseline),
+        "ablation": (ablation.ablation, subject, reference, baseline),
         "prefill": (attacks.prefill, subject),
         "sampling": (attacks.sampling, subject),
         "inputs": (attacks.perturbed_inputs, subject),

@@ -467,7 +467,8 @@ def _audit_options(sub) -> None:
     _add_fields(
         p,
         AuditConfig,
-        "attacks max_items relearn_steps relearn_lr probe_attribute batch_size",
+        "attacks max_items relearn_steps relearn_modes relearn_lr relearn_full_lr relearn_data "
+        "quant_bits sample_k prefill_words probe_attribute batch_size",
         none=True,
     )
     p.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -43,14 +43,19 @@ def test_positive_control_ablating_steer_only_brings_the_leak_back(
 ):
     probe = SteeringProbe.load(located["probe"])
     steered = al.unlearn(lm, bench, "steer_only", probe=probe)
-    config = AuditConfig(max_items=48, attacks=("ablation",), progress=False)
+    config = AuditConfig(
+        max_items=48, attacks=("ablation",), ablation_orthogonalize=False, progress=False
+    )
     report = audit(steered.model, bench, reference=lm, probe=steered.probe, config=config)
     hidden = report.results["none"]["forget_leak"]
-    recovered = report.results["ablation"]["reference"]["forget_leak"]
+    # chosen on one half of the forget people, reported on the other
+    chosen = report.results["ablation"]["per_layer"]
     assert hidden <= 0.5 * vanilla_leak, "the probe should suppress most forget answers"
-    assert recovered >= vanilla_leak - 0.15, (hidden, recovered, vanilla_leak)
+    assert chosen["none_forget_leak"] <= 0.5 * vanilla_leak
+    assert chosen["forget_leak"] >= 0.9, (hidden, chosen, vanilla_leak)
+    assert chosen["forget_leak"] >= vanilla_leak - 0.15, (hidden, chosen, vanilla_leak)
     # the attack does not break the model: retain recall stays
-    assert report.results["ablation"]["reference"]["retain_recall"] >= 0.8
+    assert chosen["retain_recall"] >= 0.8
 
 
 def test_negative_control_no_attack_makes_the_oracle_say_what_it_never_learnt(lm, bench):

@@ -24,13 +24,6 @@ from asru_lab.models.embedded import oracle_dir
 from tests.tiny_models import make_tiny_qwen2_5_vl
 
 SMALL = AuditConfig(max_items=4, relearn_steps=(0, 2), progress=False)
-GENERATING = (
-    "none",
-    "ablation_reference",
-    "prefill",
-    "input_flip",
-    "relearn_forget_lora_lr0.001_k2",
-)
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +34,8 @@ def report(lm, bench) -> AuditReport:
 def test_every_attack_reports_on_forget_and_test(report):
     results = report.results
     assert set(results) == {"none", *SMALL.attacks}
-    for block in (results["none"], results["prefill"], results["ablation"]["reference"]):
+    for block in (results["none"], results["prefill"]):
         assert {"forget_leak", "test_leak", "n_forget", "n_test"} <= set(block)
-    assert {"retain_recall"} <= set(results["ablation"]["reference"])
     assert set(results["inputs"]) == set(SMALL.perturbations)
     curves = results["relearn"]["curves"]
     assert [p["steps"] for p in curves["forget"]] == [0, 2]
@@ -57,8 +49,11 @@ def test_every_attack_reports_on_forget_and_test(report):
     assert 0 < results["linear_probe"]["n_train"] <= 8 * SMALL.max_items
     assert results["logit_lens"]["forget"]["n"] > 0
     assert 0 <= results["membership"]["loss_auc"] <= 1
-    # the vanilla model refuses nothing: no refusal direction, and the audit says why
-    assert "skipped" in results["ablation"]["refusal"]
+    # audited against itself the vanilla model has no direction to ablate: it refuses nothing
+    # (no refusal direction) and its states are the reference's; the audit says so
+    why = results["ablation"]["per_layer"]["skipped"]
+    assert why.startswith("no candidate direction") and "a refusal direction needs both" in why
+    assert "the audited model's states equal the reference's there" in why
 
 
 def test_vanilla_model_leaks_everywhere(report):
@@ -67,14 +62,12 @@ def test_vanilla_model_leaks_everywhere(report):
     assert s["forget_leak"] >= 0.75
     assert s["recovered_leak"] >= s["forget_leak"]
     assert s["mia_auc"] >= 0.9  # its forget people's answers are far likelier than strangers'
-    # ablating a zero difference changes nothing
-    assert report.results["ablation"]["reference"]["direction_norms"] == [0.0] * 6
-    assert report.results["ablation"]["reference"]["forget_leak"] == s["forget_leak"]
+    assert s["ablation_leak"] is None  # nothing to ablate, so no ablation leak
 
 
 def test_every_answer_is_in_the_records(report):
     attacks = {r["attack"] for r in report.records}
-    assert {"none", "ablation_reference", "prefill", "input_jpeg", "logit_lens"} <= attacks
+    assert {"none", "ablation_fit_none", "prefill", "input_jpeg", "logit_lens"} <= attacks
     relearnt = {
         "relearn_k0",
         "relearn_benign_lora_lr0.001_k2",
@@ -116,11 +109,15 @@ def test_the_audited_model_is_not_changed(lm, bench):
 def test_cli_audit_writes_the_report(tmp_path, capsys):
     out = tmp_path / "audit"
     args = ["audit", "--out", str(out), "--max-items", "3", "--relearn-steps", "0", "1"]
-    assert main([*args, "--attacks", "prefill", "relearn", "--quiet"]) == 0
+    grid = ["--relearn-modes", "lora", "--relearn-lr", "2e-3", "--relearn-data", "forget"]
+    assert main([*args, *grid, "--attacks", "prefill", "relearn", "--quiet"]) == 0
     summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     report = AuditReport.load(out)
     assert report.summary == summary
     assert set(report.results) == {"none", "prefill", "relearn"}
+    # the relearning grid the flags asked: one LoRA setting taught the forget facts alone
+    (setting,) = report.results["relearn"]["settings"]
+    assert (setting["mode"], setting["lr"], set(setting["curves"])) == ("lora", 2e-3, {"forget"})
     assert report.reference is not None  # the embedded model, the default reference
     assert (out / "items.jsonl").is_file() and (out / "audit.html").is_file()
 
@@ -225,6 +222,8 @@ def test_reproduce_audit_adds_columns_the_oracle_row_and_figures(tmp_path):
         (["--relearn-steps", "-1", "5"], ">= 0"),
         (["--oracle", "EMBEDDED"], "not a retrain oracle"),
         (["--attacks", "jailbreak"], "'jailbreak'"),
+        (["--relearn-data", "benign"], "relearn_data must be 'forget'"),
+        (["--quant-bits", "3"], "quant_bits must be some of (4, 8)"),
     ],
 )
 def test_cli_audit_refuses_bad_input_before_any_work(tmp_path, capsys, extra, words):

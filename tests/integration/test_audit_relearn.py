@@ -133,3 +133,6 @@ def test_the_teaching_data_of_each_kind(bench):
         list(bench.people.values()), kept, name="plain", image_loader=bench.load_image
     )
     assert "plain has no picture questions" in teaching_data(plain, TINY, taught)["unrelated"]
+    # only the kinds asked are taught; "forget" carries the control, so it is always among them
+    only = replace(TINY, relearn_data=("forget", "unrelated"))
+    assert list(teaching_data(bench, only, taught)) == ["forget", "unrelated"]

@@ -121,14 +121,14 @@ def test_an_ablation_that_breaks_the_model_is_void_and_a_broken_model_is_judged_
     results = {
         "none": {"forget_leak": 0.0, "retain_recall": 0.9},
         "ablation": {
-            "reference": {"forget_leak": 0.0, "retain_recall": 0.1},  # broke it
-            "refusal": {"forget_leak": 0.3, "retain_recall": 0.8},  # kept it
+            "per_layer": {"forget_leak": 0.0, "retain_recall": 0.1},  # broke it
+            "everywhere": {"forget_leak": 0.3, "retain_recall": 0.8},  # kept it
         },
     }
     s = summarize(results)
-    assert "ablation_reference: the attack broke the model" in s["void_attacks"]
-    assert s["recovered_leak"] == 0.3 and s["recovered_by"] == "ablation_refusal"
+    assert "ablation_per_layer: the attack broke the model" in s["void_attacks"]
+    assert s["recovered_leak"] == 0.3 and s["recovered_by"] == "ablation_everywhere"
     # a model that already answers little of retain (e.g. after GA) cannot be broken further
     results["none"]["retain_recall"] = 0.06
-    results["ablation"]["reference"]["retain_recall"] = 0.0
+    results["ablation"]["per_layer"]["retain_recall"] = 0.0
     assert summarize(results)["void_attacks"] is None

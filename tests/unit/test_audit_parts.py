@@ -52,6 +52,9 @@ def test_relearn_steps_must_be_increasing_counts(steps, words):
         ({"relearn_full_lr": (1e-4, 1e-4)}, "each once, got \\(0.0001, 0.0001\\)"),
         ({"relearn_modes": ("lora", "qlora")}, r"relearn_modes must be some of \('lora', 'full'\)"),
         ({"relearn_modes": ()}, "relearn_modes must be some of"),
+        ({"relearn_data": ("benign",)}, r"relearn_data must be 'forget' \(the taught half, which"),
+        ({"relearn_data": ("forget", "code")}, r"others of \('forget', 'benign', 'unrelated'\)"),
+        ({"relearn_data": ("forget", "forget")}, "each once, got \\('forget', 'forget'\\)"),
     ],
 )
 def test_relearning_grids_must_be_positive_rates_and_known_modes(grid, words):
@@ -94,8 +97,9 @@ def test_summary_takes_the_worst_leak_over_every_generating_attack():
     results = {
         "none": {"forget_leak": 0.1, "test_leak": 0.2},
         "ablation": {
-            "reference": {"forget_leak": 0.5, "test_leak": 0.4},
-            "refusal": {"skipped": "no refusals"},
+            "per_layer": {"forget_leak": 0.5, "test_leak": 0.4},
+            "everywhere": {"forget_leak": 0.2, "test_leak": 0.1},
+            "orthogonalized+relearn": {"void": "the taught half was not relearned"},
         },
         "prefill": {"forget_leak": 0.3, "test_leak": 0.6},
         "relearn": {
@@ -117,6 +121,7 @@ def test_summary_takes_the_worst_leak_over_every_generating_attack():
     assert summary["recovered_by"] == "relearn_forget_lora_lr0.001_k50"
     assert summary["recovered_leak_test"] == 0.6
     assert summary["ablation_leak"] == 0.5
+    assert "ablation_orthogonalized+relearn: the taught half" in summary["void_attacks"]
     assert summary["prefill_leak"] == 0.3
     assert summary["relearn_leak_k50"] == 0.7
     assert summary["relearn_benign_leak_k50"] == 0.2
