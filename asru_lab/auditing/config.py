@@ -60,9 +60,27 @@ class AuditConfig:
     attacks: tuple[str, ...] = field(
         default=ATTACKS, metadata={"help": f"attacks to run, of {', '.join(ATTACKS)}"}
     )
-    max_items: int = field(
+    max_items: int | None = field(
         default=64,
-        metadata={"help": "questions per split and measurement (a seeded sample; forget, test)"},
+        metadata={
+            "help": "forget and test questions per split and measurement (a seeded sample; "
+            "None: every one)"
+        },
+    )
+    retain_items: int | None = field(
+        default=None,
+        metadata={
+            "help": "retain questions asked for recall (a seeded sample; None: max_items, or "
+            "64 when that is None)"
+        },
+    )
+    oracle_attacks: bool = field(
+        default=True,
+        metadata={
+            "help": "with an oracle: run the generating attacks on it too (the same questions "
+            "and settings), for the oracle's leak and the excess over it beside every attack's "
+            "(computed once per oracle and setting in a process)"
+        },
     )
     seed: int = field(default=0, metadata={"help": "seeds every sample, split and training run"})
     batch_size: int = field(default=32, metadata={"help": "prompts per forward pass"})
@@ -195,11 +213,17 @@ class AuditConfig:
     )
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
+    @property
+    def retain_n(self) -> int:
+        """How many retain questions are asked (`retain_items`, else `max_items`, else 64)."""
+        return self.retain_items or self.max_items or 64
+
     def __post_init__(self) -> None:
         check_fields(
             self,
             ConfigError,
             max_items=">= 2",
+            retain_items=">= 2",
             batch_size=">= 1",
             max_new_tokens=">= 1",
             relearn_batch_size=">= 1",

@@ -31,10 +31,10 @@ from asru_lab.models.loading import LoadedModel
 from .config import AuditConfig
 
 
-def sample(items: Sequence[QAItem], n: int, seed: int, key: str) -> list[QAItem]:
-    """`items` as they are when there are at most `n`, else a sample of `n` seeded by
-    (`seed`, `key`), kept in the items' order."""
-    if len(items) <= n:
+def sample(items: Sequence[QAItem], n: int | None, seed: int, key: str) -> list[QAItem]:
+    """`items` as they are when there are at most `n` (or `n` is None), else a sample of `n`
+    seeded by (`seed`, `key`), kept in the items' order."""
+    if n is None or len(items) <= n:
         return list(items)
     picked = set(random.Random(f"{seed}:{key}").sample(range(len(items)), n))
     return [item for k, item in enumerate(items) if k in picked]

@@ -45,16 +45,18 @@ def fact_attributes(bench: Benchmark) -> list[str]:
 
 
 def readout_items(
-    bench: Benchmark, split: str, n: int, seed: int, attributes: Sequence[str]
+    bench: Benchmark, split: str, n: int | None, seed: int, attributes: Sequence[str]
 ) -> list[QAItem]:
     """At most `n` generation questions of `split` about the people's `attributes`: a seeded
     sample of `n // 2` questions by name (no image) and the rest image questions (all image
-    questions where there are too few by name)."""
+    questions where there are too few by name); every one for `n` None."""
     about = [
         i
         for i in bench.questions(split, "qa")
         if i.attribute in attributes and i.person_id in bench.people
     ]
+    if n is None:
+        return about
     named = sample([i for i in about if not i.has_image], n // 2, seed, f"readout:{split}:name")
     shown = [i for i in about if i.has_image]
     return sample(shown, n - len(named), seed, f"readout:{split}:image") + named
@@ -66,7 +68,7 @@ def probe_items(bench: Benchmark, config: AuditConfig) -> tuple[list[QAItem], li
     each). The probes learn from people outside the audited set only: no forget person's
     question is ever in the training set."""
     attributes = probed_attributes(bench, config)
-    train = readout_items(bench, "retain", 8 * config.max_items, config.seed, attributes)
+    train = readout_items(bench, "retain", 8 * config.retain_n, config.seed, attributes)
     test = [
         item
         for split in ATTACKED_SPLITS

@@ -184,7 +184,7 @@ def relearn(
         for split in ATTACKED_SPLITS
     }
     asked = subject.questions["retain"]
-    measured["retain"] = sample(asked, max(2, cfg.max_items // 4), cfg.seed, "relearn:control")
+    measured["retain"] = sample(asked, max(2, cfg.retain_n // 4), cfg.seed, "relearn:control")
     answered = [r for r in baseline if r["split"] == "retain"]
     recalled = {id(i): r["leak"] for i, r in zip(asked, answered, strict=True)}
     data = teaching_data(bench, cfg, taught)

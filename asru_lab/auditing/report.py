@@ -242,6 +242,32 @@ def summarize(results: dict) -> dict:
     if test:
         out["recovered_leak_test"] = max(test.values())
     out["void_attacks"] = "; ".join(f"{k}: {why}" for k, why in void.items()) or None
+    out.update(_every_item(results))
+    return out
+
+
+def _every_item(results: dict) -> dict:
+    """The per-item union on the forget split (`union_leak` with its Wilson 95 % interval
+    `union_lo`..`union_hi` over `union_n` questions; the oracle's under the identical attacks,
+    `oracle_union_leak`, and `union_excess`) and the attack whose leak exceeds the oracle's
+    most (`excess_max`, `excess_by`), from `results["leaks"]` and `["union"]` (`stats`)."""
+    out: dict = {}
+    mine = results.get("union", {}).get("forget")
+    if mine:
+        out.update(union_leak=mine["leak"], union_lo=mine["lo"], union_hi=mine["hi"])
+        out["union_n"] = mine["n"]
+        theirs = results.get("oracle_union", {}).get("forget")
+        if theirs and theirs["leak"] is not None and mine["leak"] is not None:
+            out["oracle_union_leak"] = theirs["leak"]
+            out["union_excess"] = mine["leak"] - theirs["leak"]
+    excess = {
+        name: row["forget"]["excess"]
+        for name, row in results.get("leaks", {}).items()
+        if "excess" in row.get("forget", {})
+    }
+    if excess:
+        worst = max(excess, key=lambda k: excess[k])
+        out["excess_max"], out["excess_by"] = excess[worst], worst
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import asdict, replace
 
@@ -10,7 +11,7 @@ from asru_lab.evaluation.harness import forget_people, oracle_mismatch
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 
-from . import ablation, attacks, quantization, readout, relearn
+from . import ablation, attacks, quantization, readout, relearn, stats
 from .config import AuditConfig, AuditError
 from .measure import sample
 from .report import AuditReport, summarize, void_attacks, worst_relearn_curves
@@ -101,7 +102,8 @@ def audit(
         items = bench.questions(split, "qa")
         if not items and split != "test":
             raise AuditError(f"the {split} split of {bench.name} has no generation questions")
-        subject.questions[split] = sample(items, cfg.max_items, cfg.seed, split)
+        n = cfg.retain_n if split == "retain" else cfg.max_items
+        subject.questions[split] = sample(items, n, cfg.seed, split)
     results: dict = {}
     records: list[dict] = []
     timing: dict = {}
@@ -132,6 +134,20 @@ def audit(
         # per data kind, the worst case at each k over the settings: what the figures draw
         found = results["relearn"]
         found["curves"] = worst_relearn_curves(found, void_attacks(results))
+    # every measured answer: each attack's leak with its interval, the per-item union, and the
+    # oracle under the identical attacks beside them
+    void = void_attacks(results)
+    results["leaks"] = stats.leak_table(records, void)
+    results["union"] = stats.union(records, void)
+    if oracle is not None and cfg.oracle_attacks and oracle is not lm:
+        started = time.time()
+        theirs = _oracle_audit(oracle, bench, reference, cfg)
+        their_void = {**void_attacks(theirs.results)}
+        their_void.update({k: v for k, v in void.items() if k.startswith("relearn")})
+        table = stats.leak_table(theirs.records + stats.oracle_records(records), their_void)
+        results["leaks"] = stats.with_oracle(results["leaks"], table)
+        results["oracle_union"] = stats.union(theirs.records, their_void)
+        timing["oracle_attacks"] = round(time.time() - started, 1)
     timing["total"] = round(sum(timing.values()), 1)
     meta = dict(bench.meta or {})
     return AuditReport(
@@ -146,6 +162,41 @@ def audit(
         timing=timing,
         records=records,
     )
+
+
+# the generating attacks run on the oracle as well (relearning has its own oracle curves)
+ORACLE_SIDE = ("ablation", "prefill", "sampling", "inputs", "quantize")
+# oracle audits already run in this process, by what they depend on
+_ORACLE_AUDITS: dict[str, tuple[LoadedModel, AuditReport]] = {}
+
+
+def _oracle_audit(
+    oracle: LoadedModel, bench: Benchmark, reference: LoadedModel | None, cfg: AuditConfig
+) -> AuditReport:
+    """The oracle audited as itself under the generating attacks of `cfg` (`ORACLE_SIDE`):
+    the same questions (the same seeded samples) and settings; the method's probe is not
+    applied (the oracle is the model that never learnt). Cached in the process by the oracle,
+    benchmark, reference and settings, so that many methods audited against one oracle pay
+    for it once."""
+    side = replace(
+        cfg, attacks=tuple(a for a in cfg.attacks if a in ORACLE_SIDE), oracle_attacks=False
+    )
+    key = json.dumps(
+        [
+            oracle.fingerprint(),
+            bench.name,
+            bench.meta,
+            None if reference is None else reference.fingerprint(),
+            asdict(side),
+        ],
+        sort_keys=True,
+        default=str,
+    )
+    key += f":{id(oracle.model)}"  # the very model: an edited copy with the same name is not it
+    if key not in _ORACLE_AUDITS:
+        # the model is kept with its report, so that its id is not reused while cached
+        _ORACLE_AUDITS[key] = (oracle, audit(oracle, bench, reference=reference, config=side))
+    return _ORACLE_AUDITS[key][1]
 
 
 def _oracle_set(oracle: LoadedModel) -> dict:

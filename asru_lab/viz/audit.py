@@ -143,9 +143,75 @@ def layer_readout_chart(data: Mapping) -> go.Figure:
     return fig
 
 
+def excess_chart(data: Mapping, split: str = "forget") -> go.Figure:
+    """Per attack that measured something (and first the per-item union: some attack got the
+    fact out), the audited model's leak on `split` beside the retrain oracle's under the
+    identical attack, each with its Wilson 95 % interval; the hover gives the excess over the
+    oracle. Attacks are sorted by excess, worst first."""
+    results = data["results"]
+    rows = {name: row[split] for name, row in results.get("leaks", {}).items() if split in row}
+    order = sorted(rows, key=lambda n: -(rows[n].get("excess") or rows[n]["leak"] or 0.0))
+    bars = {}
+    union = results.get("union", {}).get(split)
+    if union:
+        theirs = results.get("oracle_union", {}).get(split, {})
+        bars["union (any attack)"] = {
+            **union,
+            "oracle": theirs.get("leak"),
+            "oracle_lo": theirs.get("lo"),
+            "oracle_hi": theirs.get("hi"),
+        }
+    bars.update({name: rows[name] for name in order})
+    names = [escape_text(n) for n in bars]
+
+    def errors(key: str, lo: str, hi: str) -> dict:
+        cells = [(b.get(key), b) for b in bars.values()]
+        up = [None if v is None else b.get(hi, v) - v for v, b in cells]
+        down = [None if v is None else v - b.get(lo, v) for v, b in cells]
+        return {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
+
+    fig = go.Figure()
+    fig.add_bar(
+        name=escape_text(_label(data)),
+        x=names,
+        y=[b.get("leak") for b in bars.values()],
+        error_y=errors("leak", "lo", "hi"),
+        marker_color=SPLIT_COLORS.get(split, "#d62728"),
+        customdata=[
+            [b.get("n"), "—" if b.get("oracle") is None else f"{b['leak'] - b['oracle']:+.2f}"]
+            for b in bars.values()
+        ],
+        hovertemplate="%{x}: %{y:.2f} of %{customdata[0]} (excess over the oracle "
+        "%{customdata[1]})<extra></extra>",
+    )
+    if any(b.get("oracle") is not None for b in bars.values()):
+        fig.add_bar(
+            name="retrain oracle, same attack",
+            x=names,
+            y=[b.get("oracle") for b in bars.values()],
+            error_y=errors("oracle", "oracle_lo", "oracle_hi"),
+            marker_color="#7f7f7f",
+        )
+    fig.update_layout(
+        title=escape_text(
+            f"Leak against the oracle under the same attack ({split}, 95 % intervals) — "
+            f"{_label(data)}"
+        ),
+        yaxis={
+            "title": f"share of {split} answers with the fact (95 % interval)",
+            "range": [0, 1.05],
+        },
+        barmode="group",
+        height=440,
+    )
+    return fig
+
+
 def audit_figures(data: Mapping) -> list[go.Figure]:
     """Every figure of one report, in the order of the HTML page."""
     figures = [attack_leak_chart(data)]
+    if data["results"].get("leaks"):
+        figures.insert(0, excess_chart(data))
     if data["results"].get("relearn"):
         figures.append(relearn_chart(data))
     if data["results"].get("linear_probe") or data["results"].get("logit_lens"):

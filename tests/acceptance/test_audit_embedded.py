@@ -14,6 +14,7 @@ import pytest
 
 import asru_lab as al
 from asru_lab.auditing import ATTACKS, AuditConfig, audit
+from asru_lab.baselines.trainer import UnlearnConfig
 from asru_lab.probe import SteeringProbe
 
 # Every attack but leak@k, whose chance level depends on the value pools (the oracle's own
@@ -81,3 +82,34 @@ def test_the_pool_lens_finds_the_facts_in_the_vanilla_model_and_not_in_the_oracl
         assert never_saw["best_top1"] <= never_saw["chance_top1"] + LENS_ABOVE_CHANCE, split
         chance = never_saw["chance_mrr"]
         assert chance - 0.05 <= never_saw["best_mrr"] <= chance + LENS_ABOVE_CHANCE, split
+
+
+def test_positive_control_relearning_brings_back_what_gradient_ascent_hid(lm, bench):
+    """GA at lr 1e-4 (the audit table's setting) stops the forget answers; 100 LoRA steps on
+    half the forget people's facts bring the other half back (measured: 0.92 held-out at k 50
+    and 100 over 48 questions, the oracle at most 0.08), with the control met on both."""
+    oracle = al.load_oracle()
+    ga = al.unlearn(lm, bench, "ga", UnlearnConfig(lr=1e-4, progress=False))
+    config = AuditConfig(
+        max_items=24,
+        attacks=("relearn",),
+        relearn_steps=(0, 100),
+        relearn_modes=("lora",),
+        relearn_data=("forget",),
+        oracle_attacks=False,
+        progress=False,
+    )
+    report = audit(ga.model, bench, oracle=oracle, config=config)
+    (setting,) = report.results["relearn"]["settings"]
+    mine, theirs = setting["curves"]["forget"], setting["oracle"]["forget"]
+    assert mine[0]["forget_leak"] <= 0.1, "GA should stop the held-out half's answers"
+    assert mine[-1]["taught_leak"] >= 0.8 and theirs[-1]["taught_leak"] >= 0.8  # the control
+    assert mine[-1]["forget_leak"] >= 0.8, mine
+    assert theirs[-1]["forget_leak"] <= GUESS_BOUND, theirs
+    assert report.summary["relearn_valid_settings"] == 1
+
+
+def test_membership_inference_finds_the_vanilla_models_members(lm, bench):
+    config = AuditConfig(max_items=48, attacks=("membership",), progress=False)
+    mia = audit(lm, bench, config=config).results["membership"]
+    assert mia["loss_auc"] >= 0.9 and mia["fact_loss_auc"] >= 0.9, mia

@@ -1,6 +1,7 @@
 """06_audit in JupyterLab, in a real browser: every cell runs (small mode) and the audit's
-plotly figures are drawn with data — the leak under each attack, the relearning curves and the
-per-layer readouts. Screenshots go to `test-artifacts/browser/` and to the test's tmp_path."""
+plotly figures are drawn with data — each attack against the oracle, the leak under each attack,
+the relearning curves and the per-layer readouts. Screenshots go to `test-artifacts/browser/`
+and to the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -13,7 +14,12 @@ pytestmark = pytest.mark.slow
 NOTEBOOK = "06_audit.ipynb"
 RUN_ALL_S = 600  # small mode takes a few minutes of kernel time on 2 cores
 # the figures asru_lab.viz.audit draws, by the start of their titles
-TITLES = ("Leak under each attack", "Relearning attack", "Is the fact still readable")
+TITLES = (
+    "Leak against the oracle under the same attack",
+    "Leak under each attack",
+    "Relearning attack",
+    "Is the fact still readable",
+)
 
 # plotly.js's computed traces (`_fullData`): the figure's typed arrays decoded
 FIGURES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]

@@ -33,7 +33,7 @@ def report(lm, bench) -> AuditReport:
 
 def test_every_attack_reports_on_forget_and_test(report):
     results = report.results
-    assert set(results) == {"none", *SMALL.attacks}
+    assert set(results) == {"none", *SMALL.attacks, "leaks", "union"}  # no oracle given
     for block in (results["none"], results["prefill"]):
         assert {"forget_leak", "test_leak", "n_forget", "n_test"} <= set(block)
     assert set(results["inputs"]) == set(SMALL.perturbations)
@@ -114,7 +114,7 @@ def test_cli_audit_writes_the_report(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     report = AuditReport.load(out)
     assert report.summary == summary
-    assert set(report.results) == {"none", "prefill", "relearn"}
+    assert set(report.results) == {"none", "prefill", "relearn", "leaks", "union", "oracle_union"}
     # the relearning grid the flags asked: one LoRA setting taught the forget facts alone
     (setting,) = report.results["relearn"]["settings"]
     assert (setting["mode"], setting["lr"], set(setting["curves"])) == ("lora", 2e-3, {"forget"})
@@ -235,3 +235,43 @@ def test_cli_audit_refuses_bad_input_before_any_work(tmp_path, capsys, extra, wo
     err = capsys.readouterr().err
     assert words in err and "Traceback" not in err
     assert not out.exists()
+
+
+def test_every_attack_has_its_interval_and_the_oracle_under_the_same_attack_beside_it(lm, bench):
+    from asru_lab.auditing import run
+
+    oracle = al.load_oracle()
+    config = replace(SMALL, attacks=("prefill", "quantize"), quant_bits=(4,))
+    report = audit(lm, bench, oracle=oracle, config=config)
+    leaks = report.results["leaks"]
+    assert {"none", "prefill", "prefill_generic", "quantize_int4", "quantize_int4+prefill"} <= set(
+        leaks
+    )
+    for name, row in leaks.items():
+        cell = row["forget"]
+        assert cell["lo"] <= cell["leak"] <= cell["hi"] and cell["n"] == SMALL.max_items, name
+        # the oracle asked the very same questions under the very same attack
+        assert cell["excess"] == pytest.approx(cell["leak"] - cell["oracle"]), name
+    # the vanilla model knows its forget people, the oracle never met them
+    assert leaks["none"]["forget"]["excess"] >= 0.5
+    s = report.summary
+    assert s["union_leak"] >= s["forget_leak"] and s["union_n"] == SMALL.max_items
+    assert s["union_excess"] == pytest.approx(s["union_leak"] - s["oracle_union_leak"])
+    # the page's first figure: union and attacks beside the oracle, with their intervals
+    from asru_lab.viz.audit import audit_figures
+
+    figure = audit_figures(report.to_dict())[0]
+    assert figure.layout.title.text.startswith("Leak against the oracle under the same attack")
+    mine, theirs = figure.data
+    assert mine.x[0] == "union (any attack)" and mine.y[0] == s["union_leak"]
+    assert theirs.y[0] == s["oracle_union_leak"] and len(mine.error_y.array) == len(mine.x)
+    # a second audit against the same oracle and settings reuses the oracle's answers
+    cached = len(run._ORACLE_AUDITS)
+    again = audit(lm, bench, oracle=oracle, config=config)
+    assert len(run._ORACLE_AUDITS) == cached and again.results["leaks"] == leaks
+    # the oracle audited as itself has no second oracle run
+    itself = audit(oracle, bench, oracle=oracle, config=config)
+    assert (
+        "oracle_union" not in itself.results
+        and "excess" not in itself.results["leaks"]["none"]["forget"]
+    )
