@@ -603,6 +603,10 @@ def cmd_audit(args) -> int:
     )
     chosen = {f: getattr(args, f) for f in (*fields, "batch_size")}
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None}
+    if args.all_items:
+        if args.max_items is not None:
+            raise AuditError("give --all-items or --max-items, not both")
+        chosen["max_items"] = None
     config = AuditConfig(**chosen, seed=seed(args), progress=not args.quiet)
     probe = SteeringProbe.load(args.probe) if args.probe else None
     if args.reference == "none" or (args.reference is None and not synthetic):

@@ -471,6 +471,12 @@ def _audit_options(sub) -> None:
         "quant_bits sample_k prefill_words probe_attribute batch_size",
         none=True,
     )
+    p.add_argument(
+        "--all-items",
+        action="store_true",
+        help="ask every forget and test question (AuditConfig max_items None) instead of a "
+        "sample of --max-items",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 

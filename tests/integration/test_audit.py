@@ -224,6 +224,7 @@ def test_reproduce_audit_adds_columns_the_oracle_row_and_figures(tmp_path):
         (["--attacks", "jailbreak"], "'jailbreak'"),
         (["--relearn-data", "benign"], "relearn_data must be 'forget'"),
         (["--quant-bits", "3"], "quant_bits must be some of (4, 8)"),
+        (["--all-items"], "give --all-items or --max-items, not both"),
     ],
 )
 def test_cli_audit_refuses_bad_input_before_any_work(tmp_path, capsys, extra, words):
