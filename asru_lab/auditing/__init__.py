@@ -12,6 +12,8 @@ forget and the test split:
   weights, that copy then asked plainly, prefilled and relearnt;
 - prefill (`attacks.prefill`): the answer started with the reference answer's words up to the
   fact;
+- in-context relearning (`in_context`): the taught half's facts as earlier chat turns before
+  each held-out question; void unless a shown question asked again is answered from the context;
 - perturbed inputs (`attacks.perturbed_inputs`): flipped, cropped, blurred, JPEG portraits;
 - weight quantisation (`quantization`): int8 and int4 copies, asked plainly and prefilled;
 - relearning (`relearn`): LoRA and full fine-tuning over a learning-rate grid on half the forget
@@ -25,7 +27,10 @@ forget and the test split:
   (the oracle's loss) AUC over the whole answer and over the fact's tokens, privleak vs the
   oracle.
 
-`AuditReport.summary["recovered_leak"]` is the worst forget leak over every generating attack.
+`AuditReport.summary["recovered_leak"]` is the worst forget leak over every generating attack;
+`results["leaks"]` (`stats`) holds each attack's leak on every measured answer with its Wilson
+interval, the oracle's under the identical attack and the excess, `results["union"]` the
+per-item union (`summary["union_leak"]`).
 """
 
 from .config import ATTACKS, AUDIT_PROTOCOL, PERTURBATIONS, AuditConfig, AuditError

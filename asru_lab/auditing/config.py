@@ -17,6 +17,7 @@ ATTACKS = (
     "inputs",
     "quantize",
     "sampling",
+    "in_context",
 )
 PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
 # direction ablation (`ablation`): the kinds of candidate direction and where they are read
@@ -43,6 +44,7 @@ RELEARN_MAX_STEPS = 1000
 #    fact's and the entity positions; ridge probes of every fact at the entity positions.
 # 5: direction ablation v2: candidates over positions x layers x kinds, chosen on half the forget
 #    people and reported on the other half; weight orthogonalisation. Relearning: `relearn_data`.
+#    Few-shot in-context relearning. Every answer against the oracle under the identical attack.
 AUDIT_PROTOCOL = 5
 
 
@@ -119,6 +121,13 @@ class AuditConfig:
         metadata={
             "help": "direction ablation: also project the best one-direction candidate out of "
             "the weights, and prefill and relearn the orthogonalised copy"
+        },
+    )
+    in_context_shots: int = field(
+        default=4,
+        metadata={
+            "help": "in-context relearning: the taught half's facts shown as earlier turns "
+            "before each held-out question"
         },
     )
     relearn_steps: tuple[int, ...] = field(
@@ -235,6 +244,7 @@ class AuditConfig:
             sample_temperature="> 0",
             ablation_layer_stride=">= 1",
             ablation_top=">= 1",
+            in_context_shots=">= 1",
         )
         words = self.prefill_words
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in words) or any(

@@ -57,7 +57,8 @@ def void_attacks(results: dict) -> dict[str, str]:
     0.25 of it — a broken model answers nothing, so its leak neither shows the knowledge gone
     nor back (a quantised model's prefill answers are judged by its recall without prefill) —
     and the relearning curves whose setting failed its control (`relearn`: the taught half's
-    leak at the last k below `CONTROL_LEAK`), every point of them."""
+    leak at the last k below `CONTROL_LEAK`), every point of them, and in-context relearning
+    when the shown question asked again is not answered from the context (`in_context`)."""
     found: dict[str, str] = {}
 
     def check(name: str, block: dict, before: float | None) -> None:
@@ -75,6 +76,12 @@ def void_attacks(results: dict) -> dict[str, str]:
     for width, block in results.get("quantize", {}).items():
         for variant in (width, f"{width}+prefill"):
             check(f"quantize_{variant}", block, recall)
+    reminded = results.get("in_context", {})
+    if reminded.get("control_leak") is not None and reminded["control_leak"] < CONTROL_LEAK:
+        found["in_context"] = (
+            f"the model did not answer from its context (control leak "
+            f"{reminded['control_leak']:.2f} < {CONTROL_LEAK:g})"
+        )
     relearned = results.get("relearn", {})
     before = relearned.get("retain_control", {}).get("recall_before")
     for setting in relearned.get("settings", []):
@@ -166,6 +173,8 @@ def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
     for n, block in prefilled.get("words", {}).items():
         if key in block:
             found[f"prefill_words{n}"] = block[key]
+    if key in results.get("in_context", {}):
+        found["in_context"] = results["in_context"][key]
     if f"{split}_leak_at_k" in results.get("sampling", {}):
         found["sampling"] = results["sampling"][f"{split}_leak_at_k"]
     void = void_attacks(results)
@@ -207,6 +216,7 @@ def summarize(results: dict) -> dict:
     out["prefill_leak"] = leaks.get("prefill")
     out["prefill_generic_leak"] = leaks.get("prefill_generic")
     out["sampling_leak_at_k"] = leaks.get("sampling")
+    out["in_context_leak"] = leaks.get("in_context")
     relearned = results.get("relearn", {})
     curves = worst_relearn_curves(relearned, void)
     for kind in curves:

@@ -11,7 +11,7 @@ from asru_lab.evaluation.harness import forget_people, oracle_mismatch
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 
-from . import ablation, attacks, quantization, readout, relearn, stats
+from . import ablation, attacks, in_context, quantization, readout, relearn, stats
 from .config import AuditConfig, AuditError
 from .measure import sample
 from .report import AuditReport, summarize, void_attacks, worst_relearn_curves
@@ -120,6 +120,7 @@ def audit(
         "ablation": (ablation.ablation, subject, reference, baseline),
         "prefill": (attacks.prefill, subject),
         "sampling": (attacks.sampling, subject),
+        "in_context": (in_context.in_context, subject),
         "inputs": (attacks.perturbed_inputs, subject),
         "quantize": (quantization.quantize, subject),
         "relearn": (relearn.relearn, subject, baseline, oracle),
@@ -165,7 +166,7 @@ def audit(
 
 
 # the generating attacks run on the oracle as well (relearning has its own oracle curves)
-ORACLE_SIDE = ("ablation", "prefill", "sampling", "inputs", "quantize")
+ORACLE_SIDE = ("ablation", "prefill", "sampling", "in_context", "inputs", "quantize")
 # oracle audits already run in this process, by what they depend on
 _ORACLE_AUDITS: dict[str, tuple[LoadedModel, AuditReport]] = {}
 

@@ -14,7 +14,11 @@ import plotly.graph_objects as go
 from asru_lab.table_style import escape_text
 
 SPLIT_COLORS = {"forget": "#d62728", "test": "#ff7f0e"}
-TAUGHT = {"forget": "other forget facts", "benign": "retain facts"}
+TAUGHT = {
+    "forget": "other forget facts",
+    "benign": "retain facts",
+    "unrelated": "picture questions",
+}
 
 
 def _label(data: Mapping) -> str:
@@ -39,6 +43,8 @@ def attack_leak_chart(data: Mapping) -> go.Figure:
         bars[f"sampling (leak@{block.get('k')})"] = {
             f"{split}_leak": block.get(f"{split}_leak_at_k") for split in SPLIT_COLORS
         }
+    if "forget_leak" in results.get("in_context", {}):
+        bars[f"in-context ({results['in_context']['shots']} shots)"] = results["in_context"]
     for name, block in results.get("inputs", {}).items():
         bars[f"input: {name}"] = block
     for width, block in results.get("quantize", {}).items():
@@ -69,18 +75,21 @@ def void_attack_names(data: Mapping) -> set[str]:
 
 def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
     """Relearning curves: leak on the forget people whose facts were never shown, after k
-    fine-tuning steps on the other half's facts (solid) or on retain facts (dotted). Takes one
-    report or {label: report} to compare methods (e.g. with the oracle, the floor)."""
+    fine-tuning steps on the other half's facts (solid), on retain facts (dotted) or on
+    unrelated picture questions (dash-dot). One report also draws the taught half's own leak
+    (the control, thin) and the oracle's held-out curve under the same settings (grey, the
+    floor). Takes one report or {label: report} to compare methods (e.g. with the oracle)."""
     if "results" in reports:
         reports = {_label(reports): reports}
     many = len(reports) > 1
     fig = go.Figure()
     for label, data in reports.items():
-        curves = data["results"].get("relearn", {}).get("curves", {})
+        relearned = data["results"].get("relearn", {})
+        curves = relearned.get("curves", {})
         void = void_attack_names(data)
-        for variant, dash in (("forget", "solid"), ("benign", "dot")):
+        for variant, dash in (("forget", "solid"), ("benign", "dot"), ("unrelated", "dashdot")):
             points = curves.get(variant, [])
-            if many and variant == "benign":
+            if many and variant != "forget":
                 continue  # one line per method when comparing
             if points:
                 fig.add_scatter(
@@ -94,6 +103,26 @@ def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
                     line={"dash": dash},
                     name=escape_text(f"{label}: taught {TAUGHT[variant]}"),
                 )
+        if many:
+            continue
+        control = _highest(relearned, "curves", "taught_leak")
+        if control:  # drawn for void settings too: it says why they are void
+            fig.add_scatter(
+                x=list(control),
+                y=list(control.values()),
+                mode="lines",
+                line={"width": 1},
+                name="control: the taught half itself",
+            )
+        floor = _highest(relearned, "oracle", "forget_leak")
+        if floor:
+            fig.add_scatter(
+                x=list(floor),
+                y=list(floor.values()),
+                mode="lines+markers",
+                line={"color": "#7f7f7f", "dash": "dash"},
+                name="oracle: the other half (same settings)",
+            )
     fig.update_layout(
         title="Relearning attack: leak on facts the attack never showed",
         xaxis={"title": "fine-tuning steps"},
@@ -101,6 +130,19 @@ def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
         height=420,
     )
     return fig
+
+
+def _highest(relearned: Mapping, whose: str, key: str) -> dict[int, float]:
+    """Per k, the highest `key` over the relearning settings' "forget" curves, the audited
+    model's (`whose` "curves": with "taught_leak", the control) or the oracle's ("oracle":
+    with "forget_leak", what fine-tuning achieves from nothing)."""
+    found: dict[int, float] = {}
+    for setting in relearned.get("settings", []):
+        for point in (setting.get(whose) or {}).get("forget", []):
+            value = point.get(key)
+            if value is not None:
+                found[point["steps"]] = max(value, found.get(point["steps"], 0.0))
+    return dict(sorted(found.items()))
 
 
 def layer_readout_chart(data: Mapping) -> go.Figure:

@@ -104,3 +104,43 @@ def test_the_candidates_of_one_direction_per_layer():
 def test_ablation_settings_out_of_range_are_refused(fields, words):
     with pytest.raises(ConfigError, match=words):
         AuditConfig(**fields)
+
+
+# --- few-shot in-context relearning ---------------------------------------------------------
+
+
+def test_in_context_relearning_shows_taught_facts_and_asks_held_out_people(lm, bench, monkeypatch):
+    from asru_lab.auditing import in_context as module
+
+    seen = []
+    real = module.generate_chats
+
+    def spy(model, chats, images, **kwargs):
+        seen.extend(chats)
+        return real(model, chats, images, **kwargs)
+
+    monkeypatch.setattr(module, "generate_chats", spy)
+    config = AuditConfig(attacks=("in_context",), max_items=6, in_context_shots=3, progress=False)
+    report = audit(lm, bench, config=config)
+    block = report.results["in_context"]
+    taught, held = set(block["taught_people"]), set(block["measured_people"])
+    people = {(i.question, i.image): i.person_id for i in bench.items}
+    answers = {(i.question, i.image): i.answer for i in bench.items}
+    measured = [r for r in report.records if r["attack"] == "in_context"]
+    control = [r for r in report.records if r["attack"] == "in_context_control"]
+    assert measured and len(control) == len(measured) == len(seen) // 2
+    assert {r["person_id"] for r in measured} <= held and {
+        r["person_id"] for r in control
+    } <= taught
+    for chat in seen:
+        *shots, asked = chat
+        assert len(shots) == 3 and asked.reply is None
+        # every shot is a taught person's question answered with its reference answer
+        assert all(people[s.text, s.image] in taught for s in shots)
+        assert all(s.reply == answers[s.text, s.image] for s in shots)
+    assert block["n_forget"] + block["n_test"] == len(measured)
+    # the embedded model never saw a multi-turn chat: it does not answer the shown question
+    # again from its context, so the attack is void here, and says why
+    assert block["control_leak"] < 0.8
+    assert "in_context: the model did not answer from its context" in report.summary["void_attacks"]
+    assert report.summary["in_context_leak"] is None

@@ -78,6 +78,14 @@ def test_the_taught_half_is_scored_at_every_k_on_the_model_and_the_oracle(report
         {"steps": 0, "forget_leak": None},
         {"steps": 2, "forget_leak": None},
     ]
+    # one report's chart also draws the control and the oracle's held-out curve (the floor)
+    from asru_lab.viz.audit import relearn_chart
+
+    drawn = {t.name.split(":")[0]: list(t.y) for t in relearn_chart(report.to_dict()).data}
+    floor = [max(s["oracle"]["forget"][k]["forget_leak"] for s in settings) for k in (0, 1)]
+    assert drawn["oracle"] == floor
+    taught = [max(s["curves"]["forget"][k]["taught_leak"] for s in settings) for k in (0, 1)]
+    assert drawn["control"] == taught
 
 
 def test_a_setting_that_does_not_teach_the_taught_half_is_void(bench, oracle):

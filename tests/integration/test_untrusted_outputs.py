@@ -110,8 +110,12 @@ def test_a_relearning_attack_that_breaks_the_model_is_void_not_a_recovery(lm, be
     assert saved.summary == s
     from asru_lab.viz.audit import relearn_chart
 
-    drawn = {t.line.dash: list(t.y) for t in relearn_chart(report.to_dict()).data}
-    assert drawn["solid"] == [None, None]  # gaps, never "leak 0"
+    drawn = {t.name.split(":")[0]: t for t in relearn_chart(report.to_dict()).data}
+    assert list(drawn[report.model["name"]].y) == [None, None]  # gaps, never "leak 0"
+    # the control is drawn for the void setting: it shows why it is void
+    assert list(drawn["control"].y) == [
+        p["taught_leak"] for p in report.results["relearn"]["settings"][0]["curves"]["forget"]
+    ]
     # sane learning rates keep the model, and the vanilla model knows the taught half: valid
     sane = audit(lm, bench, config=TINY_RELEARN).summary
     assert sane["void_attacks"] is None and sane["relearn_leak_k2"] is not None
