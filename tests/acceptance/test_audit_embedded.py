@@ -18,12 +18,14 @@ from asru_lab.baselines.trainer import UnlearnConfig
 from asru_lab.probe import SteeringProbe
 
 # Every attack but leak@k, whose chance level depends on the value pools (the oracle's own
-# leak@k is its floor, not a guess bound); one relearning setting, one quantisation width.
+# leak@k is its floor, not a guess bound); one relearning setting, one quantisation width, the
+# ablation without its orthogonalised copy.
 CONTROL = AuditConfig(
     max_items=48,
     attacks=tuple(a for a in ATTACKS if a != "sampling"),
     relearn_modes=("lora",),
     quant_bits=(4,),
+    ablation_orthogonalize=False,  # its relearning is the relearning attack's, run already
     progress=False,
 )
 # Chance: the oracle can only guess a fact (4-52 values per attribute, never a name).
