@@ -16,13 +16,12 @@ import random
 
 from tqdm.auto import tqdm
 
-from asru_lab.data.schema import QAItem, contains_value
+from asru_lab.data.schema import QAItem
 from asru_lab.evaluation.harness import forget_people
-from asru_lab.evaluation.judge import is_refusal
 from asru_lab.generation import Turn, generate_chats
 
 from .attacks import ATTACKED_SPLITS, Subject, leaks
-from .measure import rate
+from .measure import answer_record, rate
 
 
 def _turn(item: QAItem, reply: str | None = None) -> Turn:
@@ -68,22 +67,8 @@ def in_context(subject: Subject) -> tuple[dict, list[dict]]:
         with subject.applied():
             answers = generate_chats(subject.lm, turns, images, max_new_tokens=cfg.max_new_tokens)
         for (attack, item, _), answer in zip(batch, answers, strict=True):
-            records.append(
-                {
-                    "attack": attack,
-                    "split": item.split,
-                    "person_id": item.person_id,
-                    "attribute": item.attribute,
-                    "question": item.question,
-                    "image": item.image,
-                    "prefix": None,
-                    "answer": answer,
-                    "value": item.value,
-                    "leak": contains_value(answer, item.value),
-                    "refusal": is_refusal(answer),
-                    "half": "held_out" if attack == "in_context" else "taught",
-                }
-            )
+            half = "held_out" if attack == "in_context" else "taught"
+            records.append({**answer_record(attack, item, answer), "half": half})
     measured = [r for r in records if r["attack"] == "in_context"]
     control = [r for r in records if r["attack"] == "in_context_control"]
     out = {

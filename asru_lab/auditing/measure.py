@@ -233,22 +233,28 @@ def leak_records(
                 max_new_tokens=config.max_new_tokens,
             )
         for k, item, answer in zip(chunk, batch, answers, strict=True):
-            records.append(
-                {
-                    "attack": attack,
-                    "split": item.split,
-                    "person_id": item.person_id,
-                    "attribute": item.attribute,
-                    "question": item.question,
-                    "image": item.image,
-                    "prefix": None if prefixes is None else prefixes[k],
-                    "answer": answer,
-                    "value": item.value,
-                    "leak": contains_value(answer, item.value),
-                    "refusal": is_refusal(answer),
-                }
-            )
+            prefix = None if prefixes is None else prefixes[k]
+            records.append(answer_record(attack, item, answer, prefix))
     return records
+
+
+def answer_record(attack: str, item: QAItem, answer: str, prefix: str | None = None) -> dict:
+    """One answer as the audit keeps it: the attack's name, split, person, question, the
+    teacher-forced prefix (if any), the answer, the fact and whether the answer contains it
+    (`leak`, whole words) or refuses (`refusal`)."""
+    return {
+        "attack": attack,
+        "split": item.split,
+        "person_id": item.person_id,
+        "attribute": item.attribute,
+        "question": item.question,
+        "image": item.image,
+        "prefix": prefix,
+        "answer": answer,
+        "value": item.value,
+        "leak": contains_value(answer, item.value),
+        "refusal": is_refusal(answer),
+    }
 
 
 def rate(records: Sequence[dict], key: str = "leak") -> float | None:
