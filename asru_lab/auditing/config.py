@@ -55,9 +55,10 @@ class AuditError(AsruLabError, ValueError):
 
 @dataclass
 class AuditConfig:
-    """How an audit attacks an unlearned model (defaults: about 8 minutes on 2 CPU cores for
-    the embedded model with its reference and oracle, relearning 7 of them; measured in
-    `relearn`)."""
+    """How an audit attacks an unlearned model (defaults: about 13 minutes on one thread of a
+    2-core machine for the embedded model with its reference and oracle under protocol 5 —
+    relearning 469 s, direction ablation 116 s, the oracle's run of the generating attacks
+    142 s (paid once per oracle and setting in a process); measured for asru_stage1)."""
 
     attacks: tuple[str, ...] = field(
         default=ATTACKS, metadata={"help": f"attacks to run, of {', '.join(ATTACKS)}"}

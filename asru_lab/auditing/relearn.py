@@ -50,9 +50,11 @@ ASRU at the defaults: both settings pass the control on it and on the oracle; it
 rises from 0.016 to 0.125 (LoRA), 0.14 (full, forget data) and 0.16 (full, benign data), the
 oracle's stays at most 0.08; excess area 0.11 (full fine-tuning at 1e-4 recovered 0.06).
 Cost, measured: the whole default audit of ASRU with its reference and oracle took 475 s on one
-thread of the 2-core machine (a second thread does not speed this model up), relearning 420 s of
-it (8 curves of 250 steps). A wider sweep is config, e.g. `relearn_lr=(5e-4, 1e-3, 2e-3)`,
-`relearn_full_lr=(1e-4, 3e-4, 1e-3)`: about 3.5 minutes more per setting.
+thread of the 2-core machine under protocol 4 (a second thread does not speed this model up),
+relearning 420 s of it (8 curves of 250 steps); under protocol 5 asru_stage1's took 791 s,
+relearning 469 s (beside a training run on the other core). A wider sweep is config, e.g.
+`relearn_lr=(5e-4, 1e-3, 2e-3)`, `relearn_full_lr=(1e-4, 3e-4, 1e-3)`: about 3.5 minutes more
+per setting.
 """
 
 from __future__ import annotations
