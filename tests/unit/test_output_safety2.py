@@ -176,7 +176,7 @@ def test_every_path_option_is_known_as_an_input_or_an_output():
         "site", "split", "attribute", "question", "corruption", "backend", "solver",
         "positions", "boundary", "protocol", "probe_attribute", "splits", "set", "layers",
         "strengths", "people", "components", "modules", "rewards", "attacks", "methods",
-        "tasks",
+        "tasks", "relearn_modes", "relearn_data",
     }  # fmt: skip
     sub = next(a for a in cli.build_parser()._actions if a.dest == "command")
     for name, parser in sub.choices.items():
