@@ -14,6 +14,9 @@ forget and the test split:
   fact;
 - in-context relearning (`in_context`): the taught half's facts as earlier chat turns before
   each held-out question; void unless a shown question asked again is answered from the context;
+- a universal soft prompt (`soft_prompt`): a few input embeddings fitted to make the taught
+  half's facts come out, put before the held-out half's questions; void unless the fit lowered
+  the taught half's answer loss;
 - perturbed inputs (`attacks.perturbed_inputs`): flipped, cropped, blurred, JPEG portraits;
 - weight quantisation (`quantization`): int8 and int4 copies, asked plainly and prefilled;
 - relearning (`relearn`): LoRA and full fine-tuning over a learning-rate grid on half the forget

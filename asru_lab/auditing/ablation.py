@@ -48,6 +48,7 @@ from asru_lab.evaluation.harness import forget_people
 from asru_lab.generation import encode_prefilled
 from asru_lab.models.loading import LoadedModel
 
+from . import choice
 from .attacks import ATTACKED_SPLITS, Subject, ask, leaks, prefill
 from .config import AuditError
 from .measure import _batches, ablated, leak_records, position_states, rate, sample
@@ -312,7 +313,11 @@ def ablation(
                 best = candidate
         return best
 
-    held_subject = replace(subject, questions=_held_out(subject, held))
+    held_subject = replace(
+        subject,
+        questions=_held_out(subject, held),
+        mcq={s: [i for i in items if i.person_id in held] for s, items in subject.mcq.items()},
+    )
     held_none = _held_out_none(baseline, held)
     out: dict = {}
     for variant, mine in (
@@ -329,9 +334,14 @@ def ablation(
             f"ablation_{variant}",
             inside=lambda key=key: ablated(subject.lm, lookup[key]),
         )
-        records += asked
+        chosen = choice.under(
+            held_subject,
+            f"ablation_{variant}",
+            inside=lambda key=key: ablated(subject.lm, lookup[key]),
+        )
+        records += asked + chosen
         which = {k: best[k] for k in ("kind", "position", "span", "fit_leak")}
-        out[variant] = {**leaks(asked), **held_none, **which}
+        out[variant] = {**leaks(asked), **choice.accuracy(chosen), **held_none, **which}
         if variant == "everywhere" and cfg.ablation_orthogonalize:
             direction = directions[best["kind"], best["position"]][
                 int(best["span"].removeprefix("from"))
@@ -376,8 +386,9 @@ def _orthogonalized_attacks(
     subject = replace(held_subject, lm=twin)
     out: dict = {}
     asked = ask(subject, (*ATTACKED_SPLITS, "retain"), "ablation_orthogonalized")
-    records += asked
-    out["orthogonalized"] = {**leaks(asked), **held_none, **which}
+    chosen = choice.under(subject, "ablation_orthogonalized")
+    records += asked + chosen
+    out["orthogonalized"] = {**leaks(asked), **choice.accuracy(chosen), **held_none, **which}
     found, mine = prefill(subject, variants=("name",))
     records += [{**r, "attack": f"ablation_orthogonalized+{r['attack']}"} for r in mine]
     out["orthogonalized+prefill"] = {
@@ -404,7 +415,9 @@ def _orthogonalized_attacks(
         "taught_leak": taught,
         "retain_recall": curve[-1].get("retain_recall"),
     }
-    if taught is None or taught < relearning.CONTROL_LEAK:
+    if setting.get("diverged"):
+        block["void"] = "the fine-tune diverged: " + "; ".join(setting["diverged"].values())
+    elif taught is None or taught < relearning.CONTROL_LEAK:
         shown = "none" if taught is None else f"{taught:.2f}"
         block["void"] = (
             f"the taught half was not relearned (taught leak {shown} < {relearning.CONTROL_LEAK:g})"

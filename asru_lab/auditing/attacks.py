@@ -30,13 +30,17 @@ ATTACKED_SPLITS = ("forget", "test")
 @dataclass
 class Subject:
     """The audited model, the probe of an inference-time method (applied whenever it runs),
-    and the questions every attack asks (split -> a seeded sample of its qa items)."""
+    and the questions every attack asks (split -> a seeded sample of its qa items; `mcq`: of
+    its multiple-choice items)."""
 
     lm: LoadedModel
     bench: Benchmark
     config: AuditConfig
     probe: SteeringProbe | None = None
     questions: dict[str, list[QAItem]] = field(default_factory=dict)
+    # the multiple-choice items scored by option likelihood (`choice`), by split; empty when
+    # the audit asks none
+    mcq: dict[str, list[QAItem]] = field(default_factory=dict)
 
     def applied(self) -> AbstractContextManager:
         """The audited model as the method answers: its probe's hooks on (if it has one)."""
@@ -51,7 +55,7 @@ def leaks(records: Sequence[dict]) -> dict:
     """Forget and test leak (and refusal) of an attack's records, with their counts."""
     out: dict = {}
     for split in (*ATTACKED_SPLITS, "retain"):
-        mine = [r for r in records if r["split"] == split]
+        mine = [r for r in records if r["split"] == split and "leak" in r]
         if not mine:
             continue
         key = "recall" if split == "retain" else "leak"
@@ -86,9 +90,13 @@ def ask(
 
 
 def no_attack(subject: Subject) -> tuple[dict, list[dict]]:
-    """The model as it is: forget and test leak, retain recall."""
+    """The model as it is: forget and test leak, retain recall, and the accuracy of multiple
+    choice by option likelihood (`choice`) when the audit asks it."""
+    from . import choice
+
     records = ask(subject, (*ATTACKED_SPLITS, "retain"), "none")
-    return leaks(records), records
+    chosen = choice.under(subject, "none")
+    return {**leaks(records), **choice.accuracy(chosen)}, records + chosen
 
 
 # --- prefill --------------------------------------------------------------------------------

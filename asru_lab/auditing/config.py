@@ -18,6 +18,8 @@ ATTACKS = (
     "quantize",
     "sampling",
     "in_context",
+    "soft_prompt",
+    "mcq_likelihood",
 )
 PERTURBATIONS = ("flip", "crop", "blur", "jpeg")
 # direction ablation (`ablation`): the kinds of candidate direction and where they are read
@@ -45,7 +47,9 @@ RELEARN_MAX_STEPS = 1000
 # 5: direction ablation v2: candidates over positions x layers x kinds, chosen on half the forget
 #    people and reported on the other half; weight orthogonalisation. Relearning: `relearn_data`.
 #    Few-shot in-context relearning. Every answer against the oracle under the identical attack.
-AUDIT_PROTOCOL = 5
+# 6: the universal soft-prompt attack (fitted on the taught half, scored on the held-out half);
+#    multiple choice by option likelihood under the attacks that change the model.
+AUDIT_PROTOCOL = 6
 
 
 class AuditError(AsruLabError, ValueError):
@@ -129,6 +133,21 @@ class AuditConfig:
         metadata={
             "help": "in-context relearning: the taught half's facts shown as earlier turns "
             "before each held-out question"
+        },
+    )
+    soft_prompt_tokens: int = field(
+        default=8,
+        metadata={"help": "soft-prompt attack: the learnt vectors put before each question"},
+    )
+    soft_prompt_steps: int = field(
+        default=150,
+        metadata={"help": "soft-prompt attack: Adam steps of relearn_batch_size taught questions"},
+    )
+    soft_prompt_lr: float = field(
+        default=0.1,
+        metadata={
+            "help": "soft-prompt attack: Adam's rate in units of the token-embedding table's "
+            "standard deviation"
         },
     )
     relearn_steps: tuple[int, ...] = field(
@@ -246,6 +265,9 @@ class AuditConfig:
             ablation_layer_stride=">= 1",
             ablation_top=">= 1",
             in_context_shots=">= 1",
+            soft_prompt_tokens=">= 1",
+            soft_prompt_steps=">= 1",
+            soft_prompt_lr="> 0",
         )
         words = self.prefill_words
         if any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in words) or any(

@@ -17,6 +17,9 @@ Each setting is a mode at one learning rate (AdamW, constant, gradient norm clip
 `relearn_lr`; "full", every parameter of a copy, the vision tower and merger included, at each
 of `relearn_full_lr` (`relearn_modes` picks the modes). Every data kind runs at every setting.
 
+A setting whose fine-tune diverges (its loss stops being finite, on any data kind, on the
+audited model or the oracle) is void as a whole and keeps why (`diverged`); the sweep goes on.
+
 The control: the "forget" curve also scores the taught half, its own training questions, at
 every k (`taught_leak`). A setting is void unless the taught half reaches `CONTROL_LEAK` at the
 last k, on the audited model and on the oracle: a fine-tune that cannot teach the facts it shows
@@ -80,6 +83,7 @@ from asru_lab.training import (
     seeded,
 )
 
+from . import choice
 from .attacks import ATTACKED_SPLITS, Subject, leaks
 from .config import AuditConfig, AuditError
 from .measure import leak_records, rate, sample
@@ -90,6 +94,11 @@ CONTROL_LEAK = 0.8
 UNRELATED_SPLIT = "general"  # the synthetic benchmark's picture questions
 
 Applied = Callable[[LoadedModel], AbstractContextManager]
+
+
+class Diverged(AuditError):
+    """A relearning fine-tune whose loss stopped being finite: its setting is void (the
+    reason is kept in the setting's `diverged`), the other settings still run."""
 
 
 def as_it_is(lm: LoadedModel) -> AbstractContextManager:
@@ -189,6 +198,10 @@ def relearn(
     measured["retain"] = sample(asked, max(2, cfg.retain_n // 4), cfg.seed, "relearn:control")
     answered = [r for r in baseline if r["split"] == "retain"]
     recalled = {id(i): r["leak"] for i, r in zip(asked, answered, strict=True)}
+    held_mcq = [i for items in subject.mcq.values() for i in items if i.person_id in held]
+    taught_mcq = (
+        choice.mcq_items(bench, "forget", set(taught), cfg) if subject.mcq.get("forget") else []
+    )
     data = teaching_data(bench, cfg, taught)
     taught_questions = sample(data["forget"], cfg.max_items, cfg.seed, "relearn:taught")
     out: dict = {
@@ -221,11 +234,22 @@ def relearn(
             found = leak_records(lm, bench, questions, cfg, attack=attack, desc=f"{attack}: {half}")
             what = None if half == "retain" else "taught" if half == "taught" else "held_out"
             mine += [{**r, "half": what} for r in found]
-        records.extend(mine)
         point = leaks([r for r in mine if r["half"] != "taught"])
         if kind == "forget":
             point["taught_leak"] = rate([r for r in mine if r["half"] == "taught"])
             point["n_taught"] = len(taught_questions)
+            if attack.endswith(f"_k{cfg.relearn_steps[-1]}") and subject.mcq:
+                # multiple choice by option likelihood at the last k, both halves
+                chosen = []
+                for half, items in (("held_out", held_mcq), ("taught", taught_mcq)):
+                    found = choice.choice_records(lm, bench, items, cfg, attack) if items else []
+                    chosen += [{**r, "half": half} for r in found]
+                point.update(choice.accuracy([r for r in chosen if r["half"] == "held_out"]))
+                taught_choice = [r for r in chosen if r["half"] == "taught"]
+                if taught_choice:
+                    point["taught_mcq_acc"] = choice.accuracy(taught_choice)["forget_mcq_acc"]
+                mine += chosen
+        records.extend(mine)
         return point
 
     # k = 0 is the untouched model for every setting and data kind: asked once per model
@@ -250,12 +274,16 @@ def relearn(
                         del untouched["taught_leak"], untouched["n_taught"]
                     curve.append({"steps": 0, **untouched})
                 desc = f"relearn {kind} {name}{' (oracle)' if who else ''}"
-                for k, twin in fine_tuned(lm, bench, items, mode, lr, cfg, applied, desc):
-                    if "trainable" not in setting:
-                        trained = (p for p in twin.model.parameters() if p.requires_grad)
-                        setting["trainable"] = sum(p.numel() for p in trained)
-                    point = measure(twin, f"{who}relearn_{kind}_{name}_k{k}", kind)
-                    curve.append({"steps": k, **point})
+                try:
+                    for k, twin in fine_tuned(lm, bench, items, mode, lr, cfg, applied, desc):
+                        if "trainable" not in setting:
+                            trained = (p for p in twin.model.parameters() if p.requires_grad)
+                            setting["trainable"] = sum(p.numel() for p in trained)
+                        point = measure(twin, f"{who}relearn_{kind}_{name}_k{k}", kind)
+                        curve.append({"steps": k, **point})
+                except Diverged as exc:
+                    # the rate is too high for this model: the setting is void, the sweep goes on
+                    setting.setdefault("diverged", {})[f"{who or 'audited_'}{kind}"] = str(exc)
                 (setting.setdefault("oracle", {}) if who else setting["curves"])[kind] = curve
         if itself:
             setting["oracle"] = {"forget": setting["curves"]["forget"]}
@@ -334,7 +362,7 @@ def fine_tuned(
                     **batch, labels=labels[:, -keep:], logits_to_keep=keep, use_cache=False
                 ).loss
                 if not torch.isfinite(loss):
-                    raise AuditError(
+                    raise Diverged(
                         f"{desc} diverged: the loss became {float(loss)} at step "
                         f"{done + 1}; lower AuditConfig.{rate_field} (now {lr:g})"
                     )

@@ -34,8 +34,13 @@ def _relearn_points(relearned: dict) -> Iterator[tuple[dict, str, str, str, dict
 
 
 def _untrained(setting: dict) -> str | None:
-    """Why a relearning setting fails its control, or None: the taught half's leak at the last
-    k is below `CONTROL_LEAK` on the audited model or the oracle."""
+    """Why a relearning setting fails its control, or None: its fine-tune diverged, or the
+    taught half's leak at the last k is below `CONTROL_LEAK` on the audited model or the
+    oracle."""
+    if setting.get("diverged"):
+        return "the fine-tune diverged: " + "; ".join(
+            f"{kind}: {why}" for kind, why in setting["diverged"].items()
+        )
     why = []
     for who, curves in (("", setting["curves"]), (" by the oracle", setting.get("oracle"))):
         if curves is None:
@@ -58,7 +63,9 @@ def void_attacks(results: dict) -> dict[str, str]:
     nor back (a quantised model's prefill answers are judged by its recall without prefill) —
     and the relearning curves whose setting failed its control (`relearn`: the taught half's
     leak at the last k below `CONTROL_LEAK`), every point of them, and in-context relearning
-    when the shown question asked again is not answered from the context (`in_context`)."""
+    when the shown question asked again is not answered from the context (`in_context`), and
+    a soft prompt whose fit did not lower the taught half's answer loss (`soft_prompt`; it
+    also counts as broken like the others)."""
     found: dict[str, str] = {}
 
     def check(name: str, block: dict, before: float | None) -> None:
@@ -82,6 +89,14 @@ def void_attacks(results: dict) -> dict[str, str]:
             f"the model did not answer from its context (control leak "
             f"{reminded['control_leak']:.2f} < {CONTROL_LEAK:g})"
         )
+    prompted = results.get("soft_prompt", {})
+    start, end = prompted.get("fit_loss_before"), prompted.get("fit_loss_after")
+    if start is not None and end is not None and not end < start:
+        found["soft_prompt"] = (
+            f"the soft prompt never trained (the taught half's answer loss {start:.3f} -> "
+            f"{end:.3f})"
+        )
+    check("soft_prompt", prompted, recall)
     relearned = results.get("relearn", {})
     before = relearned.get("retain_control", {}).get("recall_before")
     for setting in relearned.get("settings", []):
@@ -173,8 +188,9 @@ def _forget_leaks(results: dict, split: str = "forget") -> dict[str, float]:
     for n, block in prefilled.get("words", {}).items():
         if key in block:
             found[f"prefill_words{n}"] = block[key]
-    if key in results.get("in_context", {}):
-        found["in_context"] = results["in_context"][key]
+    for name in ("in_context", "soft_prompt"):
+        if key in results.get(name, {}):
+            found[name] = results[name][key]
     if f"{split}_leak_at_k" in results.get("sampling", {}):
         found["sampling"] = results["sampling"][f"{split}_leak_at_k"]
     void = void_attacks(results)
@@ -217,6 +233,7 @@ def summarize(results: dict) -> dict:
     out["prefill_generic_leak"] = leaks.get("prefill_generic")
     out["sampling_leak_at_k"] = leaks.get("sampling")
     out["in_context_leak"] = leaks.get("in_context")
+    out["soft_prompt_leak"] = leaks.get("soft_prompt")
     relearned = results.get("relearn", {})
     curves = worst_relearn_curves(relearned, void)
     for kind in curves:
@@ -253,6 +270,31 @@ def summarize(results: dict) -> dict:
         out["recovered_leak_test"] = max(test.values())
     out["void_attacks"] = "; ".join(f"{k}: {why}" for k, why in void.items()) or None
     out.update(_every_item(results))
+    out.update(_choice(results))
+    return out
+
+
+def _choice(results: dict) -> dict:
+    """Multiple choice by option likelihood on the forget split (`choice`): with no attack
+    (`mcq_acc`, its `mcq_chance` and the oracle's `mcq_oracle_acc`), the highest over the
+    valid attacks (`mcq_acc_max`, `mcq_acc_by`) and the largest excess over the oracle under
+    the identical attack (`mcq_excess_max`, `mcq_excess_by`)."""
+    table = results.get("mcq_likelihood", {})
+    cells = {name: row["forget"] for name, row in table.items() if "forget" in row}
+    if not cells:
+        return {}
+    none = cells.get("none", {})
+    out: dict = {
+        "mcq_acc": none.get("acc"),
+        "mcq_chance": none.get("chance"),
+        "mcq_oracle_acc": none.get("oracle"),
+    }
+    best = max(cells, key=lambda k: cells[k]["acc"])
+    out["mcq_acc_max"], out["mcq_acc_by"] = cells[best]["acc"], best
+    excess = {k: c["excess"] for k, c in cells.items() if "excess" in c}
+    if excess:
+        worst = max(excess, key=lambda k: excess[k])
+        out["mcq_excess_max"], out["mcq_excess_by"] = excess[worst], worst
     return out
 
 

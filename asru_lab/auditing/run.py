@@ -11,7 +11,17 @@ from asru_lab.evaluation.harness import forget_people, oracle_mismatch
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
 
-from . import ablation, attacks, in_context, quantization, readout, relearn, stats
+from . import (
+    ablation,
+    attacks,
+    choice,
+    in_context,
+    quantization,
+    readout,
+    relearn,
+    soft_prompt,
+    stats,
+)
 from .config import AuditConfig, AuditError
 from .measure import sample
 from .report import AuditReport, summarize, void_attacks, worst_relearn_curves
@@ -104,6 +114,12 @@ def audit(
             raise AuditError(f"the {split} split of {bench.name} has no generation questions")
         n = cfg.retain_n if split == "retain" else cfg.max_items
         subject.questions[split] = sample(items, n, cfg.seed, split)
+    if "mcq_likelihood" in cfg.attacks:
+        # scored with no attack and under each attack that changes the model (`choice`)
+        for split in attacks.ATTACKED_SPLITS:
+            found = choice.mcq_items(bench, split, None, cfg)
+            if found:
+                subject.mcq[split] = found
     results: dict = {}
     records: list[dict] = []
     timing: dict = {}
@@ -121,6 +137,7 @@ def audit(
         "prefill": (attacks.prefill, subject),
         "sampling": (attacks.sampling, subject),
         "in_context": (in_context.in_context, subject),
+        "soft_prompt": (soft_prompt.soft_prompt, subject),
         "inputs": (attacks.perturbed_inputs, subject),
         "quantize": (quantization.quantize, subject),
         "relearn": (relearn.relearn, subject, baseline, oracle),
@@ -140,6 +157,8 @@ def audit(
     void = void_attacks(results)
     results["leaks"] = stats.leak_table(records, void)
     results["union"] = stats.union(records, void)
+    if subject.mcq:
+        results["mcq_likelihood"] = stats.choice_table(records, void)
     if oracle is not None and cfg.oracle_attacks and oracle is not lm:
         started = time.time()
         theirs = _oracle_audit(oracle, bench, reference, cfg)
@@ -148,6 +167,11 @@ def audit(
         table = stats.leak_table(theirs.records + stats.oracle_records(records), their_void)
         results["leaks"] = stats.with_oracle(results["leaks"], table)
         results["oracle_union"] = stats.union(theirs.records, their_void)
+        if subject.mcq:
+            chosen = stats.choice_table(theirs.records + stats.oracle_records(records), their_void)
+            results["mcq_likelihood"] = stats.with_oracle(
+                results["mcq_likelihood"], chosen, key="acc"
+            )
         timing["oracle_attacks"] = round(time.time() - started, 1)
     timing["total"] = round(sum(timing.values()), 1)
     meta = dict(bench.meta or {})
@@ -166,7 +190,15 @@ def audit(
 
 
 # the generating attacks run on the oracle as well (relearning has its own oracle curves)
-ORACLE_SIDE = ("ablation", "prefill", "sampling", "in_context", "inputs", "quantize")
+ORACLE_SIDE = (
+    "ablation",
+    "prefill",
+    "sampling",
+    "in_context",
+    "soft_prompt",
+    "inputs",
+    "quantize",
+)
 # oracle audits already run in this process, by what they depend on
 _ORACLE_AUDITS: dict[str, tuple[LoadedModel, AuditReport]] = {}
 

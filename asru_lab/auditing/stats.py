@@ -105,8 +105,8 @@ def union(records: Iterable[Mapping], void: Iterable[str]) -> dict[str, dict]:
 
 
 def oracle_records(records: Iterable[Mapping]) -> list[dict]:
-    """The oracle's relearning answers, named as the audited model's (`oracle_relearn_...` ->
-    `relearn_...`): the oracle under the identical attack."""
+    """The oracle's relearning answers (and multiple-choice scores), named as the audited
+    model's (`oracle_relearn_...` -> `relearn_...`): the oracle under the identical attack."""
     return [
         {**r, "attack": r["attack"].removeprefix("oracle_")}
         for r in records
@@ -114,21 +114,56 @@ def oracle_records(records: Iterable[Mapping]) -> list[dict]:
     ]
 
 
-def with_oracle(mine: dict[str, dict], oracle: dict[str, dict]) -> dict[str, dict]:
-    """`leak_table` rows with the oracle's leak under the identical attack beside each split's
-    (`oracle`, `oracle_lo`, `oracle_hi`) and the `excess` over it, where the oracle has one."""
+def choice_name(record: Mapping) -> str | None:
+    """The summary's name of the attack a multiple-choice record (`choice`) was scored under,
+    or None for another record, a taught half's or the oracle's relearning."""
+    if record.get("task") != "mcq" or "correct" not in record or record.get("half") == "taught":
+        return None
+    attack = record.get("attack", "")
+    if attack.startswith("oracle_"):
+        return None
+    return f"quantize_{record.get('variant')}" if attack == "quantize" else attack
+
+
+def choice_table(records: Iterable[Mapping], void: Iterable[str]) -> dict[str, dict[str, dict]]:
+    """attack -> split -> multiple choice by option likelihood: `acc` (the share of items
+    whose right option scored highest) with its Wilson 95 % interval (`lo`, `hi`, `n`) and
+    `chance` (the mean of 1 / options), over the valid attacks' scored items."""
+    void = list(void)
+    found: dict[str, dict[str, list]] = {}
+    for r in records:
+        name = choice_name(r)
+        if name is None or r.get("split") not in ATTACKED_SPLITS or is_void(name, void):
+            continue
+        found.setdefault(name, {}).setdefault(r["split"], []).append(r)
+    out: dict[str, dict[str, dict]] = {}
+    for name, splits in found.items():
+        for split, mine in splits.items():
+            cell = share(sum(bool(r["correct"]) for r in mine), len(mine))
+            cell["acc"] = cell.pop("leak")
+            cell["chance"] = sum(1 / len(r["options"]) for r in mine) / len(mine)
+            out.setdefault(name, {})[split] = cell
+    return out
+
+
+def with_oracle(
+    mine: dict[str, dict], oracle: dict[str, dict], key: str = "leak"
+) -> dict[str, dict]:
+    """`leak_table` (or `choice_table`, `key` "acc") rows with the oracle's value under the
+    identical attack beside each split's (`oracle`, `oracle_lo`, `oracle_hi`) and the `excess`
+    over it, where the oracle has one."""
     out: dict[str, dict] = {}
     for name, splits in mine.items():
         row = {}
         for split, cell in splits.items():
             theirs = oracle.get(name, {}).get(split)
             cell = dict(cell)
-            if theirs is not None and theirs["leak"] is not None and cell["leak"] is not None:
+            if theirs is not None and theirs[key] is not None and cell[key] is not None:
                 cell.update(
-                    oracle=theirs["leak"],
+                    oracle=theirs[key],
                     oracle_lo=theirs["lo"],
                     oracle_hi=theirs["hi"],
-                    excess=cell["leak"] - theirs["leak"],
+                    excess=cell[key] - theirs[key],
                 )
             row[split] = cell
         out[name] = row

@@ -599,7 +599,7 @@ def cmd_audit(args) -> int:
     fields = (
         *("attacks", "max_items", "relearn_steps", "relearn_modes", "relearn_lr"),
         *("relearn_full_lr", "relearn_data", "quant_bits", "sample_k", "prefill_words"),
-        "probe_attribute",
+        *("soft_prompt_steps", "soft_prompt_lr", "probe_attribute"),
     )
     chosen = {f: getattr(args, f) for f in (*fields, "batch_size")}
     chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None}

@@ -468,7 +468,8 @@ def _audit_options(sub) -> None:
         p,
         AuditConfig,
         "attacks max_items relearn_steps relearn_modes relearn_lr relearn_full_lr relearn_data "
-        "quant_bits sample_k prefill_words probe_attribute batch_size",
+        "quant_bits sample_k prefill_words soft_prompt_steps soft_prompt_lr probe_attribute "
+        "batch_size",
         none=True,
     )
     p.add_argument(

@@ -45,6 +45,8 @@ def attack_leak_chart(data: Mapping) -> go.Figure:
         }
     if "forget_leak" in results.get("in_context", {}):
         bars[f"in-context ({results['in_context']['shots']} shots)"] = results["in_context"]
+    if "forget_leak" in results.get("soft_prompt", {}):
+        bars[f"soft prompt ({results['soft_prompt']['tokens']} vectors)"] = results["soft_prompt"]
     for name, block in results.get("inputs", {}).items():
         bars[f"input: {name}"] = block
     for width, block in results.get("quantize", {}).items():

@@ -100,6 +100,30 @@ def test_a_setting_that_does_not_teach_the_taught_half_is_void(bench, oracle):
     assert not s["recovered_by"].startswith("relearn")
 
 
+def test_a_setting_that_diverges_is_void_and_the_sweep_goes_on(bench, oracle, monkeypatch):
+    from asru_lab.auditing import relearn as module
+
+    real = module.fine_tuned
+
+    def blowing_up(lm, bench, items, mode, lr, config, *args):
+        if lr == 1.0:  # the model's loss stops being finite at the first step
+            raise module.Diverged(f"relearn diverged: the loss became nan at step 1 (lr {lr:g})")
+        yield from real(lm, bench, items, mode, lr, config, *args)
+
+    monkeypatch.setattr(module, "fine_tuned", blowing_up)
+    config = replace(
+        TINY, relearn_modes=("lora",), relearn_lr=(1.0, 2e-3), relearn_data=("forget",)
+    )
+    report = audit(oracle, bench, config=config)
+    settings = {s["name"]: s for s in report.results["relearn"]["settings"]}
+    assert "lr 1" in settings["lora_lr1"]["diverged"]["audited_forget"]
+    assert [p["steps"] for p in settings["lora_lr1"]["curves"]["forget"]] == [0]
+    assert "relearn_forget_lora_lr1: the fine-tune diverged" in report.summary["void_attacks"]
+    # the next setting still ran to its last k
+    assert [p["steps"] for p in settings["lora_lr0.002"]["curves"]["forget"]] == [0, 2]
+    assert "diverged" not in settings["lora_lr0.002"]
+
+
 def test_full_fine_tuning_trains_the_vision_tower_of_a_copy_only(lm, bench):
     before = _state(lm)
     items = bench.questions("forget", "qa", image_only=True)[:4]

@@ -1,0 +1,145 @@
+"""The universal soft-prompt attack and multiple choice by option likelihood on the embedded
+model: a prompt fitted on one half of the forget people and scored on the other; option scores
+that are the answers' log-probabilities, forced through `generate`."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from asru_lab.auditing import AuditConfig, AuditError, audit
+from asru_lab.auditing.choice import mcq_items, option_answers, option_scores
+from asru_lab.auditing.report import void_attacks
+from asru_lab.auditing.soft_prompt import marker, prompted, soft_prompted
+from asru_lab.evaluation.probability import answer_logprobs
+from asru_lab.validation import ConfigError
+
+SMALL = AuditConfig(
+    attacks=("soft_prompt", "mcq_likelihood"),
+    max_items=6,
+    soft_prompt_steps=6,
+    soft_prompt_tokens=4,
+    progress=False,
+)
+
+
+@pytest.fixture(scope="module")
+def report(lm, bench):
+    return audit(lm, bench, config=SMALL)
+
+
+def test_the_prompt_is_fitted_on_one_half_and_scored_on_the_other(report):
+    block = report.results["soft_prompt"]
+    taught, held = set(block["taught_people"]), set(block["measured_people"])
+    assert taught and held and taught.isdisjoint(held)
+    measured = [r for r in report.records if r["attack"] == "soft_prompt" and "leak" in r]
+    fitted = [r for r in report.records if r["attack"] == "soft_prompt_fit"]
+    assert measured and fitted
+    assert {r["person_id"] for r in measured if r["split"] != "retain"} <= held
+    assert {r["person_id"] for r in fitted} <= taught
+    assert all(r["half"] == "taught" for r in fitted)  # counted nowhere
+    # the records name the questions as every other attack does: the marker is not in them
+    pad = "<|endoftext|>"
+    assert all(pad not in r["question"] for r in measured + fitted)
+    assert block["n_forget"] + block.get("n_test", 0) == sum(
+        r["split"] != "retain" for r in measured
+    )
+    # six steps at the default rate already lower the taught half's answer loss (the control)
+    assert block["fit_loss_after"] < block["fit_loss_before"]
+    assert block["tokens"] == 4 and len(block["losses"]) >= 1
+    # the held-out half is in the leak table, the fitted half is not
+    table = report.results["leaks"]["soft_prompt"]
+    assert table["forget"]["n"] == block["n_forget"]
+    assert "soft_prompt_fit" not in report.results["leaks"]
+
+
+def test_the_hook_puts_the_vectors_at_the_marker_run_only(lm):
+    n = 3
+    vectors = torch.randn(n, lm.model.config.text_config.hidden_size)
+    text = marker(lm) * n + "Who is this?"
+    ids = lm.tokenizer([text], return_tensors="pt")["input_ids"]
+    pad = lm.tokenizer.pad_token_id
+    padded = torch.cat([torch.full((1, 2), pad), ids], dim=1)  # left padding comes first
+    embed = lm.adapter.embed_tokens(lm.model)
+    plain = embed(padded)
+    with soft_prompted(lm, vectors):
+        out = embed(padded)
+        one_step = embed(padded[:, -1:])  # a decoding step is left alone
+    at = (padded[0] == pad).nonzero().flatten()[-n:]
+    assert torch.allclose(out[0, at], vectors.to(out.dtype))
+    others = [k for k in range(padded.shape[1]) if k not in at.tolist()]
+    assert torch.equal(out[0, others], plain[0, others])
+    assert torch.equal(one_step, plain[:, -1:])
+    with pytest.raises(AuditError, match="pad tokens where the soft prompt needs"):
+        with soft_prompted(lm, torch.zeros(8, vectors.shape[1])):
+            embed(padded)
+
+
+def test_a_prompt_that_never_trained_is_void():
+    results = {
+        "none": {"retain_recall": 1.0},
+        "soft_prompt": {"fit_loss_before": 1.0, "fit_loss_after": 1.0, "retain_recall": 1.0},
+    }
+    assert "never trained" in void_attacks(results)["soft_prompt"]
+    results["soft_prompt"].update(fit_loss_after=0.5, retain_recall=0.1)
+    assert "broke the model" in void_attacks(results)["soft_prompt"]
+    results["soft_prompt"]["retain_recall"] = 0.9
+    assert "soft_prompt" not in void_attacks(results)
+
+
+@pytest.mark.parametrize(
+    "field, value", [("soft_prompt_tokens", 0), ("soft_prompt_steps", 0), ("soft_prompt_lr", 0.0)]
+)
+def test_soft_prompt_settings_out_of_range_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        AuditConfig(**{field: value})
+
+
+# --- multiple choice by option likelihood -------------------------------------------------
+
+
+def test_options_are_scored_as_the_answer_says_them(bench):
+    item = bench.questions("forget", "mcq")[0]
+    answers = option_answers(item)
+    assert len(answers) == len(item.options)
+    assert answers[item.correct] == item.answer
+    for option, said in zip(item.options, answers, strict=True):
+        assert option in said
+    letter = type(item)(**{**item.__dict__, "answer": "B", "value": "Zed"})
+    assert option_answers(letter) == list(item.options)
+
+
+def test_forced_decoding_scores_equal_the_teacher_forced_log_probabilities(lm, bench):
+    config = AuditConfig(max_items=3, progress=False)
+    items = mcq_items(bench, "forget", None, config)
+    scores = option_scores(lm, bench, items, config)
+    for item, mine in zip(items, scores, strict=True):
+        answers = option_answers(item)
+        forced = answer_logprobs(lm, bench, [item] * len(answers), answers, batch_size=8)
+        assert mine == pytest.approx([float(lp.sum()) for lp in forced], abs=2e-3)
+
+
+def test_the_vanilla_model_ranks_the_right_option_first_and_records_stay_out_of_the_leaks(
+    report,
+):
+    none = report.results["none"]
+    assert none["forget_mcq_acc"] == 1.0 and none["n_forget_mcq"] == 6
+    table = report.results["mcq_likelihood"]
+    assert table["none"]["forget"]["acc"] == 1.0
+    assert table["none"]["forget"]["chance"] == pytest.approx(0.25)
+    assert table["none"]["forget"]["lo"] < 1.0  # six items: a wide interval
+    # scored under the soft prompt too, on the held-out half only
+    held = set(report.results["soft_prompt"]["measured_people"])
+    under = [r for r in report.records if r["attack"] == "soft_prompt" and r.get("task") == "mcq"]
+    assert under and {r["person_id"] for r in under} <= held
+    assert "soft_prompt" in table
+    # multiple-choice records are no answers: the leak tables do not count them
+    assert report.results["leaks"]["none"]["forget"]["n"] == none["n_forget"]
+    assert report.summary["mcq_acc"] == 1.0
+
+
+def test_prompted_questions_keep_the_items(bench):
+    items = bench.questions("forget", "qa")[:2]
+    shown = prompted(items, "<|endoftext|>" * 2)
+    assert [s.question for s in shown] == ["<|endoftext|>" * 2 + i.question for i in items]
+    assert [s.answer for s in shown] == [i.answer for i in items]
