@@ -131,7 +131,7 @@ def audit(
         timing[name] = round(time.time() - started, 1)
 
     run("none", attacks.no_attack, subject)
-    baseline = [r for r in records if r["attack"] == "none"]
+    baseline = [r for r in records if r["attack"] == "none" and "leak" in r]  # the answers
     steps = {
         "ablation": (ablation.ablation, subject, reference, baseline),
         "prefill": (attacks.prefill, subject),
@@ -189,7 +189,8 @@ def audit(
     )
 
 
-# the generating attacks run on the oracle as well (relearning has its own oracle curves)
+# the generating attacks (and multiple choice by option likelihood) run on the oracle as well
+# (relearning has its own oracle curves)
 ORACLE_SIDE = (
     "ablation",
     "prefill",
@@ -198,6 +199,7 @@ ORACLE_SIDE = (
     "soft_prompt",
     "inputs",
     "quantize",
+    "mcq_likelihood",
 )
 # oracle audits already run in this process, by what they depend on
 _ORACLE_AUDITS: dict[str, tuple[LoadedModel, AuditReport]] = {}

@@ -206,10 +206,50 @@ def excess_chart(data: Mapping, split: str = "forget") -> go.Figure:
             "oracle_hi": theirs.get("hi"),
         }
     bars.update({name: rows[name] for name in order})
+    return _against_oracle(
+        data,
+        bars,
+        "leak",
+        SPLIT_COLORS.get(split, "#d62728"),
+        f"Leak against the oracle under the same attack ({split}, 95 % intervals)",
+        f"share of {split} answers with the fact (95 % interval)",
+    )
+
+
+def choice_chart(data: Mapping, split: str = "forget") -> go.Figure:
+    """Multiple choice by option likelihood (`auditing.choice`): per attack it was scored under,
+    the share of `split`'s items whose right option the audited model finds likeliest, beside
+    the oracle's under the identical attack (95 % intervals) and chance (dotted). Sorted by the
+    excess over the oracle, worst first."""
+    table = data["results"].get("mcq_likelihood", {})
+    rows = {name: row[split] for name, row in table.items() if split in row}
+    order = sorted(rows, key=lambda n: -(rows[n].get("excess") or rows[n]["acc"] or 0.0))
+    fig = _against_oracle(
+        data,
+        {name: rows[name] for name in order},
+        "acc",
+        SPLIT_COLORS.get(split, "#d62728"),
+        f"Multiple choice by option likelihood ({split}, 95 % intervals)",
+        f"share of {split} items whose right option is likeliest",
+    )
+    chance = [r["chance"] for r in rows.values() if r.get("chance") is not None]
+    if chance:
+        level = sum(chance) / len(chance)
+        fig.add_hline(
+            y=level, line_dash="dot", line_color="#555", annotation_text=f"chance {level:.2f}"
+        )
+    return fig
+
+
+def _against_oracle(
+    data: Mapping, bars: Mapping[str, Mapping], key: str, color: str, title: str, ytitle: str
+) -> go.Figure:
+    """Bars of `key` per attack with Wilson intervals (`lo`, `hi`), the oracle's under the
+    identical attack beside them (`oracle`, `oracle_lo`, `oracle_hi`), the excess on hover."""
     names = [escape_text(n) for n in bars]
 
-    def errors(key: str, lo: str, hi: str) -> dict:
-        cells = [(b.get(key), b) for b in bars.values()]
+    def errors(value: str, lo: str, hi: str) -> dict:
+        cells = [(b.get(value), b) for b in bars.values()]
         up = [None if v is None else b.get(hi, v) - v for v, b in cells]
         down = [None if v is None else v - b.get(lo, v) for v, b in cells]
         return {"type": "data", "symmetric": False, "array": up, "arrayminus": down}
@@ -218,11 +258,11 @@ def excess_chart(data: Mapping, split: str = "forget") -> go.Figure:
     fig.add_bar(
         name=escape_text(_label(data)),
         x=names,
-        y=[b.get("leak") for b in bars.values()],
-        error_y=errors("leak", "lo", "hi"),
-        marker_color=SPLIT_COLORS.get(split, "#d62728"),
+        y=[b.get(key) for b in bars.values()],
+        error_y=errors(key, "lo", "hi"),
+        marker_color=color,
         customdata=[
-            [b.get("n"), "—" if b.get("oracle") is None else f"{b['leak'] - b['oracle']:+.2f}"]
+            [b.get("n"), "—" if b.get("oracle") is None else f"{b[key] - b['oracle']:+.2f}"]
             for b in bars.values()
         ],
         hovertemplate="%{x}: %{y:.2f} of %{customdata[0]} (excess over the oracle "
@@ -237,14 +277,8 @@ def excess_chart(data: Mapping, split: str = "forget") -> go.Figure:
             marker_color="#7f7f7f",
         )
     fig.update_layout(
-        title=escape_text(
-            f"Leak against the oracle under the same attack ({split}, 95 % intervals) — "
-            f"{_label(data)}"
-        ),
-        yaxis={
-            "title": f"share of {split} answers with the fact (95 % interval)",
-            "range": [0, 1.05],
-        },
+        title=escape_text(f"{title} — {_label(data)}"),
+        yaxis={"title": ytitle, "range": [0, 1.05]},
         barmode="group",
         height=440,
     )
@@ -256,6 +290,8 @@ def audit_figures(data: Mapping) -> list[go.Figure]:
     figures = [attack_leak_chart(data)]
     if data["results"].get("leaks"):
         figures.insert(0, excess_chart(data))
+    if data["results"].get("mcq_likelihood"):
+        figures.append(choice_chart(data))
     if data["results"].get("relearn"):
         figures.append(relearn_chart(data))
     if data["results"].get("linear_probe") or data["results"].get("logit_lens"):

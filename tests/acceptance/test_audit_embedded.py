@@ -89,12 +89,14 @@ def test_the_pool_lens_finds_the_facts_in_the_vanilla_model_and_not_in_the_oracl
 def test_positive_control_relearning_brings_back_what_gradient_ascent_hid(lm, bench):
     """GA at lr 1e-4 (the audit table's setting) stops the forget answers; 100 LoRA steps on
     half the forget people's facts bring the other half back (measured: 0.92 held-out at k 50
-    and 100 over 48 questions, the oracle at most 0.08), with the control met on both."""
+    and 100 over 48 questions, the oracle at most 0.08), with the control met on both. A
+    universal soft prompt fitted on the same half brings the other half back too, with no
+    weight changed (measured: 0.72 held-out over 18 questions, retain recall 0.06 -> 0.85)."""
     oracle = al.load_oracle()
     ga = al.unlearn(lm, bench, "ga", UnlearnConfig(lr=1e-4, progress=False))
     config = AuditConfig(
         max_items=24,
-        attacks=("relearn",),
+        attacks=("relearn", "soft_prompt"),
         relearn_steps=(0, 100),
         relearn_modes=("lora",),
         relearn_data=("forget",),
@@ -109,6 +111,11 @@ def test_positive_control_relearning_brings_back_what_gradient_ascent_hid(lm, be
     assert mine[-1]["forget_leak"] >= 0.8, mine
     assert theirs[-1]["forget_leak"] <= GUESS_BOUND, theirs
     assert report.summary["relearn_valid_settings"] == 1
+    prompted = report.results["soft_prompt"]
+    assert prompted["fit_loss_after"] < prompted["fit_loss_before"]  # its control
+    assert prompted["forget_leak"] >= 0.5, prompted
+    assert prompted["retain_recall"] > report.results["none"]["retain_recall"]
+    assert "soft_prompt" not in (report.summary["void_attacks"] or "")
 
 
 def test_membership_inference_finds_the_vanilla_models_members(lm, bench):

@@ -1,7 +1,7 @@
 """06_audit in JupyterLab, in a real browser: every cell runs (small mode) and the audit's
 plotly figures are drawn with data — each attack against the oracle, the leak under each attack,
-the relearning curves and the per-layer readouts. Screenshots go to `test-artifacts/browser/`
-and to the test's tmp_path."""
+the relearning curves, the per-layer readouts and multiple choice by option likelihood.
+Screenshots go to `test-artifacts/browser/` and to the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ TITLES = (
     "Leak under each attack",
     "Relearning attack",
     "Is the fact still readable",
+    "Multiple choice by option likelihood",
 )
 
 # plotly.js's computed traces (`_fullData`): the figure's typed arrays decoded

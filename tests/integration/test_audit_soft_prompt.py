@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 import torch
 
+import asru_lab as al
 from asru_lab.auditing import AuditConfig, AuditError, audit
 from asru_lab.auditing.choice import mcq_items, option_answers, option_scores
 from asru_lab.auditing.report import void_attacks
 from asru_lab.auditing.soft_prompt import marker, prompted, soft_prompted
+from asru_lab.auditing.stats import choice_table
 from asru_lab.evaluation.probability import answer_logprobs
 from asru_lab.validation import ConfigError
 
@@ -143,3 +145,48 @@ def test_prompted_questions_keep_the_items(bench):
     shown = prompted(items, "<|endoftext|>" * 2)
     assert [s.question for s in shown] == ["<|endoftext|>" * 2 + i.question for i in items]
     assert [s.answer for s in shown] == [i.answer for i in items]
+
+
+def test_multiple_choice_is_scored_under_the_attacks_that_change_the_model(lm, bench):
+    config = AuditConfig(
+        attacks=("ablation", "quantize", "relearn", "mcq_likelihood"),
+        max_items=4,
+        ablation_top=1,
+        ablation_layer_stride=3,
+        quant_bits=(4,),
+        relearn_steps=(0, 2),
+        relearn_modes=("lora",),
+        relearn_data=("forget",),
+        relearn_checkpointing=False,
+        progress=False,
+    )
+    report = audit(al.load_oracle(), bench, reference=lm, config=config)
+    table = report.results["mcq_likelihood"]
+    assert {
+        "none",
+        "ablation_per_layer",
+        "ablation_everywhere",
+        "ablation_orthogonalized",
+        "quantize_int4",
+    } <= set(table)
+    held = set(report.results["ablation"]["per_layer"]["search"]["held_out_people"])
+    ablated = [
+        r
+        for r in report.records
+        if r.get("task") == "mcq"
+        and r["attack"].startswith("ablation")
+        and r.get("half") != "taught"
+    ]  # (the orthogonalised copy's relearning also scores its taught half, counted nowhere)
+    assert ablated and {r["person_id"] for r in ablated} <= held
+    # relearning scores both halves at its last k; only the held-out half counts
+    point = report.results["relearn"]["settings"][0]["curves"]["forget"][-1]
+    assert "forget_mcq_acc" in point and "taught_mcq_acc" in point
+    relearnt = [r for r in report.records if r.get("task") == "mcq" and "relearn" in r["attack"]]
+    taught = [r for r in relearnt if r["half"] == "taught"]
+    assert taught and len(relearnt) > len(taught)
+    # two steps do not relearn the taught half: the setting is void, its scores count nowhere
+    assert "relearn_forget_lora_lr0.001" in report.summary["void_attacks"]
+    assert "relearn_forget_lora_lr0.001_k2" not in table
+    unvoided = choice_table(report.records, {})["relearn_forget_lora_lr0.001_k2"]
+    assert unvoided["forget"]["n"] == point["n_forget_mcq"]
+    assert report.results["quantize"]["int4"]["n_forget_mcq"] == 4

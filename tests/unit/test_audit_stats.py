@@ -95,3 +95,65 @@ def test_the_oracle_under_the_identical_attack_and_the_excess_over_it():
     # the oracle's relearning answers are the audited model's attack run on the oracle
     moved = oracle_records([_r("oracle_relearn_k0", half="held_out"), _r("relearn_k0")])
     assert [r["attack"] for r in moved] == ["relearn_k0"]
+
+
+# --- multiple choice by option likelihood -----------------------------------------------------
+
+
+def _c(attack, correct, split="forget", options=4, **extra):
+    return {
+        "attack": attack,
+        "task": "mcq",
+        "split": split,
+        "question": "q",
+        "options": ["o"] * options,
+        "correct": correct,
+        **extra,
+    }
+
+
+def test_multiple_choice_accuracy_with_its_chance_and_the_oracle_beside_it():
+    from asru_lab.auditing.report import _choice
+    from asru_lab.auditing.stats import choice_table
+
+    mine = [_c("none", k < 7) for k in range(8)] + [_c("none", True, options=2)]
+    mine += [_c("quantize", k < 3, variant="int4") for k in range(4)]
+    mine += [_c("relearn_forget_lora_lr0.001_k250", True, half="taught")]  # shown: not counted
+    mine += [_r("none", leak=True)]  # an answer, not a choice
+    table = choice_table(mine, {})
+    assert set(table) == {"none", "quantize_int4"}
+    none = table["none"]["forget"]
+    assert none["acc"] == pytest.approx(8 / 9) and none["n"] == 9
+    assert none["chance"] == pytest.approx((8 * 0.25 + 0.5) / 9)
+    assert none["lo"] < 8 / 9 < none["hi"]
+    # void attacks count for nothing
+    assert "quantize_int4" not in choice_table(mine, {"quantize_int4": "broke the model"})
+    theirs = choice_table([_c("none", k < 2) for k in range(8)], {})
+    both = with_oracle(table, theirs, key="acc")
+    assert both["none"]["forget"]["oracle"] == 0.25
+    assert both["none"]["forget"]["excess"] == pytest.approx(8 / 9 - 0.25)
+    summary = _choice({"mcq_likelihood": both})
+    assert summary["mcq_acc"] == pytest.approx(8 / 9) and summary["mcq_oracle_acc"] == 0.25
+    assert summary["mcq_acc_max"] == pytest.approx(8 / 9) and summary["mcq_acc_by"] == "none"
+    assert summary["mcq_excess_by"] == "none"
+
+
+def test_the_choice_chart_draws_each_attack_the_oracle_and_chance():
+    from asru_lab.viz.audit import choice_chart
+
+    results = {
+        "mcq_likelihood": {
+            "none": {"forget": {"acc": 0.5, "lo": 0.3, "hi": 0.7, "n": 20, "chance": 0.25}},
+            "soft_prompt": {
+                "forget": {
+                    **{"acc": 0.9, "lo": 0.7, "hi": 0.97, "n": 10, "chance": 0.25},
+                    **{"oracle": 0.3, "oracle_lo": 0.1, "oracle_hi": 0.6, "excess": 0.6},
+                }
+            },
+        }
+    }
+    fig = choice_chart({"model": {"name": "m"}, "results": results})
+    bars = [t for t in fig.data if t.type == "bar"]
+    assert list(bars[0].x) == ["soft_prompt", "none"]  # the largest excess first
+    assert list(bars[1].y) == [0.3, None]
+    assert any("chance 0.25" in (a.text or "") for a in fig.layout.annotations)
