@@ -85,7 +85,7 @@ from asru_lab.training import (
 
 from . import choice
 from .attacks import ATTACKED_SPLITS, Subject, leaks
-from .config import AuditConfig, AuditError
+from .config import CHECKPOINT_FROM, AuditConfig, AuditError
 from .measure import leak_records, rate, sample
 
 # the taught half's leak at the last k that shows a setting trained: far above an untrained
@@ -295,6 +295,14 @@ def relearn(
     return out, records
 
 
+def checkpointing(lm: LoadedModel, config: AuditConfig) -> bool:
+    """Whether relearning recomputes activations: `relearn_checkpointing`, or when None, for
+    models of `CHECKPOINT_FROM` parameters or more."""
+    if config.relearn_checkpointing is not None:
+        return config.relearn_checkpointing
+    return sum(p.numel() for p in lm.model.parameters()) >= CHECKPOINT_FROM
+
+
 def fine_tuned(
     lm: LoadedModel,
     bench: Benchmark,
@@ -335,7 +343,7 @@ def fine_tuned(
             model = twin.model
             for p in model.parameters():
                 p.requires_grad_(True)
-        stack.enter_context(activation_checkpointing(model, config.relearn_checkpointing))
+        stack.enter_context(activation_checkpointing(model, checkpointing(lm, config)))
         trainable = [p for p in model.parameters() if p.requires_grad]
         optimizer = torch.optim.AdamW(trainable, lr=lr, weight_decay=0.0)
         bar = stack.enter_context(

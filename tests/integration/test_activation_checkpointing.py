@@ -1,6 +1,6 @@
-"""Activation checkpointing (`training.activation_checkpointing`, on in the audit's relearning):
-the same gradients as without it, a fraction of the saved activations, and the model left as
-it was found."""
+"""Activation checkpointing (`training.activation_checkpointing`, on in the audit's relearning
+of large models): the same gradients as without it, a fraction of the saved activations, and
+the model left as it was found."""
 
 from __future__ import annotations
 

@@ -168,3 +168,13 @@ def test_the_teaching_data_of_each_kind(bench):
     # only the kinds asked are taught; "forget" carries the control, so it is always among them
     only = replace(TINY, relearn_data=("forget", "unrelated"))
     assert list(teaching_data(bench, only, taught)) == ["forget", "unrelated"]
+
+
+def test_relearning_checkpoints_activations_for_large_models_only(lm, monkeypatch):
+    from asru_lab.auditing import relearn as module
+
+    assert not module.checkpointing(lm, AuditConfig())  # the embedded model: time only
+    assert module.checkpointing(lm, AuditConfig(relearn_checkpointing=True))
+    monkeypatch.setattr(module, "CHECKPOINT_FROM", 1000)  # as if it had a billion parameters
+    assert module.checkpointing(lm, AuditConfig())
+    assert not module.checkpointing(lm, AuditConfig(relearn_checkpointing=False))
