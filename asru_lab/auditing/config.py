@@ -63,10 +63,11 @@ class AuditError(AsruLabError, ValueError):
 
 @dataclass
 class AuditConfig:
-    """How an audit attacks an unlearned model (defaults: about 13 minutes on one thread of a
-    2-core machine for the embedded model with its reference and oracle under protocol 5 —
-    relearning 469 s, direction ablation 116 s, the oracle's run of the generating attacks
-    142 s (paid once per oracle and setting in a process); measured for asru_stage1)."""
+    """How an audit attacks an unlearned model (defaults: 617 s on a free 2-core machine for
+    the embedded model with its reference and oracle under protocol 6 — relearning 329 s (8
+    curves of 250 steps), the oracle's run of the generating attacks 137 s (paid once per
+    oracle and setting in a process), direction ablation 73 s, the soft prompt 20 s, leak@16
+    19 s, the rest 45 s; measured for asru_stage1, seed 0)."""
 
     attacks: tuple[str, ...] = field(
         default=ATTACKS, metadata={"help": f"attacks to run, of {', '.join(ATTACKS)}"}

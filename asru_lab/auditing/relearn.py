@@ -55,7 +55,9 @@ oracle's stays at most 0.08; excess area 0.11 (full fine-tuning at 1e-4 recovere
 Cost, measured: the whole default audit of ASRU with its reference and oracle took 475 s on one
 thread of the 2-core machine under protocol 4 (a second thread does not speed this model up),
 relearning 420 s of it (8 curves of 250 steps); under protocol 5 asru_stage1's took 791 s,
-relearning 469 s (beside a training run on the other core). A wider sweep is config, e.g.
+relearning 469 s (beside a training run on the other core); under protocol 6, on a free 2-core
+machine, 696 s with activation checkpointing (relearning 389 s) and 617 s without it
+(relearning 329 s, the same numbers), which is why it is off below a billion parameters. A wider sweep is config, e.g.
 `relearn_lr=(5e-4, 1e-3, 2e-3)`, `relearn_full_lr=(1e-4, 3e-4, 1e-3)`: about 3.5 minutes more
 per setting.
 """
