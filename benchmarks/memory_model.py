@@ -25,8 +25,12 @@ and `scripts/gpu_check.sh` the 4B on a GPU). Parameter counts come from `ModelSi
 - audit, relearning (LoRA r 16 on a twin that shares the audited model's weights): W + the
   activations of one step of `relearn_batch_size` examples x tokens (prompt + answer): without
   activation checkpointing all of them (~34 x hidden bytes per token per layer at 16 bits, as
-  above); with it (the default since #19), every decoder layer's input (layers x hidden x bytes
-  per token) + one layer's activations, recomputed in the backward pass.
+  above); with it (the default since #19 for models of a billion parameters or more), every
+  decoder layer's input (layers x hidden x bytes per token) + one layer's activations,
+  recomputed in the backward pass.
+- audit, full-parameter relearning (`relearn_modes` "full"): the audited model's W + a full
+  copy W, its gradients W and AdamW's two moments 2 W (in the weights' dtype), the vision tower
+  and merger included: 5 W + the checkpointed activations as above.
 - logits, for scale: the full-vocabulary logits one GRPO batch would take at 4 bytes
   (rollouts x tokens x V), what TRL's fused head avoids.
 """
@@ -77,6 +81,7 @@ def model(
         "reinforce (LoRA, checkpointed)": (reinforce - activations + checkpointed) / GiB,
         "audit relearning": (weights + relearn_checkpointed) / GiB,
         "audit relearning before": (weights + relearn_all) / GiB,
+        "audit relearning (full)": (5 * weights + relearn_checkpointed) / GiB,
         "full logits (avoided)": n * s.vocab * 4 / GiB,
     }
 

@@ -57,9 +57,9 @@ thread of the 2-core machine under protocol 4 (a second thread does not speed th
 relearning 420 s of it (8 curves of 250 steps); under protocol 5 asru_stage1's took 791 s,
 relearning 469 s (beside a training run on the other core); under protocol 6, on a free 2-core
 machine, 696 s with activation checkpointing (relearning 389 s) and 617 s without it
-(relearning 329 s, the same numbers), which is why it is off below a billion parameters. A wider sweep is config, e.g.
-`relearn_lr=(5e-4, 1e-3, 2e-3)`, `relearn_full_lr=(1e-4, 3e-4, 1e-3)`: about 3.5 minutes more
-per setting.
+(relearning 329 s, the same numbers), which is why it is off below a billion parameters. A
+wider sweep is config, e.g. `relearn_lr=(5e-4, 1e-3, 2e-3)`, `relearn_full_lr=(1e-4, 3e-4,
+1e-3)`: about 3.5 minutes more per setting.
 """
 
 from __future__ import annotations
@@ -74,6 +74,7 @@ from tqdm.auto import tqdm
 from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
+from asru_lab.models.sizes import available_memory
 from asru_lab.training import (
     Example,
     activation_checkpointing,
@@ -297,6 +298,24 @@ def relearn(
     return out, records
 
 
+def check_room(lm: LoadedModel) -> None:
+    """Refuse full-parameter relearning, before copying anything, when a copy of the model, its
+    gradients and AdamW's two moments (four times its weights) do not fit the memory free on
+    its device: an 8B model in bfloat16 needs about 66 GiB beside itself, which one 80 GB GPU
+    does not have once the audited model is on it (`benchmarks/memory_model.py`)."""
+    need = 4 * sum(p.numel() * p.element_size() for p in lm.model.parameters())
+    free = available_memory(lm.device)
+    if free is None or need <= free:
+        return
+    gib = 1024**3
+    raise AuditError(
+        f"full-parameter relearning needs about {need / gib:,.1f} GiB for a copy of the model, "
+        f"its gradients and AdamW's two moments, and {free / gib:,.1f} GiB is free on "
+        f"{lm.device}; relearn with LoRA only (AuditConfig.relearn_modes=('lora',), CLI "
+        "--relearn-modes lora) or on a device with more memory"
+    )
+
+
 def checkpointing(lm: LoadedModel, config: AuditConfig) -> bool:
     """Whether relearning recomputes activations: `relearn_checkpointing`, or when None, for
     models of `CHECKPOINT_FROM` parameters or more."""
@@ -323,6 +342,8 @@ def fine_tuned(
     and merger included (its weights, gradients and AdamW's two moments: four times the
     model's memory beside `lm`'s). `applied(copy)` is entered first (an inference-time
     method's hooks, which then run in training too). `lm` is never changed."""
+    if mode == "full":
+        check_room(lm)
     twin = lm.clone(copy_only=() if mode == "lora" else None)
     examples = [Example(i.image, i.question, i.answer) for i in items]
     tails, _ = answer_tokens(twin, examples)

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import asru_lab as al
-from asru_lab.auditing import AuditConfig, AuditReport, audit
+from asru_lab.auditing import AuditConfig, AuditError, AuditReport, audit
 from asru_lab.auditing.relearn import area, fine_tuned, halves, teaching_data
 from asru_lab.data.schema import Benchmark, contains_value
 from asru_lab.evaluation.harness import forget_people
@@ -178,3 +178,15 @@ def test_relearning_checkpoints_activations_for_large_models_only(lm, monkeypatc
     monkeypatch.setattr(module, "CHECKPOINT_FROM", 1000)  # as if it had a billion parameters
     assert module.checkpointing(lm, AuditConfig())
     assert not module.checkpointing(lm, AuditConfig(relearn_checkpointing=False))
+
+
+def test_full_relearning_that_does_not_fit_is_refused_before_any_copy(lm, bench, monkeypatch):
+    from asru_lab.auditing import relearn as module
+
+    monkeypatch.setattr(module, "available_memory", lambda device: 1024**2)  # 1 MiB free
+    config = replace(TINY, relearn_modes=("full",), relearn_data=("forget",))
+    with pytest.raises(AuditError, match=r"full-parameter relearning needs about .* GiB") as info:
+        audit(lm, bench, config=config)
+    assert "relearn_modes=('lora',)" in str(info.value) and "0.0 GiB is free" in str(info.value)
+    # LoRA shares the weights: it is not refused
+    assert audit(lm, bench, config=replace(config, relearn_modes=("lora",))).results["relearn"]
