@@ -316,6 +316,22 @@ def check_room(lm: LoadedModel) -> None:
     )
 
 
+def answer_loss(
+    model: torch.nn.Module,
+    lm: LoadedModel,
+    bench: Benchmark,
+    picked: Sequence,
+    tails: Sequence[list[int]],
+) -> torch.Tensor:
+    """`model`'s mean cross-entropy over the answer tokens `tails` of `picked` (items or
+    training examples with `answer`), teacher-forced after their prompts as `lm` encodes them,
+    with logits for the answer window only."""
+    batch = encode_items(lm, bench, picked, [e.answer for e in picked])
+    labels = answer_labels(batch, list(tails))
+    keep = answer_window(labels)
+    return model(**batch, labels=labels[:, -keep:], logits_to_keep=keep, use_cache=False).loss
+
+
 def checkpointing(lm: LoadedModel, config: AuditConfig) -> bool:
     """Whether relearning recomputes activations: `relearn_checkpointing`, or when None, for
     models of `CHECKPOINT_FROM` parameters or more."""
@@ -386,12 +402,7 @@ def fine_tuned(
                     cursor += 1
                 model.train()
                 picked = [examples[k] for k in chunk]
-                batch = encode_items(twin, bench, picked, [e.answer for e in picked])
-                labels = answer_labels(batch, [tails[k] for k in chunk])
-                keep = answer_window(labels)
-                loss = model(
-                    **batch, labels=labels[:, -keep:], logits_to_keep=keep, use_cache=False
-                ).loss
+                loss = answer_loss(model, twin, bench, picked, [tails[k] for k in chunk])
                 if not torch.isfinite(loss):
                     raise Diverged(
                         f"{desc} diverged: the loss became {float(loss)} at step "

@@ -36,9 +36,8 @@ from tqdm.auto import tqdm
 from asru_lab.data.schema import QAItem
 from asru_lab.evaluation.harness import forget_people
 from asru_lab.evaluation.probability import answer_logprobs
-from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
-from asru_lab.training import Example, answer_labels, answer_tokens, answer_window, seeded
+from asru_lab.training import Example, answer_tokens, seeded
 
 from . import choice
 from .attacks import ATTACKED_SPLITS, Subject, leaks
@@ -143,6 +142,8 @@ def mean_answer_loss(
 def fit(subject: Subject, items: Sequence[QAItem], text: str) -> tuple[torch.Tensor, list]:
     """The soft prompt fitted on `items` (module docstring), with the training loss every 25
     steps."""
+    from .relearn import answer_loss  # relearn imports this package's attacks
+
     cfg, lm = subject.config, subject.lm
     table = lm.adapter.embed_tokens(lm.model).weight
     vectors = initial_vectors(lm, cfg.soft_prompt_tokens).to(lm.device)
@@ -166,12 +167,7 @@ def fit(subject: Subject, items: Sequence[QAItem], text: str) -> tuple[torch.Ten
         for step in range(cfg.soft_prompt_steps):
             chunk = [int(order[(step * size + j) % len(shown)]) for j in range(size)]
             picked = [shown[k] for k in chunk]
-            batch = encode_items(lm, subject.bench, picked, [i.answer for i in picked])
-            labels = answer_labels(batch, [tails[k] for k in chunk])
-            keep = answer_window(labels)
-            loss = lm.model(
-                **batch, labels=labels[:, -keep:], logits_to_keep=keep, use_cache=False
-            ).loss
+            loss = answer_loss(lm.model, lm, subject.bench, picked, [tails[k] for k in chunk])
             if not torch.isfinite(loss):
                 raise AuditError(
                     f"the soft prompt's fit diverged: the loss became {float(loss)} at step "
