@@ -107,6 +107,8 @@ def audit(
         probe.validate(lm)
     if "linear_probe" in cfg.attacks:
         readout.probed_attributes(bench, cfg)  # refuses an unknown attribute before any work
+    if "relearn" in cfg.attacks and "full" in cfg.relearn_modes:
+        relearn.check_room(lm)  # refused now rather than after the attacks before it
     subject = attacks.Subject(lm, bench, cfg, probe)
     for split in (*attacks.ATTACKED_SPLITS, "retain"):
         items = bench.questions(split, "qa")

@@ -48,18 +48,13 @@ from .measure import leak_records, rate
 INIT_TEXT = "Please answer the question about this person with the facts you know."
 
 
-def marker(lm: LoadedModel) -> str:
+def marker(lm: LoadedModel) -> str | None:
     """The token written where the soft prompt goes: the tokenizer's pad token, which no
-    question contains and which is not the end of a turn."""
+    question contains and which is not the end of a turn; None when it has no such token."""
     tok = lm.tokenizer
-    pad = tok.pad_token
-    if pad is None or tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
-        raise AuditError(
-            "the soft-prompt attack writes the tokenizer's pad token where its vectors go, "
-            f"and {type(tok).__name__} has {'none' if pad is None else 'it equal to the end of '}"
-            f"{'' if pad is None else 'turn'}; leave 'soft_prompt' out of AuditConfig.attacks"
-        )
-    return pad
+    if tok.pad_token is None or tok.pad_token_id is None or tok.pad_token_id == tok.eos_token_id:
+        return None
+    return tok.pad_token
 
 
 def prompted(items: Sequence[QAItem], text: str) -> list[QAItem]:
@@ -195,7 +190,11 @@ def soft_prompt(subject: Subject) -> tuple[dict, list[dict]]:
     people = forget_people(bench)
     if len(people) < 2:
         return {"skipped": f"needs 2 forget people, the forget split has {len(people)}"}, []
-    text = marker(lm) * cfg.soft_prompt_tokens
+    pad = marker(lm)
+    if pad is None:  # the other attacks' work is kept: this one says why it did not run
+        why = "the tokenizer has no pad token distinct from the end of a turn to write it at"
+        return {"skipped": why}, []
+    text = pad * cfg.soft_prompt_tokens
     taught, held_out = halves(people, cfg.seed)
     shown, held = set(taught), set(held_out)
     fitted = [i for i in bench.questions("forget", "qa") if i.person_id in shown]

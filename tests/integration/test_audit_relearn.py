@@ -184,9 +184,16 @@ def test_full_relearning_that_does_not_fit_is_refused_before_any_copy(lm, bench,
     from asru_lab.auditing import relearn as module
 
     monkeypatch.setattr(module, "available_memory", lambda device: 1024**2)  # 1 MiB free
+    asked = []
+    monkeypatch.setattr(
+        "asru_lab.auditing.attacks.no_attack", lambda *a: asked.append(a) or ({}, [])
+    )
     config = replace(TINY, relearn_modes=("full",), relearn_data=("forget",))
     with pytest.raises(AuditError, match=r"full-parameter relearning needs about .* GiB") as info:
         audit(lm, bench, config=config)
+    assert not asked  # refused before the first attack's work
+    monkeypatch.undo()
+    monkeypatch.setattr(module, "available_memory", lambda device: 1024**2)
     assert "relearn_modes=('lora',)" in str(info.value) and "0.0 GiB is free" in str(info.value)
     # LoRA shares the weights: it is not refused
     assert audit(lm, bench, config=replace(config, relearn_modes=("lora",))).results["relearn"]

@@ -190,3 +190,18 @@ def test_multiple_choice_is_scored_under_the_attacks_that_change_the_model(lm, b
     unvoided = choice_table(report.records, {})["relearn_forget_lora_lr0.001_k2"]
     assert unvoided["forget"]["n"] == point["n_forget_mcq"]
     assert report.results["quantize"]["int4"]["n_forget_mcq"] == 4
+
+
+def test_a_tokenizer_without_a_separate_pad_token_skips_the_attack_and_keeps_the_rest(lm, bench):
+    tok = lm.tokenizer
+    pad = tok.pad_token
+    tok.pad_token = tok.eos_token  # as many tokenizers have it
+    try:
+        assert tok.pad_token_id == tok.eos_token_id and marker(lm) is None
+        config = AuditConfig(attacks=("soft_prompt",), max_items=2, progress=False)
+        report = audit(lm, bench, config=config)
+    finally:
+        tok.pad_token = pad
+    assert tok.pad_token_id != tok.eos_token_id
+    assert "pad token" in report.results["soft_prompt"]["skipped"]
+    assert report.results["none"]["n_forget"] == 2 and report.summary["soft_prompt_leak"] is None
