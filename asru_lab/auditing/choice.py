@@ -54,7 +54,9 @@ def mcq_items(bench: Benchmark, split: str, people: set[str] | None, config: Aud
 def option_answers(item: QAItem) -> list[str]:
     """Each option of `item` as its answer would say it (module docstring)."""
     value = item.value or ""
-    found = re.search(re.escape(value), item.answer, re.IGNORECASE) if value else None
+    # the fact as a whole word ("cat" in "Catherine has a cat." is the last word, not "Cat")
+    whole = rf"(?<!\w){re.escape(value)}(?!\w)"
+    found = re.search(whole, item.answer, re.IGNORECASE) if value else None
     if found is None:
         return [str(o) for o in item.options or ()]
     head, tail = item.answer[: found.start()], item.answer[found.end() :]

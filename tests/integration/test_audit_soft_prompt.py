@@ -109,6 +109,11 @@ def test_options_are_scored_as_the_answer_says_them(bench):
         assert option in said
     letter = type(item)(**{**item.__dict__, "answer": "B", "value": "Zed"})
     assert option_answers(letter) == list(item.options)
+    # the fact is swapped where it stands as a whole word, not inside another one
+    cat = type(item)(
+        **{**item.__dict__, "answer": "Catherine has a cat.", "value": "cat", "options": ("dog",)}
+    )
+    assert option_answers(cat) == ["Catherine has a dog."]
 
 
 def test_forced_decoding_scores_equal_the_teacher_forced_log_probabilities(lm, bench):
