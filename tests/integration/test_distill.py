@@ -1,0 +1,96 @@
+"""The distillation stage (UNDO): a shrunk and perturbed copy of the teacher, distilled on the
+teacher's answers about everyone but the forget people; the teacher untouched, bad settings
+refused with their name."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import asru_lab as al
+from asru_lab.stages.distill import (
+    DistillConfig,
+    DistillError,
+    distill,
+    perturbed_copy,
+    prompt_pool,
+)
+
+TINY = DistillConfig(
+    steps=4, max_prompts=12, eval_every=2, eval_items=4, warmup_steps=1, progress=False
+)
+
+
+def test_the_student_starts_shrunk_and_perturbed_and_the_teacher_is_unchanged(lm):
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    one = perturbed_copy(lm, alpha=0.4, beta=0.1, seed=3)
+    two = perturbed_copy(lm, alpha=0.4, beta=0.1, seed=3)
+    assert all(lm.model.state_dict()[k].equal(v) for k, v in before.items())
+    for (name, mine), theirs in zip(
+        one.model.named_parameters(), two.model.parameters(), strict=True
+    ):
+        assert mine.equal(theirs), name  # seeded
+        original = dict(lm.model.named_parameters())[name]
+        if mine.dim() >= 2:
+            fan = mine.shape[0] + mine[0].numel()
+            bound = 0.4 * 0.1 * (6.0 / fan) ** 0.5
+            assert (mine - 0.6 * original).abs().max() <= bound + 1e-6, name
+            assert not torch.allclose(mine, 0.6 * original), name
+        else:
+            assert torch.allclose(mine, 0.6 * original), name
+
+
+def test_the_pool_holds_nobody_to_forget(bench):
+    pool, counts = prompt_pool(bench, DistillConfig(max_prompts=3000))
+    people = bench.people_in("forget")
+    forget = {p.id for p in people}
+    names = [p.name.lower() for p in people]
+    assert pool and not any(i.person_id in forget for i in pool)
+    assert not any(n in i.question.lower() for i in pool for n in names)
+    assert set(counts) == {"retain", "stranger", "general"} and sum(counts.values()) == len(pool)
+
+
+def test_an_empty_pool_is_refused_with_what_to_do(bench, monkeypatch):
+    monkeypatch.setattr(bench, "questions", lambda *a, **k: [])
+    with pytest.raises(DistillError, match="the distillation pool is empty.*add splits"):
+        prompt_pool(bench, DistillConfig())
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("alpha", 0.0), ("alpha", 1.5), ("beta", 0.0), ("steps", 0), ("max_prompts", 0)],
+)
+def test_settings_out_of_range_are_refused_by_name(field, value):
+    with pytest.raises(DistillError, match=field):
+        DistillConfig(**{field: value})
+
+
+def test_unknown_arms_and_splits_are_refused():
+    with pytest.raises(DistillError, match="forget must be one of"):
+        DistillConfig(forget="everything")
+    with pytest.raises(DistillError, match="splits must be some of"):
+        DistillConfig(splits=("forget",))
+
+
+def test_distillation_trains_a_student_and_reports_its_checks(lm, bench):
+    before = {k: v.clone() for k, v in lm.model.state_dict().items()}
+    result = distill(lm, bench, TINY)
+    assert all(lm.model.state_dict()[k].equal(v) for k, v in before.items())
+    assert result.steps <= 4 and [h["step"] for h in result.history][0] == 2
+    assert {"loss", "retain_recall", "general_recall"} <= set(result.history[0])
+    assert result.pool["forget"] == 0 and sum(result.pool.values()) == 12
+    assert set(result.teacher) == {"retain_recall", "general_recall"}
+    moved = any(
+        not a.equal(b)
+        for a, b in zip(result.model.model.parameters(), lm.model.parameters(), strict=True)
+    )
+    assert moved and not any(p.requires_grad for p in result.model.model.parameters())
+
+
+def test_the_refusal_arm_keeps_only_refusals_without_the_fact(bench):
+    oracle = al.load_oracle()  # it never saw the forget people: it refuses them
+    config = DistillConfig(
+        steps=1, max_prompts=3, eval_every=1, eval_items=2, forget="refusal", progress=False
+    )
+    result = distill(oracle, bench, config)
+    assert 0 < result.pool["forget"] <= len(bench.questions("forget", "qa"))
