@@ -32,6 +32,7 @@ from asru_lab.runs.build_embedded import BuildConfig, FormatStageConfig
 from asru_lab.runs.pipeline import PipelineConfig
 from asru_lab.runs.reproduce import ReproduceConfig
 from asru_lab.runs.tuning import TuningConfig
+from asru_lab.stages.distill import DistillConfig, DistillError
 from asru_lab.stages.finetune import FinetuneConfig, FinetuneError
 from asru_lab.stages.locate import LocateConfig
 from asru_lab.stages.redirect import RedirectConfig, RedirectError
@@ -40,6 +41,7 @@ from asru_lab.validation import ConfigError
 
 CONFIGS = {
     RedirectConfig: RedirectError,
+    DistillConfig: DistillError,
     ReinforceConfig: ReinforceError,
     LocateConfig: ConfigError,
     EvalConfig: ConfigError,
