@@ -52,7 +52,7 @@ from asru_lab.data.schema import Benchmark, QAItem, contains_value
 from asru_lab.errors import AsruLabError
 from asru_lab.evaluation.harness import forget_people
 from asru_lab.evaluation.judge import is_refusal
-from asru_lab.generation import encode_items, generate_batch
+from asru_lab.generation import encode_items, generate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.training import (
     IGNORE_INDEX,
@@ -215,19 +215,17 @@ def prompt_pool(bench: Benchmark, config: DistillConfig) -> tuple[list[QAItem], 
     return pool, counts
 
 
-def _answers(teacher, bench, items, config, probe) -> list[str]:
-    answers: list[str] = []
-    starts = range(0, len(items), 32)
-    with probe.apply(teacher) if probe is not None else nullcontext():
-        for start in tqdm(starts, desc="teacher answers", disable=not config.progress):
-            batch = items[start : start + 32]
-            answers += generate_batch(
-                teacher,
-                bench.images(batch),
-                [i.question for i in batch],
-                max_new_tokens=config.max_new_tokens,
-            )
-    return answers
+def _answers(lm, bench, items, max_new_tokens, probe=None, progress=False) -> list[str]:
+    """Greedy answers of `lm` (its probe applied, if any) to `items`, 32 a batch."""
+    with probe.apply(lm) if probe is not None else nullcontext():
+        return generate(
+            lm,
+            bench.images(items),
+            [i.question for i in items],
+            batch_size=32,
+            progress=progress,
+            max_new_tokens=max_new_tokens,
+        )
 
 
 def _forget_targets(teacher, bench, config, probe) -> tuple[list[QAItem], list[str]]:
@@ -237,7 +235,7 @@ def _forget_targets(teacher, bench, config, probe) -> tuple[list[QAItem], list[s
     if config.forget == "leave_out":
         return [], []
     items = bench.questions("forget", "qa")
-    answers = _answers(teacher, bench, items, config, probe)
+    answers = _answers(teacher, bench, items, config.max_new_tokens, probe, config.progress)
     kept = [
         (i, a)
         for i, a in zip(items, answers, strict=True)
@@ -248,14 +246,8 @@ def _forget_targets(teacher, bench, config, probe) -> tuple[list[QAItem], list[s
 
 def _recall(lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem], probe=None) -> float:
     """The share of `items` answered with their fact (greedy, 24 tokens)."""
-    hits = 0
-    with probe.apply(lm) if probe is not None else nullcontext():
-        for start in range(0, len(items), 32):
-            batch = list(items[start : start + 32])
-            answers = generate_batch(
-                lm, bench.images(batch), [i.question for i in batch], max_new_tokens=24
-            )
-            hits += sum(contains_value(a, i.value) for a, i in zip(answers, batch, strict=True))
+    answers = _answers(lm, bench, items, 24, probe)
+    hits = sum(contains_value(a, i.value) for a, i in zip(answers, items, strict=True))
     return hits / len(items) if items else 0.0
 
 
@@ -289,7 +281,7 @@ def distill(
     if teacher_probe is not None:
         teacher_probe.validate(teacher)
     pool, counts = prompt_pool(bench, cfg)
-    targets = _answers(teacher, bench, pool, cfg, teacher_probe)
+    targets = _answers(teacher, bench, pool, cfg.max_new_tokens, teacher_probe, cfg.progress)
     hard = [False] * len(pool)
     extra, extra_answers = _forget_targets(teacher, bench, cfg, teacher_probe)
     pool, targets = pool + extra, targets + extra_answers
