@@ -19,6 +19,7 @@ with result.applied():                         # the probe's hooks for steer_onl
 | `gated_steer` | the probe's direction projected off the retain activations, gated, at inference |
 | `asru_stage1` | stage 1.2: the probe's direction in the weights |
 | `asru` | stage 1.2 + GRPO (stage 2) |
+| `asru_undo` | ASRU, then its student re-grown by distillation (UNDO) |
 
 The gradient baselines share one trainer (`baselines.trainer`): LoRA on the language model
 (MMUnlearner: its saliency-masked weights, in full), answer-only loss; each is a loss function
@@ -46,6 +47,7 @@ from asru_lab.baselines import (  # noqa: F401
     npo,
     refusal_sft,
     steer_only,
+    undo,
 )
 from asru_lab.baselines.registry import METHODS, Method, Unlearned, UnlearnError, get_method
 from asru_lab.baselines.trainer import UnlearnConfig

@@ -588,6 +588,41 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+def cmd_distill(args) -> int:
+    from dataclasses import fields
+
+    from asru_lab.baselines import Unlearned, save_unlearned
+    from asru_lab.probe import SteeringProbe
+    from asru_lab.stages.distill import DistillConfig, DistillError, distill
+
+    named = [f.name for f in fields(DistillConfig) if f.name not in ("seed", "progress")]
+    chosen = {name: getattr(args, name, None) for name in named}
+    chosen = {k: tuple(v) if isinstance(v, list) else v for k, v in chosen.items() if v is not None}
+    if args.all_prompts:
+        if "max_prompts" in chosen:
+            raise DistillError("give --all-prompts or --max-prompts, not both")
+        chosen["max_prompts"] = None
+    config = DistillConfig(**chosen, seed=seed(args), progress=not args.quiet)
+    probe = SteeringProbe.load(args.probe) if args.probe else None
+    lm, bench = _load(args)
+    result = distill(lm, bench, config, teacher_probe=probe)
+    record = {"method": "distill", "teacher": args.model or "embedded", **result.record(config)}
+    out = save_unlearned(
+        Unlearned("distill", result.model, record), args.out, overwrite=args.overwrite
+    )
+    last = result.history[-1] if result.history else {}
+    print(
+        f"distilled {result.steps} steps in {result.seconds:.0f} s "
+        f"({'stopped: ' if result.stopped else 'not stopped: '}retain recall "
+        f"{last.get('retain_recall', float('nan')):.2f}, picture questions "
+        f"{last.get('general_recall', float('nan')):.2f}; the teacher "
+        f"{result.teacher['retain_recall']:.2f} / {result.teacher['general_recall']:.2f}); "
+        f"wrote {out}"
+    )
+    print(f"next: asru-lab audit --model {out} --out {out}-audit")
+    return 0
+
+
 def cmd_audit(args) -> int:
     import asru_lab as al
     from asru_lab.auditing import AuditConfig, AuditError, audit, load_oracle
@@ -703,6 +738,7 @@ COMMANDS = {
     "make-model": cmd_make_model,
     "finetune": cmd_finetune,
     "unlearn": cmd_unlearn,
+    "distill": cmd_distill,
     "audit": cmd_audit,
     "reproduce": cmd_reproduce,
 }

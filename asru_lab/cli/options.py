@@ -296,6 +296,32 @@ def _unlearn_options(sub) -> None:
     _add_fields(p, GatedSteerConfig, "alpha n_retain energy", none=True)
 
 
+def _distill_options(sub) -> None:
+    from asru_lab.stages.distill import FORGET_ARMS, DistillConfig
+
+    p = sub.add_parser(
+        "distill",
+        help="re-grow an unlearned model by distillation (UNDO): a shrunk, perturbed copy "
+        "learns its answers about everyone but the forget people",
+    )
+    _add_common(p, out_help="output model dir (+ unlearn.json with the distillation's record)")
+    p.add_argument(
+        "--probe", default=None, help="the teacher's probe dir (an inference-time method's)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--all-prompts", action="store_true", help="distil on the whole pool (no --max-prompts)"
+    )
+    _add_fields(
+        p,
+        DistillConfig,
+        "alpha beta steps batch_size lr min_lr warmup_steps forget splits max_prompts "
+        "eval_every eval_items stop_retain stop_general",
+        none=True,
+        forget={"choices": FORGET_ARMS},
+    )
+
+
 def _reproduce_options(sub) -> None:
     from asru_lab.baselines import UnlearnConfig
     from asru_lab.evaluation.harness import EvalConfig
@@ -533,6 +559,7 @@ SUBCOMMANDS = (
     _reinforce_options,
     _run_options,
     _unlearn_options,
+    _distill_options,
     _audit_options,
     _reproduce_options,
     _export_benchmark_options,

@@ -35,15 +35,17 @@ at step 200: the pool holds 341 of the 4 428 retain questions, and the retain fa
 show fade), while the forget people's recall falls from 1.00 to 0.23 without a forget prompt
 being shown; alpha 0.7 and 1.0 are far from re-grown after 200 steps (retain 0.00, pictures
 0.44 and 0.00). So the stop rule matters, and so does a pool that covers what must be kept.
-Not yet a method in `METHODS` (#32).
+`asru_undo` (`asru_lab.baselines.undo`) is ASRU followed by this stage; `asru-lab distill` runs it
+after any saved unlearned model.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from tqdm.auto import tqdm
@@ -74,7 +76,7 @@ class DistillError(AsruLabError, ValueError):
 
 @dataclass
 class DistillConfig:
-    """How the student is made and distilled (module docstring). Defaults: UNDO's published
+    """How the student is made and distilled (`asru_lab.stages.distill`). Defaults: UNDO's published
     optimiser; alpha mid-range of its sweep (0.1-0.7 for language), beta its default 0.1."""
 
     alpha: float = field(
@@ -161,6 +163,19 @@ class DistillResult:
     pool: dict
     steps: int
     stopped: bool
+    seconds: float = 0.0
+
+    def record(self, config: DistillConfig) -> dict:
+        """What `save_unlearned` keeps of this distillation (JSON-ready)."""
+        return {
+            "config": asdict(config),
+            "history": self.history,
+            "teacher": self.teacher,
+            "pool": self.pool,
+            "steps": self.steps,
+            "stopped": self.stopped,
+            "seconds": self.seconds,
+        }
 
 
 def perturbed_copy(lm: LoadedModel, alpha: float, beta: float, seed: int) -> LoadedModel:
@@ -278,6 +293,7 @@ def distill(
 ) -> DistillResult:
     """The student (module docstring). `teacher` is never changed."""
     cfg = config or DistillConfig()
+    started = time.perf_counter()
     if teacher_probe is not None:
         teacher_probe.validate(teacher)
     pool, counts = prompt_pool(bench, cfg)
@@ -341,7 +357,8 @@ def distill(
     student.model.eval()
     for p in student.model.parameters():
         p.requires_grad_(False)
-    return DistillResult(student, history, teacher_values, counts, step, stopped)
+    seconds = time.perf_counter() - started
+    return DistillResult(student, history, teacher_values, counts, step, stopped, seconds)
 
 
 def _step_loss(teacher, student, bench, pool, targets, tails, hard, chunk, probe) -> torch.Tensor:

@@ -4,6 +4,8 @@ refused with their name."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -94,3 +96,52 @@ def test_the_refusal_arm_keeps_only_refusals_without_the_fact(bench):
     )
     result = distill(oracle, bench, config)
     assert 0 < result.pool["forget"] <= len(bench.questions("forget", "qa"))
+
+
+def test_asru_undo_distils_the_asru_teacher_and_keeps_both_records(lm, bench, monkeypatch):
+    from asru_lab.baselines import METHODS, Unlearned, unlearn
+    from asru_lab.baselines import undo as undo_module
+
+    taught = []
+
+    def teacher(model, b, config, probe):  # ASRU itself is tested elsewhere; here the chain
+        taught.append(config)
+        return Unlearned("asru", model.clone(), {"method": "asru", "seconds": {"all": 1.0}})
+
+    monkeypatch.setattr(undo_module, "run_full", teacher)
+    config = undo_module.UndoConfig(distill=TINY)
+    result = unlearn(lm, bench, "asru_undo", config, probe=object())
+    assert taught == [config.teacher] and result.method == "asru_undo"
+    assert result.record["teacher"]["method"] == "asru"
+    assert result.record["distill"]["steps"] <= 4 and result.record["distill"]["pool"]
+    assert result.record["distill"]["config"]["alpha"] == TINY.alpha
+    assert METHODS["asru_undo"].knob.field == "distill.alpha"
+
+
+def test_the_distill_command_writes_a_student_that_loads(tmp_path, capsys):
+    from asru_lab.baselines import UNLEARN_FILE
+    from asru_lab.cli import main
+
+    out = tmp_path / "student"
+    code = main(
+        [
+            "distill",
+            *("--out", str(out), "--steps", "2", "--max-prompts", "6", "--eval-every", "1"),
+            *("--eval-items", "2", "--warmup-steps", "1", "--alpha", "0.3", "--quiet"),
+        ]
+    )
+    printed = capsys.readouterr().out
+    assert code == 0 and "distilled " in printed and f"wrote {out}" in printed
+    reloaded = al.load_model(out)
+    record = json.loads((out / UNLEARN_FILE).read_text())
+    assert record["method"] == "distill" and record["config"]["alpha"] == 0.3
+    assert record["steps"] in (1, 2) and reloaded.model is not None
+
+
+def test_the_distill_command_refuses_two_pool_sizes_before_loading(tmp_path, capsys):
+    from asru_lab.cli import main
+
+    code = main(["distill", "--out", str(tmp_path / "s"), "--all-prompts", "--max-prompts", "5"])
+    assert code != 0
+    assert "give --all-prompts or --max-prompts, not both" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

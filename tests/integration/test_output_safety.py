@@ -42,6 +42,10 @@ COMMANDS = {
     ],
     "run": ["--steps", "1", "--max-items", "2", *QUICK],
     "unlearn": ["--method", "steer_only", "--probe", "{probe}", *QUICK],
+    "distill": [
+        *["--steps", "1", "--max-prompts", "3", "--eval-every", "1", "--eval-items", "2"],
+        *QUICK,
+    ],
     "reproduce": [
         *["--methods", "steer_only", "--forget-ratios", "0.1", "--max-items", "2"],
         *["--no-figures", *QUICK],
@@ -65,6 +69,7 @@ AGAIN = {  # commands run a second time over their own output, with these extra 
     "reproduce": [],
     "trace-causal": [],
     "unlearn": [],
+    "distill": [],
 }
 
 

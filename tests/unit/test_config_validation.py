@@ -22,6 +22,7 @@ from asru_lab.baselines.mmunlearner import MMUnlearnerConfig
 from asru_lab.baselines.registry import UnlearnError
 from asru_lab.baselines.steer_only import SteerOnlyConfig
 from asru_lab.baselines.trainer import UnlearnConfig
+from asru_lab.baselines.undo import UndoConfig
 from asru_lab.causal import CausalTraceConfig, CausalTraceError
 from asru_lab.data.schema import BenchmarkError
 from asru_lab.data.synthetic import SyntheticConfig
@@ -47,6 +48,7 @@ CONFIGS = {
     EvalConfig: ConfigError,
     UnlearnConfig: UnlearnError,
     AsruConfig: UnlearnError,
+    UndoConfig: UnlearnError,
     SteerOnlyConfig: UnlearnError,
     GatedSteerConfig: UnlearnError,
     MMUnlearnerConfig: UnlearnError,
