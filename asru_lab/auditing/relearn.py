@@ -64,9 +64,12 @@ wider sweep is config, e.g. `relearn_lr=(5e-4, 1e-3, 2e-3)`, `relearn_full_lr=(1
 
 from __future__ import annotations
 
+import copy
+import json
 import random
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, ExitStack, nullcontext
+from dataclasses import asdict, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -94,6 +97,9 @@ from .measure import leak_records, rate, sample
 # the taught half's leak at the last k that shows a setting trained: far above an untrained
 # oracle's (0) and below what every default setting teaches it (0.97-1.0 at k = 250, measured)
 CONTROL_LEAK = 0.8
+# the oracle's relearning curves already run in this process (`_oracle_key`): identical for
+# every audited model, so `reproduce --audit` relearns the oracle once, not once per method
+_ORACLE_CURVES: dict[str, tuple[LoadedModel, dict]] = {}
 UNRELATED_SPLIT = "general"  # the synthetic benchmark's picture questions
 
 Applied = Callable[[LoadedModel], AbstractContextManager]
@@ -223,8 +229,12 @@ def relearn(
     models: dict[str, tuple[LoadedModel, Applied]] = {"": (subject.lm, subject.applied_to)}
     # the oracle audited as itself is relearnt once
     itself = oracle is subject.lm and subject.probe is None
+    cached = None
     if oracle is not None and not itself:
-        models["oracle_"] = (oracle, as_it_is)
+        key = _oracle_key(oracle, bench, cfg)
+        cached = _ORACLE_CURVES.get(key, (None, None))[1]
+        if cached is None:
+            models["oracle_"] = (oracle, as_it_is)
     records: list[dict] = []
 
     def measure(lm: LoadedModel, attack: str, kind: str) -> dict:
@@ -288,6 +298,11 @@ def relearn(
                     # the rate is too high for this model: the setting is void, the sweep goes on
                     setting.setdefault("diverged", {})[f"{who or 'audited_'}{kind}"] = str(exc)
                 (setting.setdefault("oracle", {}) if who else setting["curves"])[kind] = curve
+        if cached is not None:  # the oracle's side from an earlier audit in this process
+            theirs = copy.deepcopy(cached["settings"][name])
+            setting["oracle"] = theirs["oracle"]
+            if "diverged" in theirs:
+                setting.setdefault("diverged", {}).update(theirs["diverged"])
         if itself:
             setting["oracle"] = {"forget": setting["curves"]["forget"]}
         setting["auc"] = area(setting["curves"]["forget"])
@@ -295,7 +310,36 @@ def relearn(
             setting["oracle_auc"] = area(setting["oracle"]["forget"])
             setting["excess_auc"] = setting["auc"] - setting["oracle_auc"]
         out["settings"].append(setting)
+    if cached is not None:
+        records += copy.deepcopy(cached["records"])
+    elif "oracle_" in models:
+        mine = {
+            s["name"]: {
+                "oracle": s["oracle"],
+                **(
+                    {
+                        "diverged": {
+                            k: v for k, v in s["diverged"].items() if k.startswith("oracle_")
+                        }
+                    }
+                    if "diverged" in s
+                    else {}
+                ),
+            }
+            for s in out["settings"]
+        }
+        theirs = [r for r in records if r["attack"].startswith("oracle_relearn")]
+        _ORACLE_CURVES[key] = (oracle, copy.deepcopy({"settings": mine, "records": theirs}))
     return out, records
+
+
+def _oracle_key(oracle: LoadedModel, bench: Benchmark, cfg: AuditConfig) -> str:
+    """What the oracle's curves depend on: the very oracle model, the benchmark and every
+    setting of the audit (the sampled questions and the scoring come from them)."""
+    settings = asdict(replace(cfg, progress=False))
+    key = json.dumps([oracle.fingerprint(), bench.name, bench.meta, settings], default=str)
+    # the very model (kept in the cache beside its curves, so its id is not reused)
+    return f"{key}:{id(oracle.model)}"
 
 
 def check_room(lm: LoadedModel) -> None:

@@ -316,7 +316,7 @@ def _distill_options(sub) -> None:
         p,
         DistillConfig,
         "alpha beta steps batch_size lr min_lr warmup_steps forget splits max_prompts "
-        "eval_every eval_items stop_retain stop_general",
+        "eval_every eval_items stop_retain stop_general stop_margin",
         none=True,
         forget={"choices": FORGET_ARMS},
     )

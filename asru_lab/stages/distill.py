@@ -22,11 +22,12 @@ decay (the published settings). `forget` picks the arm for the forget people's o
 
 The forget people's reference answers and name-prefixed continuations are never a target.
 Every `eval_every` steps the student's retain recall and picture-question accuracy are measured
-on seeded samples; it stops when both reach `stop_retain` and `stop_general` (the teacher's own
-values are measured first and reported beside). An inference-time teacher's probe is applied
-while the teacher answers and scores (`teacher_probe`): the student learns its behaviour
-without hooks (in the teacher-forced scoring pass a gated probe reads the end of the answer,
-see `SteeringProbe.apply`).
+on seeded samples; it stops when both reach `stop_retain` and `stop_general`, or come within
+`stop_margin` of the teacher's own values on the same questions (measured first and reported
+beside: a student learns the teacher's answers and cannot be asked to beat them). An
+inference-time teacher's probe is applied while the teacher answers and scores
+(`teacher_probe`): the student learns its behaviour without hooks (in the teacher-forced
+scoring pass a gated probe reads the end of the answer, see `SteeringProbe.apply`).
 
 First measurements (issue #32, the vanilla embedded model as teacher, 1 023 prompts spread over
 retain, strangers and picture questions, 200 steps of 8, the defaults otherwise, one thread,
@@ -115,6 +116,10 @@ class DistillConfig:
     stop_general: float = field(
         default=0.90, metadata={"help": "... and picture-question accuracy this"}
     )
+    stop_margin: float = field(
+        default=0.02,
+        metadata={"help": "... or both come within this of the teacher's own values"},
+    )
     seed: int = field(default=0, metadata={"help": "seeds the noise, the pool and the order"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -135,6 +140,7 @@ class DistillConfig:
             eval_items=">= 1",
             stop_retain="[0, 1]",
             stop_general="[0, 1]",
+            stop_margin="[0, 1]",
         )
         if self.forget not in FORGET_ARMS:
             raise DistillError(
@@ -348,9 +354,11 @@ def distill(
                 )
                 history.append(row)
                 student.model.train()
-                if row["retain_recall"] >= cfg.stop_retain and (
-                    row["general_recall"] >= cfg.stop_general
-                ):
+                goals = {
+                    name: min(bar_, teacher_values[f"{name}_recall"] - cfg.stop_margin)
+                    for name, bar_ in (("retain", cfg.stop_retain), ("general", cfg.stop_general))
+                }
+                if all(row[f"{name}_recall"] >= goal for name, goal in goals.items()):
                     stopped = True
                     break
         bar.close()

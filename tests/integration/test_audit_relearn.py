@@ -197,3 +197,34 @@ def test_full_relearning_that_does_not_fit_is_refused_before_any_copy(lm, bench,
     assert "relearn_modes=('lora',)" in str(info.value) and "0.0 GiB is free" in str(info.value)
     # LoRA shares the weights: it is not refused
     assert audit(lm, bench, config=replace(config, relearn_modes=("lora",))).results["relearn"]
+
+
+def test_the_oracle_is_relearnt_once_per_process(lm, bench, oracle, monkeypatch):
+    """`reproduce --audit` audits many methods against one oracle: its curves are run once."""
+    from asru_lab.auditing import relearn as module
+
+    config = replace(TINY, relearn_modes=("lora",), relearn_data=("forget",), seed=7)
+    calls = []
+    real = module.fine_tuned
+
+    def counting(model, *args, **kwargs):
+        calls.append(model is oracle)
+        yield from real(model, *args, **kwargs)
+
+    monkeypatch.setattr(module, "fine_tuned", counting)
+    first = audit(lm, bench, oracle=oracle, config=config)
+    assert calls == [False, True]
+    second = audit(lm.clone(), bench, oracle=oracle, config=config)
+    assert calls == [False, True, False]  # the second audited model only
+
+    def oracle_side(report):
+        curves = [s["oracle"] for s in report.results["relearn"]["settings"]]
+        answers = [r for r in report.records if r["attack"].startswith("oracle_relearn")]
+        return curves, answers
+
+    assert oracle_side(first) == oracle_side(second) and oracle_side(first)[1]
+    assert first.summary["relearn_oracle_auc"] == second.summary["relearn_oracle_auc"]
+    # a report's curves are its own: editing one leaves the cache (and the next report) intact
+    second.results["relearn"]["settings"][0]["oracle"]["forget"].clear()
+    third = audit(lm, bench, oracle=oracle, config=config)
+    assert oracle_side(third) == oracle_side(first)
