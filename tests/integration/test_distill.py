@@ -145,3 +145,15 @@ def test_the_distill_command_refuses_two_pool_sizes_before_loading(tmp_path, cap
     assert code != 0
     assert "give --all-prompts or --max-prompts, not both" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_the_student_stops_once_within_the_margin_of_its_teacher(lm, bench):
+    from dataclasses import replace
+
+    # unreachable absolute bars, but a margin that any student meets: it stops at the first check
+    easy = replace(TINY, stop_retain=1.0, stop_general=1.0, stop_margin=1.0)
+    result = distill(lm, bench, easy)
+    assert result.stopped and result.steps == easy.eval_every
+    # no margin and bars above the teacher's own recall: it runs every step
+    hard = replace(TINY, stop_retain=1.0, stop_general=1.0, stop_margin=0.0)
+    assert not distill(lm, bench, hard).stopped
