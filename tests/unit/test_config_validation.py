@@ -38,11 +38,13 @@ from asru_lab.stages.finetune import FinetuneConfig, FinetuneError
 from asru_lab.stages.locate import LocateConfig
 from asru_lab.stages.redirect import RedirectConfig, RedirectError
 from asru_lab.stages.reinforce import ReinforceConfig, ReinforceError
+from asru_lab.stages.reroute import RerouteConfig, RerouteError
 from asru_lab.validation import ConfigError
 
 CONFIGS = {
     RedirectConfig: RedirectError,
     DistillConfig: DistillError,
+    RerouteConfig: RerouteError,
     ReinforceConfig: ReinforceError,
     LocateConfig: ConfigError,
     EvalConfig: ConfigError,
