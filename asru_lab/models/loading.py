@@ -29,6 +29,22 @@ from asru_lab.models.processor import register_image_only_processor
 from asru_lab.quiet import quiet_in_notebooks
 
 
+def drop_forward_patches(model: torch.nn.Module) -> list[str]:
+    """Remove every instance-level `forward` a trainer left on `model`'s modules (TRL's fused
+    log-prob head sets `model.forward` to a closure over the *original* model's bound forward;
+    accelerate wraps it for mixed precision), so that each module runs its class's forward on
+    its own weights. Without this, a deep copy of a model trained with TRL computes with the
+    original's weights: its training moves nothing and its answers are the original's. Returns
+    the names of the modules that had one."""
+    found = []
+    for name, module in model.named_modules():
+        if "forward" in module.__dict__:
+            del module.__dict__["forward"]
+            module.__dict__.pop("_original_forward", None)
+            found.append(name or "<root>")
+    return found
+
+
 @dataclass
 class LoadedModel:
     """An HF vision-language model with its processor, adapter and provenance."""
@@ -119,6 +135,7 @@ class LoadedModel:
                 if id(b) not in copied:
                     memo[id(b)] = b
             model = copy.deepcopy(self.model, memo)
+        drop_forward_patches(model)
         return LoadedModel(
             model,
             self.processor,

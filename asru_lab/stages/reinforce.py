@@ -42,7 +42,7 @@ from asru_lab.directions import memorisation_direction
 from asru_lab.evaluation.judge import is_refusal
 from asru_lab.evaluation.protocols.asru_lab import MAX_NEW_TOKENS
 from asru_lab.generation import generate_batch
-from asru_lab.models.loading import LoadedModel
+from asru_lab.models.loading import LoadedModel, drop_forward_patches
 from asru_lab.probe import SteeringProbe
 from asru_lab.quiet import quiet_in_notebooks
 from asru_lab.rewards import build_rewards, completion_text
@@ -566,6 +566,7 @@ def _finish(
     if config.activation_checkpointing:  # the trainer's, for training only
         model.activation_checkpointing_disable()
         model.disable_input_require_grads()
+    drop_forward_patches(model)  # TRL's fused-head forward closes over this very object
     model.eval()
     out.model = model
     out.name = f"{lm.name}+reinforce"

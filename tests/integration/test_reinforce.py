@@ -58,6 +58,31 @@ def test_grpo_trains_a_copy(lm, run):
     assert run["model"].name.endswith("+reinforce")
 
 
+def test_a_copy_of_the_trained_model_computes_with_its_own_weights(bench, run):
+    """TRL leaves an instance-level forward that calls the trained object's own bound forward;
+    a deep copy kept it, so a copy (relearning, quantisation, distillation) silently ran the
+    original's weights: fine-tuning it moved nothing. The result carries no such patch, and a
+    copy of a model that does is cleaned by `clone`."""
+    from asru_lab.generation import encode_items
+    from asru_lab.models.loading import drop_forward_patches
+
+    model = run["model"]
+    assert not any("forward" in m.__dict__ for m in model.model.modules())
+    patched = model.clone()
+    original = patched.model.forward
+    patched.model.forward = lambda *a, **k: original(*a, **k)  # a trainer's patch, by closure
+    twin = patched.clone()
+    assert not any("forward" in m.__dict__ for m in twin.model.modules())
+    assert drop_forward_patches(patched.model) == ["<root>"]
+    with torch.no_grad():
+        for p in twin.model.parameters():
+            p.mul_(0.5)
+        batch = encode_items(twin, bench, bench.questions("retain", "qa")[:2])
+        mine = twin.model(**batch).logits
+        theirs = patched.model(**batch).logits
+    assert not torch.allclose(mine, theirs)
+
+
 def test_metrics_dashboard_and_held_out_rates_are_written(run):
     rows = [json.loads(x) for x in (run["dir"] / "metrics.jsonl").read_text().splitlines()]
     logged = [r for r in rows if "reward" in r]
