@@ -33,12 +33,13 @@ def drop_forward_patches(model: torch.nn.Module) -> list[str]:
     """Remove every instance-level `forward` a trainer left on `model`'s modules (TRL's fused
     log-prob head sets `model.forward` to a closure over the *original* model's bound forward;
     accelerate wraps it for mixed precision), so that each module runs its class's forward on
-    its own weights. Without this, a deep copy of a model trained with TRL computes with the
-    original's weights: its training moves nothing and its answers are the original's. Returns
-    the names of the modules that had one."""
+    its own weights; accelerate's device-map hooks stay. Without this, a deep copy of a model
+    trained with TRL computes with the original's weights: its training moves nothing and its
+    answers are the original's. Returns the names of the modules that had one."""
     found = []
     for name, module in model.named_modules():
-        if "forward" in module.__dict__:
+        # accelerate's device-map hooks (`_hf_hook`) are bound to each copy by deepcopy: kept
+        if "forward" in module.__dict__ and not hasattr(module, "_hf_hook"):
             del module.__dict__["forward"]
             module.__dict__.pop("_original_forward", None)
             found.append(name or "<root>")
