@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 
 import torch
 from tqdm.auto import tqdm
@@ -201,6 +201,17 @@ def _spans(
     return lengths
 
 
+def _gap(states: torch.Tensor, goal: torch.Tensor, spans: Sequence[int]) -> torch.Tensor:
+    """Mean over rows of the squared error over each row's last `n` positions, relative to the
+    goal's own mean square there."""
+    return torch.stack(
+        [
+            ((states[r, -n:] - goal[r, -n:]) ** 2).mean() / (goal[r, -n:] ** 2).mean()
+            for r, n in enumerate(spans)
+        ]
+    ).mean()
+
+
 def _residual(model, lm: LoadedModel, inputs: dict, layer: int) -> torch.Tensor:
     index, io = residual_site(lm, layer)
     value = read_site(model, inputs, lm.adapter.layer(lm.model, index), io, stop=True)
@@ -235,8 +246,8 @@ def reroute(
     held = {split: items for split, items in held.items() if items}
     if not held:
         raise RerouteError(f"{bench.name} has no question in {cfg.retain_splits} to hold in place")
-    twin = lm.clone()
     targets = [f"{lm.adapter.mlp_path(k)}.{m}" for k in range(layer + 1) for m in cfg.modules]
+    twin = lm.clone(copy_only=targets)  # only the merged linears change
     history: list[dict] = []
     with seeded(cfg.seed, twin.device):
         model = lora_wrap(twin.model, targets, r=cfg.lora_r, alpha=cfg.lora_r, dropout=0.0)
@@ -279,12 +290,7 @@ def reroute(
                 start = _residual(model, twin, forget_in, layer) if step == 0 else None
             model.train()
             mine = _residual(model, twin, forget_in, layer)
-            forget_loss = torch.stack(
-                [
-                    ((mine[r, -n:] - goal[r, -n:]) ** 2).mean() / (goal[r, -n:] ** 2).mean()
-                    for r, n in enumerate(spans)
-                ]
-            ).mean()
+            forget_loss = _gap(mine, goal, spans)
             now = _residual(model, twin, keep_in, layer)
             real = keep_in["attention_mask"].bool()
             retain_loss = ((now - frozen) ** 2).mean(-1)[real].mean() / (frozen**2).mean(-1)[
@@ -303,13 +309,8 @@ def reroute(
             torch.nn.utils.clip_grad_norm_(trainable, 1.0)
             optimizer.step()
             if start is not None:
-                gap = torch.stack(
-                    [
-                        ((start[r, -n:] - goal[r, -n:]) ** 2).mean() / (goal[r, -n:] ** 2).mean()
-                        for r, n in enumerate(spans)
-                    ]
-                ).mean()
-                history.append({"step": 0, "forget_gap": float(gap), "retain_drift": 0.0})
+                gap = float(_gap(start, goal, spans))
+                history.append({"step": 0, "forget_gap": gap, "retain_drift": 0.0})
             if (step + 1) % max(1, cfg.steps // 10) == 0 or step + 1 == cfg.steps:
                 history.append(
                     {
@@ -343,8 +344,6 @@ def reroute(
 
 def _as_items(chosen: Sequence[_Pair]) -> list[QAItem]:
     """Items whose `image` is each pair's stranger portrait (for `Benchmark.images`)."""
-    from dataclasses import replace
-
     return [replace(p.item, image=p.image) for p in chosen]
 
 
