@@ -36,13 +36,22 @@ def drop_forward_patches(model: torch.nn.Module) -> list[str]:
     its own weights; accelerate's device-map hooks stay. Without this, a deep copy of a model
     trained with TRL computes with the original's weights: its training moves nothing and its
     answers are the original's. Returns the names of the modules that had one."""
+    from nnsight.intervention.source import STATE, Controller
+
     found = []
     for name, module in model.named_modules():
-        # accelerate's device-map hooks (`_hf_hook`) are bound to each copy by deepcopy: kept
-        if "forward" in module.__dict__ and not hasattr(module, "_hf_hook"):
-            del module.__dict__["forward"]
-            module.__dict__.pop("_original_forward", None)
-            found.append(name or "<root>")
+        forward = module.__dict__.get("forward")
+        # accelerate's device-map hooks (`_hf_hook`) are bound to each copy by deepcopy, and
+        # nnsight's controller holds its module by weak reference, which deepcopy rebinds:
+        # both compute with the copy's weights and are kept
+        if forward is None or isinstance(forward, Controller) or hasattr(module, "_hf_hook"):
+            continue
+        del module.__dict__["forward"]
+        module.__dict__.pop("_original_forward", None)
+        # the patch had displaced nnsight's controller: forget its state too, so that the next
+        # trace instruments the module afresh instead of finding its slot taken
+        module.__dict__.pop(STATE, None)
+        found.append(name or "<root>")
     return found
 
 

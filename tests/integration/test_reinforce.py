@@ -67,12 +67,12 @@ def test_a_copy_of_the_trained_model_computes_with_its_own_weights(bench, run):
     from asru_lab.models.loading import drop_forward_patches
 
     model = run["model"]
-    assert not any("forward" in m.__dict__ for m in model.model.modules())
+    assert not _patches(model.model)
     patched = model.clone()
     original = patched.model.forward
     patched.model.forward = lambda *a, **k: original(*a, **k)  # a trainer's patch, by closure
     twin = patched.clone()
-    assert not any("forward" in m.__dict__ for m in twin.model.modules())
+    assert not _patches(twin.model)
     assert drop_forward_patches(patched.model) == ["<root>"]
     with torch.no_grad():
         for p in twin.model.parameters():
@@ -81,6 +81,36 @@ def test_a_copy_of_the_trained_model_computes_with_its_own_weights(bench, run):
         mine = twin.model(**batch).logits
         theirs = patched.model(**batch).logits
     assert not torch.allclose(mine, theirs)
+
+
+def _patches(model: torch.nn.Module) -> list[str]:
+    """Modules whose instance `forward` is not nnsight's controller (which is copy-safe)."""
+    from nnsight.intervention.source import Controller
+
+    return [
+        name
+        for name, m in model.named_modules()
+        if "forward" in m.__dict__ and not isinstance(m.__dict__["forward"], Controller)
+    ]
+
+
+def test_dropping_a_trainer_patch_keeps_nnsight_tracing(bench, run):
+    """A model traced by nnsight carries nnsight's controller as every module's `forward`:
+    removing a trainer's patch must leave those in place (and re-instrument a module whose
+    controller the patch displaced), or every later trace fails with 'already ran past it'."""
+    from asru_lab.capture import capture
+    from asru_lab.models.loading import drop_forward_patches
+
+    items = bench.questions("retain", "qa")[:2]
+    twin = run["model"].clone()
+    before = capture(twin, bench, items, layers=[1, 3], keep_raw=True, progress=False)
+    original = twin.model.forward  # nnsight's controller, now installed on the root
+    twin.model.forward = lambda *a, **k: original(*a, **k)
+    assert drop_forward_patches(twin.model) == ["<root>"]
+    for copy in (twin, twin.clone()):
+        after = capture(copy, bench, items, layers=[1, 3], keep_raw=True, progress=False)
+        for layer in (1, 3):
+            torch.testing.assert_close(after.raw[layer], before.raw[layer])
 
 
 def test_metrics_dashboard_and_held_out_rates_are_written(run):
