@@ -215,10 +215,12 @@ def train(
         for epoch in range(epochs):
             orders = [torch.randperm(n, generator=shuffler).tolist() for n in shuffled]
             for step in range(steps_per_epoch):
+                # cleared before the step's loss: a loss may backpropagate a part itself
+                # (sharpness-aware NPO's perturbed forget term) before returning the rest
+                optimizer.zero_grad(set_to_none=True)
                 loss = step_loss(orders, step)
                 if not torch.isfinite(loss):
                     raise nonfinite(float(loss), epoch, step)
-                optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 for p, mask in (grad_masks or {}).items():
                     if p.grad is not None:

@@ -20,6 +20,9 @@ with result.applied():                         # the probe's hooks for steer_onl
 | `asru_stage1` | stage 1.2: the probe's direction in the weights |
 | `asru` | stage 1.2 + GRPO (stage 2) |
 | `asru_undo` | ASRU, then its student re-grown by distillation (UNDO) |
+| `rmu` | RMU: the forget people's entity tokens sent toward a random direction at an early layer |
+| `repnoise` | RepNoise: forget answers' MLP outputs pushed toward Gaussian noise, lens ascent |
+| `npo_sam` | NPO minimised at the worst nearby weights (sharpness-aware), + retain NLL |
 
 The gradient baselines share one trainer (`baselines.trainer`): LoRA on the language model
 (MMUnlearner: its saliency-masked weights, in full), answer-only loss; each is a loss function
@@ -45,7 +48,10 @@ from asru_lab.baselines import (  # noqa: F401
     kl_min,
     mmunlearner,
     npo,
+    npo_sam,
     refusal_sft,
+    repnoise,
+    rmu,
     steer_only,
     undo,
 )

@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
@@ -121,7 +121,58 @@ class Step:
     model: torch.nn.Module
     batches: dict[str, dict[str, torch.Tensor]]
     reference: Callable[..., torch.Tensor] | None = None  # inputs -> the frozen model's logits
+    layers: Sequence[torch.nn.Module] = ()  # the decoder layers, first to last
+    mlps: Sequence[torch.nn.Module] = ()  # their MLPs
+    lens: Callable[[torch.Tensor], torch.Tensor] | None = None  # residual -> logits
     _cache: dict = field(default_factory=dict)
+
+    def forget_cache(self) -> None:
+        """Drop what was computed with the trainable weights (after they moved in place);
+        the frozen reference's outputs stay."""
+        for key in [k for k in self._cache if k[1] is not True]:
+            del self._cache[key]
+
+    def representations(self, split: str) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """At `split`'s answer tokens (`[n_tokens, hidden]` each): every MLP's output and every
+        decoder layer's output (the residual stream), from the forward pass that also gives
+        the split's logits."""
+        key = ("representations", split)
+        if key not in self._cache:
+            if not self.mlps or len(self.mlps) != len(self.layers):
+                raise UnlearnError("this step was built without the model's layers and MLPs")
+            batch = dict(self.batches[split])
+            labels = batch.pop("labels")
+            seen: dict[str, list[torch.Tensor]] = {"mlp": [], "layer": []}
+
+            def keeper(kind):
+                def hook(_module, _inputs, out):
+                    seen[kind].append(out[0] if isinstance(out, tuple) else out)
+
+                return hook
+
+            handles = [m.register_forward_hook(keeper("mlp")) for m in self.mlps]
+            handles += [m.register_forward_hook(keeper("layer")) for m in self.layers]
+            try:
+                logits = self.model(**batch).logits
+            finally:
+                for handle in handles:
+                    handle.remove()
+            # position t predicts token t+1: the states that predict the answer tokens
+            targets = labels[:, 1:] != IGNORE_INDEX
+            mlp, layer = ([o[:, :-1][targets] for o in seen[k]] for k in ("mlp", "layer"))
+            self._cache[(split, False)] = (logits[:, :-1].float(), labels[:, 1:])
+            self._cache[key] = (mlp, layer)
+        return self._cache[key]
+
+    def lens_nll(self, split: str) -> torch.Tensor:
+        """Mean over decoder layers of the answer tokens' negative log-likelihood read through
+        the logit lens (final norm and LM head on each layer's residual)."""
+        if self.lens is None:
+            raise UnlearnError("this step was built without a logit lens")
+        _, hidden = self.representations(split)
+        labels = self.batches[split]["labels"][:, 1:]
+        answer = labels[labels != IGNORE_INDEX]
+        return torch.stack([F.cross_entropy(self.lens(h).float(), answer) for h in hidden]).mean()
 
     def _logits(self, split: str, reference: bool) -> tuple[torch.Tensor, torch.Tensor]:
         key = (split, reference)
@@ -228,6 +279,14 @@ def train_unlearning(
     sets = training_sets(bench, config, uses_retain=uses_retain, forget_answers=forget_answers)
     tails = {split: answer_tokens(lm, examples)[0] for split, examples in sets.items()}
     out = lm.clone()
+    # read before the LoRA wrap, which replaces only the linears inside these modules
+    base = out.model
+    layers = list(lm.adapter.decoder_layers(base))
+    mlps = [lm.adapter.mlp(base, k) for k in range(len(layers))]
+
+    def lens(hidden: torch.Tensor) -> torch.Tensor:
+        return lm.adapter.logits_from_hidden(base, hidden)
+
     steps_per_epoch = math.ceil(len(sets["forget"]) / config.batch_size)
     total = steps_per_epoch * config.epochs
 
@@ -240,7 +299,7 @@ def train_unlearning(
             retain = order["retain"]
             picked = [retain[(start + k) % len(retain)] for k in range(len(chunk))]
             batches["retain"] = _batch(out, bench, sets["retain"], tails["retain"], picked)
-        return loss(Step(out.model, batches, reference), config)
+        return loss(Step(out.model, batches, reference, layers, mlps, lens), config)
 
     def nonfinite(value: float, epoch: int, step: int) -> UnlearnError:
         return UnlearnError(

@@ -176,7 +176,7 @@ def pairs(bench: Benchmark, strangers: dict) -> list[_Pair]:
     return out
 
 
-def _spans(
+def entity_spans(
     lm: LoadedModel,
     ids: torch.Tensor,
     mask: torch.Tensor,
@@ -201,6 +201,28 @@ def _spans(
     return lengths
 
 
+def held_batch(
+    held: dict[str, list[QAItem]], orders: dict[str, list[int]], step: int, size: int
+) -> list[QAItem]:
+    """Step `step`'s `size` held prompts, the splits taking turns (each in its own seeded
+    order), so that no split outnumbers the others."""
+    splits = list(held)
+    kept = []
+    for j in range(size):
+        slot = step * size + j
+        split = splits[slot % len(splits)]
+        order = orders[split]
+        kept.append(held[split][order[(slot // len(splits)) % len(order)]])
+    return kept
+
+
+def drift(now: torch.Tensor, frozen: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Squared error of `now` from `frozen` over the real tokens, relative to `frozen`'s own
+    mean square there."""
+    real = mask.bool()
+    return ((now - frozen) ** 2).mean(-1)[real].mean() / (frozen**2).mean(-1)[real].mean()
+
+
 def _gap(states: torch.Tensor, goal: torch.Tensor, spans: Sequence[int]) -> torch.Tensor:
     """Mean over rows of the squared error over each row's last `n` positions, relative to the
     goal's own mean square there."""
@@ -212,7 +234,7 @@ def _gap(states: torch.Tensor, goal: torch.Tensor, spans: Sequence[int]) -> torc
     ).mean()
 
 
-def _residual(model, lm: LoadedModel, inputs: dict, layer: int) -> torch.Tensor:
+def residual_at(model, lm: LoadedModel, inputs: dict, layer: int) -> torch.Tensor:
     index, io = residual_site(lm, layer)
     value = read_site(model, inputs, lm.adapter.layer(lm.model, index), io, stop=True)
     if value is None:
@@ -259,24 +281,18 @@ def reroute(
             split: torch.randperm(len(items), generator=generator).tolist()
             for split, items in held.items()
         }
-        splits = list(held)
         bar = tqdm(total=cfg.steps, desc="reroute", disable=not cfg.progress)
         for step in range(cfg.steps):
             chosen = [
                 twins[f_order[(step * cfg.batch_size + j) % len(twins)]]
                 for j in range(min(cfg.batch_size, len(twins)))
             ]
-            kept = []
-            for j in range(cfg.batch_size):
-                slot = step * cfg.batch_size + j
-                split = splits[slot % len(splits)]
-                order = r_order[split]
-                kept.append(held[split][order[(slot // len(splits)) % len(order)]])
+            kept = held_batch(held, r_order, step, cfg.batch_size)
             forget_in = encode_items(twin, bench, [p.item for p in chosen])
             stranger_in = encode(
                 twin, bench.images(_as_items(chosen)), [p.question for p in chosen]
             )
-            spans = _spans(
+            spans = entity_spans(
                 twin,
                 forget_in["input_ids"],
                 forget_in["attention_mask"],
@@ -285,17 +301,14 @@ def reroute(
             )
             keep_in = encode_items(twin, bench, kept, [i.answer for i in kept])
             with torch.no_grad(), model.disable_adapter():
-                goal = _residual(model, twin, stranger_in, layer)
-                frozen = _residual(model, twin, keep_in, layer)
-                start = _residual(model, twin, forget_in, layer) if step == 0 else None
+                goal = residual_at(model, twin, stranger_in, layer)
+                frozen = residual_at(model, twin, keep_in, layer)
+                start = residual_at(model, twin, forget_in, layer) if step == 0 else None
             model.train()
-            mine = _residual(model, twin, forget_in, layer)
+            mine = residual_at(model, twin, forget_in, layer)
             forget_loss = _gap(mine, goal, spans)
-            now = _residual(model, twin, keep_in, layer)
-            real = keep_in["attention_mask"].bool()
-            retain_loss = ((now - frozen) ** 2).mean(-1)[real].mean() / (frozen**2).mean(-1)[
-                real
-            ].mean()
+            now = residual_at(model, twin, keep_in, layer)
+            retain_loss = drift(now, frozen, keep_in["attention_mask"])
             loss = forget_loss + cfg.retain_weight * retain_loss
             if not torch.isfinite(loss):
                 raise RerouteError(
@@ -352,7 +365,11 @@ __all__ = [
     "RerouteConfig",
     "RerouteError",
     "choose_layer",
+    "drift",
+    "entity_spans",
+    "held_batch",
     "pairs",
+    "residual_at",
     "reroute",
     "strangers_for",
 ]

@@ -105,13 +105,13 @@ def test_an_empty_stranger_pool_is_refused(bench, monkeypatch):
 def test_the_edit_is_not_one_direction(lm, bench):
     """Per-person targets: the change at the forget people's image tokens is not rank one."""
     from asru_lab.generation import encode_items
-    from asru_lab.stages.reroute import _residual
+    from asru_lab.stages.reroute import residual_at
 
     model, _ = reroute(lm, bench, dataclasses.replace(TINY, steps=10))
     items = [i for i in bench.questions("forget", "qa") if i.image][::40][:8]
     batch = encode_items(lm, bench, items)
     with torch.no_grad():
-        old = _residual(lm.model, lm, batch, 2)[:, -1]
-        new = _residual(model.model, model, batch, 2)[:, -1]
+        old = residual_at(lm.model, lm, batch, 2)[:, -1]
+        new = residual_at(model.model, model, batch, 2)[:, -1]
     singular = torch.linalg.svdvals(new - old)
     assert singular[1] > 0.05 * singular[0]

@@ -19,7 +19,10 @@ from asru_lab.auditing import AuditConfig
 from asru_lab.baselines.asru import AsruConfig
 from asru_lab.baselines.gated_steer import GatedSteerConfig
 from asru_lab.baselines.mmunlearner import MMUnlearnerConfig
+from asru_lab.baselines.npo_sam import NpoSamConfig
 from asru_lab.baselines.registry import UnlearnError
+from asru_lab.baselines.repnoise import RepNoiseConfig
+from asru_lab.baselines.rmu import RmuConfig
 from asru_lab.baselines.steer_only import SteerOnlyConfig
 from asru_lab.baselines.trainer import UnlearnConfig
 from asru_lab.baselines.undo import UndoConfig
@@ -51,6 +54,9 @@ CONFIGS = {
     UnlearnConfig: UnlearnError,
     AsruConfig: UnlearnError,
     UndoConfig: UnlearnError,
+    RmuConfig: UnlearnError,
+    RepNoiseConfig: UnlearnError,
+    NpoSamConfig: UnlearnError,
     SteerOnlyConfig: UnlearnError,
     GatedSteerConfig: UnlearnError,
     MMUnlearnerConfig: UnlearnError,

@@ -84,6 +84,11 @@ class ArchitectureAdapter:
     def attention_path(self, index: int) -> str:
         return f"{self.layer_path(index)}.{self.attention_attr}"
 
+    def mlp(self, model: nn.Module, index: int) -> nn.Module:
+        """Decoder layer `index`'s MLP module."""
+        self.layer(model, index)  # the clear error for a layer that does not exist
+        return self._get(model, self.mlp_path(index))
+
     def mlp_path(self, index: int) -> str:
         return f"{self.layer_path(index)}.{self.mlp_attr}"
 
