@@ -567,6 +567,11 @@ def cmd_unlearn(args) -> int:
         "alpha": args.alpha,
         "n_retain": args.n_retain,
         "energy": args.energy,
+        "coefficient": args.coefficient,
+        "layer": args.layer,
+        "steps": args.steps,
+        "noise_weight": args.noise_weight,
+        "sam_rho": args.sam_rho,
     }
     options = {k: v for k, v in options.items() if v is not None}
     if options:

@@ -272,6 +272,9 @@ def _unlearn_options(sub) -> None:
     from asru_lab.baselines import METHODS, UnlearnConfig
     from asru_lab.baselines.gated_steer import GatedSteerConfig
     from asru_lab.baselines.mmunlearner import MMUnlearnerConfig
+    from asru_lab.baselines.npo_sam import NpoSamConfig
+    from asru_lab.baselines.repnoise import RepNoiseConfig
+    from asru_lab.baselines.rmu import RmuConfig
 
     methods = "\n".join(f"  {name:<12} {method.summary}" for name, method in METHODS.items())
     p = sub.add_parser(
@@ -294,6 +297,9 @@ def _unlearn_options(sub) -> None:
     )
     _add_fields(p, MMUnlearnerConfig, "vision_fraction language_fraction min_ratio", none=True)
     _add_fields(p, GatedSteerConfig, "alpha n_retain energy", none=True)
+    _add_fields(p, RmuConfig, "coefficient layer steps", none=True)
+    _add_fields(p, RepNoiseConfig, "noise_weight", none=True)
+    _add_fields(p, NpoSamConfig, "sam_rho", none=True)
 
 
 def _distill_options(sub) -> None:

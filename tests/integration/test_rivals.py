@@ -158,3 +158,17 @@ def test_rival_configs_refuse_bad_values():
         NpoSamConfig(sam_rho=0.0)
     with pytest.raises(UnlearnError, match="RepNoiseConfig.noise_weight"):
         RepNoiseConfig(noise_weight=-1.0)
+
+
+def test_cli_runs_a_rival_with_its_knob_and_refuses_another_methods_option(tmp_path):
+    import asru_lab as al
+    from asru_lab.cli import main
+
+    out = tmp_path / "rmu"
+    args = ["unlearn", "--method", "rmu", "--coefficient", "2", "--layer", "3", "--steps", "2"]
+    assert main([*args, "--out", str(out), "--quiet"]) == 0
+    record = (out / "unlearn.json").read_text()
+    assert '"coefficient": 2.0' in record and '"layer": 3' in record
+    assert al.load_model(out).name.endswith("+rmu")
+    bad = ["unlearn", "--method", "rmu", "--sam-rho", "0.1", "--out", str(tmp_path / "x")]
+    assert main(bad) == 2
