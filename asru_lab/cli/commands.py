@@ -711,7 +711,9 @@ def cmd_reproduce(args) -> int:
             probabilities=not args.no_probabilities,
         ),
         oracle=not args.no_oracle,
-        tuning=None if args.no_tuning else TuningConfig(max_retain_drop=args.max_retain_drop),
+        tuning=None
+        if args.no_tuning
+        else TuningConfig(max_retain_drop=args.max_retain_drop, criterion=args.tune_on),
         paper=args.paper,
         cache=not args.no_cache,
         figures=not args.no_figures,

@@ -359,6 +359,13 @@ def _reproduce_options(sub) -> None:
         help="tuning: the largest retain-accuracy drop a chosen setting may cost (default: 0.05)",
     )
     p.add_argument(
+        "--tune-on",
+        choices=("leak", "attacked"),
+        default="leak",
+        help="tuning: 'forgets most' by the plain validation forget leak, or by its union under "
+        "direction ablation and prefill ('attacked': tuning no longer rewards hiding)",
+    )
+    p.add_argument(
         "--no-oracle",
         action="store_true",
         help="no retrain-oracle row and no forget quality (synthetic benchmark; without it, "

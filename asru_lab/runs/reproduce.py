@@ -78,6 +78,7 @@ from asru_lab.runs.tables import (
 from asru_lab.runs.tuning import (
     RULE,
     TuningConfig,
+    attacked_leak,
     choose,
     knob_of,
     point,
@@ -623,12 +624,16 @@ def _tune(lm, bench, ratio, base, config: ReproduceConfig, cache: Path, got: _Co
     if not names:
         return {}
     val = validation_benchmark(bench, tuning.validation_people, tuning.seed)
-    val_base = {**base, "data": val.fingerprint(), "tuning": _keyable(tuning)}
+    keyed = _keyable(tuning)
+    if tuning.criterion == "leak":  # the plain rule's cells keep the keys they had
+        del keyed["criterion"]
+    val_base = {**base, "data": val.fingerprint(), "tuning": keyed}
     evaluation = replace(tuning.evaluate, progress=config.progress, seed=config.seed)
     located: dict = {}
 
-    def splits(method: str, method_config) -> dict:
-        """The validation evaluation of `method` at `method_config` (cached)."""
+    def splits(method: str, method_config) -> tuple[dict, float | None]:
+        """The validation evaluation of `method` at `method_config` and, with criterion
+        "attacked", its union leak under the cheap attacks (cached)."""
         fields = {**val_base, "method": method, "config": _keyable(method_config)}
         if method != VANILLA and METHODS[method].needs_probe:
             fields["locate"] = _keyable(config.locate)
@@ -644,16 +649,20 @@ def _tune(lm, bench, ratio, base, config: ReproduceConfig, cache: Path, got: _Co
             with result.applied():
                 report = evaluate(result.model, val, evaluation, method=method)
             data = {"key": cell.key, "evaluation": report.to_dict()}
+            if tuning.criterion == "attacked":
+                data["attacked_leak"] = attacked_leak(
+                    result, val, lm, tuning.evaluate.max_items, config.seed
+                )
             write_json_atomic(cell.path, data)
-        return data["evaluation"]["splits"]
+        return data["evaluation"]["splits"], data.get("attacked_leak")
 
-    reference = retain_accuracy(splits(VANILLA, None))
+    reference = retain_accuracy(splits(VANILLA, None)[0])
     tuned, sweeps = {}, {}
     for method in tqdm(names, desc=f"tuning at {ratio:g}", disable=not config.progress):
         knob = knob_of(method, tuning)
         default = config.method_config(method)
-        points = [point(v, splits(method, set_knob(default, knob.field, v))) for v in knob.values]
-        chosen = choose(points, reference, tuning.max_retain_drop)
+        points = [point(v, *splits(method, set_knob(default, knob.field, v))) for v in knob.values]
+        chosen = choose(points, reference, tuning.max_retain_drop, tuning.criterion)
         tuned[method] = set_knob(default, knob.field, chosen["value"])
         sweeps[method] = {"knob": knob.field, "points": points, "chosen": chosen}
     forget = sorted(p.id for p in val.people_in("forget"))

@@ -10,6 +10,12 @@ model's; of those, choose the one that forgets most (lowest validation forget le
 forget MCQ accuracy, then the weaker setting). When no setting keeps retain accuracy, the one
 that drops it least is chosen, and the record says so. The reported forget people are never
 seen by the sweep, so the choice cannot fit them.
+
+What "forgets most" reads is `TuningConfig.criterion`: "leak", the plain validation forget leak,
+or "attacked", the per-item union of the validation forget leak under the audit's cheap attacks
+(direction ablation and the answer's first words prefilled, `asru_lab.auditing`) — a method that
+only hides scores no better than one that does nothing under it, so tuning no longer rewards
+hiding. The robust table (issue #32) is tuned with "attacked".
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ RULE = (
     "accuracy (mean of retain recall and retain MCQ) drops at most max_retain_drop below the "
     "untouched model's is used; if none does, the smallest drop"
 )
+CRITERIA = ("leak", "attacked")
+CHEAP_ATTACKS = ("ablation", "prefill")  # what criterion "attacked" attacks with
 
 
 @dataclass
@@ -56,9 +64,21 @@ class TuningConfig:
         metadata={"help": "method name -> the values to try, overriding its knob's"},
     )
     seed: int = field(default=0, metadata={"help": "draws the validation forget people"})
+    criterion: str = field(
+        default="leak",
+        metadata={
+            "help": "what 'forgets most' reads: the plain validation forget leak ('leak') or "
+            "its union under direction ablation and prefill ('attacked')"
+        },
+    )
 
     def __post_init__(self) -> None:
         check_fields(self, UnlearnError, max_retain_drop="[0, 1]", validation_people=">= 1")
+        if self.criterion not in CRITERIA:
+            raise UnlearnError(
+                f"TuningConfig.criterion must be one of {', '.join(CRITERIA)}, got "
+                f"{self.criterion!r}"
+            )
 
 
 def knob_of(method: str, config: TuningConfig) -> Knob | None:
@@ -132,10 +152,12 @@ def retain_accuracy(splits: dict) -> float:
     return accuracy
 
 
-def choose(points: list[dict], reference: float, max_drop: float) -> dict:
+def choose(points: list[dict], reference: float, max_drop: float, criterion: str = "leak") -> dict:
     """The chosen sweep point (module docstring's rule). Each point holds `value`,
-    `forget_leak`, `forget_mcq` and `retain_accuracy`; adds `retain_drop` and `admissible` to
-    each, and returns {"value", "admissible", "reason"}."""
+    `forget_leak` (and, with criterion "attacked", `attacked_leak`), `forget_mcq` and
+    `retain_accuracy`; adds `retain_drop` and `admissible` to each, and returns {"value",
+    "admissible", "reason"}."""
+    measure = "attacked_leak" if criterion == "attacked" else "forget_leak"
     for point in points:
         point["retain_drop"] = reference - point["retain_accuracy"]
         point["admissible"] = point["retain_drop"] <= max_drop + 1e-9
@@ -143,9 +165,9 @@ def choose(points: list[dict], reference: float, max_drop: float) -> dict:
     if kept:
         best = min(
             enumerate(kept),
-            key=lambda kp: (kp[1]["forget_leak"], kp[1]["forget_mcq"] or 0.0, kp[0]),
+            key=lambda kp: (kp[1][measure], kp[1]["forget_mcq"] or 0.0, kp[0]),
         )[1]
-        reason = f"most forgetting with retain accuracy drop <= {max_drop:g}"
+        reason = f"most forgetting ({measure}) with retain accuracy drop <= {max_drop:g}"
         return {"value": best["value"], "admissible": True, "reason": reason}
     best = min(points, key=lambda p: p["retain_drop"])
     warnings.warn(
@@ -157,8 +179,9 @@ def choose(points: list[dict], reference: float, max_drop: float) -> dict:
     return {"value": best["value"], "admissible": False, "reason": reason}
 
 
-def point(value: float, splits: dict) -> dict:
-    """One sweep point's measurements from its validation evaluation."""
+def point(value: float, splits: dict, attacked: float | None = None) -> dict:
+    """One sweep point's measurements from its validation evaluation (and `attacked`: its
+    union leak under the cheap attacks, with criterion "attacked")."""
     forget = splits.get("forget", {})
     if forget.get("leak_rate") is None:
         raise UnlearnError(
@@ -168,6 +191,17 @@ def point(value: float, splits: dict) -> dict:
     return {
         "value": value,
         "forget_leak": forget["leak_rate"],
+        **({} if attacked is None else {"attacked_leak": attacked}),
         "forget_mcq": forget.get("mcq_acc"),
         "retain_accuracy": retain_accuracy(splits),
     }
+
+
+def attacked_leak(result, validation: Benchmark, reference, max_items: int, seed: int) -> float:
+    """The validation forget people's union leak under `CHEAP_ATTACKS` for an unlearned
+    `result` (its probe applied if it has one); `reference`: the model before unlearning."""
+    from asru_lab.auditing import AuditConfig, audit
+
+    config = AuditConfig(attacks=CHEAP_ATTACKS, max_items=max_items, seed=seed, progress=False)
+    report = audit(result.model, validation, reference=reference, probe=result.probe, config=config)
+    return report.summary["union_leak"]

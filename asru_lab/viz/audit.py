@@ -338,6 +338,69 @@ def lens_layers_chart(reports: Mapping[str, Mapping]) -> go.Figure:
     return fig
 
 
+def hidden_or_forgotten_chart(reports: Mapping[str, Mapping], split: str = "forget") -> go.Figure:
+    """Hidden or forgotten: per method (name -> audit data), x = the `split` leak with no
+    attack, y = the per-item union leak under every valid attack, both with Wilson intervals;
+    the retrain oracle's point (under the identical attacks, from the first report that has it)
+    at the floor. A method on the diagonal gives nothing more under attack than it says; one
+    near the top-left hides: it says nothing and gives everything back."""
+    fig = go.Figure()
+    fig.add_scatter(
+        x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#bbbbbb"},
+        name="no more under attack", hoverinfo="skip",
+    )  # fmt: skip
+    oracle = None
+    for name, data in reports.items():
+        results = data.get("results", {})
+        plain = results.get("leaks", {}).get("none", {}).get(split)
+        union = results.get("union", {}).get(split)
+        if not plain or not union:
+            continue
+        if oracle is None and results.get("oracle_union", {}).get(split):
+            oracle = (plain, results["oracle_union"][split])
+        fig.add_scatter(
+            x=[plain["leak"]],
+            y=[union["leak"]],
+            mode="markers+text",
+            text=[escape_text(name)],
+            textposition="top right",
+            name=escape_text(name),
+            error_x=_interval(plain, "leak", "lo", "hi"),
+            error_y=_interval(union, "leak", "lo", "hi"),
+            hovertemplate=f"{escape_text(name)}: %{{x:.2f}} plainly, %{{y:.2f}} under attack "
+            f"(n {union.get('n')})<extra></extra>",
+        )
+    if oracle is not None:
+        plain, union = oracle
+        fig.add_scatter(
+            x=[plain.get("oracle")],
+            y=[union["leak"]],
+            mode="markers+text",
+            text=["retrain oracle"],
+            textposition="bottom right",
+            name="retrain oracle",
+            marker={"symbol": "star", "size": 14, "color": "#7f7f7f"},
+            error_x=_interval(plain, "oracle", "oracle_lo", "oracle_hi"),
+            error_y=_interval(union, "leak", "lo", "hi"),
+        )
+        fig.add_hrect(y0=0, y1=union["hi"], fillcolor="#7f7f7f", opacity=0.12, line_width=0)
+    fig.update_layout(
+        title=f"Hidden or forgotten? ({escape_text(split)} split)",
+        xaxis={"title": "leak with no attack", "range": [-0.03, 1.05]},
+        yaxis={"title": "union leak under every attack", "range": [-0.03, 1.05]},
+        height=480,
+    )
+    return fig
+
+
+def _interval(cell: Mapping, value: str, lo: str, hi: str) -> dict:
+    v = cell.get(value)
+    if v is None:
+        return {"visible": False}
+    up, down = cell.get(hi, v) - v, v - cell.get(lo, v)
+    return {"type": "data", "symmetric": False, "array": [up], "arrayminus": [down]}
+
+
 def write_audit_figures(
     audits: Mapping[float, Mapping[str, Mapping]], out_dir: str | os.PathLike, *, png: bool = True
 ) -> list[str]:
@@ -350,6 +413,7 @@ def write_audit_figures(
     for ratio, by_method in sorted(audits.items()):
         suffix = f"_ratio{ratio:g}" if len(audits) > 1 else ""
         charts = {
+            "audit_hidden_or_forgotten": hidden_or_forgotten_chart(by_method),
             "audit_relearn": relearn_chart(by_method),
             "audit_probe_layers": probe_layers_chart(by_method),
             "audit_lens_layers": lens_layers_chart(by_method),

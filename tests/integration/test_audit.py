@@ -203,7 +203,8 @@ def test_reproduce_audit_adds_columns_the_oracle_row_and_figures(tmp_path):
     # the oracle never saw the forget people: its prefill leak is far below the vanilla model's
     assert by_method["oracle"]["audit.prefill_leak"] < by_method["vanilla"]["audit.prefill_leak"]
     figures = set(result.manifest["figures"])
-    assert {"audit_relearn.html", "audit_probe_layers.html", "audit_lens_layers.html"} <= figures
+    assert {"audit_relearn.html", "audit_probe_layers.html", "audit_lens_layers.html",
+            "audit_hidden_or_forgotten.html"} <= figures  # fmt: skip
     assert all(c["audit_cached"] is False for c in result.manifest["cells"])
     # what the attacks measure is in every audit cache key: a changed attack is measured again
     cached = list((tmp_path / "r" / "cache").rglob("*.audit-*.json"))

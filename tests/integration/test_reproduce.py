@@ -360,3 +360,23 @@ def test_tuning_sweeps_each_knob_on_validation_people_and_reports_the_choice(lm,
     assert "retain accuracy" in result.manifest["tuning"]["rule"]
     again = reproduce(tmp_path, config, model=lm)  # every sweep point from the cache
     assert again.manifest["tuning"]["sweeps"] == result.manifest["tuning"]["sweeps"]
+
+
+def test_tuning_on_the_attacked_leak_records_it_per_point(lm, tmp_path):
+    evaluation = al.EvalConfig(splits=("forget", "retain"), max_items=8, probabilities=False)
+    plain = TuningConfig(grids={"steer_only": (0.25, 4.0)}, evaluate=evaluation)
+    attacked = TuningConfig(
+        grids={"steer_only": (0.25, 4.0)}, evaluate=evaluation, criterion="attacked"
+    )
+    config = tiny_config(methods=("steer_only",), tuning=attacked, figures=False, oracle=False)
+    result = reproduce(tmp_path, config, model=lm)
+    steer = result.manifest["tuning"]["sweeps"]["0.1"]["methods"]["steer_only"]
+    for p in steer["points"]:
+        assert 0.0 <= p["attacked_leak"] <= 1.0
+        assert p["attacked_leak"] >= p["forget_leak"] - 0.25  # ablation and prefill add leaks
+    assert "attacked_leak" in steer["chosen"]["reason"]
+    before = {p.name for p in tmp_path.rglob("tune-*")}
+    config = tiny_config(methods=("steer_only",), tuning=plain, figures=False, oracle=False)
+    reproduce(tmp_path, config, model=lm)
+    after = {p.name for p in tmp_path.rglob("tune-*")}
+    assert after > before  # the plain rule did not reuse the attacked rule's cells

@@ -189,7 +189,7 @@ def test_every_audit_figure_escapes_names_from_the_report():
 def test_reproduce_audit_figures_pages_are_safe(tmp_path):
     written = write_audit_figures({0.1: {METHOD: _audit()}}, tmp_path, png=False)
     pages = [name for name in written if name.endswith(".html")]
-    assert len(pages) == 3
+    assert len(pages) == 4
     for name in pages:
         assert_safe((tmp_path / name).read_text(), [Path(name).stem])
 

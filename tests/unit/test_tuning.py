@@ -35,6 +35,18 @@ def test_the_most_forgetting_setting_within_the_retain_budget_is_chosen():
     assert choose(tie, reference=1.0, max_drop=0.05)["value"] == 2
 
 
+def test_criterion_attacked_ranks_by_the_union_under_the_cheap_attacks():
+    """A setting that only hides (no plain leak, everything back under attack) loses to one
+    that leaks a little plainly but keeps less under attack."""
+    swept = points((1, 0.0, 0.2, 1.0), (2, 0.1, 0.3, 1.0))
+    swept[0]["attacked_leak"], swept[1]["attacked_leak"] = 1.0, 0.3
+    assert choose(swept, reference=1.0, max_drop=0.05)["value"] == 1
+    chosen = choose(swept, reference=1.0, max_drop=0.05, criterion="attacked")
+    assert chosen["value"] == 2 and "attacked_leak" in chosen["reason"]
+    with pytest.raises(UnlearnError, match="criterion must be one of leak, attacked"):
+        TuningConfig(criterion="attack")
+
+
 def test_without_an_admissible_setting_the_smallest_drop_is_taken_with_a_warning():
     swept = points((1, 0.0, 0.2, 0.5), (2, 0.0, 0.1, 0.7))
     with pytest.warns(UserWarning, match="no setting keeps retain accuracy"):
