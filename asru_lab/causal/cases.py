@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from asru_lab.causal.config import GROUPS, CausalTraceConfig, CausalTraceError
+from asru_lab.causal.config import ALL_GROUPS, CausalTraceConfig, CausalTraceError
 from asru_lab.data.schema import Benchmark, BenchmarkError, Person, QAItem
 from asru_lab.generation import asked, build_prompt, check_prompt_lengths, fact_prefix, fact_token
 from asru_lab.models.loading import LoadedModel
@@ -37,13 +37,20 @@ class _Case:
 
 
 def _items_for(bench: Benchmark, person: Person, config: CausalTraceConfig) -> list[QAItem]:
-    """The person's generation questions about `attribute`, the wanted split first."""
+    """The person's generation questions about `attribute`, the wanted split first; for
+    corruption "name", only those that ask by name (no image, the name in the question)."""
     items = [
         i
         for i in bench.items
         if i.person_id == person.id and i.task == "qa" and i.attribute == config.attribute
     ]
+    if config.corruption == "name":
+        items = [i for i in items if _by_name(person, i)]
     return sorted(items, key=lambda i: (i.split != config.split, i.image is None))
+
+
+def _by_name(person: Person, item: QAItem) -> bool:
+    return item.image is None and bool(person.name) and person.name in item.question
 
 
 def select_items(bench: Benchmark, config: CausalTraceConfig) -> list[QAItem]:
@@ -70,13 +77,18 @@ def select_items(bench: Benchmark, config: CausalTraceConfig) -> list[QAItem]:
             )
         people = [bench.people[pid] for pid in config.people]
     items = []
+    by_name = config.corruption == "name"
     for person in people:
         found = _items_for(bench, person, config)
         if not found:
+            asked_how = "no question by name" if by_name else "no question"
             raise CausalTraceError(
-                f"person {person.id} ({person.name}) has no question about "
+                f"person {person.id} ({person.name}) has {asked_how} about "
                 f"{config.attribute!r} (their facts: {sorted(person.facts)})"
             )
+        if by_name:
+            items.append(found[0])
+            continue
         if found[0].image is None and config.people is not None:
             raise CausalTraceError(
                 f"person {person.id} ({person.name}) has only text-only questions about "
@@ -85,9 +97,8 @@ def select_items(bench: Benchmark, config: CausalTraceConfig) -> list[QAItem]:
         if found[0].image is not None:
             items.append(found[0])
     if not items:
-        raise CausalTraceError(
-            f"no {config.split} person has an image question about {config.attribute!r}"
-        )
+        kind = "question by name" if by_name else "image question"
+        raise CausalTraceError(f"no {config.split} person has an {kind} about {config.attribute!r}")
     return items[: config.max_people] if config.max_people else items
 
 
@@ -102,13 +113,19 @@ def _target(lm: LoadedModel, prompt: str, item: QAItem) -> tuple[str, int]:
     return prefix, target
 
 
-def _encode_case(lm: LoadedModel, image, question: str, prefix: str) -> tuple[dict, dict]:
-    """Batch-of-one processor outputs for prompt + prefix, and each token's group."""
-    prompt = build_prompt(lm, question, True)
+def _encode_case(
+    lm: LoadedModel, image, question: str, prefix: str, person_name: str | None = None
+) -> tuple[dict, dict]:
+    """Batch-of-one processor outputs for prompt + prefix, and each token's group (the tokens
+    of every occurrence of `person_name` form the "name" group)."""
+    prompt = build_prompt(lm, question, image is not None)
     text = prompt + prefix
     check_prompt_lengths(lm, [text], [asked(question)])
     enc = lm.processor(
-        text=[text], images=[image], return_tensors="pt", return_offsets_mapping=True
+        text=[text],
+        images=None if image is None else [image],
+        return_tensors="pt",
+        return_offsets_mapping=True,
     )
     offsets = enc.pop("offset_mapping")[0].tolist()
     inputs = {k: v.to(lm.device) if torch.is_tensor(v) else v for k, v in enc.items()}
@@ -125,12 +142,20 @@ def _encode_case(lm: LoadedModel, image, question: str, prefix: str) -> tuple[di
     if q_start < 0 or offsets[-1][1] != len(expanded):
         raise CausalTraceError("could not align the question's tokens with the prompt text")
     q_end = q_start + len(question)
-    groups = {g: torch.zeros(len(ids), dtype=torch.bool) for g in GROUPS}
+    spans = []  # the name's character spans, in the question and the answer prefix
+    if person_name:
+        at = expanded.find(person_name, q_start)
+        while at >= 0:
+            spans.append((at, at + len(person_name)))
+            at = expanded.find(person_name, at + len(person_name))
+    groups = {g: torch.zeros(len(ids), dtype=torch.bool) for g in ALL_GROUPS}
     for t, (start, end) in enumerate(offsets):
         if t == len(ids) - 1:
             name = "last"
         elif image_mask[t]:
             name = "image"
+        elif any(start < b and end > a for a, b in spans):
+            name = "name"
         elif start >= end_of_prompt:
             name = "answer_prefix"
         elif end == end_of_prompt:
@@ -152,6 +177,14 @@ def _cases(
 ) -> list[_Case]:
     """Each item encoded for tracing: its clean inputs and, for "swap", the corrupted ones."""
     for item in items:
+        if config.corruption == "name":
+            person = bench.people.get(item.person_id)
+            if person is None or not _by_name(person, item):
+                raise CausalTraceError(
+                    f"corruption 'name' traces questions by name: {item.question!r} about "
+                    f"{item.person_id} has an image or does not contain the person's name"
+                )
+            continue
         if item.image is None:
             raise CausalTraceError(
                 f"the question {item.question!r} about {item.person_id} has no image, but "
@@ -159,7 +192,7 @@ def _cases(
             )
         if item.person_id not in bench.people:
             raise CausalTraceError(f"item's person id {item.person_id!r} does not exist")
-    images = bench.images(items)
+    images = [None] * len(items) if config.corruption == "name" else bench.images(items)
     return [
         _case(lm, bench, item, image, config) for item, image in zip(items, images, strict=True)
     ]
@@ -170,9 +203,14 @@ def _case(
 ) -> _Case:
     person = bench.people[item.person_id]
     question = config.question or item.question
-    prompt = build_prompt(lm, question, True)
+    prompt = build_prompt(lm, question, image is not None)
     prefix, target = _target(lm, prompt, item)
-    inputs, groups = _encode_case(lm, image, question, prefix)
+    name = person.name if config.corruption == "name" else None
+    if name and name not in question:
+        raise CausalTraceError(
+            f"corruption 'name': the question {question!r} does not contain {name!r}"
+        )
+    inputs, groups = _encode_case(lm, image, question, prefix, name)
     case = _Case(person, item, question, prefix, target, inputs, inputs, groups)
     if config.corruption == "swap":
         case.swap_with, image = _swap_partner(bench, person, item, config)
@@ -232,7 +270,31 @@ def _draw_noise(
             case.noise.append(noise.to(device=f.device, dtype=f.dtype))
 
 
-def _noise(cases: Sequence[_Case], config: CausalTraceConfig) -> list[torch.Tensor] | None:
+def _draw_name_noise(
+    chunk: Sequence[_Case], embeddings: torch.Tensor, offsets: Sequence[int], config
+) -> None:
+    """Corruption "name": each case's noise on the token embeddings (`[T, D]`), Gaussian on
+    the name's tokens with std `noise_scale` x the std of those embeddings, zero elsewhere,
+    seeded by `seed` and the person id."""
+    for r, case in enumerate(chunk):
+        own = embeddings[r, offsets[r] :]
+        mask = case.groups["name"].to(own.device)
+        if not mask.any():
+            raise CausalTraceError(f"no token of {case.person.name!r} found in the prompt")
+        gen = torch.Generator().manual_seed(_person_seed(config.seed, case.person.id))
+        noise = torch.randn(own.shape, generator=gen, dtype=torch.float32)
+        noise *= config.noise_scale * float(own[mask].float().std())
+        noise[~mask.cpu()] = 0
+        case.noise = [noise.to(device=own.device, dtype=own.dtype)]
+
+
+def _noise(
+    cases: Sequence[_Case], config: CausalTraceConfig, length: int | None = None
+) -> list[torch.Tensor] | None:
+    """The batch's noise per corrupted site: visual features concatenated case after case, or
+    (corruption "name") the token-embedding noise left-padded to `length` and stacked."""
+    if config.corruption == "name":
+        return [torch.stack([_left_pad(c.noise[0], length) for c in cases])]
     if config.corruption != "noise":
         return None
     return [torch.cat(parts) for parts in zip(*(c.noise for c in cases), strict=True)]

@@ -10,7 +10,10 @@ from asru_lab.validation import check_fields
 
 COMPONENTS = ("residual", "attention", "mlp")
 GROUPS = ("image", "question", "template", "last_prompt", "answer_prefix", "last")
-CORRUPTIONS = ("noise", "swap")
+# corruption "name": a question by name, the name's tokens (question and answer prefix) noised
+NAME_GROUPS = ("name", "question", "template", "last_prompt", "answer_prefix", "last")
+ALL_GROUPS = ("image", "name", "question", "template", "last_prompt", "answer_prefix", "last")
+CORRUPTIONS = ("noise", "swap", "name")
 BACKENDS = ("transformer_lens", "nnsight")
 
 
@@ -40,7 +43,10 @@ class CausalTraceConfig:
     )
     corruption: str = field(
         default="noise",
-        metadata={"help": "'noise' on the visual tokens, or 'swap' in another person's image"},
+        metadata={
+            "help": "'noise' on the visual tokens, 'swap' in another person's image, or 'name': "
+            "a question by name, noise on the name's token embeddings (nnsight backend)"
+        },
     )
     noise_scale: float = field(
         default=3.0,
@@ -53,7 +59,11 @@ class CausalTraceConfig:
         default=COMPONENTS, metadata={"help": f"sites restored, a subset of {COMPONENTS}"}
     )
     groups: tuple[str, ...] = field(
-        default=GROUPS, metadata={"help": f"position groups restored, a subset of {GROUPS}"}
+        default=GROUPS,
+        metadata={
+            "help": f"position groups restored, a subset of {ALL_GROUPS} (corruption 'name' "
+            f"with the default: {NAME_GROUPS})"
+        },
     )
     backend: str = field(
         default="transformer_lens",
@@ -88,9 +98,17 @@ class CausalTraceConfig:
         ):
             if value not in allowed:
                 raise CausalTraceError(f"unknown {name} {value!r}; expected one of {allowed}")
+        if self.corruption == "name":
+            if tuple(self.groups) == GROUPS:  # a by-name question has no image tokens
+                self.groups = NAME_GROUPS
+            if self.backend != "nnsight":
+                raise CausalTraceError(
+                    "corruption 'name' noises the name's token embeddings, which only the "
+                    "nnsight backend reaches: set backend='nnsight'"
+                )
         for name, values, allowed in (
             ("components", self.components, COMPONENTS),
-            ("groups", self.groups, GROUPS),
+            ("groups", self.groups, ALL_GROUPS),
         ):
             unknown = [v for v in values if v not in allowed]
             if unknown or not values:

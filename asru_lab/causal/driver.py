@@ -18,6 +18,7 @@ from asru_lab.capture import check_layers
 from asru_lab.causal.cases import (
     _Case,
     _cases,
+    _draw_name_noise,
     _draw_noise,
     _left_pad,
     _noise,
@@ -34,9 +35,12 @@ from asru_lab.models.loading import LoadedModel
 
 
 # --- the trace ------------------------------------------------------------------------------
-def _backend(lm: LoadedModel, name: str, *, visual: bool):
-    """The runner for `name`; `visual`: it must reach the visual features (noise)."""
-    return (_LensBackend if name == "transformer_lens" else _NnsightBackend)(lm, visual)
+def _backend(lm: LoadedModel, name: str, *, corruption: str):
+    """The runner for `name`, reaching what `corruption` noises: the visual features
+    ("noise"), the token embeddings ("name", nnsight only) or nothing ("swap")."""
+    if name == "transformer_lens":
+        return _LensBackend(lm, corruption == "noise")
+    return _NnsightBackend(lm, corruption == "noise", embeddings=corruption == "name")
 
 
 def _probabilities(logits: torch.Tensor, targets: Sequence[int]) -> list[float]:
@@ -67,7 +71,7 @@ def trace_causal(
         raise BenchmarkError("nothing to trace: the item list is empty")
     started = time.perf_counter()
     cases = _cases(lm, bench, items, config)
-    backend = _backend(lm, config.backend, visual=config.corruption == "noise")
+    backend = _backend(lm, config.backend, corruption=config.corruption)
     sites = [(c, layer) for c in config.components for layer in layers]
     n_jobs = len(_jobs(cases, sites, config.groups))
     counters = {"forward_rows": 0, "forward_passes": 0, "rows_per_pass": []}
@@ -165,15 +169,18 @@ def _clean_and_corrupt(lm, backend, chunk, sites, config, counters) -> None:
     """The clean run (probabilities, activations at every site, the noise drawn from the
     visual features) and the corrupted run of a chunk of people: two forward passes."""
     batch, offsets = _pad_batch(lm, [c.inputs for c in chunk])
-    out = backend.run(_Run(batch, read_sites=sites, read_visual=config.corruption == "noise"))
+    noised = config.corruption in ("noise", "name")
+    out = backend.run(_Run(batch, read_sites=sites, read_visual=noised))
     targets = [c.target_id for c in chunk]
     for r, (case, p) in enumerate(zip(chunk, _probabilities(out.logits, targets), strict=True)):
         case.p_clean = p
         case.clean = {s: out.sites[s][r, offsets[r] :].clone() for s in sites}
     if config.corruption == "noise":
         _draw_noise(chunk, out.visual, config)
+    elif config.corruption == "name":
+        _draw_name_noise(chunk, out.visual[0], offsets, config)
     batch, _ = _pad_batch(lm, [c.corrupt_inputs for c in chunk])
-    out = backend.run(_Run(batch, noise=_noise(chunk, config)))
+    out = backend.run(_Run(batch, noise=_noise(chunk, config, batch["input_ids"].shape[1])))
     for case, p in zip(chunk, _probabilities(out.logits, targets), strict=True):
         case.p_corrupt = p
     counters["forward_rows"] += 2 * len(chunk)
@@ -195,7 +202,7 @@ def _patched(lm, backend, part, config, counters) -> None:
         mask = torch.stack([_left_pad(part[r][0].groups[part[r][2]], length) for r in idx])
         values = torch.stack([_left_pad(part[r][0].clean[site], length) for r in idx])
         patches[site] = (torch.tensor(idx, device=lm.device), mask.to(lm.device), values)
-    out = backend.run(_Run(batch, noise=_noise(rows, config), patches=patches))
+    out = backend.run(_Run(batch, noise=_noise(rows, config, length), patches=patches))
     probs = _probabilities(out.logits, [c.target_id for c in rows])
     for (case, site, group), p in zip(part, probs, strict=True):
         case.patched[(site, group)] = p

@@ -12,10 +12,14 @@ from asru_lab.models.loading import LoadedModel
 class _NnsightBackend:
     name = "nnsight"
 
-    def __init__(self, lm: LoadedModel, visual: bool) -> None:
+    def __init__(self, lm: LoadedModel, visual: bool, embeddings: bool = False) -> None:
         self.lm = lm
         self.wrapped = nnsight_model(lm)
+        # the corrupted sites: the visual features (noise), or the token embeddings (name)
         self.visual_paths = lm.adapter.visual_feature_paths(lm.model) if visual else []
+        if embeddings:
+            embed = lm.adapter.embed_tokens(lm.model)
+            self.visual_paths = [next(n for n, m in lm.model.named_modules() if m is embed)]
 
     def _tensor(self, component: str, layer: int):
         path, access = _module_site(self.lm, component, layer)
