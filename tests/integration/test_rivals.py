@@ -20,7 +20,7 @@ from asru_lab.baselines.trainer import Step
 from asru_lab.data.schema import Benchmark
 
 TINY = {"max_forget": 8, "epochs": 1, "batch_size": 4, "progress": False}
-RMU_TINY = {"layer": 3, "steps": 6, "lr": 1e-3, "batch_size": 4, "progress": False}
+RMU_TINY = {"layer": 3, "steps": 6, "batch_size": 4, "progress": False}
 
 
 def changed(lm, result) -> list[str]:
