@@ -11,6 +11,7 @@ from asru_lab.table_style import escape_text
 COMPONENT_TITLES = {"residual": "residual stream", "attention": "attention output", "mlp": "MLP"}
 GROUP_LABELS = {
     "image": "image tokens",
+    "name": "name tokens",
     "question": "question",
     "template": "chat template",
     "last_prompt": "last prompt token",

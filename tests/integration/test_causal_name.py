@@ -65,3 +65,16 @@ def test_bad_input_for_the_name_corruption_is_refused(lm, bench):
         trace_causal(lm, bench, NAME, items=[pictured])
     with pytest.raises(CausalTraceError, match="groups must be a non-empty subset"):
         CausalTraceConfig(corruption="name", backend="nnsight", groups=("face",))
+
+
+def test_the_cli_traces_the_name_hop(tmp_path):
+    from asru_lab.cli import main
+
+    out = tmp_path / "name"
+    args = ["trace-causal", "--corruption", "name", "--backend", "nnsight", "--attribute",
+            "birthplace", "--max-people", "2", "--components", "residual", "--no-compare",
+            "--no-png", "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    trace = CausalTrace.load(out)
+    assert trace.groups[0] == "name" and trace.config["corruption"] == "name"
+    assert (out / "causal_heatmap.html").is_file()
