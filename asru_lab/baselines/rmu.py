@@ -34,16 +34,17 @@ from tqdm.auto import tqdm
 
 from asru_lab.baselines.registry import Knob, Method, Unlearned, UnlearnError, register
 from asru_lab.evaluation.harness import forget_people
-from asru_lab.generation import encode, encode_items
+from asru_lab.generation import encode_items
 from asru_lab.stages.reroute import (
     RETAIN_SPLITS,
     choose_layer,
     drift,
-    entity_spans,
+    encode_with_twins,
     held_batch,
     residual_at,
+    take_step,
 )
-from asru_lab.training import lr_factor, seeded
+from asru_lab.training import seeded
 from asru_lab.validation import check_fields
 
 COEFFICIENTS = (1.0, 2.0, 4.0, 8.0)  # weakest first
@@ -173,14 +174,8 @@ def run_rmu(lm, bench, config: RmuConfig, probe=None) -> Unlearned:
                 items[f_order[(step * cfg.batch_size + j) % len(items)]]
                 for j in range(min(cfg.batch_size, len(items)))
             ]
-            forget_in = encode_items(out, bench, chosen)
-            twin_in = encode(out, bench.images(chosen), _stand_ins(bench, chosen))
-            spans = entity_spans(
-                out,
-                forget_in["input_ids"],
-                forget_in["attention_mask"],
-                twin_in["input_ids"],
-                twin_in["attention_mask"],
+            forget_in, _, spans = encode_with_twins(
+                out, bench, chosen, chosen, _stand_ins(bench, chosen)
             )
             kept = held_batch(held, r_order, step, cfg.batch_size)
             keep_in = encode_items(out, bench, kept, [i.answer for i in kept])
@@ -198,17 +193,11 @@ def run_rmu(lm, bench, config: RmuConfig, probe=None) -> Unlearned:
                 residual_at(out.model, out, keep_in, layer), frozen, keep_in["attention_mask"]
             )
             loss = forget_loss + cfg.retain_weight * retain_loss
-            if not torch.isfinite(loss):
-                raise UnlearnError(
-                    f"rmu diverged at step {step + 1} (loss {float(loss)}); lower RmuConfig.lr "
-                    f"(now {cfg.lr:g})"
-                )
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, cfg.steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            diverged = UnlearnError(
+                f"rmu diverged at step {step + 1} (loss {float(loss)}); lower RmuConfig.lr "
+                f"(now {cfg.lr:g})"
+            )
+            take_step(optimizer, trainable, loss, step, cfg.steps, cfg.lr, diverged)
             if step == 0:  # the first batch, re-read at every logged step: one curve
                 fixed = (forget_in, spans, before)
                 history.append({"step": 0, "forget_gap": float(forget_loss.detach())})

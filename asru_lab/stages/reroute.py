@@ -223,6 +223,45 @@ def drift(now: torch.Tensor, frozen: torch.Tensor, mask: torch.Tensor) -> torch.
     return ((now - frozen) ** 2).mean(-1)[real].mean() / (frozen**2).mean(-1)[real].mean()
 
 
+def encode_with_twins(
+    lm: LoadedModel,
+    bench: Benchmark,
+    items: Sequence[QAItem],
+    twin_items: Sequence[QAItem],
+    twin_questions: Sequence[str],
+) -> tuple[dict, dict, list[int]]:
+    """`items` encoded as asked, their twins (`twin_items`' images with `twin_questions`)
+    encoded the same way, and per row the number of final prompt positions compared
+    (`entity_spans`)."""
+    mine = encode_items(lm, bench, list(items))
+    twins = encode(lm, bench.images(list(twin_items)), list(twin_questions))
+    spans = entity_spans(
+        lm, mine["input_ids"], mine["attention_mask"], twins["input_ids"], twins["attention_mask"]
+    )
+    return mine, twins, spans
+
+
+def take_step(
+    optimizer: torch.optim.Optimizer,
+    trainable: Sequence[torch.Tensor],
+    loss: torch.Tensor,
+    step: int,
+    total: int,
+    lr: float,
+    diverged: Exception,
+) -> None:
+    """One AdamW step on `loss` at the linearly decayed rate, gradients clipped to 1; raises
+    `diverged` (before touching the weights) when the loss is not finite."""
+    if not torch.isfinite(loss):
+        raise diverged
+    for group in optimizer.param_groups:
+        group["lr"] = lr * lr_factor(step, total)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+    optimizer.step()
+
+
 def _gap(states: torch.Tensor, goal: torch.Tensor, spans: Sequence[int]) -> torch.Tensor:
     """Mean over rows of the squared error over each row's last `n` positions, relative to the
     goal's own mean square there."""
@@ -288,16 +327,12 @@ def reroute(
                 for j in range(min(cfg.batch_size, len(twins)))
             ]
             kept = held_batch(held, r_order, step, cfg.batch_size)
-            forget_in = encode_items(twin, bench, [p.item for p in chosen])
-            stranger_in = encode(
-                twin, bench.images(_as_items(chosen)), [p.question for p in chosen]
-            )
-            spans = entity_spans(
+            forget_in, stranger_in, spans = encode_with_twins(
                 twin,
-                forget_in["input_ids"],
-                forget_in["attention_mask"],
-                stranger_in["input_ids"],
-                stranger_in["attention_mask"],
+                bench,
+                [p.item for p in chosen],
+                _as_items(chosen),
+                [p.question for p in chosen],
             )
             keep_in = encode_items(twin, bench, kept, [i.answer for i in kept])
             with torch.no_grad(), model.disable_adapter():
@@ -310,17 +345,11 @@ def reroute(
             now = residual_at(model, twin, keep_in, layer)
             retain_loss = drift(now, frozen, keep_in["attention_mask"])
             loss = forget_loss + cfg.retain_weight * retain_loss
-            if not torch.isfinite(loss):
-                raise RerouteError(
-                    f"reroute diverged at step {step + 1} (loss {float(loss)}); lower "
-                    f"RerouteConfig.lr (now {cfg.lr:g})"
-                )
-            for group in optimizer.param_groups:
-                group["lr"] = cfg.lr * lr_factor(step, cfg.steps)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-            optimizer.step()
+            diverged = RerouteError(
+                f"reroute diverged at step {step + 1} (loss {float(loss)}); lower "
+                f"RerouteConfig.lr (now {cfg.lr:g})"
+            )
+            take_step(optimizer, trainable, loss, step, cfg.steps, cfg.lr, diverged)
             if start is not None:
                 gap = float(_gap(start, goal, spans))
                 history.append({"step": 0, "forget_gap": gap, "retain_drift": 0.0})
@@ -366,10 +395,12 @@ __all__ = [
     "RerouteError",
     "choose_layer",
     "drift",
+    "encode_with_twins",
     "entity_spans",
     "held_batch",
     "pairs",
     "residual_at",
     "reroute",
     "strangers_for",
+    "take_step",
 ]
