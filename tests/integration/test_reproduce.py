@@ -167,11 +167,11 @@ def test_a_damaged_cache_file_is_recomputed_with_a_warning(lm, first_run):
 
 
 def test_bad_requests_fail_before_any_work(tmp_path, capsys):
-    with pytest.raises(UnlearnError, match="unknown unlearning method 'rmu'"):
-        reproduce(tmp_path, tiny_config(methods=("rmu",)))
+    with pytest.raises(UnlearnError, match="unknown unlearning method 'tar'"):
+        reproduce(tmp_path, tiny_config(methods=("tar",)))
     with pytest.raises(UnlearnError, match=r"forget_ratios\[0\] must be in \(0, 1\), got 10"):
         reproduce(tmp_path, tiny_config(forget_ratios=(10,)))
-    assert main(["reproduce", "--out", str(tmp_path), "--methods", "rmu"]) == 2
+    assert main(["reproduce", "--out", str(tmp_path), "--methods", "tar"]) == 2
     assert "registered:" in capsys.readouterr().err
 
 
