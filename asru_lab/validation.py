@@ -49,6 +49,16 @@ def check_fields(config, error: type[Exception] = ConfigError, /, **limits: str)
         check_value(getattr(config, name), hint, label, error, limits.get(name))
 
 
+def check_choices(config, name: str, allowed: tuple, error: type[Exception] = ConfigError) -> None:
+    """Raise `error` unless the dataclass field `name` of `config` is a non-empty tuple of
+    values from `allowed`, each at most once."""
+    chosen = getattr(config, name)
+    if not chosen or any(c not in allowed for c in chosen) or len(set(chosen)) < len(chosen):
+        raise error(
+            f"{type(config).__name__}.{name} must be some of {allowed}, each once, got {chosen}"
+        )
+
+
 def check_value(
     value, hint, label: str, error: type[Exception] = ConfigError, limit: str | None = None
 ) -> None:

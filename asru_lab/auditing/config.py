@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from asru_lab.errors import AsruLabError
-from asru_lab.validation import ConfigError, check_fields
+from asru_lab.validation import ConfigError, check_choices, check_fields
 
 ATTACKS = (
     "ablation",
@@ -290,11 +290,7 @@ class AuditConfig:
                 raise ConfigError(
                     f"AuditConfig.{name} has unknown entries {unknown}; expected some of {allowed}"
                 )
-        bits = self.quant_bits
-        if not bits or any(b not in QUANT_BITS for b in bits) or len(set(bits)) < len(bits):
-            raise ConfigError(
-                f"AuditConfig.quant_bits must be some of {QUANT_BITS}, each once, got {bits}"
-            )
+        check_choices(self, "quant_bits", QUANT_BITS)
         steps = self.relearn_steps
         if not steps:
             raise ConfigError("AuditConfig.relearn_steps is empty; give e.g. (0, 25, 50, 100, 250)")
@@ -311,24 +307,12 @@ class AuditConfig:
                 "repeat, so the data bounds no k, the attack's budget does: about 30 passes over "
                 f"the taught half; longer is retraining), got {steps}"
             )
-        modes = self.relearn_modes
-        if not modes or any(m not in RELEARN_MODES for m in modes) or len(set(modes)) < len(modes):
-            raise ConfigError(
-                f"AuditConfig.relearn_modes must be some of {RELEARN_MODES}, each once, got {modes}"
-            )
+        check_choices(self, "relearn_modes", RELEARN_MODES)
         for name, allowed in (
             ("ablation_kinds", ABLATION_KINDS),
             ("ablation_positions", ABLATION_POSITIONS),
         ):
-            chosen = getattr(self, name)
-            if (
-                not chosen
-                or any(c not in allowed for c in chosen)
-                or len(set(chosen)) < len(chosen)
-            ):
-                raise ConfigError(
-                    f"AuditConfig.{name} must be some of {allowed}, each once, got {chosen}"
-                )
+            check_choices(self, name, allowed)
         data = self.relearn_data
         if (
             "forget" not in data

@@ -45,7 +45,7 @@ from asru_lab.stages.reroute import (
     take_step,
 )
 from asru_lab.training import seeded
-from asru_lab.validation import check_fields
+from asru_lab.validation import check_choices, check_fields
 
 COEFFICIENTS = (1.0, 2.0, 4.0, 8.0)  # weakest first
 NAME_STAND_IN = "Nobody"  # a by-name question is compared with this in the name's place
@@ -97,15 +97,7 @@ class RmuConfig:
             batch_size=">= 1",
             lr="> 0",
         )
-        chosen = self.retain_splits
-        if (
-            not chosen
-            or any(c not in RETAIN_SPLITS for c in chosen)
-            or len(set(chosen)) < len(chosen)
-        ):
-            raise UnlearnError(
-                f"RmuConfig.retain_splits must be some of {RETAIN_SPLITS}, each once, got {chosen}"
-            )
+        check_choices(self, "retain_splits", RETAIN_SPLITS, UnlearnError)
 
 
 def entity_questions(bench) -> list:

@@ -18,8 +18,7 @@ class _NnsightBackend:
         # the corrupted sites: the visual features (noise), or the token embeddings (name)
         self.visual_paths = lm.adapter.visual_feature_paths(lm.model) if visual else []
         if embeddings:
-            embed = lm.adapter.embed_tokens(lm.model)
-            self.visual_paths = [next(n for n, m in lm.model.named_modules() if m is embed)]
+            self.visual_paths = [lm.adapter.embed_path]
 
     def _tensor(self, component: str, layer: int):
         path, access = _module_site(self.lm, component, layer)

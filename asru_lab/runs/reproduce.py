@@ -649,7 +649,7 @@ def _tune(lm, bench, ratio, base, config: ReproduceConfig, cache: Path, got: _Co
             with result.applied():
                 report = evaluate(result.model, val, evaluation, method=method)
             data = {"key": cell.key, "evaluation": report.to_dict()}
-            if tuning.criterion == "attacked":
+            if tuning.criterion == "attacked" and method != VANILLA:  # only the swept read it
                 data["attacked_leak"] = attacked_leak(
                     result, val, lm, tuning.evaluate.max_items, config.seed
                 )

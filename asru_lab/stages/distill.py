@@ -65,7 +65,7 @@ from asru_lab.training import (
     answer_window,
     seeded,
 )
-from asru_lab.validation import check_fields
+from asru_lab.validation import check_choices, check_fields
 
 FORGET_ARMS = ("leave_out", "refusal", "soft")
 POOL_SPLITS = ("retain", "stranger", "general", "unseen")
@@ -146,15 +146,7 @@ class DistillConfig:
             raise DistillError(
                 f"DistillConfig.forget must be one of {FORGET_ARMS}, got {self.forget!r}"
             )
-        chosen = self.splits
-        if (
-            not chosen
-            or any(s not in POOL_SPLITS for s in chosen)
-            or len(set(chosen)) < len(chosen)
-        ):
-            raise DistillError(
-                f"DistillConfig.splits must be some of {POOL_SPLITS}, each once, got {chosen}"
-            )
+        check_choices(self, "splits", POOL_SPLITS, DistillError)
 
 
 @dataclass

@@ -44,7 +44,7 @@ from asru_lab.generation import encode, encode_items
 from asru_lab.hooks import read_site, residual_site
 from asru_lab.models.loading import LoadedModel
 from asru_lab.training import lora_wrap, lr_factor, seeded
-from asru_lab.validation import check_fields
+from asru_lab.validation import check_choices, check_fields
 
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 RETAIN_SPLITS = ("retain", "stranger", "general")
@@ -99,16 +99,8 @@ class RerouteConfig:
             lr="> 0",
             retain_weight=">= 0",
         )
-        for name, allowed in (("modules", MLP_LINEARS), ("retain_splits", RETAIN_SPLITS)):
-            chosen = getattr(self, name)
-            if (
-                not chosen
-                or any(c not in allowed for c in chosen)
-                or len(set(chosen)) < len(chosen)
-            ):
-                raise RerouteError(
-                    f"RerouteConfig.{name} must be some of {allowed}, each once, got {chosen}"
-                )
+        check_choices(self, "modules", MLP_LINEARS, RerouteError)
+        check_choices(self, "retain_splits", RETAIN_SPLITS, RerouteError)
 
 
 def choose_layer(lm: LoadedModel, bench: Benchmark, threshold: float) -> tuple[int, list]:

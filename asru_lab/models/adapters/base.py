@@ -79,7 +79,11 @@ class ArchitectureAdapter:
         return self._get(model, self.lm_head_path)
 
     def embed_tokens(self, model: nn.Module) -> nn.Module:
-        return self._get(model, f"{self.language_model_path}.{self.embed_attr}")
+        return self._get(model, self.embed_path)
+
+    @property
+    def embed_path(self) -> str:
+        return f"{self.language_model_path}.{self.embed_attr}"
 
     def attention_path(self, index: int) -> str:
         return f"{self.layer_path(index)}.{self.attention_attr}"
