@@ -593,6 +593,11 @@ def cmd_unlearn(args) -> int:
     return 0
 
 
+def _checks_text(values: dict) -> str:
+    keys = ("retain_recall", "retain_mcq", "general_recall")
+    return " / ".join(f"{values.get(k, float('nan')):.2f}" for k in keys)
+
+
 def cmd_distill(args) -> int:
     from dataclasses import fields
 
@@ -618,11 +623,9 @@ def cmd_distill(args) -> int:
     last = result.history[-1] if result.history else {}
     print(
         f"distilled {result.steps} steps in {result.seconds:.0f} s "
-        f"({'stopped: ' if result.stopped else 'not stopped: '}retain recall "
-        f"{last.get('retain_recall', float('nan')):.2f}, picture questions "
-        f"{last.get('general_recall', float('nan')):.2f}; the teacher "
-        f"{result.teacher['retain_recall']:.2f} / {result.teacher['general_recall']:.2f}); "
-        f"wrote {out}"
+        f"({'stopped: ' if result.stopped else 'not stopped: '}retain recall / multiple "
+        f"choice / picture questions {_checks_text(last)}; the teacher "
+        f"{_checks_text(result.teacher)}); wrote {out}"
     )
     print(f"next: asru-lab audit --model {out} --out {out}-audit")
     return 0

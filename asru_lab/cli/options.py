@@ -321,7 +321,7 @@ def _distill_options(sub) -> None:
     _add_fields(
         p,
         DistillConfig,
-        "alpha beta steps batch_size lr min_lr warmup_steps forget splits max_prompts "
+        "alpha beta steps batch_size lr min_lr warmup_steps forget splits tasks max_prompts "
         "eval_every eval_items stop_retain stop_general stop_margin",
         none=True,
         forget={"choices": FORGET_ARMS},

@@ -9,7 +9,9 @@ The student starts as the teacher's weights with every matrix `(1 - alpha) * W +
 U` (U Xavier-uniform, seeded) and every vector `(1 - alpha) * v` (biases, norms). It is trained
 with the forward KL(teacher || student) at temperature 1 on the answer tokens of the teacher's
 own greedy answers (`DistillConfig.splits`: retain facts, strangers the model refuses, picture
-questions; never a forget person's prompt, in any split, unless `forget` says otherwise), AdamW
+questions; `DistillConfig.tasks`: open questions, multiple choice and fill-in-the-blank alike —
+a format the pool never shows is one the perturbation erases; never a forget person's prompt,
+nor a prompt that names one, in any split, unless `forget` says otherwise), AdamW
 with a linear warm-up and a cosine decay to `min_lr`, gradient norm clipped to 1, no weight
 decay (the published settings). `forget` picks the arm for the forget people's own questions:
 
@@ -21,10 +23,12 @@ decay (the published settings). `forget` picks the arm for the forget people's o
   the rest are not).
 
 The forget people's reference answers and name-prefixed continuations are never a target.
-Every `eval_every` steps the student's retain recall and picture-question accuracy are measured
-on seeded samples; it stops when both reach `stop_retain` and `stop_general`, or come within
-`stop_margin` of the teacher's own values on the same questions (measured first and reported
-beside: a student learns the teacher's answers and cannot be asked to beat them). An
+Every `eval_every` steps the student's retain recall, retain multiple-choice accuracy (asru_lab's
+prompt and parser) and picture-question accuracy are measured on seeded samples; it stops when
+recall and multiple choice reach `stop_retain` and pictures `stop_general`, or each comes within
+`stop_margin` of the teacher's own value on the same questions (measured first and reported
+beside: a student learns the teacher's answers and cannot be asked to beat them). Multiple
+choice joins the stop rule only when the pool shows it (`"mcq"` in `tasks`). An
 inference-time teacher's probe is applied while the teacher answers and scores
 (`teacher_probe`): the student learns its behaviour without hooks (in the teacher-forced
 scoring pass a gated probe reads the end of the answer, see `SteeringProbe.apply`).
@@ -51,10 +55,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from tqdm.auto import tqdm
 
-from asru_lab.data.schema import Benchmark, QAItem, contains_value
+from asru_lab.data.schema import TASKS, Benchmark, QAItem, contains_value
 from asru_lab.errors import AsruLabError
 from asru_lab.evaluation.harness import forget_people
 from asru_lab.evaluation.judge import is_refusal
+from asru_lab.evaluation.metrics import parse_mcq
 from asru_lab.generation import encode_items, generate
 from asru_lab.models.loading import LoadedModel
 from asru_lab.training import (
@@ -103,15 +108,23 @@ class DistillConfig:
             "evaluation split: distilling on it inflates unseen refusal)"
         },
     )
+    tasks: tuple[str, ...] = field(
+        default=TASKS,
+        metadata={"help": f"the question kinds distilled on, some of {TASKS}"},
+    )
     max_prompts: int | None = field(
         default=2048,
-        metadata={"help": "prompts drawn from the pool (seeded, spread over the splits)"},
+        metadata={
+            "help": "prompts drawn from the pool (seeded, spread evenly over its splits and "
+            "tasks; None: all of them)"
+        },
     )
     max_new_tokens: int = field(default=32, metadata={"help": "tokens of each teacher answer"})
     eval_every: int = field(default=100, metadata={"help": "steps between the stop checks"})
     eval_items: int = field(default=64, metadata={"help": "questions per stop check and split"})
     stop_retain: float = field(
-        default=0.95, metadata={"help": "stop once retain recall reaches this"}
+        default=0.95,
+        metadata={"help": "stop once retain recall (and multiple choice) reaches this"},
     )
     stop_general: float = field(
         default=0.90, metadata={"help": "... and picture-question accuracy this"}
@@ -147,13 +160,15 @@ class DistillConfig:
                 f"DistillConfig.forget must be one of {FORGET_ARMS}, got {self.forget!r}"
             )
         check_choices(self, "splits", POOL_SPLITS, DistillError)
+        check_choices(self, "tasks", TASKS, DistillError)
 
 
 @dataclass
 class DistillResult:
     """The student, and what happened: `history` (the stop checks: step, loss, retain recall,
-    picture accuracy), the teacher's values at the same checks (`teacher`), the pool's size per
-    split (`pool`), the steps run and whether the stop rule ended it."""
+    retain multiple choice, picture accuracy), the teacher's values at the same checks
+    (`teacher`), the pool's size per split (`pool`) and per task (`pool_tasks`), the steps run and
+    whether the stop rule ended it."""
 
     model: LoadedModel
     history: list[dict]
@@ -162,6 +177,7 @@ class DistillResult:
     steps: int
     stopped: bool
     seconds: float = 0.0
+    pool_tasks: dict = field(default_factory=dict)
 
     def record(self, config: DistillConfig) -> dict:
         """What `save_unlearned` keeps of this distillation (JSON-ready)."""
@@ -170,6 +186,7 @@ class DistillResult:
             "history": self.history,
             "teacher": self.teacher,
             "pool": self.pool,
+            "pool_tasks": self.pool_tasks,
             "steps": self.steps,
             "stopped": self.stopped,
             "seconds": self.seconds,
@@ -196,36 +213,59 @@ def perturbed_copy(lm: LoadedModel, alpha: float, beta: float, seed: int) -> Loa
 
 
 def prompt_pool(bench: Benchmark, config: DistillConfig) -> tuple[list[QAItem], dict]:
-    """The generation questions distilled on (`config.splits`; no forget person's, whatever
-    its split), a seeded sample of `max_prompts` spread evenly over the splits, and the count
-    per split. Refuses a pool left empty."""
+    """The questions distilled on (`config.splits` x `config.tasks`; none about a forget person
+    or naming one, whatever its split: a multiple choice listing a forget person's name among
+    its options is left out too), a seeded sample of `max_prompts` spread evenly over the
+    (split, task) strata that have questions (`allocate`), and the count per split. Refuses a
+    pool left empty."""
     banned = set(forget_people(bench))
     names = {p.name.lower() for p in bench.people.values() if p.id in banned and p.name}
-    per_split: dict[str, list[QAItem]] = {}
+    strata: dict[tuple[str, str], list[QAItem]] = {}
     for split in config.splits:
-        per_split[split] = [
-            i
-            for i in bench.questions(split, "qa")
-            if i.person_id not in banned and not any(n in i.question.lower() for n in names)
-        ]
-    available = {s: len(v) for s, v in per_split.items()}
+        for task in config.tasks:
+            strata[split, task] = [
+                i
+                for i in bench.questions(split, task)
+                if i.person_id not in banned and not any(n in i.question.lower() for n in names)
+            ]
+    available = {f"{s}/{t}": len(v) for (s, t), v in strata.items()}
     if not any(available.values()):
         raise DistillError(
-            f"the distillation pool is empty: {bench.name} has no generation question in "
-            f"{config.splits} about anyone but the forget people ({available}); add splits "
-            f"(some of {POOL_SPLITS})"
+            f"the distillation pool is empty: {bench.name} has no question in {config.splits} "
+            f"x {config.tasks} about anyone but the forget people ({available}); add splits "
+            f"(some of {POOL_SPLITS}) or tasks (some of {TASKS})"
         )
     rng = torch.Generator().manual_seed(config.seed)
-    cap = config.max_prompts or sum(available.values())
-    share = max(1, cap // max(1, sum(1 for n in available.values() if n)))
+    shares = allocate({k: len(v) for k, v in strata.items()}, config.max_prompts)
     pool: list[QAItem] = []
-    counts = {}
-    for split, items in per_split.items():
+    counts = dict.fromkeys(config.splits, 0)
+    for (split, task), items in strata.items():
         order = torch.randperm(len(items), generator=rng).tolist()
-        picked = [items[k] for k in order[:share]]
-        counts[split] = len(picked)
-        pool += picked
+        pool += [items[k] for k in order[: shares[split, task]]]
+        counts[split] += shares[split, task]
     return pool, counts
+
+
+def allocate(sizes: dict, cap: int | None) -> dict:
+    """How many of each stratum to draw so that `cap` is spread as evenly as the strata allow:
+    a stratum smaller than its share gives everything and the rest is shared among the others
+    (water-filling); `cap` None or beyond the total: all of every stratum."""
+    left = sum(sizes.values()) if cap is None else min(cap, sum(sizes.values()))
+    out = dict.fromkeys(sizes, 0)
+    open_ = sorted((k for k, n in sizes.items() if n), key=lambda k: sizes[k])
+    while open_:
+        share = left // len(open_)
+        smallest = open_[0]
+        if sizes[smallest] <= share:
+            out[smallest] = sizes[smallest]
+            left -= sizes[smallest]
+            open_.pop(0)
+            continue
+        extra = left - share * len(open_)
+        for j, key in enumerate(open_):
+            out[key] = share + (1 if j < extra else 0)
+        break
+    return out
 
 
 def _answers(lm, bench, items, max_new_tokens, probe=None, progress=False) -> list[str]:
@@ -258,20 +298,45 @@ def _forget_targets(teacher, bench, config, probe) -> tuple[list[QAItem], list[s
 
 
 def _recall(lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem], probe=None) -> float:
-    """The share of `items` answered with their fact (greedy, 24 tokens)."""
-    answers = _answers(lm, bench, items, 24, probe)
-    hits = sum(contains_value(a, i.value) for a, i in zip(answers, items, strict=True))
+    """The share of `items` answered with their fact (greedy, 24 tokens); for multiple-choice
+    items, the share whose reply names the right option (asru_lab's parser, 12 tokens)."""
+    if items and items[0].task == "mcq":
+        answers = _answers(lm, bench, items, 12, probe)
+        hits = sum(
+            parse_mcq(a, i.options) == i.correct for a, i in zip(answers, items, strict=True)
+        )
+    else:
+        answers = _answers(lm, bench, items, 24, probe)
+        hits = sum(contains_value(a, i.value) for a, i in zip(answers, items, strict=True))
     return hits / len(items) if items else 0.0
+
+
+# the stop checks: the history's key, the split and task sampled, and the bar it must reach
+CHECKS = (
+    ("retain_recall", "retain", "qa", "stop_retain"),
+    ("retain_mcq", "retain", "mcq", "stop_retain"),
+    ("general_recall", "general", "qa", "stop_general"),
+)
 
 
 def _checks(bench: Benchmark, config: DistillConfig) -> dict[str, list[QAItem]]:
     rng = torch.Generator().manual_seed(config.seed + 1)
     out = {}
-    for split in ("retain", "general"):
-        items = bench.questions(split, "qa")
+    for key, split, task, _ in CHECKS:
+        items = bench.questions(split, task)
         order = torch.randperm(len(items), generator=rng).tolist()
-        out[split] = [items[k] for k in order[: config.eval_items]]
+        out[key] = [items[k] for k in order[: config.eval_items]]
     return out
+
+
+def _goals(config: DistillConfig, teacher: dict, checks: dict) -> dict[str, float]:
+    """What each stop check must reach: its bar, or the teacher's value less the margin if
+    lower. Multiple choice counts only when the pool shows it; a check without items, never."""
+    goals = {}
+    for key, _, task, bar in CHECKS:
+        if checks[key] and (task == "qa" or task in config.tasks):
+            goals[key] = min(getattr(config, bar), teacher[key] - config.stop_margin)
+    return goals
 
 
 def _rate(config: DistillConfig, step: int) -> float:
@@ -303,9 +368,10 @@ def distill(
     counts["forget"] = len(extra)
     checks = _checks(bench, cfg)
     teacher_values = {
-        f"{split}_recall": _recall(teacher, bench, items, teacher_probe)
-        for split, items in checks.items()
+        key: _recall(teacher, bench, items, teacher_probe) for key, items in checks.items()
     }
+    goals = _goals(cfg, teacher_values, checks)
+    pool_tasks = {t: sum(i.task == t for i in pool) for t in TASKS}
     student = perturbed_copy(teacher, cfg.alpha, cfg.beta, cfg.seed)
     examples = [Example(i.image, i.question, a) for i, a in zip(pool, targets, strict=True)]
     tails, _ = answer_tokens(student, examples)
@@ -341,16 +407,10 @@ def distill(
                 student.model.eval()
                 row = {"step": step, "loss": sum(losses) / len(losses)}
                 losses = []
-                row.update(
-                    {f"{s}_recall": _recall(student, bench, items) for s, items in checks.items()}
-                )
+                row.update({k: _recall(student, bench, items) for k, items in checks.items()})
                 history.append(row)
                 student.model.train()
-                goals = {
-                    name: min(bar_, teacher_values[f"{name}_recall"] - cfg.stop_margin)
-                    for name, bar_ in (("retain", cfg.stop_retain), ("general", cfg.stop_general))
-                }
-                if all(row[f"{name}_recall"] >= goal for name, goal in goals.items()):
+                if all(row[key] >= goal for key, goal in goals.items()):
                     stopped = True
                     break
         bar.close()
@@ -358,7 +418,9 @@ def distill(
     for p in student.model.parameters():
         p.requires_grad_(False)
     seconds = time.perf_counter() - started
-    return DistillResult(student, history, teacher_values, counts, step, stopped, seconds)
+    return DistillResult(
+        student, history, teacher_values, counts, step, stopped, seconds, pool_tasks
+    )
 
 
 def _step_loss(teacher, student, bench, pool, targets, tails, hard, chunk, probe) -> torch.Tensor:

@@ -15,6 +15,7 @@ from asru_lab.stages.distill import (
     DistillError,
     distill,
     perturbed_copy,
+    allocate,
     prompt_pool,
 )
 
@@ -52,6 +53,43 @@ def test_the_pool_holds_nobody_to_forget(bench):
     assert set(counts) == {"retain", "stranger", "general"} and sum(counts.values()) == len(pool)
 
 
+def test_the_pool_shows_every_task_asked_and_no_forget_name_among_the_options(bench):
+    pool, counts = prompt_pool(bench, DistillConfig(max_prompts=600))
+    tasks = {t: [i for i in pool if i.task == t] for t in ("qa", "mcq", "cloze")}
+    assert all(tasks.values()) and len(pool) == 600 == sum(counts.values())
+    assert {i.split for i in tasks["mcq"]} == {"retain"}  # only retain has multiple choice
+    names = [p.name.lower() for p in bench.people_in("forget")]
+    assert not any(n in o.lower() for i in tasks["mcq"] for o in i.options for n in names)
+    only_open, _ = prompt_pool(bench, DistillConfig(max_prompts=600, tasks=("qa",)))
+    assert {i.task for i in only_open} == {"qa"}
+
+
+def test_the_prompts_are_spread_as_evenly_as_the_strata_allow():
+    sizes = {"small": 5, "big": 100, "bigger": 300, "empty": 0}
+    assert allocate(sizes, 105) == {"small": 5, "big": 50, "bigger": 50, "empty": 0}
+    assert allocate(sizes, 10) == {"small": 4, "big": 3, "bigger": 3, "empty": 0}
+    assert allocate(sizes, 305) == {"small": 5, "big": 100, "bigger": 200, "empty": 0}
+    assert allocate(sizes, None) == sizes == allocate(sizes, 10_000)
+
+
+def test_multiple_choice_stops_the_student_only_when_the_pool_shows_it(bench):
+    from dataclasses import replace
+
+    from asru_lab.stages.distill import _checks, _goals
+
+    checks = _checks(bench, TINY)
+    teacher = {"retain_recall": 0.9, "retain_mcq": 1.0, "general_recall": 0.5}
+    goals = _goals(TINY, teacher, checks)
+    assert goals == pytest.approx(
+        {"retain_recall": 0.88, "retain_mcq": 0.95, "general_recall": 0.48}
+    )
+    assert set(_goals(replace(TINY, tasks=("qa",)), teacher, checks)) == {
+        "retain_recall",
+        "general_recall",
+    }
+    assert all(i.task == "mcq" for i in checks["retain_mcq"]) and checks["retain_mcq"]
+
+
 def test_an_empty_pool_is_refused_with_what_to_do(bench, monkeypatch):
     monkeypatch.setattr(bench, "questions", lambda *a, **k: [])
     with pytest.raises(DistillError, match="the distillation pool is empty.*add splits"):
@@ -72,6 +110,8 @@ def test_unknown_arms_and_splits_are_refused():
         DistillConfig(forget="everything")
     with pytest.raises(DistillError, match="splits must be some of"):
         DistillConfig(splits=("forget",))
+    with pytest.raises(DistillError, match="tasks must be some of"):
+        DistillConfig(tasks=("essay",))
 
 
 def test_distillation_trains_a_student_and_reports_its_checks(lm, bench):
@@ -79,9 +119,10 @@ def test_distillation_trains_a_student_and_reports_its_checks(lm, bench):
     result = distill(lm, bench, TINY)
     assert all(lm.model.state_dict()[k].equal(v) for k, v in before.items())
     assert result.steps <= 4 and [h["step"] for h in result.history][0] == 2
-    assert {"loss", "retain_recall", "general_recall"} <= set(result.history[0])
+    assert {"loss", "retain_recall", "retain_mcq", "general_recall"} <= set(result.history[0])
     assert result.pool["forget"] == 0 and sum(result.pool.values()) == 12
-    assert set(result.teacher) == {"retain_recall", "general_recall"}
+    assert set(result.teacher) == {"retain_recall", "retain_mcq", "general_recall"}
+    assert sum(result.pool_tasks.values()) == 12
     moved = any(
         not a.equal(b)
         for a, b in zip(result.model.model.parameters(), lm.model.parameters(), strict=True)
