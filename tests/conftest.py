@@ -3,9 +3,19 @@ may override `bench` with its own data)."""
 
 from __future__ import annotations
 
+import os
+import tempfile
+
 import pytest
 
 import asru_lab as al
+
+
+def pytest_configure(config) -> None:
+    """The audits' oracle cache (`asru_lab.auditing.oracle_cache`) in a folder of this test
+    session's own: no test reads an entry of an earlier session or of the user's; the CLI and
+    notebook subprocesses inherit it."""
+    os.environ["ASRU_LAB_CACHE"] = tempfile.mkdtemp(prefix="asru_lab-test-cache-")
 
 
 @pytest.fixture(scope="session")

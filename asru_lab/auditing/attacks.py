@@ -41,6 +41,8 @@ class Subject:
     # the multiple-choice items scored by option likelihood (`choice`), by split; empty when
     # the audit asks none
     mcq: dict[str, list[QAItem]] = field(default_factory=dict)
+    # whether the oracle's side is kept on disk between processes (`oracle_cache`)
+    oracle_cache: bool = True
 
     def applied(self) -> AbstractContextManager:
         """The audited model as the method answers: its probe's hooks on (if it has one)."""

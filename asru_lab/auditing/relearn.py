@@ -89,7 +89,7 @@ from asru_lab.training import (
     seeded,
 )
 
-from . import choice
+from . import choice, oracle_cache
 from .attacks import ATTACKED_SPLITS, Subject, leaks
 from .config import CHECKPOINT_FROM, AuditConfig, AuditError
 from .measure import leak_records, rate, sample
@@ -233,8 +233,19 @@ def relearn(
     if oracle is not None and not itself:
         key = _oracle_key(oracle, bench, cfg)
         cached = _ORACLE_CURVES.get(key, (None, None))[1]
+        out["oracle_side"] = "memory"
+        stored = None
+        if subject.oracle_cache:
+            chosen = asdict(replace(cfg, progress=False))
+            stored = oracle_cache.key("relearn", oracle, bench, chosen)
+        if cached is None and stored is not None:
+            cached = oracle_cache.load(stored)
+            out["oracle_side"] = "disk"
+            if cached is not None:
+                _ORACLE_CURVES[key] = (oracle, cached)
         if cached is None:
             models["oracle_"] = (oracle, as_it_is)
+            out["oracle_side"] = "computed"
     records: list[dict] = []
 
     def measure(lm: LoadedModel, attack: str, kind: str) -> dict:
@@ -329,7 +340,10 @@ def relearn(
             for s in out["settings"]
         }
         theirs = [r for r in records if r["attack"].startswith("oracle_relearn")]
-        _ORACLE_CURVES[key] = (oracle, copy.deepcopy({"settings": mine, "records": theirs}))
+        found = oracle_cache.normalised({"settings": mine, "records": theirs})
+        _ORACLE_CURVES[key] = (oracle, found)
+        if stored is not None:
+            oracle_cache.store(stored, found)
     return out, records
 
 

@@ -16,6 +16,7 @@ from . import (
     attacks,
     choice,
     in_context,
+    oracle_cache,
     quantization,
     readout,
     relearn,
@@ -79,6 +80,7 @@ def audit(
     oracle: LoadedModel | None = None,
     probe: SteeringProbe | None = None,
     config: AuditConfig | None = None,
+    oracle_cache: bool = True,
 ) -> AuditReport:
     """Attack an unlearned model and measure whether its forgotten facts are gone or hidden.
 
@@ -89,7 +91,9 @@ def audit(
     fine-tuning on it, its control and its held-out curve). Every attack runs on the
     forget split and the test split (new views and wordings) with seeded samples
     (`AuditConfig`); definitions are in each attack's docstring (`asru_lab.auditing.attacks`,
-    `.relearn`, `.readout`) and the README.
+    `.relearn`, `.readout`) and the README. The oracle's side (its attacks and relearning
+    curves) is kept on disk and found again by every later audit that would compute exactly the
+    same (`asru_lab.auditing.oracle_cache`); `oracle_cache=False` neither reads nor writes it.
     """
     cfg = replace(config) if config is not None else AuditConfig()
     people = forget_people(bench)
@@ -109,7 +113,7 @@ def audit(
         readout.probed_attributes(bench, cfg)  # refuses an unknown attribute before any work
     if "relearn" in cfg.attacks and "full" in cfg.relearn_modes:
         relearn.check_room(lm)  # refused now rather than after the attacks before it
-    subject = attacks.Subject(lm, bench, cfg, probe)
+    subject = attacks.Subject(lm, bench, cfg, probe, oracle_cache=oracle_cache)
     for split in (*attacks.ATTACKED_SPLITS, "retain"):
         items = bench.questions(split, "qa")
         if not items and split != "test":
@@ -163,7 +167,7 @@ def audit(
         results["mcq_likelihood"] = stats.choice_table(records, void)
     if oracle is not None and cfg.oracle_attacks and oracle is not lm:
         started = time.time()
-        theirs = _oracle_audit(oracle, bench, reference, cfg)
+        theirs, side_from = _oracle_audit(oracle, bench, reference, cfg, oracle_cache)
         their_void = {**void_attacks(theirs.results)}
         their_void.update({k: v for k, v in void.items() if k.startswith("relearn")})
         table = stats.leak_table(theirs.records + stats.oracle_records(records), their_void)
@@ -175,6 +179,7 @@ def audit(
                 results["mcq_likelihood"], chosen, key="acc"
             )
         timing["oracle_attacks"] = round(time.time() - started, 1)
+        results["oracle_side"] = side_from
     timing["total"] = round(sum(timing.values()), 1)
     meta = dict(bench.meta or {})
     return AuditReport(
@@ -208,13 +213,18 @@ _ORACLE_AUDITS: dict[str, tuple[LoadedModel, AuditReport]] = {}
 
 
 def _oracle_audit(
-    oracle: LoadedModel, bench: Benchmark, reference: LoadedModel | None, cfg: AuditConfig
-) -> AuditReport:
+    oracle: LoadedModel,
+    bench: Benchmark,
+    reference: LoadedModel | None,
+    cfg: AuditConfig,
+    on_disk: bool = True,
+) -> tuple[AuditReport, str]:
     """The oracle audited as itself under the generating attacks of `cfg` (`ORACLE_SIDE`):
     the same questions (the same seeded samples) and settings; the method's probe is not
     applied (the oracle is the model that never learnt). Cached in the process by the oracle,
     benchmark, reference and settings, so that many methods audited against one oracle pay
-    for it once."""
+    for it once; and, with `on_disk`, between processes (`oracle_cache`). Returns the report
+    and where it came from: "computed", "memory" (this process) or "disk"."""
     side = replace(
         cfg, attacks=tuple(a for a in cfg.attacks if a in ORACLE_SIDE), oracle_attacks=False
     )
@@ -230,10 +240,22 @@ def _oracle_audit(
         default=str,
     )
     key += f":{id(oracle.model)}"  # the very model: an edited copy with the same name is not it
+    source = "memory"
     if key not in _ORACLE_AUDITS:
+        settings = asdict(replace(side, progress=False))
+        name = oracle_cache.key("audit", oracle, bench, settings, reference=reference)
+        found = oracle_cache.load(name) if on_disk else None
+        source = "disk" if found is not None else "computed"
+        if found is not None:
+            report = AuditReport(**found)
+        else:
+            computed = audit(oracle, bench, reference=reference, config=side, oracle_cache=False)
+            report = AuditReport(**oracle_cache.normalised(computed.to_dict()))
+            if on_disk:
+                oracle_cache.store(name, report.to_dict())
         # the model is kept with its report, so that its id is not reused while cached
-        _ORACLE_AUDITS[key] = (oracle, audit(oracle, bench, reference=reference, config=side))
-    return _ORACLE_AUDITS[key][1]
+        _ORACLE_AUDITS[key] = (oracle, report)
+    return _ORACLE_AUDITS[key][1], source
 
 
 def _oracle_set(oracle: LoadedModel) -> dict:

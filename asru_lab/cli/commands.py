@@ -665,10 +665,26 @@ def cmd_audit(args) -> int:
             oracle = load_oracle(meta.get("forget_ratio", 0.1), meta.get("split_seed", 0))
         except AuditError as exc:
             print(f"note: auditing without an oracle: {exc}", file=sys.stderr)
-    report = audit(lm, bench, reference=reference, oracle=oracle, probe=probe, config=config)
+    report = audit(
+        lm,
+        bench,
+        reference=reference,
+        oracle=oracle,
+        probe=probe,
+        config=config,
+        oracle_cache=not args.no_oracle_cache,
+    )
     out = report.save(args.out, overwrite=args.overwrite)
     print(json.dumps(report.summary, indent=2))
-    print(f"wrote {out}/audit.json, items.jsonl and audit.html in {report.timing['total']:.0f} s")
+    sides = [
+        report.results.get("oracle_side"),
+        report.results.get("relearn", {}).get("oracle_side"),
+    ]
+    kept = " (the oracle's side found in the oracle cache)" if "disk" in sides else ""
+    print(
+        f"wrote {out}/audit.json, items.jsonl and audit.html in "
+        f"{report.timing['total']:.0f} s{kept}"
+    )
     return 0
 
 

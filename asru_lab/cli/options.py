@@ -503,6 +503,12 @@ def _audit_options(sub) -> None:
         help="the retrain oracle's dir (default: the shipped oracle of the synthetic forget "
         "set, when it is built; 'none' to skip)",
     )
+    p.add_argument(
+        "--no-oracle-cache",
+        action="store_true",
+        help="attack the oracle again even if an earlier audit kept its side on disk (and "
+        "keep nothing): see asru_lab.auditing.oracle_cache",
+    )
     _add_fields(
         p,
         AuditConfig,

@@ -115,7 +115,9 @@ def test_cli_audit_writes_the_report(tmp_path, capsys):
     summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
     report = AuditReport.load(out)
     assert report.summary == summary
-    assert set(report.results) == {"none", "prefill", "relearn", "leaks", "union", "oracle_union"}
+    assert set(report.results) == {
+        *("none", "prefill", "relearn", "leaks", "union", "oracle_union", "oracle_side")
+    }
     # the relearning grid the flags asked: one LoRA setting taught the forget facts alone
     (setting,) = report.results["relearn"]["settings"]
     assert (setting["mode"], setting["lr"], set(setting["curves"])) == ("lora", 2e-3, {"forget"})
