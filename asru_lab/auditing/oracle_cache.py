@@ -80,8 +80,8 @@ def weights_digest(lm: LoadedModel) -> str:
     digest = hashlib.sha256()
     state = lm.model.state_dict()
     for name in sorted(state):
-        tensor = state[name].detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\0".encode())
+        tensor = state[name].detach().cpu().contiguous().reshape(-1)  # 0-d too
+        digest.update(f"{name}:{tensor.dtype}:{tuple(state[name].shape)}\0".encode())
         digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     _DIGESTS[id(lm.model)] = (lm.model, digest.hexdigest())
     return _DIGESTS[id(lm.model)][1]

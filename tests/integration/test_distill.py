@@ -13,9 +13,9 @@ import asru_lab as al
 from asru_lab.stages.distill import (
     DistillConfig,
     DistillError,
+    allocate,
     distill,
     perturbed_copy,
-    allocate,
     prompt_pool,
 )
 

@@ -123,3 +123,22 @@ def test_the_cli_flag_turns_the_cache_off(tmp_path, monkeypatch):
     for flags, expected in (([], True), (["--no-oracle-cache"], False)):
         main(["audit", "--out", str(tmp_path / "a"), "--quiet", *flags])  # stops at audit()
         assert asked[-1] is expected
+
+
+def test_the_weights_digest_reads_every_dtype_and_shape():
+    from types import SimpleNamespace
+
+    def model(dtype, scalar=1.0):
+        module = torch.nn.Linear(2, 3).to(dtype)
+        torch.nn.init.constant_(module.weight, 0.5)
+        torch.nn.init.constant_(module.bias, 0.0)
+        module.register_buffer("scale", torch.tensor(scalar, dtype=dtype))  # 0-d
+        return SimpleNamespace(model=module)
+
+    digests = {
+        oracle_cache.weights_digest(model(torch.bfloat16)),
+        oracle_cache.weights_digest(model(torch.float32)),
+        oracle_cache.weights_digest(model(torch.float32, scalar=2.0)),
+    }
+    assert len(digests) == 3
+    assert oracle_cache.weights_digest(model(torch.bfloat16)) in digests  # a new object, same
