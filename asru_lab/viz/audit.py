@@ -6,7 +6,7 @@ a report or an argument is escaped (`escape_text`) where it enters a figure."""
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -389,6 +389,57 @@ def hidden_or_forgotten_chart(reports: Mapping[str, Mapping], split: str = "forg
         xaxis={"title": "leak with no attack", "range": [-0.03, 1.05]},
         yaxis={"title": "union leak under every attack", "range": [-0.03, 1.05]},
         height=480,
+    )
+    return fig
+
+
+def compute_robustness_chart(points: Sequence[Mapping], split: str = "forget") -> go.Figure:
+    """Compute against robustness: per point (`label`, `compute`: its cost as a fraction of the
+    retrain oracle's build, `audit`: its audit data), x = that fraction, y = the per-item union
+    leak under the audit's attacks with its Wilson interval; the oracle at x = 1 with its union
+    under the identical attacks (from the first audit that has it) and its band at the floor.
+    A point below the band's top and left of 1 forgets for less than retraining costs."""
+    fig = go.Figure()
+    oracle = None
+    for point in points:
+        results = point["audit"].get("results", {})
+        union = results.get("union", {}).get(split)
+        if not union:
+            continue
+        if oracle is None and results.get("oracle_union", {}).get(split):
+            oracle = results["oracle_union"][split]
+        label = escape_text(str(point["label"]))
+        fig.add_scatter(
+            x=[point["compute"]],
+            y=[union["leak"]],
+            mode="markers+text",
+            text=[label],
+            textposition="top right",
+            name=label,
+            error_y=_interval(union, "leak", "lo", "hi"),
+            hovertemplate=f"{label}: {point['compute']:.2f} of the oracle's build, union "
+            f"%{{y:.2f}} (n {union.get('n')})<extra></extra>",
+        )
+    if oracle is not None:
+        fig.add_scatter(
+            x=[1.0],
+            y=[oracle["leak"]],
+            mode="markers+text",
+            text=["retrain oracle"],
+            textposition="bottom left",
+            name="retrain oracle",
+            marker={"symbol": "star", "size": 14, "color": "#7f7f7f"},
+            error_y=_interval(oracle, "leak", "lo", "hi"),
+        )
+        fig.add_hrect(y0=0, y1=oracle["hi"], fillcolor="#7f7f7f", opacity=0.12, line_width=0)
+    fig.update_layout(
+        title=f"Compute against robustness ({escape_text(split)} split)",
+        xaxis={
+            "title": "compute, as a fraction of the retrain oracle's build",
+            "rangemode": "tozero",
+        },
+        yaxis={"title": "union leak under the audit's attacks", "range": [-0.03, 1.05]},
+        height=460,
     )
     return fig
 

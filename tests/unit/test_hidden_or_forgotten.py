@@ -43,3 +43,24 @@ def test_a_report_without_a_union_is_left_out_and_names_are_escaped():
     fig = hidden_or_forgotten_chart({"<b>x</b>": reports["asru"], "empty": {"results": {}}})
     names = [t.name for t in fig.data if t.mode == "markers+text"]
     assert names == ["&lt;b&gt;x&lt;/b&gt;", "retrain oracle"]
+
+
+def test_compute_against_robustness_puts_each_point_at_its_cost_and_the_oracle_at_one():
+    from asru_lab.viz.audit import compute_robustness_chart
+
+    reports = committed()
+    points = [
+        {"label": "α 0.6", "compute": 0.45, "audit": reports["asru"]},
+        {"label": "<i>α</i> 0.2", "compute": 0.2, "audit": reports["ga"]},
+        {"label": "no union", "compute": 0.1, "audit": {"results": {}}},
+    ]
+    fig = compute_robustness_chart(points)
+    drawn = {t.name: t for t in fig.data}
+    assert set(drawn) == {"α 0.6", "&lt;i&gt;α&lt;/i&gt; 0.2", "retrain oracle"}
+    asru = reports["asru"]["results"]
+    assert drawn["α 0.6"].x[0] == 0.45 and drawn["α 0.6"].y[0] == asru["union"]["forget"]["leak"]
+    assert drawn["α 0.6"].error_y.arrayminus[0] > 0
+    oracle = drawn["retrain oracle"]
+    assert oracle.x[0] == 1.0 and oracle.y[0] == asru["oracle_union"]["forget"]["leak"]
+    (band,) = fig.layout.shapes
+    assert band.y1 == asru["oracle_union"]["forget"]["hi"]
