@@ -1,11 +1,13 @@
 """`asru-lab demo`: the whole story on the embedded default, in a few minutes on a laptop CPU.
 
 vanilla model -> locate (stage 1.1) -> redirect (stage 1.2) -> reinforce (stage 2) -> evaluate,
-then the same forget set unlearned by gradient ascent and NPO for comparison. It is
-`reproduce` at one forget ratio with demo sizes (`demo_config`): fewer evaluation items, a
-smaller locate sweep, fewer GRPO steps and 2 of the baselines' 5 epochs, against
-`asru-lab reproduce`, which runs the full protocol. `demo_report` turns the result into a
-table a newcomer can read.
+then the same forget set unlearned by gradient ascent and NPO for comparison, and every model
+attacked with the audit's cheap attacks (the answer's first words prefilled, the model's own
+refusal direction ablated: `DEMO_ATTACKS`) beside the retrain oracle under the same attacks, so
+that the table shows what comes back, not only what is said. It is `reproduce` at one forget
+ratio with demo sizes (`demo_config`): fewer evaluation items, a smaller locate sweep, fewer GRPO
+steps and 2 of the baselines' 5 epochs, against `asru-lab reproduce`, which runs the full
+protocol. `demo_report` turns the result into a table a newcomer can read.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from asru_lab.auditing import AuditConfig
 from asru_lab.baselines import get_method
 from asru_lab.evaluation.harness import EvalConfig
 from asru_lab.runs.reproduce import ReproduceConfig, ReproduceResult, reproduce
@@ -20,6 +23,8 @@ from asru_lab.stages.locate import LocateConfig
 
 DEMO_METHODS = ("asru_stage1", "asru", "ga", "npo")
 DEMO_RATIO = 0.1
+# the audit's cheap attacks (issue #32): what a method that only hides gives back at once
+DEMO_ATTACKS = ("prefill", "ablation")
 
 
 def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
@@ -31,7 +36,8 @@ def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
         forget_ratios=(DEMO_RATIO,),
         # the demo's table shows neither truth ratios nor forget quality: skip their passes
         evaluate=EvalConfig(max_items=max_items, probabilities=False),
-        oracle=False,
+        oracle=False,  # the audit adds the retrain oracle's row: the floor of every attack
+        audit=AuditConfig(attacks=DEMO_ATTACKS, max_items=max_items, progress=progress),
         # the demo shows the baselines at their public settings (README), untuned
         tuning=None,
         locate=LocateConfig(
@@ -65,6 +71,7 @@ def run_demo(
 
 LABELS = {
     "vanilla": "before unlearning",
+    "oracle": "retrain oracle (never saw them)",
     "asru_stage1": "ASRU, stage 1 only",
     "asru": "ASRU (stage 1 + 2)",
     "ga": "gradient ascent (GA)",
@@ -80,17 +87,18 @@ def demo_report(result: ReproduceResult) -> str:
     """The demo's final table with a legend, and one forgotten person's answers per method."""
     rows = result.rows
     header = (
-        f"{'':24s}{'forgotten people':>33s}{'same people,':>15s}{'everyone else':>24s}\n"
-        f"{'method':24s}{'leaks a fact':>14s}{'polite refusal':>19s}{'new photos':>15s}"
-        f"{'recalls':>11s}{'MCQ right':>13s}"
+        f"{'':32s}{'forgotten people':>42s}{'same people,':>15s}{'everyone else':>24s}\n"
+        f"{'method':32s}{'leaks a fact':>14s}{'under attack':>14s}{'polite refusal':>17s}"
+        f"{'new photos':>12s}{'recalls':>11s}{'MCQ right':>13s}"
     )
-    lines = [header, "-" * 91]
+    lines = [header, "-" * 113]
     for r in rows:
         lines.append(
-            f"{LABELS.get(r['method'], r['method']):24s}"
+            f"{LABELS.get(r['method'], r['method']):32s}"
             f"{_pct(r.get('forget.leak_rate')):>14s}"
-            f"{r.get('forget.quality.contextual_refusal', 0):>14.1f} / 5"
-            f"{_pct(r.get('test.leak_rate')):>15s}"
+            f"{_pct(r.get('audit.union_leak')):>14s}"
+            f"{r.get('forget.quality.contextual_refusal', 0):>12.1f} / 5"
+            f"{_pct(r.get('test.leak_rate')):>12s}"
             f"{_pct(r.get('retain.leak_rate')):>11s}"
             f"{_pct(r.get('retain.mcq_acc')):>13s}"
         )
@@ -98,9 +106,13 @@ def demo_report(result: ReproduceResult) -> str:
         "",
         "leaks a fact: share of answers about a forgotten person that still contain the true",
         "  fact (lower is better); new photos: the same people on views and wordings never",
-        "  trained on. polite refusal: the judge's contextual-refusal score, 5 = a refusal that",
-        "  says what cannot be told (not a canned 'I don't know', not gibberish, not a made-up",
-        "  fact). recalls / MCQ right: the people who must NOT be forgotten (higher is better).",
+        "  trained on. under attack: share of those questions that the answer's first words",
+        "  prefilled or the model's own refusal direction ablated got the fact out of (the audit's",
+        "  cheap attacks; `asru-lab audit` runs them all): a method that only hides the fact gives",
+        "  it back here; the retrain oracle, which never saw these people, is the floor.",
+        "  polite refusal: the judge's contextual-refusal score, 5 = a refusal that says what",
+        "  cannot be told (not a canned 'I don't know', not gibberish, not a made-up fact).",
+        "  recalls / MCQ right: the people who must NOT be forgotten (higher is better).",
     ]
     samples = {c["method"]: c["samples"] for c in result.manifest["cells"] if c["samples"]}
     first = next(iter(samples.values()), [])

@@ -4,6 +4,7 @@ cached by what they depend on, and the figures and manifest are written."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import time
@@ -272,6 +273,17 @@ def test_demo_report_explains_the_table_and_shows_answers(first_run):
         "ga",
         "npo",
     }
+    # the table says what comes back under the cheap attacks, the oracle's row as the floor
+    assert config.audit is not None and set(config.audit.attacks) == {"prefill", "ablation"}
+    assert config.audit.max_items == config.evaluate.max_items
+    assert "under attack" in text and "retrain oracle, which never saw" in text
+    rows = [dict(r) for r in result.rows]
+    rows[1]["audit.union_leak"] = 0.875
+    attacked = demo_report(dataclasses.replace(result, rows=rows))
+    line = next(x for x in attacked.splitlines() if x.startswith("gradient ascent (GA)"))
+    assert "88 %" in line  # the attacked leak in its own column; a row without it reads "–"
+    first = next(x for x in attacked.splitlines() if x.startswith("before unlearning"))
+    assert "–" in first
 
 
 def test_load_results_reads_back_what_reproduce_wrote(first_run):
