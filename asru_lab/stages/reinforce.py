@@ -122,6 +122,49 @@ def boundary_set(
     return forget, [retain[k] for k in order], stats
 
 
+def check_boundary(
+    found: tuple, bench: Benchmark, config: ReinforceConfig, probe: SteeringProbe | None = None
+) -> tuple[list[QAItem], list[QAItem], dict]:
+    """A `boundary_set` result given back to `reinforce`: refused, naming the problem, unless it
+    is three parts (forget items, boundary items, statistics) of this benchmark's items, the
+    forget and retain questions that `config` asks, within its sizes and from the probe's layer."""
+    if not isinstance(found, tuple | list) or len(found) != 3:
+        raise ReinforceError(
+            "boundary= takes what boundary_set(model, bench, config, probe) returned: "
+            f"(forget, boundary, stats), got {type(found).__name__}"
+        )
+    forget, boundary, stats = found
+    own = {id(item) for item in bench.items}
+    asked = {id(i) for split in ("forget", "retain") for i in _questions(bench, split, config)}
+    for name, items, split, most in (
+        ("forget", forget, "forget", config.n_forget),
+        ("boundary", boundary, "retain", config.n_boundary),
+    ):
+        if not items or any(id(item) not in own for item in items):
+            raise ReinforceError(
+                f"boundary=: its {name} items are empty or not items of {bench.name} (compute "
+                "it with boundary_set on the benchmark given to reinforce)"
+            )
+        if any(item.split != split or id(item) not in asked for item in items) or len(items) > most:
+            raise ReinforceError(
+                f"boundary=: its {name} items are not the {split} questions this config asks "
+                f"(at most {most}, tasks {config.tasks}, text_only={config.text_only}): it was "
+                "computed with another ReinforceConfig"
+            )
+    mode = stats.get("mode") if isinstance(stats, dict) else None
+    if mode != config.boundary:
+        raise ReinforceError(
+            f"boundary=: its statistics say mode {mode!r}, the config asks "
+            f"{config.boundary!r}: it was computed with another ReinforceConfig"
+        )
+    if probe is not None and stats.get("layer", probe.layer) != probe.layer:
+        raise ReinforceError(
+            f"boundary=: it was projected at layer {stats['layer']}, the probe is at layer "
+            f"{probe.layer}: compute it with the same probe"
+        )
+    return list(forget), list(boundary), stats
+
+
 def boundary_dataset(
     bench: Benchmark, forget: Sequence[QAItem], boundary: Sequence[QAItem], seed: int = 0
 ) -> Dataset:
@@ -462,13 +505,17 @@ def reinforce(
     output_dir: str | Path | None = None,
     probe: SteeringProbe | None = None,
     callbacks: Sequence[TrainerCallback] = (),
+    boundary: tuple | None = None,
 ) -> tuple[LoadedModel, dict]:
     """Stage 2: GRPO on the forget set and the boundary set; `lm` is not modified.
 
     `output_dir` receives TRL's checkpoints, `metrics.jsonl` and `dashboard.html` (default: a
     new temporary directory, named in the record).
     `probe`: its layer and site place the boundary projection (default: the top layer).
-    `callbacks`: more `TrainerCallback`s (the notebook's live dashboard). Returns
+    `callbacks`: more `TrainerCallback`s (the notebook's live dashboard).
+    `boundary`: the `(forget, boundary, stats)` that `boundary_set(lm, bench, config, probe)`
+    returned, used as it is instead of being computed again (a notebook that showed it first;
+    checked against the benchmark and the config, `check_boundary`). Returns
     `(model, record)`; the record holds the config, the data sizes, the boundary statistics,
     TRL's log history and timings. In a notebook, third-party warnings and transformers'
     progress bars and log table are left out (`asru_lab.quiet`).
@@ -479,7 +526,10 @@ def reinforce(
     config = config or ReinforceConfig()
     rewards = build_rewards(config.rewards, bench)
     started = time.perf_counter()
-    forget, boundary, boundary_stats = boundary_set(lm, bench, config, probe)
+    if boundary is None:
+        forget, boundary, boundary_stats = boundary_set(lm, bench, config, probe)
+    else:
+        forget, boundary, boundary_stats = check_boundary(boundary, bench, config, probe)
     held = _held_out(bench, forget, boundary, config)
     dataset = boundary_dataset(bench, forget, boundary, config.seed)
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="asru_lab_reinforce_"))

@@ -4,6 +4,7 @@ bad configurations get clear errors before any training."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -161,6 +162,40 @@ def test_boundary_set_is_nearest_to_the_forget_set(lm, bench):
     assert sorted(data.column_names) == ["answer", "image", "item", "prompt", "split", "value"]
     assert sorted(data["split"]) == ["forget"] * 8 + ["retain"] * 8
     assert bench.items[data[0]["item"]].value == data[0]["value"]
+
+
+def test_a_boundary_set_given_back_is_used_and_not_computed_again(lm, bench, monkeypatch):
+    from asru_lab.stages import reinforce as module
+
+    config = ReinforceConfig(**{**SHORT, "max_steps": 1, "probe_every": 0})
+    found = boundary_set(lm, bench, config)
+
+    def again(*args, **kwargs):
+        raise AssertionError("the boundary set was computed again")
+
+    monkeypatch.setattr(module, "boundary_set", again)
+    _, record = reinforce(lm, bench, config, boundary=found)
+    assert record["boundary"] == found[2] and record["examples"]["forget"] == len(found[0])
+
+
+def test_a_boundary_set_from_elsewhere_is_refused_by_name(lm, bench):
+    from asru_lab.stages.reinforce import check_boundary
+
+    config = ReinforceConfig(**SHORT)
+    forget, boundary, stats = boundary_set(
+        lm, bench, ReinforceConfig(**{**SHORT, "boundary": "random"})
+    )
+    with pytest.raises(ReinforceError, match="takes what boundary_set"):
+        check_boundary((forget, boundary), bench, config)
+    with pytest.raises(ReinforceError, match="mode 'random', the config asks 'nearest'"):
+        check_boundary((forget, boundary, stats), bench, config)
+    with pytest.raises(ReinforceError, match="its boundary items are not the retain questions"):
+        check_boundary((forget, forget, {"mode": "nearest"}), bench, config)
+    with pytest.raises(ReinforceError, match="at most 8"):
+        check_boundary((forget, boundary * 2, {"mode": "nearest"}), bench, config)
+    other = bench.subset([dataclasses.replace(i) for i in bench.items])  # equal, not the same
+    with pytest.raises(ReinforceError, match="not items of"):
+        check_boundary((forget, boundary, {"mode": "nearest"}), other, config)
 
 
 def test_cli_reinforce_writes_model_and_training_log(tmp_path):
