@@ -1,6 +1,7 @@
 """06_audit in JupyterLab, in a real browser: every cell runs (small mode) and the audit's
 plotly figures are drawn with data — each attack against the oracle, the leak under each attack,
-the relearning curves, the per-layer readouts and multiple choice by option likelihood.
+the relearning curves, the per-layer readouts and multiple choice by option likelihood — and no
+cell leaves a (pink) stderr box behind: a learner reads a warning there as an error.
 Screenshots go to `test-artifacts/browser/` and to the test's tmp_path."""
 
 from __future__ import annotations
@@ -38,28 +39,36 @@ SCROLL_JS = """(k) => {
   return outer.scrollTop + outer.clientHeight >= outer.scrollHeight - 2;
 }"""
 MAX_SCREENS = 200
+# the text of every stderr output the page holds now
+STDERR_JS = """() => [...document.querySelectorAll(
+  '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
+  .map(o => o.innerText.slice(0, 300))"""
 
 
-def drawn_figures(lab) -> dict[str, dict]:
+def drawn_figures(lab) -> tuple[dict[str, dict], set[str]]:
     """Every plotly figure of the notebook, by title, scrolled into the page one screen at a
-    time (the most points seen for each)."""
+    time (the most points seen for each), and the stderr outputs seen on the way."""
     seen: dict[str, dict] = {}
+    stderr: set[str] = set()
     for k in range(MAX_SCREENS):
         at_end = lab.page.evaluate(SCROLL_JS, k)
         lab.page.wait_for_timeout(300)  # let JupyterLab attach and plotly draw the outputs
         for figure in lab.page.evaluate(FIGURES_JS):
             if figure["points"] >= seen.get(figure["title"], {"points": -1})["points"]:
                 seen[figure["title"]] = figure
+        stderr.update(lab.page.evaluate(STDERR_JS))
         if at_end:
             break
-    return seen
+    return seen, stderr
 
 
 def test_audit_notebook_runs_and_draws_its_figures(tmp_path):
     with open_notebook(NOTEBOOK, tmp_path) as lab:
         lab.run_all(RUN_ALL_S)
-        drawn = list(drawn_figures(lab).values())
+        figures, stderr = drawn_figures(lab)
+        drawn = list(figures.values())
         lab.screenshot("06_audit.png")
+    assert not stderr, f"cells left stderr boxes behind: {sorted(stderr)}"
     for title in TITLES:
         mine = [f for f in drawn if f["title"].startswith(title)]
         assert mine, f"no figure titled {title!r} was drawn; drawn: {[f['title'] for f in drawn]}"
