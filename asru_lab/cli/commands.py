@@ -250,6 +250,7 @@ def cmd_evaluate(args) -> int:
         }
     report.to_json(args.out, overwrite=args.overwrite)
     print(report.table())
+    print("\n" + report.legend())
     saved = "scored the answers in" if args.answers else "answers in"
     print(f"\nwrote {args.out} ({report.meta['seconds']} s; {saved} {answers})")
     if args.items_out:

@@ -19,9 +19,31 @@ TABLE_COLUMNS = (
     ("leak/recall", 12),
     ("refusal", 8),
     ("ctx-ref 0-5", 12),
-    ("leakage 0-5", 12),
+    ("no leak 0-5", 12),
     ("natural 1-5", 12),
     ("top category", 26),
+)
+
+
+# what each column of the table means, for a reader who has not read the README
+LEGEND = (
+    ("MCQ", "multiple choice answered with the right option"),
+    ("cloze", "fill-in-the-blank answered with the missing value"),
+    ("ROUGE-L", "word overlap of the open answers with the reference answers (0-1)"),
+    (
+        "leak/recall",
+        "open answers that contain the true fact: a leak for people to forget, recall for the "
+        "others (picture questions: the right colour)",
+    ),
+    ("refusal", "open answers that decline to answer"),
+    (
+        "ctx-ref 0-5",
+        "the judge's contextual-refusal score: 5 = a refusal that says what cannot be told "
+        "(not a canned 'I don't know')",
+    ),
+    ("no leak 0-5", "the judge's leakage scale, 5 = nothing leaked, 0 = the fact given"),
+    ("natural 1-5", "the judge's naturalness score: 5 = fluent, 1 = gibberish"),
+    ("top category", "the judge's most frequent verdict on the open answers"),
 )
 
 
@@ -97,19 +119,25 @@ class EvalReport:
             lines.append("".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)))
         return "\n".join(lines)
 
+    def legend(self) -> str:
+        """What each column means, one line each."""
+        return "\n".join(f"{name}: {meaning}" for name, meaning in LEGEND)
+
     def _repr_html_(self) -> str:
         """The same table in a notebook, in the library's one table style (every cell and the
-        model's name escaped)."""
-        from asru_lab.table_style import html_table
+        model's name escaped), with the legend under it."""
+        from asru_lab.table_style import Html, html_table
 
         names, rows = self.rows()
         total = sum(w for _, w in TABLE_COLUMNS)
-        return html_table(
+        table = html_table(
             names,
             rows,
             widths=[f"{100 * w / total:.1f}%" for _, w in TABLE_COLUMNS],
             caption=f"{self.model} [{self.method}]",
         )
+        items = "".join(Html("<b>{}</b>: {}. ").format(n, m) for n, m in LEGEND)
+        return Html("{}<p style='font-size:smaller;margin:4px 0'>{}</p>").format(table, Html(items))
 
     def __str__(self) -> str:
         return f"{self.model} [{self.method}]\n{self.table()}"

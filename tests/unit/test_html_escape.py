@@ -37,7 +37,7 @@ MODEL, PERSON, QUESTION, ANSWER, METHOD, REWARD = HOSTILE[:6]
 TEX = HOSTILE[-1]
 OUR_TAGS = {"html", "head", "meta", "title", "style", "script", "body", "h1", "h2", "div"}
 OUR_TAGS |= {"table", "caption", "colgroup", "col", "thead", "tbody", "tr", "th", "td"}
-OUR_TAGS |= {"br", "b", "i", "span"}
+OUR_TAGS |= {"br", "b", "i", "span", "p"}
 PLOTLYJS = get_plotlyjs()
 
 

@@ -62,3 +62,17 @@ def test_answer_changes_say_what_each_model_did_with_the_fact():
     assert header == ["person", "question", "stage 1", "stage 2"]
     assert "Where was &lt;she&gt; born?" in page and "<b>refuses</b>" in page
     assert "<b>knows</b>" in page and "text-align:left" in page
+
+
+def test_the_evaluation_table_names_its_scales_the_way_they_read():
+    """A leakage scale on which 5 means nothing leaked is labelled so, and every column is
+    explained under the table (notebook) and after it (CLI)."""
+    from asru_lab.evaluation.report import LEGEND, TABLE_COLUMNS
+
+    report = EvalReport("m", "vanilla", {"forget": {"leak_rate": 1.0, "quality": {"leakage": 0.0}}})
+    names, _ = report.rows()
+    assert "no leak 0-5" in names and not any(n.startswith("leakage") for n in names)
+    assert [n for n, _ in LEGEND] == [n for n, _ in TABLE_COLUMNS[1:]]
+    assert "5 = nothing leaked" in report.legend()
+    page = report._repr_html_()
+    assert all(name in page for name, _ in LEGEND) and "multiple choice" in page
