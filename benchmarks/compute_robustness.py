@@ -5,7 +5,7 @@ fraction of the retrain oracle's build.
     # one alpha per process (run two side by side with one thread each on 2 cores)
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/compute_robustness.py \\
         --teacher T --alpha 0.6 --out runs/compute
-    # then draw every point found under --out
+    # then draw every point found under --out (--student S audits a student saved before)
     .venv/bin/python benchmarks/compute_robustness.py --draw --out runs/compute
 
 The teacher is a saved unlearned model (`asru-lab unlearn --method asru --out T`); its
@@ -52,31 +52,51 @@ def _seconds(record: dict) -> float:
     raise SystemExit(f"the teacher's {UNLEARN_FILE} records no training seconds")
 
 
-def run(teacher_dir: Path, alpha: float, steps: int, seed: int, out: Path) -> dict:
+def run(
+    teacher_dir: Path, alpha: float, steps: int, seed: int, out: Path, student: Path | None = None
+) -> dict:
+    """Distil (or, with `student`, take the student a run saved), audit, save the point."""
     teacher = al.load_model(teacher_dir)
     bench = al.load_benchmark()
     oracle = load_oracle()
     teacher_seconds = _seconds(json.loads((teacher_dir / UNLEARN_FILE).read_text()))
     build_seconds = float(oracle.info["build"]["seconds"])
-    config = dataclasses.replace(UndoConfig().distill, alpha=alpha, steps=steps, seed=seed)
-    grown = distill(teacher, bench, config)
-    record = {"method": "distill", "teacher": str(teacher_dir), **grown.record(config)}
     student_dir = out / f"alpha-{alpha:g}-seed{seed}"
-    save_unlearned(Unlearned("distill", grown.model, record), student_dir, overwrite=True)
+    if student is None:
+        config = dataclasses.replace(UndoConfig().distill, alpha=alpha, steps=steps, seed=seed)
+        grown = distill(teacher, bench, config)
+        record = {"method": "distill", "teacher": str(teacher_dir), **grown.record(config)}
+        save_unlearned(Unlearned("distill", grown.model, record), student_dir, overwrite=True)
+        model = grown.model
+    else:
+        student_dir = student
+        record = json.loads((student / UNLEARN_FILE).read_text())
+        model = al.load_model(student)
+        if record["config"]["alpha"] != alpha or record["config"]["seed"] != seed:
+            raise SystemExit(
+                f"{student} was distilled at α {record['config']['alpha']}, seed "
+                f"{record['config']['seed']}, not α {alpha:g}, seed {seed}"
+            )
+    history = record["history"]
     started = time.perf_counter()
-    report = audit(grown.model, bench, oracle=oracle, config=AuditConfig(attacks=CHEAP))
-    cost = teacher_seconds + grown.seconds
+    # the reference (the model before unlearning) as `asru-lab audit` takes it by default:
+    # direction ablation's first estimate reads it
+    report = audit(
+        model, bench, reference=al.load_model(), oracle=oracle, config=AuditConfig(attacks=CHEAP)
+    )
+    cost = teacher_seconds + record["seconds"]
     point = {
         "label": f"α {alpha:g}",
         "alpha": alpha,
         "seed": seed,
         "threads": torch.get_num_threads(),
         "teacher_seconds": teacher_seconds,
-        "distill_seconds": grown.seconds,
-        "steps": grown.steps,
-        "stopped": grown.stopped,
-        "last_check": grown.history[-1] if grown.history else {},
-        "teacher_checks": grown.teacher,
+        "distill_seconds": record["seconds"],
+        "steps": record["steps"],
+        "stopped": record["stopped"],
+        "last_check": history[-1] if history else {},
+        "history": history,
+        "teacher_checks": record["teacher"],
         "oracle_build_seconds": build_seconds,
         "compute": cost / build_seconds,
         "audit_seconds": time.perf_counter() - started,
@@ -91,8 +111,8 @@ def run(teacher_dir: Path, alpha: float, steps: int, seed: int, out: Path) -> di
         for k in ("retain_recall", "retain_mcq", "general_recall")
     )
     print(
-        f"α {alpha:g} (seed {seed}, {point['threads']} thread(s)): {grown.steps} steps "
-        f"({'stopped' if grown.stopped else 'not stopped'}), retain recall / MCQ / pictures "
+        f"α {alpha:g} (seed {seed}, {point['threads']} thread(s)): {record['steps']} steps "
+        f"({'stopped' if record['stopped'] else 'not stopped'}), retain recall / MCQ / pictures "
         f"{checks}; "
         f"union {union['leak']:.2f} [{union['lo']:.2f}, {union['hi']:.2f}] "
         f"(oracle {theirs.get('leak', float('nan')):.2f}); compute {cost:.0f} s / "
@@ -126,13 +146,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--draw", action="store_true", help="draw the points found under --out")
+    parser.add_argument(
+        "--student", type=Path, help="audit this saved student (of --alpha, --seed) instead"
+    )
     args = parser.parse_args()
     if args.draw:
         draw(args.out)
         return
     if args.teacher is None:
         parser.error("--teacher is needed to measure a point (or --draw)")
-    run(args.teacher, args.alpha, args.steps, args.seed, args.out)
+    run(args.teacher, args.alpha, args.steps, args.seed, args.out, args.student)
 
 
 if __name__ == "__main__":
