@@ -37,7 +37,14 @@ def demo_config(max_items: int = 32, progress: bool = True) -> ReproduceConfig:
         # the demo's table shows neither truth ratios nor forget quality: skip their passes
         evaluate=EvalConfig(max_items=max_items, probabilities=False),
         oracle=False,  # the audit adds the retrain oracle's row: the floor of every attack
-        audit=AuditConfig(attacks=DEMO_ATTACKS, max_items=max_items, progress=progress),
+        # demo-sized: the direction is ablated in the running model only (the audit also
+        # writes it out of the weights and prefills and relearns that copy: 3x the time)
+        audit=AuditConfig(
+            attacks=DEMO_ATTACKS,
+            max_items=max_items,
+            ablation_orthogonalize=False,
+            progress=progress,
+        ),
         # the demo shows the baselines at their public settings (README), untuned
         tuning=None,
         locate=LocateConfig(
@@ -107,9 +114,10 @@ def demo_report(result: ReproduceResult) -> str:
         "leaks a fact: share of answers about a forgotten person that still contain the true",
         "  fact (lower is better); new photos: the same people on views and wordings never",
         "  trained on. under attack: share of those questions that the answer's first words",
-        "  prefilled or the model's own refusal direction ablated got the fact out of (the audit's",
-        "  cheap attacks; `asru-lab audit` runs them all): a method that only hides the fact gives",
-        "  it back here; the retrain oracle, which never saw these people, is the floor.",
+        "  prefilled or the model's own refusal direction ablated got the fact out of (the",
+        "  audit's cheap attacks, demo-sized; `asru-lab audit` runs every attack): a method that",
+        "  only hides the fact gives it back here; the retrain oracle, which never saw these",
+        "  people, is the floor.",
         "  polite refusal: the judge's contextual-refusal score, 5 = a refusal that says what",
         "  cannot be told (not a canned 'I don't know', not gibberish, not a made-up fact).",
         "  recalls / MCQ right: the people who must NOT be forgotten (higher is better).",
@@ -128,7 +136,7 @@ def demo_report(result: ReproduceResult) -> str:
                  and s["person"] == forget["person"]),
                 "",
             )  # fmt: skip
-            lines.append(f"  {LABELS.get(method, method):24s} {answer}")
+            lines.append(f"  {LABELS.get(method, method):32s} {answer}")
     return "\n".join(lines)
 
 

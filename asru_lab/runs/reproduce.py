@@ -396,7 +396,8 @@ def reproduce(
                 run = _CellRun(lm, bench, ORACLE, ratio, base, config, cache, out, located)
                 run.oracle = located["oracle"]
                 _run_cell(run, vanilla_splits, got)
-                _forget_quality(got, ratio)
+                if config.evaluate.probabilities:  # off: no truth ratio was asked for
+                    _forget_quality(got, ratio)
     finally:
         bar.close()
     head = headline(got.rows)
@@ -677,8 +678,9 @@ def _tune(lm, bench, ratio, base, config: ReproduceConfig, cache: Path, got: _Co
 def _forget_quality(got: _Collected, ratio: float) -> None:
     """Each row's `forget.forget_quality` at `ratio`: its forget truth ratios against the
     oracle's on the same items (`evaluation.probability.forget_quality`); left empty, with a
-    warning, when the evaluation kept no truth ratios (probabilities off, or a benchmark
-    without perturbed answers)."""
+    warning, when the evaluation kept no truth ratios though they were asked for (a steering
+    probe at inference, or a benchmark without perturbed answers). Not called when
+    `EvalConfig.probabilities` is off (the demo): nothing was asked, nothing to warn about."""
     reference = got.truth_ratios.get((ORACLE, ratio), [])
     for row in got.rows:
         if row["forget_ratio"] != ratio:

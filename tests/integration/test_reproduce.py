@@ -276,6 +276,7 @@ def test_demo_report_explains_the_table_and_shows_answers(first_run):
     # the table says what comes back under the cheap attacks, the oracle's row as the floor
     assert config.audit is not None and set(config.audit.attacks) == {"prefill", "ablation"}
     assert config.audit.max_items == config.evaluate.max_items
+    assert not config.audit.ablation_orthogonalize  # demo-sized: the running model only
     assert "under attack" in text and "retrain oracle, which never saw" in text
     rows = [dict(r) for r in result.rows]
     rows[1]["audit.union_leak"] = 0.875
