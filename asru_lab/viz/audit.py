@@ -372,18 +372,8 @@ def hidden_or_forgotten_chart(reports: Mapping[str, Mapping], split: str = "forg
         )
     if oracle is not None:
         plain, union = oracle
-        fig.add_scatter(
-            x=[plain.get("oracle")],
-            y=[union["leak"]],
-            mode="markers+text",
-            text=["retrain oracle"],
-            textposition="bottom right",
-            name="retrain oracle",
-            marker={"symbol": "star", "size": 14, "color": "#7f7f7f"},
-            error_x=_interval(plain, "oracle", "oracle_lo", "oracle_hi"),
-            error_y=_interval(union, "leak", "lo", "hi"),
-        )
-        fig.add_hrect(y0=0, y1=union["hi"], fillcolor="#7f7f7f", opacity=0.12, line_width=0)
+        error_x = _interval(plain, "oracle", "oracle_lo", "oracle_hi")
+        _oracle_point(fig, plain.get("oracle"), union, "bottom right", error_x=error_x)
     fig.update_layout(
         title=f"Hidden or forgotten? ({escape_text(split)} split)",
         xaxis={"title": "leak with no attack", "range": [-0.03, 1.05]},
@@ -421,17 +411,7 @@ def compute_robustness_chart(points: Sequence[Mapping], split: str = "forget") -
             f"%{{y:.2f}} (n {union.get('n')})<extra></extra>",
         )
     if oracle is not None:
-        fig.add_scatter(
-            x=[1.0],
-            y=[oracle["leak"]],
-            mode="markers+text",
-            text=["retrain oracle"],
-            textposition="bottom left",
-            name="retrain oracle",
-            marker={"symbol": "star", "size": 14, "color": "#7f7f7f"},
-            error_y=_interval(oracle, "leak", "lo", "hi"),
-        )
-        fig.add_hrect(y0=0, y1=oracle["hi"], fillcolor="#7f7f7f", opacity=0.12, line_width=0)
+        _oracle_point(fig, 1.0, oracle, "bottom left")
     fig.update_layout(
         title=f"Compute against robustness ({escape_text(split)} split)",
         xaxis={
@@ -442,6 +422,23 @@ def compute_robustness_chart(points: Sequence[Mapping], split: str = "forget") -
         height=460,
     )
     return fig
+
+
+def _oracle_point(fig: go.Figure, x, union: Mapping, where: str, error_x=None) -> None:
+    """The retrain oracle's star at (x, its union leak) with its interval, and its band (0 to
+    the interval's top) across the figure: the floor a method is judged against."""
+    fig.add_scatter(
+        x=[x],
+        y=[union["leak"]],
+        mode="markers+text",
+        text=["retrain oracle"],
+        textposition=where,
+        name="retrain oracle",
+        marker={"symbol": "star", "size": 14, "color": "#7f7f7f"},
+        error_x=error_x,
+        error_y=_interval(union, "leak", "lo", "hi"),
+    )
+    fig.add_hrect(y0=0, y1=union["hi"], fillcolor="#7f7f7f", opacity=0.12, line_width=0)
 
 
 def _interval(cell: Mapping, value: str, lo: str, hi: str) -> dict:
