@@ -234,11 +234,10 @@ def relearn(
         key = _oracle_key(oracle, bench, cfg)
         cached = _ORACLE_CURVES.get(key, (None, None))[1]
         out["oracle_side"] = "memory"
-        stored = None
-        if subject.oracle_cache:
+        stored = None  # the disk entry's name: looked up (and written) only on a memory miss
+        if cached is None and subject.oracle_cache:
             chosen = asdict(replace(cfg, progress=False))
             stored = oracle_cache.key("relearn", oracle, bench, chosen)
-        if cached is None and stored is not None:
             cached = oracle_cache.load(stored)
             out["oracle_side"] = "disk"
             if cached is not None:
