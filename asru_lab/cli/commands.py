@@ -613,6 +613,8 @@ def cmd_distill(args) -> int:
         if "max_prompts" in chosen:
             raise DistillError("give --all-prompts or --max-prompts, not both")
         chosen["max_prompts"] = None
+    if args.last_step:
+        chosen["keep_best"] = False
     config = DistillConfig(**chosen, seed=seed(args), progress=not args.quiet)
     probe = SteeringProbe.load(args.probe) if args.probe else None
     lm, bench = _load(args)
@@ -621,11 +623,11 @@ def cmd_distill(args) -> int:
     out = save_unlearned(
         Unlearned("distill", result.model, record), args.out, overwrite=args.overwrite
     )
-    last = result.history[-1] if result.history else {}
+    kept = next((r for r in result.history if r["step"] == result.kept_step), {})
     print(
         f"distilled {result.steps} steps in {result.seconds:.0f} s "
-        f"({'stopped: ' if result.stopped else 'not stopped: '}retain recall / multiple "
-        f"choice / picture questions {_checks_text(last)}; the teacher "
+        f"({'stopped' if result.stopped else 'not stopped'}; kept step {result.kept_step}: "
+        f"retain recall / multiple choice / picture questions {_checks_text(kept)}; the teacher "
         f"{_checks_text(result.teacher)}); wrote {out}"
     )
     print(f"next: asru-lab audit --model {out} --out {out}-audit")

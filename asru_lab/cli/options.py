@@ -318,6 +318,12 @@ def _distill_options(sub) -> None:
     p.add_argument(
         "--all-prompts", action="store_true", help="distil on the whole pool (no --max-prompts)"
     )
+    p.add_argument(
+        "--last-step",
+        action="store_true",
+        help="keep the last step's weights (default: the best stop check's, on retain and "
+        "pictures)",
+    )
     _add_fields(
         p,
         DistillConfig,

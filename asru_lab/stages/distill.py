@@ -28,7 +28,11 @@ prompt and parser) and picture-question accuracy are measured on seeded samples;
 recall and multiple choice reach `stop_retain` and pictures `stop_general`, or each comes within
 `stop_margin` of the teacher's own value on the same questions (measured first and reported
 beside: a student learns the teacher's answers and cannot be asked to beat them). Multiple
-choice joins the stop rule only when the pool shows it (`"mcq"` in `tasks`). An
+choice joins the stop rule only when the pool shows it (`"mcq"` in `tasks`). Unless it stops,
+the student ends with the weights of its best stop check (`keep_best`: the smallest shortfall
+from those goals, the later check on a tie) — a check is 64 questions and the rate stays near
+its peak, so the last step is often not the best one seen; the choice reads retain and pictures
+only, never the forget people or an attack. An
 inference-time teacher's probe is applied while the teacher answers and scores
 (`teacher_probe`): the student learns its behaviour without hooks (in the teacher-forced
 scoring pass a gated probe reads the end of the answer, see `SteeringProbe.apply`).
@@ -133,6 +137,13 @@ class DistillConfig:
         default=0.02,
         metadata={"help": "... or both come within this of the teacher's own values"},
     )
+    keep_best: bool = field(
+        default=True,
+        metadata={
+            "help": "end with the weights of the best stop check (the smallest shortfall from "
+            "the stop rule's goals, retain and pictures only), not the last step's"
+        },
+    )
     seed: int = field(default=0, metadata={"help": "seeds the noise, the pool and the order"})
     progress: bool = field(default=True, metadata={"help": "show progress bars"})
 
@@ -168,7 +179,8 @@ class DistillResult:
     """The student, and what happened: `history` (the stop checks: step, loss, retain recall,
     retain multiple choice, picture accuracy), the teacher's values at the same checks
     (`teacher`), the pool's size per split (`pool`) and per task (`pool_tasks`), the steps run and
-    whether the stop rule ended it."""
+    whether the stop rule ended it; `kept_step`, the stop check whose weights the student has
+    (the best one with `keep_best`, else the last step)."""
 
     model: LoadedModel
     history: list[dict]
@@ -178,6 +190,7 @@ class DistillResult:
     stopped: bool
     seconds: float = 0.0
     pool_tasks: dict = field(default_factory=dict)
+    kept_step: int = 0
 
     def record(self, config: DistillConfig) -> dict:
         """What `save_unlearned` keeps of this distillation (JSON-ready)."""
@@ -189,6 +202,7 @@ class DistillResult:
             "pool_tasks": self.pool_tasks,
             "steps": self.steps,
             "stopped": self.stopped,
+            "kept_step": self.kept_step,
             "seconds": self.seconds,
         }
 
@@ -339,6 +353,13 @@ def _goals(config: DistillConfig, teacher: dict, checks: dict) -> dict[str, floa
     return goals
 
 
+def shortfall(row: dict, goals: dict[str, float]) -> float:
+    """How far a stop check is from the stop rule: the largest gap between a goal and its
+    value (0 once every goal is met). Only the goals count: retain and pictures, never the
+    forget people or an attack."""
+    return max((goal - row[key] for key, goal in goals.items()), default=0.0)
+
+
 def _rate(config: DistillConfig, step: int) -> float:
     if step < config.warmup_steps:
         return config.lr * (step + 1) / config.warmup_steps
@@ -383,6 +404,7 @@ def distill(
     stopped = False
     step = 0
     losses: list[float] = []
+    best: tuple[float, int, dict | None] = (math.inf, 0, None)
     with seeded(cfg.seed, student.device):
         bar = tqdm(total=cfg.steps, desc="distill", disable=not cfg.progress)
         while step < cfg.steps:
@@ -410,17 +432,30 @@ def distill(
                 row.update({k: _recall(student, bench, items) for k, items in checks.items()})
                 history.append(row)
                 student.model.train()
-                if all(row[key] >= goal for key, goal in goals.items()):
+                gap = shortfall(row, goals)
+                if cfg.keep_best and gap <= best[0]:  # a tie goes to the later, longer-trained
+                    state = {k: v.detach().to("cpu", copy=True) for k, v in _state(student)}
+                    best = (gap, step, state)
+                if gap <= 0:
                     stopped = True
                     break
         bar.close()
+    kept = step
+    if cfg.keep_best and best[2] is not None and best[1] != step:
+        student.model.load_state_dict(best[2], strict=False)
+        kept = best[1]
     student.model.eval()
     for p in student.model.parameters():
         p.requires_grad_(False)
     seconds = time.perf_counter() - started
     return DistillResult(
-        student, history, teacher_values, counts, step, stopped, seconds, pool_tasks
+        student, history, teacher_values, counts, step, stopped, seconds, pool_tasks, kept
     )
+
+
+def _state(lm: LoadedModel):
+    """The student's trainable tensors (its parameters, named as in its state dict)."""
+    return lm.model.named_parameters()
 
 
 def _step_loss(teacher, student, bench, pool, targets, tails, hard, chunk, probe) -> torch.Tensor:

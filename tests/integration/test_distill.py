@@ -5,6 +5,7 @@ refused with their name."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -128,6 +129,40 @@ def test_distillation_trains_a_student_and_reports_its_checks(lm, bench):
         for a, b in zip(result.model.model.parameters(), lm.model.parameters(), strict=True)
     )
     assert moved and not any(p.requires_grad for p in result.model.model.parameters())
+
+
+def test_the_student_keeps_its_best_stop_check_not_its_last_step(lm, bench, monkeypatch):
+    from asru_lab.stages import distill as distill_module
+
+    # the teacher's checks, then the student's at steps 2 and 4: step 2 is the better one
+    values = iter([0.9, 1.0, 0.9] + [0.5, 0.6, 0.5] + [0.1, 0.2, 0.1])
+    monkeypatch.setattr(distill_module, "_recall", lambda *a, **k: next(values))
+    best = distill(lm, bench, TINY)
+    assert best.steps == 4 and not best.stopped and best.kept_step == 2
+    assert best.record(TINY)["kept_step"] == 2
+    values = iter([0.9, 1.0, 0.9, 0.5, 0.6, 0.5])
+    two = distill(lm, bench, replace(TINY, steps=2))  # the same seed, stopped at step 2
+    for (name, a), b in zip(
+        best.model.model.named_parameters(), two.model.model.parameters(), strict=True
+    ):
+        assert a.equal(b), name
+    values = iter([0.9, 1.0, 0.9] + [0.5, 0.6, 0.5] + [0.1, 0.2, 0.1])
+    last = distill(lm, bench, replace(TINY, keep_best=False))
+    assert last.kept_step == 4
+    assert any(
+        not a.equal(b)
+        for a, b in zip(last.model.model.parameters(), two.model.model.parameters(), strict=True)
+    )
+
+
+def test_the_shortfall_reads_only_the_goals():
+    from asru_lab.stages.distill import shortfall
+
+    goals = {"retain_recall": 0.92, "general_recall": 0.87}
+    assert shortfall({"retain_recall": 0.9, "general_recall": 0.8, "x": 0.0}, goals) == (
+        pytest.approx(0.07)
+    )
+    assert shortfall({"retain_recall": 0.95, "general_recall": 0.9}, goals) <= 0
 
 
 def test_the_refusal_arm_keeps_only_refusals_without_the_fact(bench):
