@@ -48,20 +48,27 @@ class AsruConfig:
         return cls(RedirectConfig.paper(), ReinforceConfig.paper())
 
 
+def adversarial_config() -> AsruConfig:
+    """ASRU whose stage 2 trains against the prefill and the refusal-direction ablation on half
+    of its forget rollouts (`asru_lab.stages.adversary`)."""
+    return AsruConfig(reinforce=ReinforceConfig(adversarial=("prefill", "ablation")))
+
+
 def run_full(lm, bench, config: AsruConfig, probe) -> Unlearned:
     stage1, stage1_record = redirect(lm, probe, bench, config.redirect)
     with tempfile.TemporaryDirectory() as scratch:
         logs = Path(config.training_dir or scratch)
         final, record = reinforce(stage1, bench, config.reinforce, output_dir=logs, probe=probe)
         record["metrics"] = read_metrics(logs / METRICS_FILE)  # the reward curves, kept
+    name = "asru_adversarial" if config.reinforce.adversarial else "asru"
     record = {
-        "method": "asru",
+        "method": name,
         "config": asdict(config),
         "stage1": stage1_record,
         "reinforce": record,
         "seconds": {"stage1": stage1_record["seconds"], "reinforce": record["seconds"]},
     }
-    return Unlearned("asru", final, record)
+    return Unlearned(name, final, record)
 
 
 register(
@@ -83,6 +90,16 @@ register(
         run_full,
         needs_probe=True,
         paper_config=AsruConfig.paper,
+        knob=Knob("redirect.lam", LAMBDAS),
+    )
+)
+register(
+    Method(
+        "asru_adversarial",
+        "ASRU whose stage 2 is trained against the prefill and refusal-direction ablation",
+        adversarial_config,
+        run_full,
+        needs_probe=True,
         knob=Knob("redirect.lam", LAMBDAS),
     )
 )

@@ -421,6 +421,9 @@ def cmd_reinforce(args) -> int:
         "batch_size": args.batch_size,
         "lora_r": args.lora_r,
         "save_steps": args.save_steps,
+        "adversarial": tuple(args.adversarial) if args.adversarial else None,
+        "adversarial_share": args.adversarial_share,
+        "ablation_every": args.ablation_every,
     }
     options = {k: v for k, v in options.items() if v is not None}
     options.update(seed=seed(args), resume=args.resume, progress=not args.quiet)

@@ -236,7 +236,11 @@ def _redirect_options(sub) -> None:
 
 
 def _reinforce_options(sub) -> None:
-    from asru_lab.stages.reinforce_config import BOUNDARY_MODES, ReinforceConfig
+    from asru_lab.stages.reinforce_config import (
+        ADVERSARIAL_ATTACKS,
+        BOUNDARY_MODES,
+        ReinforceConfig,
+    )
 
     p = sub.add_parser("reinforce", help="stage 2: GRPO on the forget and boundary sets")
     _add_common(p, out_help="output model directory (+ training/: metrics, dashboard)")
@@ -248,9 +252,11 @@ def _reinforce_options(sub) -> None:
         p,
         ReinforceConfig,
         "rewards reward_weights boundary n_forget n_boundary tasks max_steps epochs "
-        "learning_rate num_generations batch_size lora_r save_steps",
+        "learning_rate num_generations batch_size lora_r save_steps adversarial "
+        "adversarial_share ablation_every",
         none=True,
         boundary={"choices": BOUNDARY_MODES},
+        adversarial={"choices": ADVERSARIAL_ATTACKS},
         max_steps={"flag": "--steps"},
         learning_rate={"flag": "--lr"},
     )

@@ -46,6 +46,12 @@ from asru_lab.models.loading import LoadedModel, drop_forward_patches
 from asru_lab.probe import SteeringProbe
 from asru_lab.quiet import quiet_in_notebooks
 from asru_lab.rewards import build_rewards, completion_text
+from asru_lab.stages.adversary import (
+    AblationAdversary,
+    prefill_column,
+    prefill_processor,
+    with_prefill,
+)
 from asru_lab.stages.reinforce_config import ReinforceConfig, ReinforceError
 from asru_lab.training import language_model_linears, lora_config, quiet_peft
 from asru_lab.validation import nonfinite_trained
@@ -166,10 +172,19 @@ def check_boundary(
 
 
 def boundary_dataset(
-    bench: Benchmark, forget: Sequence[QAItem], boundary: Sequence[QAItem], seed: int = 0
+    bench: Benchmark,
+    forget: Sequence[QAItem],
+    boundary: Sequence[QAItem],
+    seed: int = 0,
+    *,
+    prefill_share: float = 0.0,
 ) -> Dataset:
     """The GRPO prompts: a conversational `prompt` (image part first), the `image` (None for
-    text-only), and the columns the rewards read (`split`, `item`, `value`, `answer`)."""
+    text-only), and the columns the rewards read (`split`, `item`, `value`, `answer`,
+    `prefill`). With `prefill_share`, that share of the forget questions (seeded; open
+    questions with words before the fact) is asked with the answer begun
+    (`asru_lab.stages.adversary`): the user turn's `prefill` and the `prefill` column hold the
+    words, "" elsewhere."""
     index = {id(item): k for k, item in enumerate(bench.items)}
     with_image = {bool(item.image) for item in (*forget, *boundary)}
     if len(with_image) > 1:
@@ -194,6 +209,12 @@ def boundary_dataset(
                 }
             )
     random.Random(seed).shuffle(rows)
+    prefills = [""] * len(rows)
+    if prefill_share:
+        prefills, _ = prefill_column(bench, rows, prefill_share, seed)
+    for row, text in zip(rows, prefills, strict=True):
+        row["prompt"][0]["prefill"] = text
+        row["prefill"] = text
     return Dataset.from_list(rows)
 
 
@@ -531,15 +552,33 @@ def reinforce(
     else:
         forget, boundary, boundary_stats = check_boundary(boundary, bench, config, probe)
     held = _held_out(bench, forget, boundary, config)
-    dataset = boundary_dataset(bench, forget, boundary, config.seed)
+    prefilled = "prefill" in config.adversarial
+    share = config.adversarial_share if prefilled else 0.0
+    dataset = boundary_dataset(bench, forget, boundary, config.seed, prefill_share=share)
     out_dir = Path(output_dir or tempfile.mkdtemp(prefix="asru_lab_reinforce_"))
     samples = SampleLog()
     rewards = [samples.wrap(rewards[0]), *rewards[1:]]
+    if prefilled:  # the rewards read the prefix and its continuation as one answer
+        rewards = [with_prefill(r) for r in rewards]
     metrics = MetricsCallback(out_dir, lm, bench, held, config, samples)
     # LoRA merges into the language model's linears only: the rest (embeddings, LM head,
     # vision tower) is shared with `lm`, not copied (a fifth to a third of the weights)
     out = lm.clone(copy_only=language_model_linears(lm) if config.lora_r else None)
     out.model.train()
+    adversaries = []
+    if "ablation" in config.adversarial:  # first: its hooks are gone before anything measures
+        adversaries.append(
+            AblationAdversary(
+                out,
+                bench,
+                forget,
+                boundary,
+                share=config.adversarial_share,
+                every=config.ablation_every,
+                fit=config.ablation_fit,
+                seed=config.seed,
+            )
+        )
     checkpoint = None
     if config.resume:
         checkpoint = _resume_checkpoint(out_dir)
@@ -555,8 +594,8 @@ def reinforce(
             reward_funcs=rewards,
             args=grpo_config(config, out_dir),
             train_dataset=dataset,
-            processing_class=lm.processor,
-            callbacks=[metrics, *callbacks, StopOnNonFinite(config)],
+            processing_class=prefill_processor(lm.processor) if prefilled else lm.processor,
+            callbacks=[*adversaries, metrics, *callbacks, StopOnNonFinite(config)],
             peft_config=_lora(lm, config),
         )
     # transformers' bar (in a notebook its table of losses, which the dashboard replaces)
@@ -571,7 +610,13 @@ def reinforce(
         "base_model": lm.fingerprint(),
         "benchmark": bench.name,
         "benchmark_fingerprint": bench.fingerprint(),
-        "examples": {"forget": len(forget), "boundary": len(boundary), "probe": len(held)},
+        "examples": {
+            "forget": len(forget),
+            "boundary": len(boundary),
+            "probe": len(held),
+            "prefilled": sum(bool(p) for p in dataset["prefill"]),
+        },
+        "adversary": adversaries[0].record() if adversaries else {},
         "boundary": boundary_stats,
         "output_dir": str(out_dir),
         "steps": trainer.state.global_step,

@@ -7,9 +7,10 @@ from dataclasses import dataclass, field
 
 from asru_lab.errors import AsruLabError
 from asru_lab.evaluation.protocols.asru_lab import MAX_NEW_TOKENS
-from asru_lab.validation import check_fields
+from asru_lab.validation import check_choices, check_fields
 
 BOUNDARY_MODES = ("nearest", "random")
+ADVERSARIAL_ATTACKS = ("prefill", "ablation")  # asru_lab.stages.adversary
 
 
 class ReinforceError(AsruLabError, ValueError):
@@ -107,6 +108,27 @@ class ReinforceConfig:
         default=16,
         metadata={"help": "held-out forget and retain questions for that measurement"},
     )
+    adversarial: tuple[str, ...] = field(
+        default=(),
+        metadata={
+            "help": "attacks a share of the forget rollouts are generated under, some of "
+            "prefill, ablation (asru_lab.stages.adversary); none by default"
+        },
+    )
+    adversarial_share: float = field(
+        default=0.5,
+        metadata={
+            "help": "the share of forget questions asked prefilled, and of steps run with the "
+            "refusal direction ablated"
+        },
+    )
+    ablation_every: int = field(
+        default=10, metadata={"help": "steps between re-estimates of the refusal direction"}
+    )
+    ablation_fit: int = field(
+        default=32,
+        metadata={"help": "forget and boundary questions (each) the direction is estimated on"},
+    )
     use_vllm: bool = field(
         default=False, metadata={"help": "TRL's vLLM rollouts (needs vLLM and a GPU)"}
     )
@@ -144,9 +166,20 @@ class ReinforceConfig:
             logging_steps=">= 1",
             probe_every=">= 0",
             probe_examples=">= 0",
+            adversarial_share="(0, 1]",
+            ablation_every=">= 1",
+            ablation_fit=">= 2",
         )
         self.rewards = tuple(self.rewards)
         self.tasks = tuple(self.tasks)
+        self.adversarial = tuple(self.adversarial)
+        if self.adversarial:
+            check_choices(self, "adversarial", ADVERSARIAL_ATTACKS, ReinforceError)
+        if self.adversarial and self.use_vllm:
+            raise ReinforceError(
+                "adversarial rollouts need TRL's own generation (hooks and the prefilled chat "
+                "template do not reach vLLM): use_vllm=False, or adversarial=()"
+            )
         unknown = sorted(set(self.tasks) - {"qa", "mcq", "cloze"})
         if unknown or not self.tasks:
             raise ReinforceError(f"tasks must be some of qa, mcq, cloze; got {list(self.tasks)}")

@@ -27,6 +27,7 @@ METHOD_LABELS = {
     "steer_only": "steer only",
     "asru_stage1": "ASRU stage 1",
     "asru": "ASRU",
+    "asru_adversarial": "ASRU, adversarial stage 2",
     "mmunlearner": "MMUnlearner",
     "gated_steer": "gated steer",
     "oracle": "retrain oracle",

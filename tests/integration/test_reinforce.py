@@ -159,7 +159,10 @@ def test_boundary_set_is_nearest_to_the_forget_set(lm, bench):
     )
     assert random_stats == {"mode": "random"} and len(random_boundary) == 8
     data = boundary_dataset(bench, forget, boundary)
-    assert sorted(data.column_names) == ["answer", "image", "item", "prompt", "split", "value"]
+    assert sorted(data.column_names) == [
+        "answer", "image", "item", "prefill", "prompt", "split", "value",
+    ]  # fmt: skip
+    assert set(data["prefill"]) == {""}  # no adversarial prefill unless asked
     assert sorted(data["split"]) == ["forget"] * 8 + ["retain"] * 8
     assert bench.items[data[0]["item"]].value == data[0]["value"]
 
@@ -319,3 +322,99 @@ def test_activation_checkpointing_trains_the_same_weights(lm, bench, lora_run, t
     assert moved  # trained, not a copy of the input
     flagged = [m for m in model.model.modules() if getattr(m, "gradient_checkpointing", False)]
     assert not flagged, "the returned model is left without checkpointing"
+
+
+# --- adversarial stage 2 (asru_lab.stages.adversary) -------------------------------------------
+
+
+def test_a_prefilled_prompt_renders_its_words_after_the_generation_prompt(lm):
+    from asru_lab.stages.adversary import prefill_processor
+
+    twin = prefill_processor(lm.processor)
+    assert lm.processor.chat_template != twin.chat_template  # the model's own is unchanged
+    turn = {"role": "user", "content": [{"type": "text", "text": "Who is this?"}]}
+    render = dict(add_generation_prompt=True, tokenize=False)
+    plain = lm.processor.apply_chat_template([[turn]], **render)
+    assert twin.apply_chat_template([[{**turn, "prefill": ""}]], **render) == plain
+    assert twin.apply_chat_template([[turn]], **render) == plain
+    begun = twin.apply_chat_template([[{**turn, "prefill": "Alma Aldous was born in"}]], **render)
+    assert begun[0] == plain[0] + "Alma Aldous was born in"
+
+
+def test_the_prefill_draws_its_prefixes_from_the_reference_answers(bench):
+    import random
+
+    from asru_lab.generation import fact_prefix
+    from asru_lab.stages.adversary import prefix_for
+
+    items = [i for i in bench.questions("forget", "qa") if fact_prefix(i.answer, i.value)[0]]
+    rng = random.Random(0)
+    drawn = [(i, prefix_for(bench, i, rng)) for i in items[:60]]
+    for item, prefix in drawn:
+        full = fact_prefix(item.answer, item.value)[0]
+        assert prefix and item.value.lower() not in prefix.lower()
+        assert prefix.startswith("Sure! ") or full.startswith(prefix), (prefix, full)
+    assert any(p.startswith("Sure! This person") for _, p in drawn)  # the name-free kind
+    mcq = next(iter(bench.questions("forget", "mcq")))
+    assert prefix_for(bench, mcq, rng) == ""  # open questions only
+
+
+def test_adversarial_stage_2_prefills_and_ablates_its_rollouts(lm, bench, tmp_path):
+    config = ReinforceConfig(
+        **{**SHORT, "max_steps": 2, "probe_every": 0},
+        adversarial=("prefill", "ablation"),
+        adversarial_share=1.0,
+    )
+    model, record = reinforce(lm, bench, config, output_dir=tmp_path / "adv")
+    forget, boundary, _ = boundary_set(lm, bench, config)
+    data = boundary_dataset(bench, forget, boundary, config.seed, prefill_share=1.0)
+    begun = {row["prompt"][0]["content"][-1]["text"]: row["prefill"] for row in data}
+    assert record["examples"]["prefilled"] == sum(bool(p) for p in begun.values()) > 0
+    assert all(begun[i.question] for i in forget if i.task == "qa")  # share 1: every one
+    assert record["adversary"] == {"ablated_steps": [1, 2], "refits": [1]}
+    lines = [json.loads(x) for x in (tmp_path / "adv" / "metrics.jsonl").read_text().splitlines()]
+    samples = [s for line in lines for s in line.get("samples", []) if s["split"] == "forget"]
+    shown = [s for s in samples if begun.get(s["question"])]
+    assert shown and all(s["completion"].startswith(begun[s["question"]]) for s in shown)
+    assert not any(m._forward_hooks for m in model.model.modules())  # the ablation is gone
+
+
+def test_the_ablation_adversary_holds_its_hook_for_a_step_only(lm, bench):
+    from types import SimpleNamespace
+
+    from asru_lab.auditing.measure import position_states
+    from asru_lab.stages.adversary import AblationAdversary
+
+    forget = bench.questions("forget", "qa")[:6]
+    retain = bench.questions("retain", "qa")[:6]
+    adversary = AblationAdversary(lm, bench, forget, retain, share=1.0, every=10, fit=6, seed=0)
+    state = SimpleNamespace(global_step=0)
+    adversary.on_step_begin(None, state, None)
+    try:
+        inside = position_states(lm, bench, forget[:2], batch_size=2)["last_prompt"][1]
+    finally:
+        adversary.on_step_end(None, state, None)
+    after = position_states(lm, bench, forget[:2], batch_size=2)["last_prompt"][1]
+    for layer, direction in adversary.directions.items():
+        unit = direction / direction.norm()
+        assert (inside[:, layer] @ unit).abs().max() < 1e-3 * inside[:, layer].norm(dim=-1).min()
+        assert (after[:, layer] @ unit).abs().max() > 1e-2 * after[:, layer].norm(dim=-1).min()
+    assert not any(m._forward_hooks for m in lm.model.modules())
+    never = AblationAdversary(lm, bench, forget, retain, share=0.0 + 1e-9, every=1, fit=2, seed=0)
+    assert sum(never.attacked(s) for s in range(1, 200)) == 0
+    half = AblationAdversary(lm, bench, forget, retain, share=0.5, every=1, fit=2, seed=0)
+    assert 60 < sum(half.attacked(s) for s in range(1, 201)) < 140
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"adversarial": ("jailbreak",)}, "adversarial must be some of"),
+        ({"adversarial": ("prefill",), "adversarial_share": 0.0}, "adversarial_share"),
+        ({"adversarial": ("ablation",), "ablation_every": 0}, "ablation_every"),
+        ({"adversarial": ("prefill",), "use_vllm": True}, "TRL's own generation"),
+    ],
+)
+def test_bad_adversarial_settings_are_refused_by_name(changes, message):
+    with pytest.raises(ReinforceError, match=message):
+        ReinforceConfig(**changes)
