@@ -65,6 +65,13 @@ class RmuConfig:
     trace_threshold: float = field(
         default=0.9, metadata={"help": "with layer None: the recovered fraction that carries"}
     )
+    trace_names: bool = field(
+        default=True,
+        metadata={
+            "help": "with layer None: trace the name -> fact hop too and take the later layer "
+            "(choose_layer)"
+        },
+    )
     depth: int = field(
         default=3, metadata={"help": "how many layers' down_proj are trained, ending at layer"}
     )
@@ -128,7 +135,7 @@ def run_rmu(lm, bench, config: RmuConfig, probe=None) -> Unlearned:
             f"{bench.name}'s forget split has no question with a portrait or the person's name"
         )
     if cfg.layer is None:
-        layer, _ = choose_layer(lm, bench, cfg.trace_threshold)
+        layer, _ = choose_layer(lm, bench, cfg.trace_threshold, names=cfg.trace_names)
     else:
         layer = cfg.layer
         if layer >= lm.num_layers:

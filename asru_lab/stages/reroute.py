@@ -4,7 +4,8 @@ Causal tracing (README) shows a person's identity riding on the image tokens up 
 layers and reaching the last token after them; stages 1.2 and 2 act later, on a push at the
 last token, so the face -> identity -> fact path stays intact and an attack finds it. This
 stage edits that path itself: a LoRA on the MLPs of decoder layers 0..`layer` (the layer chosen
-by causal tracing, `choose_layer`) is trained so that the residual stream after `layer`, at a
+by causal tracing, `choose_layer`: the later of the last layer whose portrait tokens still carry
+the identity and the last whose name tokens still carry the name's fact) is trained so that the residual stream after `layer`, at a
 forget person's image tokens and every prompt token after them (and, for a question by name,
 from the name on), equals what the *frozen* model computes for a **stranger** at the same
 positions: the same question with a stranger's portrait (or the stranger's name) in place of
@@ -69,6 +70,13 @@ class RerouteConfig:
         default=0.9,
         metadata={"help": "with layer None: the recovered fraction that counts as 'carries'"},
     )
+    trace_names: bool = field(
+        default=True,
+        metadata={
+            "help": "with layer None: trace the name -> fact hop too and take the later layer "
+            "(choose_layer)"
+        },
+    )
     modules: tuple[str, ...] = field(
         default=MLP_LINEARS,
         metadata={"help": f"the linears of each edited layer's MLP given a LoRA, of {MLP_LINEARS}"},
@@ -103,10 +111,20 @@ class RerouteConfig:
         check_choices(self, "retain_splits", RETAIN_SPLITS, RerouteError)
 
 
-def choose_layer(lm: LoadedModel, bench: Benchmark, threshold: float) -> tuple[int, list]:
+def choose_layer(
+    lm: LoadedModel, bench: Benchmark, threshold: float, *, names: bool = False
+) -> tuple[int, list]:
     """The last decoder layer whose image-token residual, restored into a run with the
     portrait corrupted, still recovers `threshold` of the person's name (causal tracing of the
-    forget people, `asru_lab.causal`), and the per-layer fractions it read."""
+    forget people, `asru_lab.causal`), and the per-layer fractions it read.
+
+    With `names`, the name -> fact hop is traced too (`corruption="name"`: a question by name,
+    the name's token embeddings noised, each of the people's attributes but the name) and the
+    layer is the later of the two: the last layer whose *name* tokens still recover
+    `threshold` of their own peak (the name's tokens share what they carry with the last token
+    from the first layer on, so their absolute fractions stay small; an attribute whose name
+    tokens recover less than 0.05 anywhere is left out). The fractions returned are then
+    `{"image": [...], "name": [...]}` (the name's: per layer, the largest over attributes)."""
     from asru_lab.causal import CausalTraceConfig, trace_causal
 
     trace = trace_causal(
@@ -122,7 +140,44 @@ def choose_layer(lm: LoadedModel, bench: Benchmark, threshold: float) -> tuple[i
             f"causal tracing finds no layer whose image tokens carry {threshold:g} of the "
             f"identity (fractions {fractions}); set RerouteConfig.layer"
         )
-    return max(carried), fractions
+    if not names:
+        return max(carried), fractions
+    by_name = name_fractions(lm, bench)
+    peak = max((f for f in by_name if f is not None), default=0.0)
+    layer = max(carried)
+    if peak >= 0.05:
+        layer = max(layer, *(k for k, f in enumerate(by_name) if (f or 0) >= threshold * peak))
+    return layer, {"image": fractions, "name": by_name}
+
+
+def name_fractions(lm: LoadedModel, bench: Benchmark) -> list[float | None]:
+    """Per decoder layer, the largest over the forget people's attributes (all but the name) of
+    the fraction of the fact recovered by restoring the name's tokens' residual stream into a
+    run with the name noised (`corruption="name"`, nnsight); attributes whose name tokens never
+    recover 0.05 are left out."""
+    from asru_lab.causal import CausalTraceConfig, trace_causal
+
+    people = [bench.people[p] for p in sorted(forget_people(bench))]
+    attributes = sorted({a for p in people for a in p.facts if a != "name"})
+    best: list[float | None] = [None] * lm.num_layers
+    for attribute in attributes:
+        config = CausalTraceConfig(
+            split="forget",
+            attribute=attribute,
+            corruption="name",
+            backend="nnsight",
+            components=("residual",),
+            groups=("name",),
+            progress=False,
+        )
+        trace = trace_causal(lm, bench, config)
+        column = [row[0] for row in trace.matrix("residual")]
+        if max((f or 0) for f in column) < 0.05:
+            continue
+        for layer, f in zip(trace.layers, column, strict=True):
+            if f is not None:
+                best[layer] = f if best[layer] is None else max(best[layer], f)
+    return best
 
 
 def strangers_for(bench: Benchmark, seed: int) -> dict[str, tuple[str, str | None]]:
@@ -284,7 +339,7 @@ def reroute(
         raise RerouteError(f"{bench.name} has an empty forget split: there is nothing to reroute")
     fractions = None
     if cfg.layer is None:
-        layer, fractions = choose_layer(lm, bench, cfg.trace_threshold)
+        layer, fractions = choose_layer(lm, bench, cfg.trace_threshold, names=cfg.trace_names)
     else:
         layer = cfg.layer
         if layer >= lm.num_layers:
@@ -386,6 +441,7 @@ __all__ = [
     "RerouteConfig",
     "RerouteError",
     "choose_layer",
+    "name_fractions",
     "drift",
     "encode_with_twins",
     "entity_spans",

@@ -51,6 +51,26 @@ def test_the_layer_is_where_the_image_tokens_still_carry_the_identity(lm, bench)
     assert 0 <= layer < lm.num_layers
 
 
+def test_with_names_the_layer_is_the_later_of_both_hops(lm, bench, monkeypatch):
+    from asru_lab.stages import reroute as module
+
+    image, _ = choose_layer(lm, bench, 0.9)
+    layer, fractions = choose_layer(lm, bench, 0.9, names=True)
+    assert set(fractions) == {"image", "name"} and len(fractions["name"]) == lm.num_layers
+    name = fractions["name"]
+    peak = max(f for f in name if f is not None)
+    assert peak >= 0.05  # the embedded model's names carry their facts early (README)
+    by_name = max(k for k, f in enumerate(name) if (f or 0) >= 0.9 * peak)
+    assert layer == max(image, by_name)
+    # a name hop that reaches later than the image's moves the layer there
+    late = [0.0] * (lm.num_layers - 1) + [0.4]
+    monkeypatch.setattr(module, "name_fractions", lambda *a: late)
+    assert choose_layer(lm, bench, 0.9, names=True)[0] == lm.num_layers - 1
+    # names whose tokens carry nothing leave the image's layer
+    monkeypatch.setattr(module, "name_fractions", lambda *a: [0.01] * lm.num_layers)
+    assert choose_layer(lm, bench, 0.9, names=True)[0] == image
+
+
 def test_reroute_moves_the_forget_states_and_leaves_the_model_given_unchanged(lm, bench):
     before = {k: v.clone() for k, v in lm.model.state_dict().items()}
     model, record = reroute(lm, bench, TINY)
