@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 
 import torch
 from nnsight import NNsight
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem
 from asru_lab.errors import AsruLabError
@@ -36,6 +35,7 @@ from asru_lab.generation import encode
 from asru_lab.hooks import SITES, envoy_site
 from asru_lab.models.adapters import AdapterError
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 
 POSITIONS = ("last", "prompt", "answer")
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from asru_lab.data.files import open_image
 from asru_lab.data.schema import Benchmark, QAItem, shorten
 from asru_lab.errors import AsruLabError
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 
 ImageLike = Image.Image | str | os.PathLike | None
 # The most text tokens one prompt may hold (chat template and any appended answer included,

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
 from torch import nn
-from tqdm.auto import tqdm
 
 from asru_lab.generation import build_prompt
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 
 IGNORE_INDEX = -100  # label value the loss skips (prompt and padding)
 

@@ -434,6 +434,6 @@ def _orthogonalized_attacks(
 def _progress(items: list, show: bool):
     if not show:
         return items
-    from tqdm.auto import tqdm
+    from asru_lab.progress import tqdm
 
     return tqdm(items, desc="ablation: candidates", leave=False)

@@ -29,11 +29,11 @@ from contextlib import AbstractContextManager, nullcontext
 from dataclasses import replace
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 from asru_lab.training import Example, answer_tokens
 
 from .config import AuditConfig

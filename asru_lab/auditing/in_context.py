@@ -14,11 +14,10 @@ from __future__ import annotations
 
 import random
 
-from tqdm.auto import tqdm
-
 from asru_lab.data.schema import QAItem
 from asru_lab.evaluation.harness import forget_people
 from asru_lab.generation import Turn, generate_chats
+from asru_lab.progress import tqdm
 
 from .attacks import ATTACKED_SPLITS, Subject, leaks
 from .measure import answer_record, rate

@@ -15,7 +15,6 @@ from contextlib import ExitStack, contextmanager
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem, contains_value
 from asru_lab.evaluation.judge import is_refusal
@@ -27,6 +26,7 @@ from asru_lab.generation import (
 )
 from asru_lab.hooks import editing, reading, residual_site
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 
 from .config import AuditConfig
 

@@ -72,12 +72,12 @@ from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import asdict, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
 from asru_lab.models.sizes import available_memory
+from asru_lab.progress import tqdm
 from asru_lab.training import (
     Example,
     activation_checkpointing,

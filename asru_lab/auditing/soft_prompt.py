@@ -31,12 +31,12 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import QAItem
 from asru_lab.evaluation.harness import forget_people
 from asru_lab.evaluation.probability import answer_logprobs
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 from asru_lab.training import Example, answer_tokens, seeded
 
 from . import choice

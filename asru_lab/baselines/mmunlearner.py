@@ -34,13 +34,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.baselines.grad_diff import loss as grad_diff_loss
 from asru_lab.baselines.registry import Knob, Method, Unlearned, UnlearnError, register
 from asru_lab.baselines.trainer import Step, _batch, train_unlearning, training_sets
 from asru_lab.data.schema import Benchmark
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 from asru_lab.training import Example, answer_tokens
 from asru_lab.validation import check_fields
 

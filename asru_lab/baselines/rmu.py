@@ -30,11 +30,11 @@ import time
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.baselines.registry import Knob, Method, Unlearned, UnlearnError, register
 from asru_lab.evaluation.harness import forget_people
 from asru_lab.generation import encode_items
+from asru_lab.progress import tqdm
 from asru_lab.stages.reroute import (
     RETAIN_SPLITS,
     choose_layer,

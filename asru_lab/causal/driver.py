@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import asdict
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.capture import check_layers
 from asru_lab.causal.cases import (
@@ -32,6 +31,7 @@ from asru_lab.causal.patching import _Run, site_names
 from asru_lab.causal.result import CausalTrace, PersonTrace, _mean
 from asru_lab.data.schema import Benchmark, BenchmarkError, QAItem
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 
 
 # --- the trace ------------------------------------------------------------------------------

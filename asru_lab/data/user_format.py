@@ -22,8 +22,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from asru_lab.artifacts import atomic_dir
 from asru_lab.data.files import check_image, dataset_file
 from asru_lab.data.prompts import CLOZE_PREFIX
@@ -36,6 +34,7 @@ from asru_lab.data.schema import (
     Person,
     QAItem,
 )
+from asru_lab.progress import tqdm
 
 PROFILES = "profiles.jsonl"
 QA = "qa.jsonl"

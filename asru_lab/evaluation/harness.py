@@ -29,8 +29,6 @@ import warnings
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field, replace
 
-from tqdm.auto import tqdm
-
 from asru_lab.data.schema import EVAL_SPLITS, Benchmark, BenchmarkError, QAItem
 from asru_lab.evaluation.answers import AnswersError, load_answers, save_answers
 from asru_lab.evaluation.judge import ClosedWorldJudge, Judge, JudgeError
@@ -47,6 +45,7 @@ from asru_lab.evaluation.records import check_items_path, item_record, write_ite
 from asru_lab.evaluation.report import EvalReport
 from asru_lab.generation import generate_chats
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 from asru_lab.steering import is_steered
 from asru_lab.validation import ConfigError, check_fields
 

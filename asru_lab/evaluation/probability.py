@@ -29,12 +29,12 @@ from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.errors import AsruLabError
 from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 from asru_lab.training import Example, answer_tokens
 
 # The splits about the forget people, aggregated "closer to 1 is better".

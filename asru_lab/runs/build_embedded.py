@@ -51,7 +51,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import GenerationConfig, Qwen3VLForConditionalGeneration
 
 from asru_lab.artifacts import check_apart, check_output
@@ -75,6 +74,7 @@ from asru_lab.models.embedded import (
     oracle_dir,
 )
 from asru_lab.models.loading import LoadedModel, load_model
+from asru_lab.progress import tqdm
 from asru_lab.validation import ConfigError, check_fields
 
 # The ranges of the optimisation fields that the base build and the format stage share.

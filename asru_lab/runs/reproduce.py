@@ -45,7 +45,6 @@ from dataclasses import asdict, dataclass, field, is_dataclass, replace
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.artifacts import claim_output, is_complete, write_json_atomic
 from asru_lab.auditing import AUDIT_PROTOCOL, AuditConfig, AuditError, audit, load_oracle
@@ -67,6 +66,7 @@ from asru_lab.generation import generate_batch
 from asru_lab.models.embedded import oracle_dir
 from asru_lab.models.loading import LoadedModel, load_model
 from asru_lab.probe import SteeringProbe
+from asru_lab.progress import tqdm
 from asru_lab.runs.tables import (
     PAPER_PROTOCOLS,
     PaperContext,

@@ -57,7 +57,6 @@ from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import TASKS, Benchmark, QAItem, contains_value
 from asru_lab.errors import AsruLabError
@@ -66,6 +65,7 @@ from asru_lab.evaluation.judge import is_refusal
 from asru_lab.evaluation.metrics import parse_mcq
 from asru_lab.generation import encode_items, generate
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 from asru_lab.training import (
     IGNORE_INDEX,
     Example,

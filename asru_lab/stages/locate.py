@@ -25,7 +25,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.capture import (
     capture,
@@ -53,6 +52,7 @@ from asru_lab.evaluation.judge import ClosedWorldJudge, Judge
 from asru_lab.hooks import deepstack_relation
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import STEER_POSITIONS, MemorisationGate, SteeringProbe
+from asru_lab.progress import tqdm
 from asru_lab.stages.locate_sweep import gate_positions, gate_tails, rank_key, sweep
 from asru_lab.validation import ConfigError, check_fields
 

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.capture import capture
 from asru_lab.data.schema import Benchmark, QAItem, contains_value, stratified_sample
@@ -19,6 +18,7 @@ from asru_lab.evaluation.judge import Judge
 from asru_lab.generation import encode_items
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import MemorisationGate, SteeringProbe
+from asru_lab.progress import tqdm
 
 if TYPE_CHECKING:
     from asru_lab.stages.locate import LocateConfig

@@ -43,11 +43,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
+from asru_lab.progress import tqdm
 from asru_lab.stages.redirect_checkpoints import checkpoints, resume_from, save_checkpoint
 from asru_lab.stages.redirect_config import RUN_ONLY_FIELDS, RedirectConfig, RedirectError
 from asru_lab.stages.redirect_data import (

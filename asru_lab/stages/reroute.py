@@ -1,19 +1,20 @@
 """Deep ASRU, stage 1.0: reroute the forget people's identities where they live.
 
 Causal tracing (README) shows a person's identity riding on the image tokens up to the middle
-layers and reaching the last token after them; stages 1.2 and 2 act later, on a push at the
-last token, so the face -> identity -> fact path stays intact and an attack finds it. This
-stage edits that path itself: a LoRA on the MLPs of decoder layers 0..`layer` (the layer chosen
-by causal tracing, `choose_layer`: the later of the last layer whose portrait tokens still carry
-the identity and the last whose name tokens still carry the name's fact) is trained so that the residual stream after `layer`, at a
-forget person's image tokens and every prompt token after them (and, for a question by name,
-from the name on), equals what the *frozen* model computes for a **stranger** at the same
-positions: the same question with a stranger's portrait (or the stranger's name) in place of
-the person's. Each forget person has a stranger of their own (seeded), so the targets differ
-person by person and there is no single direction to take back. Meanwhile the residual stream
-of retain, stranger and picture prompts (their reference answers included) is held where the
-frozen model has it (`retain_weight`). The frozen model is the same network with the adapter
-switched off, so no second copy is kept in memory; the adapter is merged at the end.
+layers and reaching the last token after them; stages 1.2 and 2 act later, on a push at the last
+token, so the face -> identity -> fact path stays intact and an attack finds it. This stage
+edits that path itself: a LoRA on the MLPs of decoder layers 0..`layer` (the layer chosen by
+causal tracing, `choose_layer`: the later of the last layer whose portrait tokens still carry
+the identity and the last whose name tokens still carry the name's fact) is trained so that the
+residual stream after `layer`, at a forget person's image tokens and every prompt token after
+them (and, for a question by name, from the name on), equals what the *frozen* model computes
+for a **stranger** at the same positions: the same question with a stranger's portrait (or the
+stranger's name) in place of the person's. Each forget person has a stranger of their own
+(seeded), so the targets differ person by person and there is no single direction to take back.
+Meanwhile the residual stream of retain, stranger and picture prompts (their reference answers
+included) is held where the frozen model has it (`retain_weight`). The frozen model is the same
+network with the adapter switched off, so no second copy is kept in memory; the adapter is
+merged at the end.
 
     loss = mean_f |h(x_f) - h0(x_s)|^2 / |h0(x_s)|^2
            + retain_weight * mean_r |h(x_r) - h0(x_r)|^2 / |h0(x_r)|^2
@@ -36,7 +37,6 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field, replace
 
 import torch
-from tqdm.auto import tqdm
 
 from asru_lab.data.schema import Benchmark, QAItem
 from asru_lab.errors import AsruLabError
@@ -44,6 +44,7 @@ from asru_lab.evaluation.harness import forget_people
 from asru_lab.generation import encode, encode_items
 from asru_lab.hooks import read_site, residual_site
 from asru_lab.models.loading import LoadedModel
+from asru_lab.progress import tqdm
 from asru_lab.training import lora_wrap, lr_factor, seeded
 from asru_lab.validation import check_choices, check_fields
 

@@ -201,8 +201,11 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 
 class LiveRewardDashboard(TrainerCallback):
-    """The stage 2 dashboard, live in a notebook: `display(dashboard.widget)`, then pass the
-    dashboard in `reinforce(..., callbacks=[dashboard])`.
+    """The stage 2 dashboard, live in a notebook: `dashboard.show()`, then pass the dashboard in
+    `reinforce(..., callbacks=[dashboard])`. When training ends, what `show()` displayed is
+    replaced by a static copy (the reward figure as a plain plotly figure, the samples table as
+    HTML): a widget has no state in a saved notebook, so without it a notebook opened again (or
+    read on the web) would show the widget's name instead of the run.
 
     It redraws the reward figure (a plotly `FigureWidget`) and the latest samples table from
     the run's `metrics.jsonl` (written by the run's own metrics callback) at every log step
@@ -222,6 +225,33 @@ class LiveRewardDashboard(TrainerCallback):
         self.table = w.HTML(samples_table_html([]))
         self.widget = w.VBox([self.figure, self.table], layout=w.Layout(width="100%"))
         self.redraws = 0
+        self.handles: list = []
+
+    def show(self) -> None:
+        """Display the live dashboard (left as a static copy when training ends)."""
+        from IPython.display import HTML, display
+
+        self.handles = [display(self.widget, display_id=True), display(HTML(""), display_id=True)]
+
+    def static(self) -> tuple[go.Figure, Html]:
+        """The dashboard as it is now, without widgets: the reward figure and the samples table."""
+        rows = read_metrics(self.metrics_path)
+        return reward_figure(rows, self.rewards, self.steps), samples_table_html(
+            latest_samples(rows)
+        )
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if not (state.is_world_process_zero and self.handles):
+            return
+        from IPython.display import HTML
+
+        self.refresh()
+        figure, table = self.static()
+        # plotly's own outputs for a figure (as `display(figure)` would give), as a raw bundle:
+        # a Figure displays itself, which would add an output instead of replacing this one
+        self.handles[0].update(figure._repr_mimebundle_(), raw=True)
+        self.handles[1].update(HTML(str(table)))
+        self.handles = []
 
     def refresh(self) -> None:
         rows = read_metrics(self.metrics_path)

@@ -155,3 +155,37 @@ def test_reward_dashboard_grows_while_grpo_runs(tmp_path):
         assert not seen["stderr"], f"a cell shows a stderr box: {seen['stderr']}"
         noise = [t for t in THIRD_PARTY_OUTPUT for o in seen["outputs"] if t in o]
         assert not noise, f"transformers' own output is shown: {noise}"
+
+        # saved, the notebook keeps what a reader opening it again needs: the dashboard as a
+        # static figure and table, the finished bars as their last lines — no widget's name
+        page.keyboard.press("Control+s")
+        saved = _saved_outputs(tmp_path / "notebooks" / NOTEBOOK)
+        widgets = [t[:60] for t in saved["plain"] if t.startswith(("VBox(", "HBox("))]
+        assert not widgets, f"the saved notebook shows widgets as text: {widgets}"
+        frozen = [t[:80] for t in saved["plain"] if re.search(r"(?<!\d)0%\|", t)]
+        assert not frozen, f"the saved notebook keeps progress bars at 0 %: {frozen}"
+        assert any(t.startswith("Stage 2 (GRPO)") for t in saved["plotly_titles"]), (
+            f"no static reward figure in the saved notebook: {saved['plotly_titles']}"
+        )
+
+
+def _saved_outputs(path, wait_s: float = 30.0) -> dict:
+    """The text/plain outputs and the plotly figures' titles of the notebook saved at `path`,
+    once JupyterLab has written it with outputs."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        cells = json.loads(path.read_text(encoding="utf-8"))["cells"]
+        outputs = [o for c in cells for o in c.get("outputs", [])]
+        if outputs or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    plain, titles = [], []
+    for output in outputs:
+        data = output.get("data", {})
+        text = data.get("text/plain", "")
+        plain.append("".join(text) if isinstance(text, list) else text)
+        figure = data.get("application/vnd.plotly.v1+json")
+        if figure:
+            title = figure.get("layout", {}).get("title", {})
+            titles.append(title.get("text", "") if isinstance(title, dict) else str(title))
+    return {"plain": plain, "plotly_titles": titles}
