@@ -42,6 +42,7 @@ from safetensors.torch import load_file, save_file
 from asru_lab.artifacts import atomic_dir, own_entries
 from asru_lab.baselines import (  # noqa: F401
     asru,
+    deep,
     ga,
     gated_steer,
     grad_diff,

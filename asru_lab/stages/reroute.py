@@ -394,7 +394,7 @@ def reroute(
             retain_loss = drift(now, frozen, keep_in["attention_mask"])
             loss = forget_loss + cfg.retain_weight * retain_loss
             diverged = RerouteError(
-                f"reroute diverged at step {step + 1} (loss {float(loss)}); lower "
+                f"reroute diverged at step {step + 1} (loss {float(loss.detach())}); lower "
                 f"RerouteConfig.lr (now {cfg.lr:g})"
             )
             take_step(optimizer, trainable, loss, step, cfg.steps, cfg.lr, diverged)

@@ -43,8 +43,8 @@ def forget_nll(lm, bench, config: UnlearnConfig) -> float:
 def test_registry_holds_the_papers_baselines_and_asru():
     assert set(METHODS) == {
         "ga", "grad_diff", "kl_min", "npo", "refusal_sft", "mmunlearner", "steer_only",
-        "gated_steer", "asru_stage1", "asru", "asru_adversarial", "asru_undo", "rmu", "repnoise",
-        "npo_sam",
+        "gated_steer", "asru_stage1", "asru", "asru_adversarial", "asru_deep", "asru_undo", "rmu",
+        "repnoise", "npo_sam",
     }  # fmt: skip
     assert METHODS["npo"].default_config().npo_beta == 0.4
     assert METHODS["npo"].default_config().lr == 1e-5  # the public code's settings

@@ -135,3 +135,48 @@ def test_the_edit_is_not_one_direction(lm, bench):
         new = residual_at(model.model, model, batch, 2)[:, -1]
     singular = torch.linalg.svdvals(new - old)
     assert singular[1] > 0.05 * singular[0]
+
+
+def test_deep_asru_reroutes_then_runs_asru_on_the_rerouted_model(lm, bench, monkeypatch):
+    from dataclasses import replace
+
+    from asru_lab.baselines import METHODS, Unlearned, unlearn
+    from asru_lab.baselines import deep as deep_module
+
+    given = []
+
+    def asru(model, b, config, probe):  # ASRU itself is tested elsewhere; here the chain
+        given.append((model, config))
+        return Unlearned("asru", model.clone(), {"method": "asru", "seconds": {"stage1": 1.0}})
+
+    monkeypatch.setattr(deep_module, "run_full", asru)
+    config = replace(deep_module.DeepAsruConfig(), reroute=TINY)
+    result = unlearn(lm, bench, "asru_deep", config, probe=object())
+    ((rerouted, asru_config),) = given
+    assert asru_config is config.asru and result.method == "asru_deep"
+    early = f"{lm.adapter.mlp_path(0)}.down_proj.weight"
+    assert not rerouted.model.state_dict()[early].equal(lm.model.state_dict()[early])
+    assert result.record["reroute"]["layer"] == TINY.layer
+    assert set(result.record["seconds"]) == {"reroute", "stage1"}
+    assert METHODS["asru_deep"].knob.field == "asru.redirect.lam"
+
+
+def test_asru_adversarial_is_asru_with_an_adversarial_stage_2(lm, bench, monkeypatch):
+    from asru_lab.baselines import METHODS, unlearn
+    from asru_lab.baselines import asru as asru_module
+
+    config = METHODS["asru_adversarial"].default_config()
+    assert config.reinforce.adversarial == ("prefill", "ablation")
+    assert METHODS["asru"].default_config().reinforce.adversarial == ()
+    seen = []
+    monkeypatch.setattr(asru_module, "redirect", lambda m, p, b, c: (m, {"seconds": 1.0}))
+
+    def reinforce(model, b, c, output_dir, probe):
+        seen.append(c)
+        (output_dir / "metrics.jsonl").write_text("")
+        return model, {"seconds": 2.0}
+
+    monkeypatch.setattr(asru_module, "reinforce", reinforce)
+    result = unlearn(lm, bench, "asru_adversarial", config, probe=object())
+    assert seen == [config.reinforce] and result.method == "asru_adversarial"
+    assert result.record["method"] == "asru_adversarial"
