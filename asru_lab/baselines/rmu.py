@@ -193,8 +193,8 @@ def run_rmu(lm, bench, config: RmuConfig, probe=None) -> Unlearned:
             )
             loss = forget_loss + cfg.retain_weight * retain_loss
             diverged = UnlearnError(
-                f"rmu diverged at step {step + 1} (loss {float(loss.detach())}); lower RmuConfig.lr "
-                f"(now {cfg.lr:g})"
+                f"rmu diverged at step {step + 1} (loss {float(loss.detach())}); lower "
+                f"RmuConfig.lr (now {cfg.lr:g})"
             )
             take_step(optimizer, trainable, loss, step, cfg.steps, cfg.lr, diverged)
             if step == 0:  # the first batch, re-read at every logged step: one curve
