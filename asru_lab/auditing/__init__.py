@@ -37,7 +37,7 @@ per-item union (`summary["union_leak"]`).
 """
 
 from .config import ATTACKS, AUDIT_PROTOCOL, PERTURBATIONS, AuditConfig, AuditError
-from .report import AuditReport, summarize
+from .report import AuditReport, summarize, verdict
 from .run import audit, check_oracle, load_oracle
 
 __all__ = [
@@ -51,4 +51,5 @@ __all__ = [
     "check_oracle",
     "load_oracle",
     "summarize",
+    "verdict",
 ]

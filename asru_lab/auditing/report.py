@@ -323,6 +323,49 @@ def _every_item(results: dict) -> dict:
     return out
 
 
+# a union leak this far above the oracle's, with overlapping intervals, is still "too close to
+# call"; the same margin as the forgetting bar of issue #32 (each attack <= the oracle's + 0.10)
+VERDICT_MARGIN = 0.10
+
+
+def verdict(summary: dict, results: dict, name: str = "the model") -> str:
+    """One sentence that says what the audit found, read from its own numbers: **hidden** when
+    the per-item union's Wilson interval lies wholly above the retrain oracle's under the
+    identical attacks; **not told apart from forgotten** when the intervals overlap and the
+    union is within `VERDICT_MARGIN` of the oracle's; too close to call otherwise (or with
+    no oracle, or no union)."""
+    union = summary.get("union_leak")
+    if union is None:
+        return f"{name}: no attack that makes the model talk was run, so no verdict."
+    n = summary.get("union_n")
+    mine = f"{union:.2f} [{summary['union_lo']:.2f}, {summary['union_hi']:.2f}] of {n}"
+    worst = ""
+    if summary.get("recovered_by"):
+        worst = f"; the most by {summary['recovered_by']} ({summary['recovered_leak']:.2f})"
+    theirs = (results.get("oracle_union") or {}).get("forget")
+    if not theirs or theirs.get("leak") is None:
+        return (
+            f"{name}: cannot tell — the attacks brought back {mine} forget facts{worst}, and "
+            "there is no retrain oracle to read it against."
+        )
+    oracle = f"{theirs['leak']:.2f} [{theirs['lo']:.2f}, {theirs['hi']:.2f}]"
+    if summary["union_lo"] > theirs["hi"]:
+        return (
+            f"{name}: hidden, not forgotten — the attacks brought back {mine} forget facts, "
+            f"against {oracle} for the retrain oracle under the same attacks{worst}."
+        )
+    if union - theirs["leak"] <= VERDICT_MARGIN:
+        return (
+            f"{name}: not told apart from forgotten by these attacks — {mine} forget facts "
+            f"came back, the retrain oracle {oracle}{worst}."
+        )
+    return (
+        f"{name}: too close to call — {mine} forget facts came back, the retrain oracle "
+        f"{oracle}: the intervals overlap but the gap is over {VERDICT_MARGIN:.2f} (more "
+        f"questions would tell){worst}."
+    )
+
+
 @dataclass
 class AuditReport:
     """What `audit` measured. `results[attack]` holds each attack's numbers (definitions in
@@ -385,6 +428,10 @@ class AuditReport:
                 raise AuditError(f"{items} is damaged ({exc})") from None
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names}, records=records)
+
+    def verdict(self, name: str | None = None) -> str:
+        """What the audit found, in one sentence (`verdict`)."""
+        return verdict(self.summary, self.results, name or self.model.get("name", "the model"))
 
     def to_dict(self) -> dict:
         return asdict(self)

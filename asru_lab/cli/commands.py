@@ -682,6 +682,7 @@ def cmd_audit(args) -> int:
     )
     out = report.save(args.out, overwrite=args.overwrite)
     print(json.dumps(report.summary, indent=2))
+    print(report.verdict(args.model or "the embedded model"))
     sides = [
         report.results.get("oracle_side"),
         report.results.get("relearn", {}).get("oracle_side"),
