@@ -125,12 +125,32 @@ def relearn_chart(reports: Mapping[str, Mapping] | Mapping) -> go.Figure:
                 line={"color": "#7f7f7f", "dash": "dash"},
                 name="oracle: the other half (same settings)",
             )
+    steps = sorted({x for trace in fig.data for x in (trace.x or ())})
     fig.update_layout(
         title="Relearning attack: leak on facts the attack never showed",
-        xaxis={"title": "fine-tuning steps"},
+        # the steps measured, as ticks: never "0.5 steps"
+        xaxis={"title": "fine-tuning steps", "tickmode": "array", "tickvals": steps},
         yaxis={"title": "forget leak (held-out half)", "range": [0, 1]},
         height=420,
     )
+    return name_coinciding(fig)
+
+
+def name_coinciding(fig: go.Figure) -> go.Figure:
+    """Lines drawn exactly on an earlier one are named so ("… = <the earlier>") and drawn as
+    markers on it, so that a legend entry never stands for a line nobody can see."""
+    seen: list[tuple[tuple, tuple, str]] = []
+    for trace in fig.data:
+        if trace.type != "scatter" or trace.y is None:
+            continue
+        key = (tuple(trace.x or ()), tuple(trace.y))
+        same = next((name for x, y, name in seen if (x, y) == key), None)
+        if same is not None and any(v is not None for v in trace.y):
+            trace.name = f"{trace.name} = {same}"
+            trace.mode = "markers"
+            trace.marker = {"symbol": "x-thin-open", "size": 11, "line": {"width": 2}}
+        else:
+            seen.append((*key, trace.name))
     return fig
 
 
@@ -184,7 +204,7 @@ def layer_readout_chart(data: Mapping) -> go.Figure:
         yaxis={"title": "share", "range": [0, 1.02]},
         height=420,
     )
-    return fig
+    return name_coinciding(fig)
 
 
 def excess_chart(data: Mapping, split: str = "forget") -> go.Figure:

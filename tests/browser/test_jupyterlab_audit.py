@@ -39,6 +39,15 @@ SCROLL_JS = """(k) => {
   return outer.scrollTop + outer.clientHeight >= outer.scrollHeight - 2;
 }"""
 MAX_SCREENS = 200
+# the printed text of the notebook's last code cell, and of every stdout output in the page now
+LAST_CELL_JS = """() => {
+  const cells = [...document.querySelectorAll('.jp-CodeCell')];
+  return cells.length ? cells[cells.length - 1].querySelector('.jp-OutputArea').innerText : '';
+}"""
+STDOUT_JS = """() => [...document.querySelectorAll(
+  '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stdout"]')]
+  .map(o => o.innerText)"""
+VERDICTS = ("hidden, not forgotten", "not told apart from forgotten", "too close to call")
 # the text of every stderr output the page holds now
 STDERR_JS = """() => [...document.querySelectorAll(
   '.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]')]
@@ -50,6 +59,7 @@ def drawn_figures(lab) -> tuple[dict[str, dict], set[str]]:
     time (the most points seen for each), and the stderr outputs seen on the way."""
     seen: dict[str, dict] = {}
     stderr: set[str] = set()
+    lab.printed = set()  # every stdout text seen on the way
     for k in range(MAX_SCREENS):
         at_end = lab.page.evaluate(SCROLL_JS, k)
         lab.page.wait_for_timeout(300)  # let JupyterLab attach and plotly draw the outputs
@@ -57,6 +67,7 @@ def drawn_figures(lab) -> tuple[dict[str, dict], set[str]]:
             if figure["points"] >= seen.get(figure["title"], {"points": -1})["points"]:
                 seen[figure["title"]] = figure
         stderr.update(lab.page.evaluate(STDERR_JS))
+        lab.printed.update(lab.page.evaluate(STDOUT_JS))
         if at_end:
             break
     return seen, stderr
@@ -67,8 +78,17 @@ def test_audit_notebook_runs_and_draws_its_figures(tmp_path):
         lab.run_all(RUN_ALL_S)
         figures, stderr = drawn_figures(lab)
         drawn = list(figures.values())
+        last = lab.page.evaluate(LAST_CELL_JS)  # scrolled to the end: the last cell is there
+        printed = "\n".join(sorted(lab.printed))
         lab.screenshot("06_audit.png")
     assert not stderr, f"cells left stderr boxes behind: {sorted(stderr)}"
+    # the notebook ends by stating its answer, read from its own numbers, for both methods
+    for method in ("steer_only", "asru_stage1"):
+        line = next((x for x in last.splitlines() if x.startswith(f"{method}:")), "")
+        assert any(v in line for v in VERDICTS) and "retrain oracle" in line, (
+            f"the last cell states no verdict for {method}: {last!r}"
+        )
+    assert "None" not in printed.split(), "a printed table shows Python's None"
     for title in TITLES:
         mine = [f for f in drawn if f["title"].startswith(title)]
         assert mine, f"no figure titled {title!r} was drawn; drawn: {[f['title'] for f in drawn]}"
