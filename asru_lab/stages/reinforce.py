@@ -338,6 +338,11 @@ class MetricsCallback(TrainerCallback):
             lines = viz.read_metrics(path)
             self.history = [r for r in lines if r.get("step", 0) <= state.global_step]
             write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in self.history))
+        model = kwargs.get("model")
+        fresh = state.global_step == 0 and not any(r.get("step") == 0 for r in self.history)
+        if self.config.probe_every and self.items and model is not None and fresh:
+            # the held-out rates before the first step: the baseline the panel starts from
+            self._record({"step": 0, **held_out_rates(model, self.lm, self.bench, self.items)})
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.samples.step = state.global_step + 1  # rollouts sampled now belong to that step

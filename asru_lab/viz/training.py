@@ -82,6 +82,11 @@ WAITING = "waiting for the first step…"
 SAMPLE_ROWS = 4  # per split: a fixed height, so that what is below the table never moves
 # a fixed height, and a line height of its own (ipywidgets' HTML sets 28 px lines)
 SAMPLE_CELL_STYLE = "height:6.9em;line-height:1.35;overflow:hidden"  # five lines
+SAMPLES_CAPTION = (
+    "The newest sampled answers of each kind, newest first, with the step and reward of each. "
+    "GRPO samples several answers to every prompt, so neighbouring rows are often answers to "
+    "the same question: how they differ is what GRPO learns from."
+)
 SAMPLE_COLUMNS = {
     "forget": "forget (should refuse, in context)",
     "retain": "retain (should answer)",
@@ -108,11 +113,12 @@ def last_step(history: Sequence[dict], steps: int | None = None) -> int:
 
 
 def step_axis(last: int) -> dict:
-    """Layout of a step axis from 1 to `last`: whole-step ticks, ten at most."""
+    """Layout of a step axis from 0 (before training: the held-out rates' baseline) to `last`:
+    whole-step ticks, ten at most."""
     last = max(int(last), 1)
     nice = (1, 2, 5, 10, 20, 25, 50, 100, 200, 250, 500, 1000)
     dtick = next((d for d in nice if last / d <= 10), math.ceil(last / 10))
-    return {"range": [0.5, last + 0.5], "tick0": 0, "dtick": dtick, "tickformat": "d"}
+    return {"range": [-0.5, last + 0.5], "tick0": 0, "dtick": dtick, "tickformat": "d"}
 
 
 def reward_figure(
@@ -120,8 +126,9 @@ def reward_figure(
 ) -> go.Figure:
     """Stage 2 curves from the metrics rows (`metrics.jsonl`): each reward (and their total
     when there are several), KL, mean completion length and the held-out forget refusal /
-    leak and retain recall. Every panel's x axis runs over the same steps: 1 to `steps` (the
-    run's planned steps) or to the last logged step. Before any row the title says so."""
+    leak and retain recall (from step 0, before training). Every panel's x axis runs over the
+    same steps: 0 to `steps` (the run's planned steps) or to the last logged step. Before any
+    row the title says so."""
     fig = make_subplots(
         rows=2, cols=2, subplot_titles=REWARD_PANELS, horizontal_spacing=0.08, vertical_spacing=0.16
     )
@@ -132,6 +139,7 @@ def reward_figure(
             y=[r[key] for r in rows],
             name=name,
             mode="lines+markers",
+            hovertemplate=f"{name}: %{{y:.3f}} at step %{{x}}<extra></extra>",
             row=(panel - 1) // 2 + 1,
             col=(panel - 1) % 2 + 1,
         )
@@ -177,7 +185,12 @@ def samples_table_html(rows: Sequence[dict], per_column: int = SAMPLE_ROWS) -> H
             empty = WAITING if not rows else f"no {split} sample yet"
             line.append(_sample_cell(chosen[k] if k < len(chosen) else None, empty))
         cells.append(line)
-    return html_table(list(SAMPLE_COLUMNS.values()), cells, widths=["50%", "50%"])
+    return html_table(
+        list(SAMPLE_COLUMNS.values()),
+        cells,
+        widths=["50%", "50%"],
+        caption=SAMPLES_CAPTION,
+    )
 
 
 def write_reward_dashboard(

@@ -124,7 +124,7 @@ def test_metrics_dashboard_and_held_out_rates_are_written(run):
             r["rewards/contextual/mean"] + 0.2 * r["rewards/length/mean"], abs=1e-4
         )
     probes = [r for r in rows if "probe/forget_refusal" in r]
-    assert [r["step"] for r in probes] == [2, 4]
+    assert [r["step"] for r in probes] == [0, 2, 4]  # step 0: the baseline, before training
     assert all(0 <= r["probe/retain_recall"] <= 1 for r in probes)
     samples = logged[-1]["samples"]
     assert {s["split"] for s in samples} <= {"forget", "retain"} and samples[0]["completion"]

@@ -48,14 +48,14 @@ def test_every_panel_has_a_y_title_and_the_same_whole_step_axis():
     fig = viz.reward_figure(history, ["contextual"], steps=6)
     layout = fig.layout
     axes = [layout.xaxis, layout.xaxis2, layout.xaxis3, layout.xaxis4]
-    assert {tuple(a.range) for a in axes} == {(0.5, 6.5)}  # the planned steps, in every panel
+    assert {tuple(a.range) for a in axes} == {(-0.5, 6.5)}  # step 0 to the planned steps, all
     assert {a.dtick for a in axes} == {1} and {a.tickformat for a in axes} == {"d"}
     y_titles = [a.title.text for a in (layout.yaxis, layout.yaxis2, layout.yaxis3, layout.yaxis4)]
     assert y_titles == list(PANEL_Y_TITLES)
     assert layout.autosize is True and layout.width is None  # fills the output's width
     # a run longer than planned (resumed with more steps) widens the axis
     assert tuple(viz.reward_figure(history, ["contextual"], steps=2).layout.xaxis.range) == (
-        0.5,
+        -0.5,
         3.5,
     )
 
@@ -148,6 +148,6 @@ def test_live_dashboard_redraws_from_the_metrics_file(tmp_path):
     contextual = next(t for t in dashboard.figure.data if t.name == "contextual")
     assert list(contextual.x) == [1, 2] and list(contextual.y) == [0.2, 0.3]
     assert WAITING not in dashboard.figure.layout.title.text
-    assert tuple(dashboard.figure.layout.xaxis4.range) == (0.5, 6.5)
+    assert tuple(dashboard.figure.layout.xaxis4.range) == (-0.5, 6.5)
     cells = _cells(dashboard.table.value)
     assert "forget answer" in cells[0][0] and "retain answer" in cells[0][1]
