@@ -44,6 +44,7 @@ from asru_lab.evaluation.protocols.asru_lab import MAX_NEW_TOKENS
 from asru_lab.generation import generate_batch
 from asru_lab.models.loading import LoadedModel, drop_forward_patches
 from asru_lab.probe import SteeringProbe
+from asru_lab.progress import tqdm
 from asru_lab.quiet import quiet_in_notebooks
 from asru_lab.rewards import build_rewards, completion_text
 from asru_lab.stages.adversary import (
@@ -300,9 +301,10 @@ class QuietProgress(ProgressCallback):
     dashboard keep the logs, and `MetricsCallback` shows the reward on the bar."""
 
     def on_train_begin(self, args, state, control, **kwargs):
-        super().on_train_begin(args, state, control, **kwargs)
-        if self.training_bar is not None:
-            self.training_bar.set_description("GRPO steps")
+        # asru_lab's bar (`asru_lab.progress`): in a saved notebook it leaves its last line
+        if state.is_world_process_zero:
+            self.training_bar = tqdm(total=state.max_steps, dynamic_ncols=True, desc="GRPO steps")
+        self.current_step = 0
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         return

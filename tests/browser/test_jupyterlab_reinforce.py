@@ -32,9 +32,12 @@ EMPTY_PLACES = ("waiting for the first step", "sample yet")
 
 # The reward figure as drawn, whether its cell still runs, and that cell's printed text.
 DASHBOARD_JS = """() => {
-  const plot = [...document.querySelectorAll('.jp-OutputArea-output .js-plotly-plot')]
-    .find(p => ((p.layout.title && p.layout.title.text) || '').startsWith('Stage 2 (GRPO)'));
+  // live, a plotly widget; once training ends, the static figure left in its place
+  const plot = [...document.querySelectorAll('.jp-OutputArea .js-plotly-plot')]
+    .find(p => ((p.layout && p.layout.title && p.layout.title.text) || '')
+      .startsWith('Stage 2 (GRPO)'));
   if (!plot) return null;
+  const output = plot.closest('.jp-OutputArea-output') || plot.closest('.jp-OutputArea-child');
   const cell = plot.closest('.jp-CodeCell');
   return {
     running: cell.querySelector('.jp-InputPrompt').textContent.trim() === '[*]:',
@@ -42,7 +45,8 @@ DASHBOARD_JS = """() => {
       name: t.name, x: Array.from(t.x || []), y: Array.from(t.y || []),
     })),
     width: plot.getBoundingClientRect().width,
-    outputWidth: plot.closest('.jp-OutputArea-output').getBoundingClientRect().width,
+    outputWidth: output.getBoundingClientRect().width,
+    output: output.className,
     table: [...cell.querySelectorAll('table.asru-lab-table')].map(t => ({
       rows: t.querySelectorAll('tbody tr').length,
       height: Math.round(t.getBoundingClientRect().height),
