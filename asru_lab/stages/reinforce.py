@@ -572,6 +572,9 @@ def reinforce(
     # vision tower) is shared with `lm`, not copied (a fifth to a third of the weights)
     out = lm.clone(copy_only=language_model_linears(lm) if config.lora_r else None)
     out.model.train()
+    if not config.lora_r:  # full fine-tuning: the copy trains, whatever the model given had
+        for param in out.model.parameters():  # (a frozen one: a stage that froze its output)
+            param.requires_grad_(True)
     adversaries = []
     if "ablation" in config.adversarial:  # first: its hooks are gone before anything measures
         adversaries.append(

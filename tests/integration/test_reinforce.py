@@ -418,3 +418,19 @@ def test_the_ablation_adversary_holds_its_hook_for_a_step_only(lm, bench):
 def test_bad_adversarial_settings_are_refused_by_name(changes, message):
     with pytest.raises(ReinforceError, match=message):
         ReinforceConfig(**changes)
+
+
+def test_a_frozen_model_is_trained_all_the_same_and_left_frozen(lm, bench, tmp_path):
+    # a stage before (reroute, distill) may hand over a model whose parameters are frozen
+    frozen = lm.clone()
+    for param in frozen.model.parameters():
+        param.requires_grad_(False)
+    config = ReinforceConfig(**{**SHORT, "max_steps": 1, "probe_every": 0})
+    model, record = reinforce(frozen, bench, config, output_dir=tmp_path / "frozen")
+    assert record["steps"] == 1
+    assert not any(p.requires_grad for p in frozen.model.parameters())
+    moved = any(
+        not a.equal(b)
+        for a, b in zip(model.model.parameters(), frozen.model.parameters(), strict=True)
+    )
+    assert moved
