@@ -82,6 +82,18 @@ WAITING = "waiting for the first step…"
 SAMPLE_ROWS = 4  # per split: a fixed height, so that what is below the table never moves
 # a fixed height, and a line height of its own (ipywidgets' HTML sets 28 px lines)
 SAMPLE_CELL_STYLE = "height:6.9em;line-height:1.35;overflow:hidden"  # five lines
+# the dashboard's status line, above the figure (`LiveRewardDashboard.show`)
+STATUS_STYLE = "color:#555;font-size:90%"
+STARTING = (
+    f"<div style='{STATUS_STYLE}'>Stage 2 (GRPO) is starting: the trainer is being built and "
+    "the held-out rates measured before the first step; the figure below fills in as it trains."
+    "</div>"
+)
+TRAINING = f"<div style='{STATUS_STYLE}'>Stage 2 (GRPO): training, {{steps}} steps planned.</div>"
+FINISHED = (
+    f"<div style='{STATUS_STYLE}'>Stage 2 (GRPO): {{steps}} steps trained. The figure and the "
+    "samples below are a static copy of the live dashboard (they stay in a saved notebook).</div>"
+)
 SAMPLES_CAPTION = (
     "The newest sampled answers of each kind, newest first, with the step and reward of each. "
     "GRPO samples several answers to every prompt, so neighbouring rows are often answers to "
@@ -189,7 +201,9 @@ def samples_table_html(rows: Sequence[dict], per_column: int = SAMPLE_ROWS) -> H
         list(SAMPLE_COLUMNS.values()),
         cells,
         widths=["50%", "50%"],
-        caption=SAMPLES_CAPTION,
+        caption=Html("<span style='font-weight:normal;color:#555;font-size:90%'>{}</span>").format(
+            SAMPLES_CAPTION
+        ),
     )
 
 
@@ -229,22 +243,59 @@ class LiveRewardDashboard(TrainerCallback):
     def __init__(
         self, rewards: Sequence[str], metrics_path: str | os.PathLike, steps: int | None = None
     ) -> None:
-        import ipywidgets as w
-
         self.rewards = tuple(rewards)
         self.metrics_path = Path(metrics_path)
         self.steps = steps
-        self.figure = go.FigureWidget(reward_figure([], self.rewards, steps))
-        self.table = w.HTML(samples_table_html([]))
-        self.widget = w.VBox([self.figure, self.table], layout=w.Layout(width="100%"))
         self.redraws = 0
         self.handles: list = []
+        self._widgets: tuple | None = None  # built on first use: a FigureWidget takes seconds
+
+    def _built(self) -> tuple:
+        if self._widgets is None:
+            import ipywidgets as w
+
+            figure = go.FigureWidget(reward_figure([], self.rewards, self.steps))
+            table = w.HTML(samples_table_html([]))
+            box = w.VBox([figure, table], layout=w.Layout(width="100%"))
+            self._widgets = (figure, table, box)
+        return self._widgets
+
+    @property
+    def figure(self):
+        """The live reward figure (a plotly `FigureWidget`)."""
+        return self._built()[0]
+
+    @property
+    def table(self):
+        """The live samples table (an `ipywidgets.HTML`)."""
+        return self._built()[1]
+
+    @property
+    def widget(self):
+        """The figure above the table, one widget to display."""
+        return self._built()[2]
 
     def show(self) -> None:
-        """Display the live dashboard (left as a static copy when training ends)."""
+        """Display the live dashboard (left as a static copy when training ends). A line saying
+        what is happening comes first, at once: building the figure and the trainer takes
+        seconds before the first step."""
         from IPython.display import HTML, display
 
-        self.handles = [display(self.widget, display_id=True), display(HTML(""), display_id=True)]
+        status = display(HTML(STARTING), display_id=True)
+        self.handles = [
+            status,
+            display(self.widget, display_id=True),
+            display(HTML(""), display_id=True),
+        ]
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.steps = self.steps or state.max_steps
+            if self.handles:
+                from IPython.display import HTML
+
+                self.handles[0].update(HTML(TRAINING.format(steps=self.steps)))
+            self.refresh()
 
     def static(self) -> tuple[go.Figure, Html]:
         """The dashboard as it is now, without widgets: the reward figure and the samples table."""
@@ -262,8 +313,10 @@ class LiveRewardDashboard(TrainerCallback):
         figure, table = self.static()
         # plotly's own outputs for a figure (as `display(figure)` would give), as a raw bundle:
         # a Figure displays itself, which would add an output instead of replacing this one
-        self.handles[0].update(figure._repr_mimebundle_(), raw=True)
-        self.handles[1].update(HTML(str(table)))
+        status, live, samples = self.handles
+        status.update(HTML(FINISHED.format(steps=state.global_step)))
+        live.update(figure._repr_mimebundle_(), raw=True)
+        samples.update(HTML(str(table)))
         self.handles = []
 
     def refresh(self) -> None:
@@ -276,11 +329,6 @@ class LiveRewardDashboard(TrainerCallback):
             self.figure.update_xaxes(**step_axis(last_step(rows, self.steps)))
         self.table.value = samples_table_html(latest_samples(rows))
         self.redraws += 1
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        if state.is_world_process_zero:
-            self.steps = self.steps or state.max_steps
-            self.refresh()
 
     def on_log(self, args, state, control, **kwargs):
         if state.is_world_process_zero:

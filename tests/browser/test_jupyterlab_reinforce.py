@@ -56,6 +56,22 @@ DASHBOARD_JS = """() => {
       .map(o => o.textContent).join(''),
   };
 }"""
+# The GRPO cell (the one that makes the dashboard): is it running, and does it show anything yet?
+# (queued cells show "[*]:" too: it runs once the code cell before it has its number)
+GRPO_CELL_JS = r"""() => {
+  const cells = [...document.querySelectorAll('.jp-CodeCell')];
+  const at = cells.findIndex(
+    c => c.querySelector('.jp-InputArea').innerText.includes('LiveRewardDashboard('));
+  if (at < 1) return null;
+  const cell = cells[at];
+  const prompt = c => c.querySelector('.jp-InputPrompt').textContent.trim();
+  const out = cell.querySelector('.jp-OutputArea');
+  return {
+    running: prompt(cell) === '[*]:' && /^\[\d+\]:$/.test(prompt(cells[at - 1])),
+    visible: !!cell.querySelector('.js-plotly-plot') || out.innerText.trim().length > 0,
+  };
+}"""
+FIRST_OUTPUT_S = 3.0  # the GRPO cell shows something within this of starting (issue #33)
 PLOT_TITLES_JS = """() => [...document.querySelectorAll('.js-plotly-plot')]
   .map(p => p.layout && p.layout.title)"""
 # Every samples table's columns in the notebook (the last cell's too) and the stderr boxes.
@@ -95,7 +111,15 @@ def test_reward_dashboard_grows_while_grpo_runs(tmp_path):
         tables: list[list[dict]] = []  # the live samples table's rows and height at each look
         started = time.monotonic()
 
+        grpo: dict[str, float] = {}  # when the GRPO cell was first seen running, and showing
+
         def look() -> None:
+            cell = page.evaluate(GRPO_CELL_JS)
+            now = time.monotonic() - started
+            if cell and cell["running"]:
+                grpo.setdefault("started", now)
+                if cell["visible"]:
+                    grpo.setdefault("visible", now)
             shown = page.evaluate(DASHBOARD_JS)
             if shown is None or not shown["running"]:
                 return
@@ -116,10 +140,18 @@ def test_reward_dashboard_grows_while_grpo_runs(tmp_path):
         )
         page.evaluate(SCROLL_TO_DASHBOARD_JS)
         lab.screenshot("03_reinforce_dashboard.png")
-        record = {"run_all_s": round(seconds, 1), "growth": growth, "final": _points(shown)}
+        record = {
+            "run_all_s": round(seconds, 1),
+            "grpo_cell": grpo,
+            "growth": growth,
+            "final": _points(shown),
+        }
         (ARTIFACTS / "03_reinforce_curves.json").write_text(json.dumps(record, indent=1) + "\n")
         print(f"curves' points while GRPO ran: {growth}")  # shown when the test fails
 
+        assert "started" in grpo and "visible" in grpo, f"the GRPO cell was never seen: {grpo}"
+        waited = grpo["visible"] - grpo["started"]
+        assert waited <= FIRST_OUTPUT_S, f"the GRPO cell showed nothing for {waited:.1f} s"
         rewards = list(dict.fromkeys(p[REWARD] for p in during if p[REWARD] > 0))
         assert len(rewards) >= 2, (
             f"the reward curve did not grow in the browser while GRPO ran: {len(during)} looks "

@@ -47,10 +47,11 @@ def test_the_reward_dashboard_leaves_a_static_figure_and_its_samples(tmp_path):
         "from types import SimpleNamespace\nfrom asru_lab import viz\n"
         f"d = viz.LiveRewardDashboard(['contextual'], {str(metrics)!r}, steps=2)\n"
         "d.show()\n"
-        "d.on_train_end(None, SimpleNamespace(is_world_process_zero=True), None)"
+        "d.on_train_end(None, SimpleNamespace(is_world_process_zero=True, global_step=2), None)"
     )
     shown = [o for o in cell.outputs if o.output_type == "display_data"]
-    assert len(shown) == 2
+    assert len(shown) == 3  # the status line, the figure, the samples
+    assert "steps trained" in shown[0].data["text/html"]
     assert not any("application/vnd.jupyter.widget-view+json" in o.data for o in shown)
     figure = next(o.data for o in shown if "application/vnd.plotly.v1+json" in o.data)
     traces = figure["application/vnd.plotly.v1+json"]["data"]
