@@ -19,7 +19,10 @@ The exercises, in the paper's words:
    (`canonical_completions`, `score_completions`, `check_reward`);
 4. **break the unlearning** of `steer_only`: what the method adds to the residual stream
    (`check_added`), projected out of every layer with hooks (`check_ablation`), and the answer
-   prefilled up to the fact (`check_prefill`); each checks that the forgotten facts come back.
+   prefilled up to the fact (`check_prefill`); each checks that the forgotten facts come back;
+5. **make it forget**: the shrink-and-perturb step of distillation by hand (`check_perturbed`),
+   then a student distilled from `steer_only` on everyone but the forget people, at an alpha for
+   which the prefill of exercise 4 no longer works (`check_forgotten`, `prefill_leak`, `recall`).
 """
 
 from asru_lab.workshop.attack import (
@@ -40,6 +43,7 @@ from asru_lab.workshop.direction import (
     check_direction,
     check_steering,
 )
+from asru_lab.workshop.forget import check_forgotten, check_perturbed, prefill_leak, recall
 from asru_lab.workshop.layers import (
     check_separability,
     check_steering_effect,
@@ -72,12 +76,16 @@ __all__ = [
     "check_added",
     "check_cosine",
     "check_direction",
+    "check_forgotten",
+    "check_perturbed",
     "check_prefill",
     "check_reward",
     "check_separability",
     "check_steering",
     "check_steering_effect",
     "example_sets",
+    "prefill_leak",
+    "recall",
     "reference_added",
     "reference_directions",
     "reference_separability",

@@ -125,7 +125,7 @@ EXERCISES = sorted(WORKSHOP.glob("[0-9]*.ipynb"))
 
 
 def test_every_exercise_notebook_has_a_solution_notebook():
-    assert len(EXERCISES) == 4
+    assert len(EXERCISES) == 5
     for path in EXERCISES:
         assert (WORKSHOP / "solutions" / path.name).is_file(), path.name
 
