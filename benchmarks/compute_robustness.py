@@ -53,15 +53,24 @@ def _seconds(record: dict) -> float:
 
 
 def run(
-    teacher_dir: Path, alpha: float, steps: int, seed: int, out: Path, student: Path | None = None
+    teacher_dir: Path,
+    alpha: float,
+    steps: int,
+    seed: int,
+    out: Path,
+    student: Path | None = None,
+    name: str = "",
+    label: str = "",
 ) -> dict:
-    """Distil (or, with `student`, take the student a run saved), audit, save the point."""
+    """Distil (or, with `student`, take the student a run saved), audit, save the point
+    (`name` tells apart points of one alpha and seed run otherwise, `label` says how)."""
     teacher = al.load_model(teacher_dir)
     bench = al.load_benchmark()
     oracle = load_oracle()
     teacher_seconds = _seconds(json.loads((teacher_dir / UNLEARN_FILE).read_text()))
     build_seconds = float(oracle.info["build"]["seconds"])
-    student_dir = out / f"alpha-{alpha:g}-seed{seed}"
+    stem = f"alpha-{alpha:g}-{name}-seed{seed}" if name else f"alpha-{alpha:g}-seed{seed}"
+    student_dir = out / stem
     if student is None:
         config = dataclasses.replace(UndoConfig().distill, alpha=alpha, steps=steps, seed=seed)
         grown = distill(teacher, bench, config)
@@ -86,7 +95,7 @@ def run(
     )
     cost = teacher_seconds + record["seconds"]
     point = {
-        "label": f"α {alpha:g}",
+        "label": label or f"α {alpha:g}",
         "alpha": alpha,
         "seed": seed,
         "threads": torch.get_num_threads(),
@@ -103,7 +112,7 @@ def run(
         "audit": {"results": report.results, "summary": report.summary},
         "student": str(student_dir),
     }
-    write_json_atomic(out / f"alpha-{alpha:g}-seed{seed}.json", point)
+    write_json_atomic(out / f"{stem}.json", point)
     union = report.results["union"]["forget"]
     theirs = report.results.get("oracle_union", {}).get("forget", {})
     checks = " / ".join(
@@ -149,13 +158,24 @@ def main() -> None:
     parser.add_argument(
         "--student", type=Path, help="audit this saved student (of --alpha, --seed) instead"
     )
+    parser.add_argument("--name", default="", help="a name in the point's file name")
+    parser.add_argument("--label", default="", help="the point's label (default: its alpha)")
     args = parser.parse_args()
     if args.draw:
         draw(args.out)
         return
     if args.teacher is None:
         parser.error("--teacher is needed to measure a point (or --draw)")
-    run(args.teacher, args.alpha, args.steps, args.seed, args.out, args.student)
+    run(
+        args.teacher,
+        args.alpha,
+        args.steps,
+        args.seed,
+        args.out,
+        args.student,
+        args.name,
+        args.label,
+    )
 
 
 if __name__ == "__main__":
