@@ -17,6 +17,7 @@ import torch
 import asru_lab
 from asru_lab.auditing import AuditConfig
 from asru_lab.baselines.asru import AsruConfig
+from asru_lab.baselines.deep import DeepAsruConfig
 from asru_lab.baselines.gated_steer import GatedSteerConfig
 from asru_lab.baselines.mmunlearner import MMUnlearnerConfig
 from asru_lab.baselines.npo_sam import NpoSamConfig
@@ -54,6 +55,7 @@ CONFIGS = {
     UnlearnConfig: UnlearnError,
     AsruConfig: UnlearnError,
     UndoConfig: UnlearnError,
+    DeepAsruConfig: UnlearnError,
     RmuConfig: UnlearnError,
     RepNoiseConfig: UnlearnError,
     NpoSamConfig: UnlearnError,
