@@ -682,7 +682,6 @@ def cmd_audit(args) -> int:
     )
     out = report.save(args.out, overwrite=args.overwrite)
     print(json.dumps(report.summary, indent=2))
-    print(report.verdict(args.model or "the embedded model"))
     sides = [
         report.results.get("oracle_side"),
         report.results.get("relearn", {}).get("oracle_side"),
@@ -692,6 +691,7 @@ def cmd_audit(args) -> int:
         f"wrote {out}/audit.json, items.jsonl and audit.html in "
         f"{report.timing['total']:.0f} s{kept}"
     )
+    print(report.verdict(args.model or "the embedded model"))
     return 0
 
 

@@ -112,8 +112,10 @@ def test_cli_audit_writes_the_report(tmp_path, capsys):
     args = ["audit", "--out", str(out), "--max-items", "3", "--relearn-steps", "0", "1"]
     grid = ["--relearn-modes", "lora", "--relearn-lr", "2e-3", "--relearn-data", "forget"]
     assert main([*args, *grid, "--attacks", "prefill", "relearn", "--quiet"]) == 0
-    summary = json.loads(capsys.readouterr().out.split("\nwrote")[0])
+    printed = capsys.readouterr().out
+    summary = json.loads(printed.split("\nwrote")[0])
     report = AuditReport.load(out)
+    assert printed.rstrip().splitlines()[-1] == report.verdict("the embedded model")
     assert report.summary == summary
     assert set(report.results) == {
         *("none", "prefill", "relearn", "leaks", "union", "oracle_union", "oracle_side")

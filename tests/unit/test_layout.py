@@ -14,7 +14,7 @@ PACKAGE = Path(asru_lab.__file__).parent
 
 # Each floor may import its own floor and the ones below it, never one above (README "Layout").
 FLOORS = (
-    ("errors", "version", "validation", "artifacts", "quiet", "table_style"),
+    ("errors", "version", "validation", "artifacts", "quiet", "table_style", "progress"),
     ("models", "data"),
     ("generation", "hooks", "training"),
     ("capture", "probe", "steering", "evaluation", "rewards"),
