@@ -201,9 +201,11 @@ def samples_table_html(rows: Sequence[dict], per_column: int = SAMPLE_ROWS) -> H
         list(SAMPLE_COLUMNS.values()),
         cells,
         widths=["50%", "50%"],
-        caption=Html("<span style='font-weight:normal;color:#555;font-size:90%'>{}</span>").format(
-            SAMPLES_CAPTION
-        ),
+        # one line whatever the width (the full text on hover): the table keeps its height
+        caption=Html(
+            "<div title='{}' style='font-weight:normal;color:#555;font-size:90%;"
+            "white-space:nowrap;overflow:hidden;text-overflow:ellipsis'>{}</div>"
+        ).format(SAMPLES_CAPTION, SAMPLES_CAPTION),
     )
 
 

@@ -365,6 +365,7 @@ def test_adversarial_stage_2_prefills_and_ablates_its_rollouts(lm, bench, tmp_pa
         adversarial=("prefill", "ablation"),
         adversarial_share=1.0,
     )
+    hooks = sum(len(m._forward_hooks) for m in lm.model.modules())  # others' may be there
     model, record = reinforce(lm, bench, config, output_dir=tmp_path / "adv")
     forget, boundary, _ = boundary_set(lm, bench, config)
     data = boundary_dataset(bench, forget, boundary, config.seed, prefill_share=1.0)
@@ -376,7 +377,7 @@ def test_adversarial_stage_2_prefills_and_ablates_its_rollouts(lm, bench, tmp_pa
     samples = [s for line in lines for s in line.get("samples", []) if s["split"] == "forget"]
     shown = [s for s in samples if begun.get(s["question"])]
     assert shown and all(s["completion"].startswith(begun[s["question"]]) for s in shown)
-    assert not any(m._forward_hooks for m in model.model.modules())  # the ablation is gone
+    assert sum(len(m._forward_hooks) for m in model.model.modules()) == hooks  # ablation gone
 
 
 def test_the_ablation_adversary_holds_its_hook_for_a_step_only(lm, bench):
@@ -389,6 +390,7 @@ def test_the_ablation_adversary_holds_its_hook_for_a_step_only(lm, bench):
     retain = bench.questions("retain", "qa")[:6]
     adversary = AblationAdversary(lm, bench, forget, retain, share=1.0, every=10, fit=6, seed=0)
     state = SimpleNamespace(global_step=0)
+    hooks = sum(len(m._forward_hooks) for m in lm.model.modules())  # others' may be there
     adversary.on_step_begin(None, state, None)
     try:
         inside = position_states(lm, bench, forget[:2], batch_size=2)["last_prompt"][1]
@@ -399,7 +401,7 @@ def test_the_ablation_adversary_holds_its_hook_for_a_step_only(lm, bench):
         unit = direction / direction.norm()
         assert (inside[:, layer] @ unit).abs().max() < 1e-3 * inside[:, layer].norm(dim=-1).min()
         assert (after[:, layer] @ unit).abs().max() > 1e-2 * after[:, layer].norm(dim=-1).min()
-    assert not any(m._forward_hooks for m in lm.model.modules())
+    assert sum(len(m._forward_hooks) for m in lm.model.modules()) == hooks
     never = AblationAdversary(lm, bench, forget, retain, share=0.0 + 1e-9, every=1, fit=2, seed=0)
     assert sum(never.attacked(s) for s in range(1, 200)) == 0
     half = AblationAdversary(lm, bench, forget, retain, share=0.5, every=1, fit=2, seed=0)
