@@ -71,11 +71,9 @@ def prefix_for(bench: Benchmark, item: QAItem, rng: random.Random) -> str:
     return prefix
 
 
-def prefill_column(
-    bench: Benchmark, rows: Sequence[dict], share: float, seed: int
-) -> tuple[list[str], int]:
-    """Each row's `prefill` text ("" for most) and how many are prefilled: a seeded `share` of
-    the forget rows whose question has a usable prefix."""
+def prefill_column(bench: Benchmark, rows: Sequence[dict], share: float, seed: int) -> list[str]:
+    """Each row's `prefill` text ("" for most): a seeded `share` of the forget rows whose
+    question has a usable prefix."""
     rng = random.Random(f"{seed}:prefill")
     out = []
     for row in rows:
@@ -83,7 +81,7 @@ def prefill_column(
         if row["split"] == "forget" and rng.random() < share:
             text = prefix_for(bench, bench.items[row["item"]], rng)
         out.append(text)
-    return out, sum(bool(t) for t in out)
+    return out
 
 
 def prefill_processor(processor):
@@ -121,14 +119,14 @@ def refusal_directions(
 ) -> dict[int, torch.Tensor]:
     """Per decoder layer, mean residual stream after it at the last prompt token of `forget`
     minus that of `retain` (the model as it is now, no gradient)."""
-    from asru_lab.auditing.measure import position_states
+    from asru_lab.auditing.measure import last_states
 
     was_training = lm.model.training
     lm.model.eval()
     try:
         with torch.no_grad():
-            mine = position_states(lm, bench, forget, batch_size=8)["last_prompt"][1]
-            theirs = position_states(lm, bench, retain, batch_size=8)["last_prompt"][1]
+            mine = last_states(lm, bench, forget, batch_size=8)
+            theirs = last_states(lm, bench, retain, batch_size=8)
     finally:
         lm.model.train(was_training)
     difference = mine.mean(0) - theirs.mean(0)

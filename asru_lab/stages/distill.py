@@ -434,7 +434,8 @@ def distill(
                 student.model.train()
                 gap = shortfall(row, goals)
                 if cfg.keep_best and gap <= best[0]:  # a tie goes to the later, longer-trained
-                    state = {k: v.detach().to("cpu", copy=True) for k, v in _state(student)}
+                    params = student.model.named_parameters()  # the trained tensors
+                    state = {k: v.detach().to("cpu", copy=True) for k, v in params}
                     best = (gap, step, state)
                 if gap <= 0:
                     stopped = True
@@ -451,11 +452,6 @@ def distill(
     return DistillResult(
         student, history, teacher_values, counts, step, stopped, seconds, pool_tasks, kept
     )
-
-
-def _state(lm: LoadedModel):
-    """The student's trainable tensors (its parameters, named as in its state dict)."""
-    return lm.model.named_parameters()
 
 
 def _step_loss(teacher, student, bench, pool, targets, tails, hard, chunk, probe) -> torch.Tensor:

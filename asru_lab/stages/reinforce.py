@@ -212,7 +212,7 @@ def boundary_dataset(
     random.Random(seed).shuffle(rows)
     prefills = [""] * len(rows)
     if prefill_share:
-        prefills, _ = prefill_column(bench, rows, prefill_share, seed)
+        prefills = prefill_column(bench, rows, prefill_share, seed)
     for row, text in zip(rows, prefills, strict=True):
         row["prompt"][0]["prefill"] = text
         row["prefill"] = text

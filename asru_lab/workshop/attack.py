@@ -162,10 +162,10 @@ def _remove_hooks_since(lm: LoadedModel, before: list[set[int]]) -> bool:
 
 
 def _leaks(
-    lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem], **kwargs
+    lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem], max_new_tokens: int = 24, **kwargs
 ) -> tuple[list[dict], float]:
     """Greedy answers to `items` as `leak_records`, and the share that say the fact."""
-    config = AuditConfig(progress=False)
+    config = AuditConfig(progress=False, max_new_tokens=max_new_tokens)
     records = leak_records(lm, bench, items, config, attack="workshop", **kwargs)
     return records, rate(records) or 0.0
 

@@ -13,10 +13,11 @@ from contextlib import nullcontext
 
 import torch
 
-from asru_lab.data.schema import Benchmark, QAItem, contains_value
-from asru_lab.generation import fact_prefix, generate, generate_prefilled
+from asru_lab.data.schema import Benchmark, QAItem
+from asru_lab.generation import fact_prefix
 from asru_lab.models.loading import LoadedModel
 from asru_lab.probe import SteeringProbe
+from asru_lab.workshop.attack import _leaks
 from asru_lab.workshop.common import Feedback, verdict
 
 
@@ -31,25 +32,14 @@ def prefill_leak(
     usable = [i for i in items if fact_prefix(i.answer, i.value)[0]]
     if not usable:
         return 0.0
+    prefixes = [fact_prefix(i.answer, i.value)[0] for i in usable]
     with probe.apply(lm) if probe is not None else nullcontext():
-        answers = generate_prefilled(
-            lm,
-            bench.images(usable),
-            [i.question for i in usable],
-            [fact_prefix(i.answer, i.value)[0] for i in usable],
-            max_new_tokens=12,
-        )
-    return sum(contains_value(a, i.value) for a, i in zip(answers, usable, strict=True)) / len(
-        usable
-    )
+        return _leaks(lm, bench, usable, max_new_tokens=12, prefixes=prefixes)[1]
 
 
 def recall(lm: LoadedModel, bench: Benchmark, items: Sequence[QAItem]) -> float:
     """The share of `items` answered with their fact (greedy, no probe)."""
-    if not items:
-        return 0.0
-    answers = generate(lm, bench.images(items), [i.question for i in items], max_new_tokens=24)
-    return sum(contains_value(a, i.value) for a, i in zip(answers, items, strict=True)) / len(items)
+    return _leaks(lm, bench, items)[1] if items else 0.0
 
 
 def check_perturbed(
