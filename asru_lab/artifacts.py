@@ -356,6 +356,8 @@ def _install(tmp: Path, target: Path, entries: list[str], keep: set[str]) -> Non
     listed = _listed(target)
     stale = sorted(n for n in listed - keep - set(entries) if (target / n).exists())
     backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+    marker = target / MARKER
+    before = marker.read_text(encoding="utf-8") if marker.is_file() else None
     # from here until the last marker write the folder is incomplete: a kill leaves it refused
     _write_marker(target, listed | set(entries), replacing={"new": tmp.name, "old": backup.name})
     moved: list[str] = []  # entries of target moved to backup
@@ -376,7 +378,10 @@ def _install(tmp: Path, target: Path, entries: list[str], keep: set[str]) -> Non
             (target / name).rename(tmp / name)
         for name in moved:
             (backup / name).rename(target / name)
-        _write_marker(target, listed, replacing=None)
+        if before is not None:  # the marker as it was, its time included: nothing changed
+            _write_text(marker, before)
+        else:
+            _write_marker(target, listed, replacing=None)
         shutil.rmtree(backup, ignore_errors=True)
         raise
     shutil.rmtree(backup, ignore_errors=True)
