@@ -81,7 +81,9 @@ TITLE = "Stage 2 (GRPO): rewards while training"
 WAITING = "waiting for the first step…"
 SAMPLE_ROWS = 4  # per split: a fixed height, so that what is below the table never moves
 # a fixed height, and a line height of its own (ipywidgets' HTML sets 28 px lines)
-SAMPLE_CELL_STYLE = "height:6.9em;line-height:1.35;overflow:hidden"  # five lines
+SAMPLE_CELL_STYLE = (
+    "height:6.9em;line-height:1.35;overflow:hidden;overflow-wrap:anywhere"  # five lines
+)
 # the dashboard's status line, above the figure (`LiveRewardDashboard.show`)
 STATUS_STYLE = "color:#555;font-size:90%"
 STARTING = (
@@ -198,15 +200,21 @@ def samples_table_html(rows: Sequence[dict], per_column: int = SAMPLE_ROWS) -> H
             line.append(_sample_cell(chosen[k] if k < len(chosen) else None, empty))
         cells.append(line)
     return html_table(
-        list(SAMPLE_COLUMNS.values()),
+        [_one_line(h) for h in SAMPLE_COLUMNS.values()],
         cells,
         widths=["50%", "50%"],
-        # one line whatever the width (the full text on hover): the table keeps its height
-        caption=Html(
-            "<div title='{}' style='font-weight:normal;color:#555;font-size:90%;"
-            "white-space:nowrap;overflow:hidden;text-overflow:ellipsis'>{}</div>"
-        ).format(SAMPLES_CAPTION, SAMPLES_CAPTION),
+        caption=_one_line(SAMPLES_CAPTION, "font-weight:normal;color:#555;font-size:90%"),
     )
+
+
+def _one_line(text: str, style: str = "") -> Html:
+    """`text` on one line whatever the width, cut with an ellipsis (all of it on hover), so that
+    the table keeps its height as its output widens. `width:0;min-width:100%` keeps the unwrapped
+    text from widening the table itself (a caption's or header's min-content width would)."""
+    return Html(
+        "<div title='{}' style='{}width:0;min-width:100%;white-space:nowrap;overflow:hidden;"
+        "text-overflow:ellipsis'>{}</div>"
+    ).format(text, Html(f"{style};" if style else ""), text)
 
 
 def write_reward_dashboard(
