@@ -126,14 +126,22 @@ def seed(args) -> int:
 
 
 def _benchmark(args):
-    """--data with --forget-ratio / --seed where they choose the forgotten people."""
+    """--data with --forget-ratio / --split-seed (else --seed) where they choose the forgotten
+    people."""
     import asru_lab as al
     from asru_lab.data import benchmark_kind
 
     source = args.data
     kind = benchmark_kind(source)
+    split_seed = getattr(args, "split_seed", None)
     if kind == "synthetic":
-        return al.load_benchmark(source, forget_ratio=args.forget_ratio, seed=args.seed)
+        split_seed = args.seed if split_seed is None else split_seed
+        return al.load_benchmark(source, forget_ratio=args.forget_ratio, seed=split_seed)
+    if split_seed is not None:
+        raise UsageError(
+            f"--split-seed only applies to the synthetic benchmark: who is forgotten in {source} "
+            "is fixed by its files (drop --split-seed; --seed seeds the run)"
+        )
     if kind in ("mllmu", "clear"):  # their forget sets are fixed folders: --seed seeds the run
         return al.load_benchmark(source, forget_ratio=args.forget_ratio)
     if args.forget_ratio is not None:

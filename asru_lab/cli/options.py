@@ -28,6 +28,13 @@ def _add_common(p: argparse.ArgumentParser, *, out_help: str | None = None) -> N
     p.add_argument(
         "--seed", type=int, default=None, help="seeds the run; synthetic: the forgotten people (0)"
     )
+    p.add_argument(
+        "--split-seed",
+        type=int,
+        default=None,
+        help="synthetic: the seed that draws the forgotten people instead of --seed, so that "
+        "--seed varies the run alone (training seeds of one forget set: --split-seed 0 --seed 1)",
+    )
     if out_help:
         p.add_argument("--out", required=True, help=out_help)
 

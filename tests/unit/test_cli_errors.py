@@ -58,3 +58,20 @@ def test_forget_ratio_and_seed_with_a_user_dataset(bench, capsys, tmp_path):
     assert not (tmp_path / "a").exists()
     assert cli.main([*args, "--seed", "3", "--out", str(tmp_path / "b")]) == 0
     assert "--seed does not choose the forgotten people" in capsys.readouterr().err
+    assert cli.main([*args, "--split-seed", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "--split-seed only applies to the synthetic benchmark" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
+
+
+def test_split_seed_keeps_the_forget_set_while_seed_varies_the_run(tmp_path):
+    """Training seeds of one forget set: --split-seed draws who is forgotten, --seed the rest."""
+    from asru_lab.cli.commands import _benchmark
+    from asru_lab.cli.options import build_parser
+
+    def forgotten(*options: str) -> set[str]:
+        args = build_parser().parse_args(["export-benchmark", *options, "--out", str(tmp_path)])
+        return {q.person_id for q in _benchmark(args).split("forget")}
+
+    assert forgotten("--seed", "1", "--split-seed", "0") == forgotten() == forgotten("--seed", "0")
+    assert forgotten("--seed", "1") != forgotten()  # --seed alone still draws them
+    assert forgotten("--split-seed", "1") == forgotten("--seed", "1")
