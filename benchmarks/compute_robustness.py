@@ -9,14 +9,16 @@ fraction of the retrain oracle's build.
     .venv/bin/python benchmarks/compute_robustness.py --draw --out runs/compute
 
 The teacher is a saved unlearned model (`asru-lab unlearn --method asru --out T`); its
-training seconds come from its `unlearn.json`. Each alpha: `distill` with asru_undo's pool and
-stop rule (`UndoConfig().distill`, `--steps` at most), the student saved to `OUT/alpha-A/`, then
-the cheap audit (`AuditConfig(attacks=("prefill", "ablation", "mcq_likelihood"))`, 64 questions
-per split) with the shipped retrain oracle under the identical attacks; `OUT/alpha-A.json` holds
-the point. Compute = (teacher + distillation seconds) / the oracle's build seconds as recorded in
-its `asru_lab_model.json` (2 628 s on 2 threads of this kind of machine): printed per point as
-that ratio. The times of one-thread runs side by side are not the 2-thread build's: the ratio is
-printed with the threads each used, and the README says which.
+training seconds come from its `unlearn.json`. Each alpha: `distill` with asru_undo's pool, stop
+rule and rate decay (`UndoConfig().distill`: the rate decays to 1e-4; `--min-lr 7e-4` gives the
+near-constant rate of the first points), `--steps` at most, the student saved to
+`OUT/alpha-A/`, then the cheap audit (`AuditConfig(attacks=("prefill", "ablation",
+"mcq_likelihood"))`, 64 questions per split) with the shipped retrain oracle under the
+identical attacks; `OUT/alpha-A.json` holds the point. Compute = (teacher + distillation
+seconds) / the oracle's build seconds as recorded in its `asru_lab_model.json` (2 628 s on 2
+threads of this kind of machine): printed per point as that ratio. The times of one-thread runs
+side by side are not the 2-thread build's: the ratio is printed with the threads each used, and
+the README says which.
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ def run(
     student: Path | None = None,
     name: str = "",
     label: str = "",
+    min_lr: float | None = None,
 ) -> dict:
     """Distil (or, with `student`, take the student a run saved), audit, save the point
     (`name` tells apart points of one alpha and seed run otherwise, `label` says how)."""
@@ -73,6 +76,8 @@ def run(
     student_dir = out / stem
     if student is None:
         config = dataclasses.replace(UndoConfig().distill, alpha=alpha, steps=steps, seed=seed)
+        if min_lr is not None:
+            config = dataclasses.replace(config, min_lr=min_lr)
         grown = distill(teacher, bench, config)
         record = {"method": "distill", "teacher": str(teacher_dir), **grown.record(config)}
         save_unlearned(Unlearned("distill", grown.model, record), student_dir, overwrite=True)
@@ -154,6 +159,9 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=0.6)
     parser.add_argument("--steps", type=int, default=6000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--min-lr", type=float, help="the rate the cosine decays to (default: asru_undo's, 1e-4)"
+    )
     parser.add_argument("--draw", action="store_true", help="draw the points found under --out")
     parser.add_argument(
         "--student", type=Path, help="audit this saved student (of --alpha, --seed) instead"
@@ -175,6 +183,7 @@ def main() -> None:
         args.student,
         args.name,
         args.label,
+        args.min_lr,
     )
 
 
