@@ -369,7 +369,7 @@ def hidden_or_forgotten_chart(reports: Mapping[str, Mapping], split: str = "forg
         x=[0, 1], y=[0, 1], mode="lines", line={"dash": "dot", "color": "#bbbbbb"},
         name="no more under attack", hoverinfo="skip",
     )  # fmt: skip
-    oracle = None
+    oracle, drawn = None, []
     for name, data in reports.items():
         results = data.get("results", {})
         plain = results.get("leaks", {}).get("none", {}).get(split)
@@ -378,12 +378,17 @@ def hidden_or_forgotten_chart(reports: Mapping[str, Mapping], split: str = "forg
             continue
         if oracle is None and results.get("oracle_union", {}).get(split):
             oracle = (plain, results["oracle_union"][split])
+        drawn.append((name, plain, union))
+    labels = _cluster_labels([(n, p["leak"], u["leak"]) for n, p, u in drawn])
+    for name, plain, union in drawn:
         fig.add_scatter(
             x=[plain["leak"]],
             y=[union["leak"]],
             mode="markers+text",
-            text=[escape_text(name)],
-            textposition="top right",
+            text=[labels[name]],
+            # inside the frame: left of a point at the right edge, below one at the top
+            textposition=("bottom " if union["leak"] > 0.85 else "top ")
+            + ("left" if plain["leak"] > 0.7 else "right"),
             name=escape_text(name),
             error_x=_interval(plain, "leak", "lo", "hi"),
             error_y=_interval(union, "leak", "lo", "hi"),
@@ -401,6 +406,24 @@ def hidden_or_forgotten_chart(reports: Mapping[str, Mapping], split: str = "forg
         height=480,
     )
     return fig
+
+
+def _cluster_labels(points: Sequence[tuple[str, float, float]], near: float = 0.08) -> dict:
+    """The text beside each point (name, x, y): points within `near` of a labelled one share
+    its label, which names them all (the legend still lists each); the others get none, so
+    that names drawn on top of each other do not blot each other out."""
+    labels: dict[str, str] = {}
+    anchors: list[tuple[str, float, float, list[str]]] = []
+    for name, x, y in points:
+        anchor = next((a for a in anchors if abs(a[1] - x) <= near and abs(a[2] - y) <= near), None)
+        if anchor is None:
+            anchors.append((name, x, y, [name]))
+        else:
+            anchor[3].append(name)
+        labels[name] = ""
+    for name, _, _, members in anchors:
+        labels[name] = escape_text(", ".join(members))
+    return labels
 
 
 def compute_robustness_chart(points: Sequence[Mapping], split: str = "forget") -> go.Figure:

@@ -64,3 +64,15 @@ def test_compute_against_robustness_puts_each_point_at_its_cost_and_the_oracle_a
     assert oracle.x[0] == 1.0 and oracle.y[0] == asru["oracle_union"]["forget"]["leak"]
     (band,) = fig.layout.shapes
     assert band.y1 == asru["oracle_union"]["forget"]["hi"]
+
+
+def test_points_on_top_of_each_other_share_one_label_that_names_them_all():
+    reports = committed()
+    fig = hidden_or_forgotten_chart({"asru": reports["asru"], "ga": reports["ga"]})
+    texts = {t.name: t.text[0] for t in fig.data if t.mode == "markers+text"}
+    # ASRU (0.02, 0.92) and GA (0.02, 0.98): one label, the legend names each
+    assert texts["asru"] == "asru, ga" and texts["ga"] == ""
+    far = {"results": {**reports["asru"]["results"], "union": {"forget": {"leak": 0.4}}}}
+    fig = hidden_or_forgotten_chart({"asru": reports["asru"], "student": far})
+    texts = {t.name: t.text[0] for t in fig.data if t.mode == "markers+text"}
+    assert texts["asru"] == "asru" and texts["student"] == "student"
