@@ -75,9 +75,10 @@ def run(
     stem = f"alpha-{alpha:g}-{name}-seed{seed}" if name else f"alpha-{alpha:g}-seed{seed}"
     student_dir = out / stem
     if student is None:
-        config = dataclasses.replace(UndoConfig().distill, alpha=alpha, steps=steps, seed=seed)
-        if min_lr is not None:
-            config = dataclasses.replace(config, min_lr=min_lr)
+        rate = {} if min_lr is None else {"min_lr": min_lr}
+        config = dataclasses.replace(
+            UndoConfig().distill, alpha=alpha, steps=steps, seed=seed, **rate
+        )
         grown = distill(teacher, bench, config)
         record = {"method": "distill", "teacher": str(teacher_dir), **grown.record(config)}
         save_unlearned(Unlearned("distill", grown.model, record), student_dir, overwrite=True)

@@ -42,10 +42,6 @@ AUDIT_KEYS = (
 def _keep(evaluation: dict) -> dict:
     """The issue's keep numbers from an evaluation JSON (asru_lab protocol)."""
     splits = evaluation["splits"]
-
-    def category(split: str, name: str) -> float | None:
-        return splits.get(split, {}).get("quality", {}).get("categories", {}).get(name)
-
     return {
         "retain_recall": splits["retain"]["leak_rate"],
         "retain_mcq": splits["retain"]["mcq_acc"],
@@ -54,7 +50,7 @@ def _keep(evaluation: dict) -> dict:
         "forget_leak": splits["forget"]["leak_rate"],
         "test_leak": splits["test"]["leak_rate"],
         "forget_contextual_score": splits["forget"]["quality"]["contextual_refusal"],
-        "forget_degenerate": category("forget", "degenerate"),
+        "forget_degenerate": splits["forget"]["quality"]["categories"].get("degenerate"),
     }
 
 
@@ -84,7 +80,7 @@ def _f(value) -> str:
 
 
 def table(runs: list[dict]) -> str:
-    """The README's table: one line per seed, then the worst seed by the union."""
+    """A summary table, one line per seed (the README's table adds more columns from the file)."""
     head = (
         "| seed | steps | union [95 % CI] (oracle) | worst excess | prefill | lens top-1 | "
         "MIA AUC (fact) | retain recall / MCQ | pictures | unseen refused | forget / test leak |"

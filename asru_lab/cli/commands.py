@@ -133,11 +133,10 @@ def _benchmark(args):
 
     source = args.data
     kind = benchmark_kind(source)
-    split_seed = getattr(args, "split_seed", None)
     if kind == "synthetic":
-        split_seed = args.seed if split_seed is None else split_seed
+        split_seed = args.seed if args.split_seed is None else args.split_seed
         return al.load_benchmark(source, forget_ratio=args.forget_ratio, seed=split_seed)
-    if split_seed is not None:
+    if args.split_seed is not None:
         raise UsageError(
             f"--split-seed only applies to the synthetic benchmark: who is forgotten in {source} "
             "is fixed by its files (drop --split-seed; --seed seeds the run)"
